@@ -1,0 +1,1 @@
+"""Synapse-NG testbed: local clusters, fault injection, scenarios, and the `synapse` CLI."""

@@ -1,0 +1,24 @@
+"""The `synapse` command line: one click group; each area registers its own subgroup.
+
+Why subgroups live in their own modules: package tools, node/genesis tools, the cluster launcher and
+the scenario runner grow independently; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="synapse-ng")
+def main() -> None:
+    """Synapse-NG: a self-upgrading network and the testbed to attack it."""
+
+
+def _register() -> None:
+    from cluster.cli_package import package
+
+    main.add_command(package)
+
+
+_register()

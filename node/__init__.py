@@ -1,0 +1,1 @@
+"""Synapse-NG node: one OS process of a self-upgrading network."""
