@@ -1,0 +1,622 @@
+"""Fetch upgrade packages: refuse unsafe sources, stream with limits, verify SHA256, cache by digest.
+
+Why it works this way:
+- A package URL comes from a proposal, that is from anyone. So the URL is checked before any network
+  call (only https, http and ipfs://CID), every redirect hop is checked again (a redirect to file: or
+  to any other scheme is refused), and the number of hops is counted here, not left to aiohttp.
+- The body is streamed, never trusted: Content-Length is only an early refusal, the bytes really read
+  are counted, and reading stops as soon as they pass the declared `package_size` or the node's
+  maximum. Compressed bodies are not decompressed (a gzip bomb would otherwise pass the size cap in
+  one chunk): we ask for `identity` and refuse anything else.
+- The digest is computed while streaming into memory; only verified bytes are written to the cache.
+  The cache is keyed by digest, so a package is downloaded once per node, and a lock per digest makes
+  concurrent fetches of one package share one download. The cache re-verifies on every read: a file
+  that rotted on disk (or was tampered with) is deleted and downloaded again.
+- IPFS goes through HTTP gateways (`GET {gateway}/ipfs/{cid}`), tried in order. The content is
+  addressed, so any failure of one gateway (connection, status, timeout, wrong bytes) is that gateway's
+  fault: the next one is tried, and if all fail the error lists each gateway's failure.
+  `total_timeout_ms` bounds one attempt at one source (redirects included), so a hung gateway cannot
+  eat the time of the next one; a whole fetch is bounded by that times the number of gateways.
+- URLs may carry credentials (`https://user:token@host/...`, `?token=...`). They never reach a log
+  record or an error message: every URL shown goes through `redact_url`, and text from aiohttp
+  exceptions is scrubbed the same way.
+- File I/O (reading 64 MiB and hashing it, fsync) runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+from yarl import URL
+
+from node.core.canonical import normalize_sha256
+from node.core.canonical import sha256_hex as digest_of
+from node.errors import (
+    ConfigError,
+    HashFormatError,
+    HashMismatchError,
+    PackageError,
+    PackageFetchError,
+    PackageSizeError,
+    PackageSourceRefused,
+    StoreError,
+)
+
+PACKAGE_URL_LENGTH_MAX = 2048
+IPFS_GATEWAYS_MAX = 16
+# The cache may hold anything FetchLimits allows; reading more than this from a cache file means it is not a package.
+CACHE_FILE_SIZE_MAX_BYTES = 1024 * 1024 * 1024
+_REDACTED_TEXT_LENGTH_MAX = 512
+_READ_CHUNK_BYTES = 64 * 1024
+_CLOSE_TIMEOUT_S = 5.0
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_REQUEST_HEADERS = {
+    "Accept": "application/wasm, application/octet-stream;q=0.9, */*;q=0.1",
+    # Never a compressed body: the size cap must apply to the bytes we hash, not to a compressed stream.
+    "Accept-Encoding": "identity",
+    "User-Agent": "synapse-ng-node",
+}
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+# Characters that are never in a valid URL and that parsers disagree on (a parser differential could
+# make redaction and aiohttp see different credentials).
+_URL_FORBIDDEN_CHARACTERS = frozenset('\\<>"`{}|^')
+_BASE58 = "1-9A-HJ-NP-Za-km-z"
+_CID = re.compile(
+    rf"^(?:Qm[{_BASE58}]{{44}}"  # CIDv0: base58btc multihash of a sha2-256 digest
+    r"|b[a-z2-7]{50,200}|B[A-Z2-7]{50,200}"  # CIDv1, base32 (bafy..., bafk...)
+    rf"|z[{_BASE58}]{{40,200}}"  # CIDv1, base58btc
+    r"|k[0-9a-z]{40,200}"  # CIDv1, base36
+    r"|f[0-9a-f]{60,400})$"  # CIDv1, base16
+)
+_IPFS_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_~\-][A-Za-z0-9._~\-]*$")
+_IPFS_PATH_LENGTH_MAX = 512
+# Any URL inside free text (aiohttp messages); used to redact credentials found there.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+_SECRET_QUERY_KEY_PARTS = ("token", "key", "secret", "password", "passwd", "pwd", "sig", "auth", "credential", "session", "code")
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchLimits:
+    connect_timeout_ms: int = 5_000
+    total_timeout_ms: int = 120_000
+    redirects_max: int = 5
+    package_size_max_bytes: int = 64 * 1024 * 1024
+    # Downloads at once per fetcher: bounds memory to this many packages in flight.
+    downloads_concurrent_max: int = 4
+
+    def __post_init__(self) -> None:
+        _check_int_field("connect_timeout_ms", self.connect_timeout_ms, 1, 600_000)
+        _check_int_field("total_timeout_ms", self.total_timeout_ms, 1, 3_600_000)
+        _check_int_field("redirects_max", self.redirects_max, 0, 20)
+        _check_int_field("package_size_max_bytes", self.package_size_max_bytes, 1, CACHE_FILE_SIZE_MAX_BYTES)
+        _check_int_field("downloads_concurrent_max", self.downloads_concurrent_max, 1, 64)
+        if self.connect_timeout_ms > self.total_timeout_ms:
+            raise ConfigError(f"connect_timeout_ms ({self.connect_timeout_ms}) is larger than total_timeout_ms ({self.total_timeout_ms})",
+                              hint="the connect timeout is part of the total: make it smaller")
+
+
+def _check_int_field(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {type(value).__name__} {value!r:.40}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} is {value}; it must be between {low} and {high}")
+
+
+# --- URLs and hashes (pure) ------------------------------------------------------------------
+
+
+def check_package_url(url: str) -> str:
+    """Returns the URL if its scheme is https/http/ipfs (ipfs://CID with a plausible CID), else raises
+    errors.PackageSourceRefused naming the scheme. Also refuses overlong URLs (limit 2048)."""
+    if not isinstance(url, str):
+        raise PackageSourceRefused(f"package_url must be a string, got {type(url).__name__}")
+    if len(url) > PACKAGE_URL_LENGTH_MAX:
+        raise PackageSourceRefused(f"package_url is {len(url)} characters long; the limit is {PACKAGE_URL_LENGTH_MAX}",
+                                   hint="host the package at a shorter URL")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch in _URL_FORBIDDEN_CHARACTERS for ch in url):
+        raise PackageSourceRefused(f"package_url {redact_url(url)!r} contains whitespace, control or unsafe characters",
+                                   hint="percent-encode the URL (spaces as %20)")
+    match = _SCHEME.match(url)
+    if match is None:
+        raise PackageSourceRefused(f"package_url {redact_url(url)!r} has no scheme")
+    scheme = match.group(1).lower()
+    if scheme in ("http", "https"):
+        _check_http_url(url)
+    elif scheme == "ipfs":
+        parse_ipfs_url(url)
+    else:
+        raise PackageSourceRefused(f"package_url scheme '{scheme}:' is not allowed ({redact_url(url)})")
+    return url
+
+
+def _check_http_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- urlsplit checks the port only when asked
+        parsed = URL(url)
+    except ValueError as error:
+        raise PackageSourceRefused(f"package_url {redact_url(url)!r} is not a valid URL: {_redact_text(str(error), url)}") from None
+    if not parts.hostname or not parsed.host:
+        raise PackageSourceRefused(f"package_url {redact_url(url)!r} has no host")
+
+
+def parse_ipfs_url(url: str) -> tuple[str, str]:
+    """`ipfs://CID[/path/segments]` -> (cid, path with a leading '/' or ''). Refuses anything else.
+
+    Parsed by hand: generic URL parsers lowercase the host, which would corrupt a base58 CIDv0."""
+    scheme_length = len("ipfs://")
+    if url[:scheme_length].lower() != "ipfs://":
+        raise PackageSourceRefused(f"{redact_url(url)!r} is not an ipfs://CID URL", hint="write it as ipfs://<CID>")
+    rest = url[scheme_length:]
+    cid, slash, path = rest.partition("/")
+    if not _CID.match(cid):
+        raise PackageSourceRefused(f"ipfs URL {redact_url(url)!r} does not hold a valid CID ({cid[:80]!r})",
+                                   hint="write it as ipfs://<CID>, e.g. ipfs://Qm... or ipfs://bafy..., as 'ipfs add' printed it")
+    if not slash:
+        return cid, ""
+    segments = path.split("/")
+    if len(path) > _IPFS_PATH_LENGTH_MAX or not all(_IPFS_PATH_SEGMENT.match(segment) for segment in segments):
+        raise PackageSourceRefused(f"ipfs URL {redact_url(url)!r} has an unusable path after the CID",
+                                   hint="use ipfs://<CID> or ipfs://<CID>/<file name> with letters, digits, '.', '_', '-', '~'")
+    return cid, "/" + path
+
+
+def parse_package_hash(text: str) -> str:
+    """`sha256:<64 hex>` or bare 64 hex, any case -> 64 lowercase hex; else HashFormatError."""
+    digest = normalize_sha256(text)
+    if digest is None:
+        shown = repr(text)[:90] if isinstance(text, str) else f"a {type(text).__name__}"
+        raise HashFormatError(f"package_hash {shown} is not a SHA256 digest")
+    return digest
+
+
+def redact_url(url: str) -> str:
+    """The URL with credentials hidden, for logs and errors: `user:password@` becomes `***@` and the
+    values of token-like query parameters become `***`. Never raises; long URLs are cut."""
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
+    redacted = _redact_userinfo(url)
+    query_start = redacted.find("?")
+    if query_start >= 0:
+        fragment_start = redacted.find("#", query_start)
+        query_end = len(redacted) if fragment_start < 0 else fragment_start
+        query = _redact_query(redacted[query_start + 1:query_end])
+        redacted = redacted[:query_start + 1] + query + redacted[query_end:]
+    if len(redacted) > _REDACTED_TEXT_LENGTH_MAX:
+        redacted = f"{redacted[:_REDACTED_TEXT_LENGTH_MAX]}...({len(redacted)} characters)"
+    return redacted
+
+
+def _redact_userinfo(url: str) -> str:
+    # By hand rather than with a URL parser: it must also work on malformed URLs, and hide everything
+    # up to the LAST '@' of the authority, whatever a parser would call user or host.
+    marker = url.find("://")
+    if marker < 0:
+        return url
+    authority_start = marker + 3
+    authority_end = len(url)
+    for delimiter in "/?#":
+        position = url.find(delimiter, authority_start)
+        if position >= 0:
+            authority_end = min(authority_end, position)
+    at = url.rfind("@", authority_start, authority_end)
+    if at < 0:
+        return url
+    return url[:authority_start] + "***" + url[at:]
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for item in query.split("&"):
+        key, equals, _value = item.partition("=")
+        if equals and any(part in key.lower() for part in _SECRET_QUERY_KEY_PARTS):
+            parts.append(f"{key}=***")
+        else:
+            parts.append(item)
+    return "&".join(parts)
+
+
+def _redact_text(text: str, url: str) -> str:
+    """Free text (an aiohttp message) with every URL in it redacted, and the URL's own secrets removed."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    for secret in _url_secrets(url):
+        text = text.replace(secret, "***")
+    return text[:_REDACTED_TEXT_LENGTH_MAX]
+
+
+def _url_secrets(url: str) -> list[str]:
+    secrets = []
+    with contextlib.suppress(ValueError):
+        parsed = URL(url)
+        secrets = [value for value in (parsed.raw_user, parsed.user, parsed.raw_password, parsed.password) if value]
+        secrets += [value for key, value in parsed.query.items()
+                    if value and any(part in key.lower() for part in _SECRET_QUERY_KEY_PARTS)]
+    # Short secrets would mangle the whole message if replaced everywhere; URLs in the text are redacted anyway.
+    return sorted({secret for secret in secrets if len(secret) >= 4}, key=len, reverse=True)
+
+
+# --- cache -----------------------------------------------------------------------------------
+
+
+class PackageCache:
+    """Verified packages on disk, one file per digest: `cache_dir/<sha256 hex>.wasm`.
+
+    Blocking file I/O: async callers run these methods in a worker thread."""
+
+    def __init__(self, cache_dir: Path, *, file_size_max_bytes: int = CACHE_FILE_SIZE_MAX_BYTES,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        self._cache_dir = Path(cache_dir)
+        self._file_size_max_bytes = file_size_max_bytes
+        self._logger = logger if logger is not None else logging.getLogger(__name__)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._cache_dir
+
+    def path_for(self, sha256_hex: str) -> Path:
+        # The digest becomes a file name: anything but 64 lowercase hex could walk out of the directory.
+        if not isinstance(sha256_hex, str) or normalize_sha256(sha256_hex) != sha256_hex:
+            raise HashFormatError(f"cache key {repr(sha256_hex)[:90]} is not 64 lowercase hex digits")
+        return self._cache_dir / f"{sha256_hex}.wasm"
+
+    def get(self, sha256_hex: str) -> bytes | None:
+        """The cached bytes, verified against their digest; None when absent or corrupt (then deleted)."""
+        path = self.path_for(sha256_hex)
+        try:
+            data = self._read_regular_file(path)
+        except FileNotFoundError:
+            return None
+        except _NotAPackageFile as reason:
+            self._discard(path, str(reason))
+            return None
+        actual = digest_of(data)
+        if actual != sha256_hex:
+            self._discard(path, f"its content has sha256 {actual}")
+            return None
+        return data
+
+    def put(self, sha256_hex: str, data: bytes) -> Path:
+        """Writes atomically (temporary file in the same directory, fsync, rename, fsync of the directory).
+
+        The digest is checked with a real error, not an assert: the cache must stay trustworthy even
+        under `python -O` or a caller's bug."""
+        path = self.path_for(sha256_hex)
+        actual = digest_of(data)
+        if actual != sha256_hex:
+            raise HashMismatchError(f"refusing to cache bytes with sha256 {actual} under the key {sha256_hex}")
+        try:
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, data)
+        except OSError as error:
+            raise StoreError(f"could not write package cache file {path}: {error.strerror or error}") from None
+        return path
+
+    def _read_regular_file(self, path: Path) -> bytes:
+        # O_NOFOLLOW: a symlink planted in the cache is not followed; O_NONBLOCK: a FIFO cannot hang us.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            descriptor = os.open(path, flags)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise _NotAPackageFile("it is a symbolic link") from None
+            raise StoreError(f"could not read package cache file {path}: {error.strerror or error}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise _NotAPackageFile("it is not a regular file")
+            data = _read_at_most(descriptor, self._file_size_max_bytes + 1)
+        finally:
+            os.close(descriptor)
+        if len(data) > self._file_size_max_bytes:
+            raise _NotAPackageFile(f"it is larger than {self._file_size_max_bytes} bytes")
+        return data
+
+    def _discard(self, path: Path, reason: str) -> None:
+        self._logger.warning("package cache file %s is corrupt (%s); deleting it so the package is fetched again", path, reason)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            raise StoreError(f"package cache file {path} is corrupt ({reason}) and could not be deleted: {error.strerror or error}",
+                             hint="delete it by hand, then retry") from None
+
+
+def _read_at_most(descriptor: int, size_max_bytes: int) -> bytes:
+    chunks = []
+    remaining_bytes = size_max_bytes
+    while remaining_bytes > 0:
+        chunk = os.read(descriptor, min(remaining_bytes, 1024 * 1024))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining_bytes -= len(chunk)
+    return b"".join(chunks)
+
+
+class _NotAPackageFile(Exception):
+    """Internal: a cache entry that cannot be a package; never escapes this module."""
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary_name)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+# --- fetcher ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _DigestLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class PackageFetcher:
+    """Gets a package's bytes: from the cache, else from its URL (or the IPFS gateways), verified."""
+
+    def __init__(self, cache: PackageCache, *, ipfs_gateways: Sequence[str] = (), limits: FetchLimits = FetchLimits(),
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        if not isinstance(limits, FetchLimits):
+            raise ConfigError(f"limits must be a FetchLimits, got {type(limits).__name__}")
+        self._cache = cache
+        self._gateways = _check_gateways(ipfs_gateways)
+        self._limits = limits
+        self._logger = logger if logger is not None else logging.getLogger(__name__)
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._digest_locks: dict[str, _DigestLock] = {}
+        self._download_slots = asyncio.Semaphore(limits.downloads_concurrent_max)
+
+    @property
+    def ipfs_gateways(self) -> tuple[str, ...]:
+        return self._gateways
+
+    async def fetch(self, url: str, package_hash: str, package_size: int | None = None) -> bytes:
+        """Cache hit -> bytes without any network. Else download (streaming), enforce limits, verify
+        sha256, put in cache, return bytes. Raises PackageSourceRefused / PackageFetchError /
+        PackageSizeError / HashMismatchError / HashFormatError."""
+        check_package_url(url)
+        digest = parse_package_hash(package_hash)
+        size_cap_bytes = self._size_cap_for(package_size)
+        sources = self._sources_for(url)
+        async with self._lock_for(digest):
+            cached = await asyncio.to_thread(self._cache.get, digest)
+            if cached is not None:
+                _check_declared_size(len(cached), package_size, f"the cached package sha256:{digest}")
+                self._logger.info("package sha256:%s found in cache (%d bytes)", digest, len(cached))
+                return cached
+            data = await self._download_from_sources(sources, digest, package_size, size_cap_bytes)
+            await asyncio.to_thread(self._cache.put, digest, data)
+            return data
+
+    async def close(self) -> None:
+        """Closes the HTTP session. The fetcher cannot be used afterwards."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await session.close()
+
+    # --- checks before any network ---
+
+    def _size_cap_for(self, package_size: int | None) -> int:
+        maximum = self._limits.package_size_max_bytes
+        if package_size is None:
+            return maximum
+        if isinstance(package_size, bool) or not isinstance(package_size, int) or package_size < 1:
+            raise PackageSizeError(f"package_size must be a positive integer number of bytes, got {package_size!r:.40}",
+                                   hint="give package_size as the exact size of the .wasm file in bytes, or leave it out")
+        if package_size > maximum:
+            raise PackageSizeError(f"package_size {package_size} bytes is over this node's package size limit of {maximum} bytes")
+        return package_size
+
+    def _sources_for(self, url: str) -> list[str]:
+        if _SCHEME.match(url).group(1).lower() != "ipfs":
+            return [url]
+        cid, path = parse_ipfs_url(url)
+        if not self._gateways:
+            raise PackageSourceRefused(f"{redact_url(url)} is an IPFS URL, but this node has no IPFS gateway configured",
+                                       hint="set ipfs_gateways in the node configuration (e.g. http://127.0.0.1:8080), or propose an https:// URL")
+        return [f"{gateway}/ipfs/{cid}{path}" for gateway in self._gateways]
+
+    @contextlib.asynccontextmanager
+    async def _lock_for(self, digest: str) -> AsyncIterator[None]:
+        # One lock per digest while anyone needs it: the table never outgrows the fetches in flight.
+        entry = self._digest_locks.get(digest)
+        if entry is None:
+            entry = self._digest_locks[digest] = _DigestLock()
+        entry.users += 1
+        try:
+            # No timeout of its own: the holder's work is bounded by the fetch limits.
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._digest_locks[digest]
+
+    # --- download ---
+
+    async def _download_from_sources(self, sources: list[str], digest: str, package_size: int | None, size_cap_bytes: int) -> bytes:
+        if len(sources) == 1:
+            return await self._download_one(sources[0], digest, package_size, size_cap_bytes)
+        failures: list[tuple[str, PackageError]] = []
+        for index, source in enumerate(sources, start=1):
+            try:
+                return await self._download_one(source, digest, package_size, size_cap_bytes)
+            except PackageError as error:
+                self._logger.warning("IPFS gateway %d of %d failed: %s", index, len(sources), error.message)
+                failures.append((source, error))
+        raise _all_gateways_failed(failures)
+
+    async def _download_one(self, url: str, digest: str, package_size: int | None, size_cap_bytes: int) -> bytes:
+        session = self._session_for_loop()
+        started_s = time.monotonic()
+        self._logger.info("downloading package sha256:%s from %s", digest, redact_url(url))
+        async with self._download_slots:
+            try:
+                async with asyncio.timeout(self._limits.total_timeout_ms / 1000):
+                    data, actual = await self._follow_and_read(session, url, package_size, size_cap_bytes)
+            except aiohttp.ClientError as error:
+                raise _client_error_to_fetch_error(error, url, self._limits) from None
+            except TimeoutError:
+                raise PackageFetchError(f"download from {redact_url(url)} did not finish within {self._limits.total_timeout_ms} ms",
+                                        hint="the server is too slow or stalled; retry, or raise the node's total download timeout") from None
+            except ValueError as error:
+                raise PackageFetchError(f"download from {redact_url(url)} failed: {_redact_text(str(error), url)}") from None
+        if actual != digest:
+            raise HashMismatchError(f"package from {redact_url(url)} has sha256:{actual}, but the proposal expects sha256:{digest}")
+        elapsed_ms = round((time.monotonic() - started_s) * 1000)
+        self._logger.info("downloaded package sha256:%s (%d bytes) from %s in %d ms", digest, len(data), redact_url(url), elapsed_ms)
+        return data
+
+    async def _follow_and_read(self, session: aiohttp.ClientSession, url: str, package_size: int | None,
+                               size_cap_bytes: int) -> tuple[bytes, str]:
+        # Redirects are followed by hand so that each hop's scheme is checked and the count is ours.
+        current = url
+        for _request_index in range(self._limits.redirects_max + 1):
+            async with session.get(current, allow_redirects=False, headers=_REQUEST_HEADERS) as response:
+                if response.status in _REDIRECT_STATUSES:
+                    current = _redirect_target(current, response)
+                    self._logger.debug("redirected to %s", redact_url(current))
+                    continue
+                if response.status != 200:
+                    raise PackageFetchError(f"{redact_url(current)} answered HTTP {response.status} {_redact_text(response.reason or '', url)}".rstrip())
+                return await self._read_body(response, current, package_size, size_cap_bytes)
+        raise PackageFetchError(f"{redact_url(url)} redirected more than {self._limits.redirects_max} times",
+                                hint="point package_url at the final location of the package")
+
+    async def _read_body(self, response: aiohttp.ClientResponse, url: str, package_size: int | None,
+                         size_cap_bytes: int) -> tuple[bytes, str]:
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise PackageFetchError(f"{redact_url(url)} sent a '{encoding[:40]}'-encoded body although this node asked for identity",
+                                    hint="serve the .wasm file uncompressed")
+        too_large = self._too_large_error(url, package_size)
+        content_length = response.content_length
+        if content_length is not None:
+            if content_length > size_cap_bytes:
+                raise too_large
+            _check_declared_size(content_length, package_size, f"{redact_url(url)} (Content-Length)")
+        hasher = hashlib.sha256()
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(_READ_CHUNK_BYTES):
+            if len(body) + len(chunk) > size_cap_bytes:
+                raise too_large
+            hasher.update(chunk)
+            body += chunk
+        _check_declared_size(len(body), package_size, redact_url(url))
+        return bytes(body), hasher.hexdigest()
+
+    def _too_large_error(self, url: str, package_size: int | None) -> PackageSizeError:
+        if package_size is not None:
+            return PackageSizeError(f"{redact_url(url)} sends more than the declared package_size of {package_size} bytes; stopped reading")
+        maximum = self._limits.package_size_max_bytes
+        return PackageSizeError(f"{redact_url(url)} sends more than this node's package size limit of {maximum} bytes; stopped reading")
+
+    def _session_for_loop(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("PackageFetcher.fetch called after close()")
+        if self._session is None:
+            connect_s = self._limits.connect_timeout_ms / 1000
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s),
+                connector=aiohttp.TCPConnector(limit=self._limits.downloads_concurrent_max * 2),
+                auto_decompress=False,
+                trust_env=False,
+            )
+        return self._session
+
+
+def _check_gateways(gateways: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(gateways, str):
+        raise ConfigError("ipfs_gateways must be a list of URLs, not one string", hint="write ipfs_gateways = [\"http://127.0.0.1:8080\"]")
+    checked = tuple(gateways)
+    if len(checked) > IPFS_GATEWAYS_MAX:
+        raise ConfigError(f"{len(checked)} IPFS gateways configured; at most {IPFS_GATEWAYS_MAX} are allowed")
+    result = []
+    for gateway in checked:
+        try:
+            check_package_url(gateway)
+        except PackageSourceRefused as error:
+            raise ConfigError(f"IPFS gateway {redact_url(gateway)!r} is not usable: {error.message}") from None
+        parts = urlsplit(gateway)
+        if parts.scheme.lower() not in ("http", "https") or parts.query or parts.fragment:
+            raise ConfigError(f"IPFS gateway {redact_url(gateway)!r} must be an http(s) URL without query or fragment",
+                              hint="write it as http://host:port, the gateway's base URL")
+        result.append(gateway.rstrip("/"))
+    return tuple(result)
+
+
+def _check_declared_size(actual_bytes: int, package_size: int | None, what: str) -> None:
+    if package_size is None or actual_bytes == package_size:
+        return
+    relation = "larger" if actual_bytes > package_size else "smaller"
+    raise PackageSizeError(f"{what} is {actual_bytes} bytes, {relation} than the declared package_size of {package_size} bytes")
+
+
+def _redirect_target(current: str, response: aiohttp.ClientResponse) -> str:
+    location = response.headers.get("Location")
+    if not location:
+        raise PackageFetchError(f"{redact_url(current)} answered HTTP {response.status} without a Location header")
+    try:
+        target = str(URL(current).join(URL(location)))
+    except ValueError:
+        raise PackageFetchError(f"{redact_url(current)} redirected to an invalid location {redact_url(location)!r}") from None
+    try:
+        check_package_url(target)
+    except PackageSourceRefused as error:
+        raise PackageSourceRefused(f"{redact_url(current)} redirected to a refused location: {error.message}",
+                                   hint="a package download follows only http:// and https:// redirects") from None
+    if _SCHEME.match(target).group(1).lower() not in ("http", "https"):
+        raise PackageSourceRefused(f"{redact_url(current)} redirected to {redact_url(target)}; only http:// and https:// redirects are followed",
+                                   hint="a package download follows only http:// and https:// redirects")
+    return target
+
+
+def _client_error_to_fetch_error(error: aiohttp.ClientError, url: str, limits: FetchLimits) -> PackageFetchError:
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return PackageFetchError(f"could not connect to {redact_url(url)} within {limits.connect_timeout_ms} ms",
+                                 hint="check that the host is up and reachable from this node, then retry")
+    detail = _redact_text(str(error), url) or "no detail"
+    return PackageFetchError(f"download from {redact_url(url)} failed: {type(error).__name__}: {detail}")
+
+
+def _all_gateways_failed(failures: list[tuple[str, PackageError]]) -> PackageError:
+    kinds = {type(error) for _gateway, error in failures}
+    kind = kinds.pop() if len(kinds) == 1 else PackageFetchError
+    listed = "; ".join(f"[{index}] {error.message}" for index, (_gateway, error) in enumerate(failures, start=1))
+    return kind(f"all {len(failures)} IPFS gateways failed: {listed}",
+                hint="check the gateways in ipfs_gateways, and that the CID is pinned and matches package_hash")
