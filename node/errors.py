@@ -183,3 +183,39 @@ class Unavailable(SynapseError):
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint, definite=False)
+
+
+# --- state machines (governance, ratification) -----------------------------------------------
+
+
+class InvalidTransition(Conflict):
+    """A state machine was asked for a transition its table does not have: a proposal cannot go from
+    'rejected' to 'ratified'. Raised by the tables in node/core/governance.py and ratification.py."""
+
+    default_hint = "check the proposal's current status (GET /proposals/<id>) before this operation"
+
+
+# --- local clusters (cluster/local.py) -------------------------------------------------------
+
+
+class ClusterError(SynapseError):
+    """A local cluster could not be started or driven (a node failed to come up, a wait timed out)."""
+
+    http_status = 500
+    default_hint = "read the node logs named in the message (cluster.logs(i), or node.log in its data dir)"
+
+
+# --- testbed: fault injection and scenarios (cluster/faults.py, cluster/scenario*.py) ---------
+
+
+class FaultInjectionUnavailable(SynapseError):
+    """This machine cannot inject the fault asked for (not root, no iptables, ...). Nothing was changed."""
+
+    default_hint = "run 'synapse doctor' to see what this machine lacks and how to fix it"
+
+
+class ScenarioFormatError(SynapseError):
+    """A scenario file is not valid; the message starts with the TOML path of the mistake."""
+
+    http_status = 400
+    default_hint = "fix the scenario file at the place named in the message"

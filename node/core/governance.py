@@ -1,0 +1,956 @@
+"""Proposals, reputation-weighted votes, the tally and the proposal lifecycle, folded from the log.
+
+Why it works as it does:
+  * Every node folds the same signed log entries, so every node must reach the same verdict from the
+    same entries. The fold only COLLECTS entries per proposal; verdicts are computed when asked, as a
+    pure function of (the collected entries, the current network state's reputations, now_ms). So the
+    result never depends on the order in which entries of different proposals arrived, and votes that
+    arrive before their proposal are kept (bounded) until it does.
+  * Votes of one proposal are counted in the log's canonical order (hlc, author, id), which every node
+    computes identically from the same set of entries. One live vote per voter: a vote with a higher
+    author sequence replaces the earlier one. A voter who equivocated (two different entries with the
+    same author and sequence, reported by CrdtLog.equivocations()) loses its vote on that proposal:
+    both entries are void, and falling back to an earlier vote would reward the ambiguity.
+  * Weight is the voter's integer reputation in the CURRENT network state. Votes from keys absent from
+    the state, from zero reputation, or cast (hlc.wall_ms) after the deadline never count: a thousand
+    Sybils with no reputation weigh nothing.
+  * Approval: approval weight EXCEEDS threshold_pct% of the cast weight AND the cast weight reaches
+    quorum_pct% of the total reputation, by the deadline. Early decision: as soon as the outcome can no
+    longer change whatever the voters who have not voted do, the proposal is decided and voting closes
+    (later votes, replacements included, are ignored and shown as "after_decision"). Integer
+    arithmetic only (cross-multiplied percentages): floats could round differently on two nodes.
+  * Lifecycle: voting -> approved | rejected | expired; approved -> ratified (a certified
+    EXECUTE_UPGRADE is in the log) -> executed | failed (THIS node's EXECUTION_REPORT) -> rolled_back.
+    ONE transition table; an impossible transition raises InvalidTransition. Entries are untrusted, so
+    the fold catches those refusals and records them as problems instead of corrupting the status.
+  * A certificate signed by a majority of validators is the network's decision: when this node's own
+    tally disagrees (its state or clock differ), the proposal is still shown as ratified, with a note.
+  * Proposal ids keep the spec's `upgrade_<date>_<time>` form, plus a suffix derived from the author
+    and its entry sequence (known before signing): nobody can squat another author's id, because the
+    fold refuses a proposal whose suffix does not match its own author and sequence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from node.core.canonical import normalize_sha256
+from node.core.entries import Entry
+from node.core.certificates import VALIDATORS_MAX, Verify, certificate_signers, certificate_statement, majority_of
+from node.core.semver import parse_version
+from node.errors import (
+    BadRequest,
+    CertificateError,
+    ConfigError,
+    Conflict,
+    HashFormatError,
+    InvalidTransition,
+    NotFound,
+    VersionError,
+)
+
+# --- statuses and the one transition table ----------------------------------------------------
+
+VOTING, APPROVED, REJECTED, EXPIRED = "voting", "approved", "rejected", "expired"
+RATIFIED, EXECUTED, FAILED, ROLLED_BACK = "ratified", "executed", "failed", "rolled_back"
+STATUSES = (VOTING, APPROVED, REJECTED, EXPIRED, RATIFIED, EXECUTED, FAILED, ROLLED_BACK)
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (VOTING, "approve"): APPROVED,
+    (VOTING, "reject"): REJECTED,
+    (VOTING, "expire"): EXPIRED,
+    (APPROVED, "ratify"): RATIFIED,
+    (RATIFIED, "execute"): EXECUTED,
+    (RATIFIED, "fail"): FAILED,
+    (EXECUTED, "roll_back"): ROLLED_BACK,
+    (FAILED, "roll_back"): ROLLED_BACK,
+}
+# A version may be proposed again only once every earlier proposal of it ended in one of these.
+VERSION_FREE_STATUSES = (REJECTED, EXPIRED, FAILED, ROLLED_BACK)
+
+
+def next_status(status: str, event: str) -> str:
+    try:
+        return TRANSITIONS[(status, event)]
+    except KeyError:
+        raise InvalidTransition(f"a proposal with status {status!r} cannot take event {event!r}") from None
+
+
+# --- proposal ids and time --------------------------------------------------------------------
+
+ACTIONS = ("upgrade", "rollback")
+PROPOSAL_ID_PATTERN = re.compile(r"^(upgrade|rollback)_(\d{8})_(\d{6})_([0-9a-f]{8})$")
+_NODE_ID = re.compile(r"^[0-9a-f]{16}$")
+_MS_PER_DAY = 86_400_000
+_YEAR_10000_MS = 253_402_300_800_000
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm; no datetime here)."""
+    shifted = days + 719_468
+    era = shifted // 146_097
+    day_of_era = shifted - era * 146_097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * month_index + 2) // 5 + 1
+    month = month_index + 3 if month_index < 10 else month_index - 9
+    return year_of_era + era * 400 + (month <= 2), month, day
+
+
+def utc_parts(now_ms: int) -> tuple[int, int, int, int, int, int]:
+    """(year, month, day, hour, minute, second) in UTC of a Unix time in milliseconds."""
+    days, ms_of_day = divmod(now_ms, _MS_PER_DAY)
+    seconds = ms_of_day // 1000
+    return (*_civil_from_days(days), seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+def format_utc_ms(now_ms: int) -> str:
+    """ISO 8601 UTC with seconds, e.g. '2025-10-03T12:00:00Z' (for messages users read)."""
+    year, month, day, hour, minute, second = utc_parts(now_ms)
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}Z"
+
+
+def proposal_id_suffix(author: str, sequence: int) -> str:
+    """8 hex of sha256('<author>:<sequence>'): unique per (author, entry sequence), known before signing."""
+    return hashlib.sha256(f"{author}:{sequence}".encode()).hexdigest()[:8]
+
+
+def make_proposal_id(action: str, now_ms: int, author: str, sequence: int) -> str:
+    """`upgrade_20251003_120000_3fa9c2d1`: action, UTC date and time of now_ms, author/sequence suffix.
+    `sequence` is the author's log sequence of the PROPOSAL entry that will carry this id."""
+    if action not in ACTIONS:
+        raise BadRequest(f"action must be one of {ACTIONS}, not {action!r}")
+    if type(now_ms) is not int or not 0 <= now_ms < _YEAR_10000_MS:
+        raise BadRequest(f"now_ms must be a Unix time in milliseconds before the year 10000, not {now_ms!r}")
+    if not isinstance(author, str) or not _NODE_ID.match(author) or type(sequence) is not int or sequence < 1:
+        raise BadRequest("author must be a node id (16 lowercase hex) and sequence an integer >= 1")
+    year, month, day, hour, minute, second = utc_parts(now_ms)
+    return f"{action}_{year:04d}{month:02d}{day:02d}_{hour:02d}{minute:02d}{second:02d}_{proposal_id_suffix(author, sequence)}"
+
+
+def proposal_id_matches(proposal_id: str, *, action: str, author: str, sequence: int) -> bool:
+    match = PROPOSAL_ID_PATTERN.match(proposal_id) if isinstance(proposal_id, str) else None
+    return match is not None and match.group(1) == action and match.group(4) == proposal_id_suffix(author, sequence)
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GovernanceRules:
+    """Thresholds come from genesis (governance section); limits bound what the fold keeps."""
+    approval_threshold_pct: int = 50
+    quorum_pct: int = 50
+    voting_period_ms: int = 60_000
+    voting_period_max_ms: int = 30 * _MS_PER_DAY     # a proposal's deadline may not lie further out
+    proposals_max: int = 10_000
+    votes_per_proposal_max: int = 100_000
+    orphan_proposals_max: int = 1_000                # ids referenced by votes/reports before the proposal
+    problems_max: int = 1_000
+
+    def __post_init__(self) -> None:
+        for name in ("approval_threshold_pct", "quorum_pct"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= 100:
+                raise ConfigError(f"governance.{name} must be an integer percentage 0..100, not {value!r}")
+        if type(self.voting_period_ms) is not int or not 1 <= self.voting_period_ms <= self.voting_period_max_ms:
+            raise ConfigError(f"governance.voting_period_ms must be 1..{self.voting_period_max_ms}, not {self.voting_period_ms!r}")
+        for name in ("proposals_max", "votes_per_proposal_max", "orphan_proposals_max", "problems_max"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ConfigError(f"governance limit {name} must be an integer >= 1")
+
+
+# --- the tally (pure; tests/unit/test_tally_reference.py compares it with a brute-force twin) ----
+
+
+def tally_outcome(*, approval_weight: int, rejection_weight: int, total_weight: int, threshold_pct: int,
+                  quorum_pct: int, deadline_passed: bool) -> str:
+    """VOTING, APPROVED, REJECTED or EXPIRED for the live votes. `total_weight` is the reputation of
+    every member, voters and non-voters alike; the weight that has not voted may still vote either way
+    (or not at all) until the deadline. Percentages are compared cross-multiplied, in integers."""
+    assert 0 <= approval_weight and 0 <= rejection_weight and approval_weight + rejection_weight <= total_weight
+    cast_weight = approval_weight + rejection_weight
+    remaining_weight = total_weight - cast_weight
+    quorum_reached = cast_weight * 100 >= quorum_pct * total_weight
+    # Certain approval: even if all the remaining weight rejected, approval would still exceed the
+    # threshold; and even if nobody else voted, the quorum is already there.
+    if approval_weight * 100 > threshold_pct * total_weight and quorum_reached:
+        return APPROVED
+    # Certain rejection: even if all the remaining weight approved, it would not exceed the threshold.
+    if (approval_weight + remaining_weight) * 100 <= threshold_pct * total_weight:
+        return REJECTED
+    if not deadline_passed:
+        return VOTING
+    if not quorum_reached:
+        return EXPIRED
+    return APPROVED if approval_weight * 100 > threshold_pct * cast_weight else REJECTED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tally:
+    approval_weight: int
+    rejection_weight: int
+    total_weight: int
+    outcome: str
+    decided_early: bool          # decided before the deadline because the outcome could no longer change
+
+    @property
+    def cast_weight(self) -> int:
+        return self.approval_weight + self.rejection_weight
+
+    def to_dict(self) -> dict:
+        return {"approval_weight": self.approval_weight, "rejection_weight": self.rejection_weight,
+                "cast_weight": self.cast_weight, "total_weight": self.total_weight, "outcome": self.outcome,
+                "decided_early": self.decided_early}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ballot:
+    """One VOTE entry, reduced to what counting needs."""
+    voter: str
+    choice: str                  # "approval" | "rejection"
+    author_sequence: int
+    order_key: tuple             # (wall_ms, logical, author, entry_id): the log's canonical order
+    entry_id: str
+
+    @property
+    def wall_ms(self) -> int:
+        return self.order_key[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteRecord:
+    """One row per voter: the vote that counts, or the latest one with the reason it does not."""
+    voter: str
+    vote: str
+    weight: int
+    counted: bool
+    reason: str | None           # None | after_deadline | unknown_voter | zero_reputation | equivocation | after_decision
+    entry_id: str
+    author_sequence: int
+    cast_ms: int
+
+    def to_dict(self) -> dict:
+        return {"voter": self.voter, "vote": self.vote, "weight": self.weight, "counted": self.counted,
+                "reason": self.reason, "entry_id": self.entry_id, "sequence": self.author_sequence,
+                "cast_ms": self.cast_ms}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteCount:
+    tally: Tally
+    votes: tuple[VoteRecord, ...]
+    decided_at_ms: int | None    # hlc wall time of the vote that decided early, or the deadline;
+                                 # None while voting, or when decided before any vote
+
+
+def reputations_from_state(state: Mapping) -> dict[str, int]:
+    """{node_id: reputation} of the members in state["global"]["nodes"]; anything but a non-negative
+    int counts as 0 (a malformed state never gives anyone weight)."""
+    global_state = state.get("global") if isinstance(state, Mapping) else None
+    nodes = global_state.get("nodes") if isinstance(global_state, Mapping) else None
+    if not isinstance(nodes, Mapping):
+        return {}
+    reputations = {}
+    for node_id, info in nodes.items():
+        reputation = info.get("reputation") if isinstance(info, Mapping) else None
+        reputations[str(node_id)] = reputation if type(reputation) is int and reputation > 0 else 0
+    return reputations
+
+
+def _ballot_refusal(ballot: Ballot, reputations: Mapping[str, int], disqualified: set[str],
+                    deadline_ms: int, decided: bool) -> str | None:
+    if ballot.voter in disqualified:
+        return "equivocation"
+    if ballot.wall_ms > deadline_ms:
+        return "after_deadline"
+    if ballot.voter not in reputations:
+        return "unknown_voter"
+    if reputations[ballot.voter] <= 0:
+        return "zero_reputation"
+    return "after_decision" if decided else None
+
+
+def count_votes(ballots: Iterable[Ballot], *, reputations: Mapping[str, int], disqualified: set[str],
+                deadline_ms: int, now_ms: int, threshold_pct: int, quorum_pct: int) -> VoteCount:
+    """Count one proposal's ballots in canonical order, stopping at an early decision."""
+    total_weight = sum(reputations.values())
+    weights = {"approval": 0, "rejection": 0}
+    live: dict[str, Ballot] = {}
+    rows: dict[str, VoteRecord] = {}
+    # Decided before any vote when nothing could pass (e.g. no member has reputation).
+    decided = _outcome(weights, total_weight, threshold_pct, quorum_pct, deadline_passed=False) != VOTING
+    decided_at_ms: int | None = None
+    for ballot in sorted(ballots, key=lambda b: b.order_key):
+        reason = _ballot_refusal(ballot, reputations, disqualified, deadline_ms, decided)
+        previous = live.get(ballot.voter)
+        if reason is None and previous is not None and previous.author_sequence >= ballot.author_sequence:
+            reason = "superseded"
+        weight = reputations.get(ballot.voter, 0)
+        row = VoteRecord(voter=ballot.voter, vote=ballot.choice, weight=weight, counted=reason is None, reason=reason,
+                         entry_id=ballot.entry_id, author_sequence=ballot.author_sequence, cast_ms=ballot.wall_ms)
+        if reason is not None:
+            if ballot.voter not in rows or not rows[ballot.voter].counted:
+                rows[ballot.voter] = row
+            continue
+        if previous is not None:
+            weights[previous.choice] -= weight
+        weights[ballot.choice] += weight
+        live[ballot.voter], rows[ballot.voter] = ballot, row
+        if _outcome(weights, total_weight, threshold_pct, quorum_pct, deadline_passed=False) != VOTING:
+            decided, decided_at_ms = True, ballot.wall_ms
+    outcome = _outcome(weights, total_weight, threshold_pct, quorum_pct, deadline_passed=now_ms > deadline_ms)
+    if decided_at_ms is None and outcome != VOTING and not decided:
+        decided_at_ms = deadline_ms
+    tally = Tally(approval_weight=weights["approval"], rejection_weight=weights["rejection"], total_weight=total_weight,
+                  outcome=outcome, decided_early=decided)
+    return VoteCount(tally=tally, votes=tuple(rows[voter] for voter in sorted(rows)), decided_at_ms=decided_at_ms)
+
+
+def _outcome(weights: Mapping[str, int], total_weight: int, threshold_pct: int, quorum_pct: int, *,
+             deadline_passed: bool) -> str:
+    return tally_outcome(approval_weight=weights["approval"], rejection_weight=weights["rejection"],
+                         total_weight=total_weight, threshold_pct=threshold_pct, quorum_pct=quorum_pct,
+                         deadline_passed=deadline_passed)
+
+
+def derive_status(*, outcome: str, certified: bool, local_report_success: bool | None,
+                  rolled_back: bool) -> tuple[str, tuple[str, ...]]:
+    """The proposal's status by walking the transition table through the facts, and notes about facts
+    that did not fit (untrusted entries never corrupt the status: they become notes)."""
+    notes = []
+    status = VOTING
+    if certified:
+        if outcome != APPROVED:
+            notes.append(f"ratified by a majority of validators although this node's tally says {outcome}")
+        status = next_status(next_status(status, "approve"), "ratify")
+    elif outcome != VOTING:
+        status = next_status(status, {APPROVED: "approve", REJECTED: "reject", EXPIRED: "expire"}[outcome])
+    for present, event, what in ((local_report_success is not None, "execute" if local_report_success else "fail",
+                                  "this node's execution report"),
+                                 (rolled_back, "roll_back", "a rollback")):
+        if not present:
+            continue
+        try:
+            status = next_status(status, event)
+        except InvalidTransition as error:
+            notes.append(f"{what} was ignored: {error.message}")
+    return status, tuple(notes)
+
+
+# --- views returned to the API and the runtime -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionView:
+    """The certified EXECUTE_UPGRADE of a proposal (the first in canonical order, lowest sequence)."""
+    sequence: int
+    entry_id: str
+    published_by: tuple[str, ...]            # validators who published an identical-sequence entry
+    certificate_signers: tuple[str, ...]
+    body: dict
+
+    def to_dict(self) -> dict:
+        return {"sequence": self.sequence, "entry_id": self.entry_id, "published_by": list(self.published_by),
+                "certificate_signers": list(self.certificate_signers)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportView:
+    node_id: str
+    sequence: int
+    success: bool
+    version: str
+    state_hash: str
+    error: str | None
+    entry_id: str
+
+    def to_dict(self) -> dict:
+        return {"node_id": self.node_id, "sequence": self.sequence, "success": self.success, "version": self.version,
+                "state_hash": self.state_hash, "error": self.error, "entry_id": self.entry_id}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollbackView:
+    """A node's local rollback (ROLLBACK audit entry) or the network rollback proposal that undid it."""
+    node_id: str | None
+    restored_version: str
+    previous_version: str | None
+    reason: str
+    entry_id: str | None
+    rollback_proposal_id: str | None
+
+    def to_dict(self) -> dict:
+        return {"node_id": self.node_id, "restored_version": self.restored_version,
+                "previous_version": self.previous_version, "reason": self.reason, "entry_id": self.entry_id,
+                "rollback_proposal_id": self.rollback_proposal_id}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatifyAuditView:
+    validator_id: str
+    sequence: int
+    valid: bool                              # a validator's signature over this proposal's certificate statement
+    entry_id: str
+
+    def to_dict(self) -> dict:
+        return {"validator_id": self.validator_id, "sequence": self.sequence, "valid": self.valid,
+                "entry_id": self.entry_id}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProposalView:
+    proposal_id: str
+    action: str
+    title: str
+    description: str
+    version: str
+    package_url: str | None
+    package_hash: str | None
+    package_size: int | None
+    target_proposal_id: str | None
+    author: str
+    entry_id: str
+    created_ms: int
+    voting_deadline_ms: int
+    status: str
+    tally: Tally
+    decided_at_ms: int | None
+    votes: tuple[VoteRecord, ...]
+    execution: ExecutionView | None
+    reports: tuple[ReportView, ...]
+    rollbacks: tuple[RollbackView, ...]
+    ratifications: tuple[RatifyAuditView, ...]
+    notes: tuple[str, ...]
+
+    def summary(self) -> dict:
+        return {"proposal_id": self.proposal_id, "action": self.action, "title": self.title, "version": self.version,
+                "status": self.status, "author": self.author, "created_ms": self.created_ms,
+                "voting_deadline_ms": self.voting_deadline_ms, "voting_deadline": format_utc_ms(self.voting_deadline_ms),
+                "target_proposal_id": self.target_proposal_id,
+                "sequence": self.execution.sequence if self.execution else None, "tally": self.tally.to_dict()}
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "description": self.description, "package_url": self.package_url,
+                "package_hash": self.package_hash, "package_size": self.package_size, "entry_id": self.entry_id,
+                "decided_at_ms": self.decided_at_ms, "votes": [vote.to_dict() for vote in self.votes],
+                "execution": self.execution.to_dict() if self.execution else None,
+                "reports": [report.to_dict() for report in self.reports],
+                "rollbacks": [rollback.to_dict() for rollback in self.rollbacks],
+                "ratifications": [ratify.to_dict() for ratify in self.ratifications], "notes": list(self.notes)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """An entry the fold refused or voided, kept as evidence (bounded) and counted by reason."""
+    reason: str
+    message: str
+    entry_id: str | None
+    author: str | None
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "message": self.message, "entry_id": self.entry_id, "author": self.author}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertifiedExecution:
+    """A certified EXECUTE_UPGRADE, as the executor needs it: apply in `sequence` order, once each."""
+    sequence: int
+    proposal_id: str
+    entry_id: str
+    body: dict
+
+
+# --- building proposal and vote bodies (the API uses these; validation errors are for users) ----
+
+
+def new_proposal_body(*, action: str, title: str, description: str, version: str, package_url: str | None,
+                      package_hash: str | None, package_size: int | None, target_proposal_id: str | None,
+                      author: str, sequence: int, now_ms: int, rules: GovernanceRules) -> dict:
+    """The PROPOSAL body for a user's request; `sequence` is the author's next log sequence."""
+    _check_text("title", title, 1, 200)
+    _check_text("description", description, 0, 4000)
+    try:
+        parse_version(version)
+    except ValueError as error:
+        raise BadRequest(str(error), hint="give version as MAJOR.MINOR.PATCH, e.g. '1.2.0'") from None
+    if action == "upgrade":
+        _check_text("package_url", package_url, 1, 2048)
+        normalized = normalize_sha256(package_hash) if isinstance(package_hash, str) else None
+        if normalized is None:
+            raise HashFormatError(f"package_hash {str(package_hash)[:80]!r} is not a SHA256 digest")
+        if package_size is not None and (type(package_size) is not int or not 1 <= package_size <= 2**40):
+            raise BadRequest(f"package_size must be an integer number of bytes in 1..2**40, not {package_size!r}")
+        if target_proposal_id is not None:
+            raise BadRequest("an upgrade proposal has no target_proposal_id", hint="omit target_proposal_id")
+        package_hash = normalized
+    elif action == "rollback":
+        if package_url is not None or package_hash is not None or package_size is not None:
+            raise BadRequest("a rollback proposal has no package", hint="omit package_url, package_hash and package_size")
+        _check_text("target_proposal_id", target_proposal_id, 1, 96)
+    else:
+        raise BadRequest(f"action must be 'upgrade' or 'rollback', not {action!r}")
+    return {"proposal_id": make_proposal_id(action, now_ms, author, sequence), "action": action, "title": title,
+            "description": description, "version": version, "package_url": package_url,
+            "package_hash": package_hash, "package_size": package_size,
+            "voting_deadline_ms": now_ms + rules.voting_period_ms, "target_proposal_id": target_proposal_id}
+
+
+def new_vote_body(proposal_id: str, vote: str) -> dict:
+    if vote not in ("approval", "rejection"):
+        raise BadRequest(f"vote must be 'approval' or 'rejection', not {str(vote)[:40]!r}")
+    _check_text("proposal_id", proposal_id, 1, 96)
+    return {"proposal_id": proposal_id, "vote": vote}
+
+
+def _check_text(name: str, value: object, length_min: int, length_max: int) -> None:
+    if not isinstance(value, str) or not length_min <= len(value) <= length_max:
+        raise BadRequest(f"{name} must be a string of {length_min} to {length_max} characters")
+
+
+# --- the fold -----------------------------------------------------------------------------------
+
+
+def _order_key(entry: Entry) -> tuple:
+    return (entry.hlc.wall_ms, entry.hlc.logical, entry.author, entry.id)
+
+
+@dataclass(slots=True)
+class _Execute:
+    entry_id: str
+    author: str
+    order_key: tuple
+    body: dict
+    signers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _RatifyAudit:
+    validator_id: str
+    sequence: int
+    entry_id: str
+    statement: bytes
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Everything the log holds about one proposal id."""
+    proposal: Entry | None = None
+    ballots: dict[str, Ballot] = field(default_factory=dict)
+    executes: dict[str, _Execute] = field(default_factory=dict)
+    reports: dict[str, Entry] = field(default_factory=dict)     # author -> latest EXECUTION_REPORT
+    rollbacks: dict[str, Entry] = field(default_factory=dict)   # author -> latest ROLLBACK audit entry
+    ratify_audits: dict[str, _RatifyAudit] = field(default_factory=dict)
+
+
+class Governance:
+    """Folds visible log entries; answers questions about proposals for the API and the validators.
+
+    `apply(entry)` in log order (any order works: verdicts are computed at query time); call
+    `note_equivocations(CrdtLog.equivocations())` whenever the log reports new ones. Every query
+    takes the current network `state` (for reputations and the current version) and `now_ms`.
+    Not thread-safe: use it from the event loop only.
+    """
+
+    def __init__(self, *, network_id: str, validators: Mapping[str, bytes], verify: Verify, local_node_id: str,
+                 rules: GovernanceRules = GovernanceRules()) -> None:
+        if not 1 <= len(validators) <= VALIDATORS_MAX:
+            raise ConfigError(f"the validator set must hold 1 to {VALIDATORS_MAX} validators, not {len(validators)}")
+        self._network_id = network_id
+        self._validators = dict(validators)
+        self._verify = verify
+        self._local_node_id = local_node_id
+        self._rules = rules
+        self._buckets: dict[str, _Bucket] = {}
+        self._applied: set[str] = set()
+        self._void: set[str] = set()
+        self._equivocation_pairs: set[tuple[str, str]] = set()
+        self._authors: dict[str, str] = {}                     # entry id -> author, for applied governance entries
+        self._problems: deque[Problem] = deque(maxlen=rules.problems_max)
+        self._problem_counts: Counter[str] = Counter()
+        self._handlers: dict[str, Callable[[Entry], None]] = {
+            "PROPOSAL": self._apply_proposal, "VOTE": self._apply_vote, "EXECUTE_UPGRADE": self._apply_execute,
+            "EXECUTION_REPORT": self._apply_report, "ROLLBACK": self._apply_rollback, "RATIFY": self._apply_ratify,
+        }
+
+    @property
+    def rules(self) -> GovernanceRules:
+        return self._rules
+
+    # --- folding ----------------------------------------------------------------------------
+
+    def apply(self, entry: Entry) -> None:
+        """Fold one visible entry. Idempotent; never raises on a bad entry (it becomes a Problem)."""
+        handler = self._handlers.get(entry.kind)
+        if handler is None or entry.id in self._applied:
+            return
+        self._applied.add(entry.id)
+        self._authors[entry.id] = entry.author
+        handler(entry)
+
+    def apply_all(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            self.apply(entry)
+
+    def note_equivocations(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Void both entries of each pair (same author and sequence, different content)."""
+        for first, second in pairs:
+            pair = (min(first, second), max(first, second))
+            if pair in self._equivocation_pairs:
+                continue
+            self._equivocation_pairs.add(pair)
+            self._void.update(pair)
+            author = self._authors.get(first) or self._authors.get(second)
+            self._problem("equivocation", f"entries {pair[0][:12]} and {pair[1][:12]} share an author and a sequence: "
+                          "both are void", pair[0], author)
+
+    def problems(self) -> tuple[Problem, ...]:
+        """The most recent problems (bounded by rules.problems_max), oldest first."""
+        return tuple(self._problems)
+
+    def problem_counts(self) -> dict[str, int]:
+        """Every problem ever recorded, by reason (for metrics)."""
+        return dict(self._problem_counts)
+
+    def _problem(self, reason: str, message: str, entry_id: str | None, author: str | None) -> None:
+        self._problems.append(Problem(reason=reason, message=message, entry_id=entry_id, author=author))
+        self._problem_counts[reason] += 1
+
+    def _bucket(self, proposal_id: str, entry: Entry) -> _Bucket | None:
+        """The bucket of `proposal_id`, created if the limits allow: proposals_max for proposals,
+        orphan_proposals_max for ids that only votes, reports or executions have named so far."""
+        bucket = self._buckets.get(proposal_id)
+        if bucket is not None:
+            return bucket
+        orphans = sum(1 for b in self._buckets.values() if b.proposal is None)
+        full = (len(self._buckets) - orphans >= self._rules.proposals_max if entry.kind == "PROPOSAL"
+                else orphans >= self._rules.orphan_proposals_max)
+        if full:
+            self._problem("full", f"too many proposals are tracked: {entry.kind} for {proposal_id!r} ignored",
+                          entry.id, entry.author)
+            return None
+        bucket = self._buckets[proposal_id] = _Bucket()
+        return bucket
+
+    def _apply_proposal(self, entry: Entry) -> None:
+        body = entry.body
+        proposal_id = body["proposal_id"]
+        refusal = _proposal_refusal(entry, self._rules)
+        existing = self._buckets.get(proposal_id)
+        if refusal is None and existing is not None and existing.proposal is not None:
+            # Only an equivocating author can make two proposals with one id (the id is bound to author
+            # and sequence); until the log reports the pair, keep the one first in log order.
+            loser = max(existing.proposal, entry, key=_order_key)
+            existing.proposal = min(existing.proposal, entry, key=_order_key)
+            self._problem("duplicate_proposal", f"two proposals carry the id {proposal_id}: entry "
+                          f"{loser.id[:12]} is ignored", loser.id, loser.author)
+            return
+        if refusal is not None:
+            self._problem(refusal[0], refusal[1], entry.id, entry.author)
+            return
+        bucket = self._bucket(proposal_id, entry)
+        if bucket is not None:
+            bucket.proposal = entry
+
+    def _apply_vote(self, entry: Entry) -> None:
+        bucket = self._bucket(entry.body["proposal_id"], entry)
+        if bucket is None:
+            return
+        if len(bucket.ballots) >= self._rules.votes_per_proposal_max:
+            self._problem("full", f"proposal {entry.body['proposal_id']} already holds "
+                          f"{self._rules.votes_per_proposal_max} vote entries", entry.id, entry.author)
+            return
+        bucket.ballots[entry.id] = Ballot(voter=entry.author, choice=entry.body["vote"], author_sequence=entry.sequence,
+                                          order_key=_order_key(entry), entry_id=entry.id)
+
+    def _apply_execute(self, entry: Entry) -> None:
+        try:
+            signers = certificate_signers(entry.body, network_id=self._network_id, validators=self._validators,
+                                          verify=self._verify)
+        except CertificateError as error:
+            signers, message = frozenset(), error.message
+        else:
+            message = f"the certificate holds valid signatures of {len(signers)} of {len(self._validators)} validators"
+        if len(signers) < majority_of(len(self._validators)):
+            self._problem("bad_certificate", f"EXECUTE_UPGRADE for {entry.body['proposal_id']!r} refused: {message}",
+                          entry.id, entry.author)
+            return
+        bucket = self._bucket(entry.body["proposal_id"], entry)
+        if bucket is not None and len(bucket.executes) < 4 * len(self._validators):
+            bucket.executes[entry.id] = _Execute(entry_id=entry.id, author=entry.author, order_key=_order_key(entry),
+                                                 body=entry.body, signers=tuple(sorted(signers)))
+
+    def _apply_report(self, entry: Entry) -> None:
+        bucket = self._bucket(entry.body["proposal_id"], entry)
+        previous = bucket.reports.get(entry.author) if bucket is not None else None
+        if bucket is not None and (previous is None or previous.sequence < entry.sequence):
+            bucket.reports[entry.author] = entry
+
+    def _apply_rollback(self, entry: Entry) -> None:
+        bucket = self._bucket(entry.body["proposal_id"], entry)
+        previous = bucket.rollbacks.get(entry.author) if bucket is not None else None
+        if bucket is not None and (previous is None or previous.sequence < entry.sequence):
+            bucket.rollbacks[entry.author] = entry
+
+    def _apply_ratify(self, entry: Entry) -> None:
+        bucket = self._bucket(entry.body["proposal_id"], entry)
+        if bucket is None or len(bucket.ratify_audits) >= 4 * len(self._validators):
+            return
+        public_key = self._validators.get(entry.author)
+        # The signature is checked once, here; evaluation checks that the signed statement is this
+        # proposal's certificate statement at the claimed sequence.
+        signed = public_key is not None and bool(self._verify(public_key, entry.body["statement"], entry.body["signature"]))
+        if not signed:
+            self._problem("bad_ratify", f"RATIFY for {entry.body['proposal_id']!r} has no valid validator signature",
+                          entry.id, entry.author)
+            return
+        bucket.ratify_audits[entry.id] = _RatifyAudit(validator_id=entry.author, sequence=entry.body["sequence"],
+                                                      entry_id=entry.id, statement=entry.body["statement"])
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def proposals(self, *, state: Mapping, now_ms: int) -> list[ProposalView]:
+        """Every known, valid proposal, in log order (oldest first)."""
+        views = self._views(reputations_from_state(state), now_ms)
+        return sorted(views.values(), key=lambda view: _order_key(self._buckets[view.proposal_id].proposal))
+
+    def proposal(self, proposal_id: str, *, state: Mapping, now_ms: int) -> ProposalView:
+        """One proposal in detail; raises NotFound."""
+        bucket = self._buckets.get(proposal_id) if isinstance(proposal_id, str) else None
+        if bucket is None or bucket.proposal is None or bucket.proposal.id in self._void:
+            raise NotFound(f"no proposal {str(proposal_id)[:100]!r} is known to this node",
+                           hint="list proposals with GET /proposals; a new proposal takes a moment to reach every node")
+        reputations = reputations_from_state(state)
+        rollback = None
+        if bucket.proposal.body["action"] == "upgrade":
+            rollbacks = [self._evaluate(other_id, other, reputations, now_ms, None)
+                         for other_id, other in self._live_buckets()
+                         if other.proposal.body["target_proposal_id"] == proposal_id]
+            rollback = _executed_rollback(rollbacks)
+        return self._evaluate(proposal_id, bucket, reputations, now_ms, rollback)
+
+    def needing_ratification(self, *, state: Mapping, now_ms: int, settle_ms: int = 0) -> list[ProposalView]:
+        """Approved proposals with no certified EXECUTE_UPGRADE yet, oldest first: what a validator
+        should ratify. `settle_ms` waits after the decision so that late votes can still arrive."""
+        return [view for view in self.proposals(state=state, now_ms=now_ms)
+                if view.status == APPROVED and view.decided_at_ms is not None and now_ms >= view.decided_at_ms + settle_ms]
+
+    def certified_executions(self) -> list[CertifiedExecution]:
+        """Every EXECUTE_UPGRADE with a valid certificate, one per sequence (the first in log order),
+        in sequence order. The certificate is the authority: this does not need the proposal."""
+        by_sequence: dict[int, _Execute] = {}
+        for bucket in self._buckets.values():
+            for execute in bucket.executes.values():
+                sequence = execute.body["sequence"]
+                if sequence not in by_sequence or execute.order_key < by_sequence[sequence].order_key:
+                    by_sequence[sequence] = execute
+        return [CertifiedExecution(sequence=sequence, proposal_id=by_sequence[sequence].body["proposal_id"],
+                                   entry_id=by_sequence[sequence].entry_id, body=by_sequence[sequence].body)
+                for sequence in sorted(by_sequence)]
+
+    def certified_sequences(self) -> set[int]:
+        return {execution.sequence for execution in self.certified_executions()}
+
+    # --- validation rules shared with the API ------------------------------------------------
+
+    def check_can_propose(self, body: Mapping, *, state: Mapping, now_ms: int) -> None:
+        """Raise Conflict / NotFound / VersionError if this PROPOSAL body may not be proposed now."""
+        views = {view.proposal_id: view for view in self.proposals(state=state, now_ms=now_ms)
+                 if view.proposal_id != body["proposal_id"]}     # checking an already folded body is harmless
+        current = _current_version(state)
+        if body["action"] == "upgrade":
+            _check_upgrade_allowed(body, views, current)
+        else:
+            _check_rollback_allowed(body, views, current)
+
+    def check_can_vote(self, proposal_id: str, *, state: Mapping, now_ms: int) -> ProposalView:
+        """Raise NotFound for an unknown proposal, Conflict when voting is closed; else its view."""
+        view = self.proposal(proposal_id, state=state, now_ms=now_ms)
+        if now_ms > view.voting_deadline_ms:
+            raise Conflict(f"voting on {proposal_id} closed at its deadline {format_utc_ms(view.voting_deadline_ms)} "
+                           f"(voting_deadline_ms={view.voting_deadline_ms})",
+                           hint="votes cast after the deadline do not count")
+        if view.status != VOTING:
+            raise Conflict(f"voting on {proposal_id} is closed: the proposal is already {view.status}",
+                           hint="the outcome could no longer change; see GET /proposals/" + proposal_id)
+        return view
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def _live_buckets(self) -> list[tuple[str, _Bucket]]:
+        return [(proposal_id, bucket) for proposal_id, bucket in self._buckets.items()
+                if bucket.proposal is not None and bucket.proposal.id not in self._void]
+
+    def _views(self, reputations: Mapping[str, int], now_ms: int) -> dict[str, ProposalView]:
+        live = self._live_buckets()
+        views = {proposal_id: self._evaluate(proposal_id, bucket, reputations, now_ms, None)
+                 for proposal_id, bucket in live if bucket.proposal.body["action"] == "rollback"}
+        rollbacks_by_target: dict[str, list[ProposalView]] = {}
+        for view in views.values():
+            rollbacks_by_target.setdefault(view.target_proposal_id, []).append(view)
+        for proposal_id, bucket in live:
+            if bucket.proposal.body["action"] == "upgrade":
+                rollback = _executed_rollback(rollbacks_by_target.get(proposal_id, []))
+                views[proposal_id] = self._evaluate(proposal_id, bucket, reputations, now_ms, rollback)
+        return views
+
+    def _evaluate(self, proposal_id: str, bucket: _Bucket, reputations: Mapping[str, int], now_ms: int,
+                  network_rollback: ProposalView | None) -> ProposalView:
+        entry = bucket.proposal
+        body = entry.body
+        disqualified = {ballot.voter for ballot in bucket.ballots.values() if ballot.entry_id in self._void}
+        count = count_votes(bucket.ballots.values(), reputations=reputations, disqualified=disqualified,
+                            deadline_ms=body["voting_deadline_ms"], now_ms=now_ms,
+                            threshold_pct=self._rules.approval_threshold_pct, quorum_pct=self._rules.quorum_pct)
+        execution, notes = _execution_of(body, bucket)
+        reports = tuple(_report_view(report) for _author, report in sorted(bucket.reports.items())
+                        if report.id not in self._void)
+        local_report = next((report for report in reports if report.node_id == self._local_node_id), None)
+        if local_report is not None and (execution is None or local_report.sequence != execution.sequence):
+            notes.append(f"this node's execution report names sequence {local_report.sequence}, "
+                         "which is not this proposal's certified sequence: ignored")
+            local_report = None
+        rollbacks = tuple(_rollback_view(rollback) for _author, rollback in sorted(bucket.rollbacks.items())
+                          if rollback.id not in self._void)
+        if network_rollback is not None:
+            rollbacks += (RollbackView(node_id=None, restored_version=network_rollback.version, previous_version=body["version"],
+                                       reason=network_rollback.title, entry_id=None,
+                                       rollback_proposal_id=network_rollback.proposal_id),)
+        locally_rolled_back = any(r.node_id == self._local_node_id for r in rollbacks) or network_rollback is not None
+        status, status_notes = derive_status(outcome=count.tally.outcome, certified=execution is not None,
+                                             local_report_success=None if local_report is None else local_report.success,
+                                             rolled_back=locally_rolled_back)
+        notes.extend(status_notes)
+        notes.extend(_state_hash_notes(reports))
+        return ProposalView(
+            proposal_id=proposal_id, action=body["action"], title=body["title"], description=body["description"],
+            version=body["version"], package_url=body["package_url"], package_hash=body["package_hash"],
+            package_size=body["package_size"], target_proposal_id=body["target_proposal_id"], author=entry.author,
+            entry_id=entry.id, created_ms=entry.hlc.wall_ms, voting_deadline_ms=body["voting_deadline_ms"],
+            status=status, tally=count.tally, decided_at_ms=count.decided_at_ms, votes=count.votes, execution=execution,
+            reports=reports, rollbacks=rollbacks, ratifications=self._ratify_views(proposal_id, body, bucket),
+            notes=tuple(notes))
+
+    def _ratify_views(self, proposal_id: str, body: Mapping, bucket: _Bucket) -> tuple[RatifyAuditView, ...]:
+        views = []
+        for audit in sorted(bucket.ratify_audits.values(), key=lambda a: (a.sequence, a.validator_id, a.entry_id)):
+            try:
+                expected = certificate_statement(self._network_id, proposal_id, body["action"], body["package_hash"],
+                                                 body["version"], audit.sequence)
+            except CertificateError:
+                expected = None
+            views.append(RatifyAuditView(validator_id=audit.validator_id, sequence=audit.sequence,
+                                         valid=audit.statement == expected, entry_id=audit.entry_id))
+        return tuple(views)
+
+
+def _proposal_refusal(entry: Entry, rules: GovernanceRules) -> tuple[str, str] | None:
+    """(reason, message) when a PROPOSAL entry must be refused, else None. The schema (types, the
+    fields each action needs) was checked by entries.py; these are the rules between entry and body."""
+    body = entry.body
+    if not proposal_id_matches(body["proposal_id"], action=body["action"], author=entry.author, sequence=entry.sequence):
+        return ("proposal_id_mismatch",
+                f"proposal id {body['proposal_id']!r} was not made by author {entry.author} at sequence {entry.sequence} "
+                f"(expected the suffix {proposal_id_suffix(entry.author, entry.sequence)})")
+    period_ms = body["voting_deadline_ms"] - entry.hlc.wall_ms
+    if not 0 < period_ms <= rules.voting_period_max_ms:
+        return ("bad_deadline", f"proposal {body['proposal_id']} has a voting period of {period_ms} ms; "
+                                f"it must be 1..{rules.voting_period_max_ms} ms after the proposal")
+    target = body["target_proposal_id"]
+    if body["action"] == "rollback" and not (isinstance(target, str) and target.startswith("upgrade_")):
+        return ("bad_target", f"rollback proposal {body['proposal_id']} must target an upgrade proposal, not {target!r}")
+    return None
+
+
+def _execution_of(body: Mapping, bucket: _Bucket) -> tuple[ExecutionView | None, list[str]]:
+    notes, matching = [], []
+    for execute in sorted(bucket.executes.values(), key=lambda e: e.order_key):
+        certified = (execute.body["action"], execute.body["version"], execute.body["package_hash"])
+        if certified != (body["action"], body["version"], body["package_hash"]):
+            notes.append(f"EXECUTE_UPGRADE {execute.entry_id[:12]} certifies another action, version or package hash "
+                         "than this proposal: ignored")
+            continue
+        matching.append(execute)
+    if not matching:
+        return None, notes
+    sequences = sorted({execute.body["sequence"] for execute in matching})
+    if len(sequences) > 1:
+        notes.append(f"validators certified this proposal under several sequences {sequences}: using {sequences[0]}")
+    chosen = [execute for execute in matching if execute.body["sequence"] == sequences[0]]
+    first = chosen[0]
+    return ExecutionView(sequence=sequences[0], entry_id=first.entry_id,
+                         published_by=tuple(sorted({execute.author for execute in chosen})),
+                         certificate_signers=first.signers, body=first.body), notes
+
+
+def _executed_rollback(rollbacks: Sequence[ProposalView]) -> ProposalView | None:
+    return next((view for view in rollbacks if view.status in (EXECUTED, ROLLED_BACK)), None)
+
+
+def _report_view(entry: Entry) -> ReportView:
+    body = entry.body
+    return ReportView(node_id=entry.author, sequence=body["sequence"], success=body["success"], version=body["version"],
+                      state_hash=body["state_hash"], error=body["error"], entry_id=entry.id)
+
+
+def _rollback_view(entry: Entry) -> RollbackView:
+    body = entry.body
+    return RollbackView(node_id=entry.author, restored_version=body["restored_version"],
+                        previous_version=body["previous_version"], reason=body["reason"], entry_id=entry.id,
+                        rollback_proposal_id=None)
+
+
+def _state_hash_notes(reports: Sequence[ReportView]) -> list[str]:
+    hashes: dict[str, list[str]] = {}
+    for report in reports:
+        if report.success:
+            hashes.setdefault(report.state_hash, []).append(report.node_id)
+    if len(hashes) <= 1:
+        return []
+    shown = "; ".join(f"{state_hash}: {', '.join(nodes)}" for state_hash, nodes in sorted(hashes.items()))
+    return [f"nodes that executed this upgrade disagree on the resulting state hash ({shown})"]
+
+
+def _current_version(state: Mapping) -> str | None:
+    global_state = state.get("global") if isinstance(state, Mapping) else None
+    version = global_state.get("version") if isinstance(global_state, Mapping) else None
+    try:
+        parse_version(version)
+    except ValueError:
+        return None
+    return version
+
+
+def _check_upgrade_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
+    version = body["version"]
+    if current is not None and not parse_version(version) > parse_version(current):
+        raise VersionError(f"version {version} is not greater than the network's current version {current}")
+    for view in views.values():
+        if view.action == "upgrade" and view.version == version and view.status not in VERSION_FREE_STATUSES:
+            raise Conflict(f"version {version} is already proposed by {view.proposal_id} (status {view.status})",
+                           hint="vote on that proposal, or propose another version")
+
+
+def _check_rollback_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
+    target_id = body["target_proposal_id"]
+    target = views.get(target_id)
+    if target is None:
+        raise NotFound(f"no proposal {target_id!r} is known to this node",
+                       hint="give the id of the executed upgrade to undo (GET /proposals)")
+    if target.action != "upgrade" or target.status != EXECUTED:
+        raise Conflict(f"{target_id} is a {target.action} with status {target.status}: only an executed upgrade can be rolled back")
+    if current is not None and target.version != current:
+        raise Conflict(f"only the latest executed upgrade can be rolled back: the network runs {current}, "
+                       f"{target_id} installed {target.version}", hint="roll back the latest upgrade first")
+    if current is not None and not parse_version(body["version"]) < parse_version(current):
+        raise VersionError(f"a rollback must go back to a version older than the current {current}, not {body['version']}",
+                           hint="give the version the network ran before the upgrade")
+    for view in views.values():
+        if view.action == "rollback" and view.target_proposal_id == target_id and view.status not in VERSION_FREE_STATUSES:
+            raise Conflict(f"{view.proposal_id} already proposes to roll back {target_id} (status {view.status})",
+                           hint="vote on that proposal instead")

@@ -1,0 +1,401 @@
+"""The ratification state machine that the validators' Raft cluster replicates (node/raft.py).
+
+Why this shape:
+  * Raft gives every validator the same sequence of commands; this machine turns that sequence into
+    the same state on every validator. It is pure and deterministic: no clock, no randomness, no
+    dependence on which validator leads (a cut-off leader may believe it still leads, so "am I
+    leader" decides nothing), and every input is checked, because a command that raised inside a
+    replicated method would jam PySyncObj's apply loop forever. Bad input returns a refused outcome
+    and changes nothing.
+  * Two phases, because an upgrade's sequence number does not exist until a majority agreed:
+      1. ratify(proposal, action, package hash, version, validator, signature): each validator's
+         SIGNED consent (certificates.ratify_statement). When a strict majority of the validator set
+         ratified the same (proposal, action, hash, version), the machine assigns the next upgrade
+         sequence number (1, 2, ...) to it, exactly once. The signature means one validator cannot
+         ratify in the name of others and burn sequence numbers that would never be certified
+         (executors apply upgrades strictly in sequence order, so a hole would stall the network).
+      2. certify(proposal, sequence, validator, signature): each validator signs the certificate
+         statement for its assigned sequence; the machine verifies the signature (ed25519 verify is
+         deterministic) and marks the certificate complete at a strict majority. Any validator then
+         publishes the EXECUTE_UPGRADE entry; duplicates are harmless (executors dedupe by sequence).
+  * Every command is idempotent (a repeat returns "already_..." and changes nothing), so validators
+    re-submit freely after restarts, timeouts and leader changes.
+  * One validator ratifies each proposal once; a different (action, hash, version) for the same
+    proposal is refused, so two tuples can never both reach a majority (two majorities intersect).
+  * Limits: a validator may hold at most `pending_per_validator_max` ratifications that have not yet
+    reached a majority (a faulty validator fills only its own quota), and at most `sequences_max`
+    sequences exist.
+  * The per-proposal phases follow ONE transition table; an impossible transition raises (a bug).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from node.core.certificates import (
+    SIGNATURE_SIZE_BYTES,
+    VALIDATORS_MAX,
+    Verify,
+    build_certificate,
+    certificate_statement,
+    majority_of,
+    ratify_statement,
+)
+from node.errors import CertificateError, ConfigError, IntegrityError, InvalidTransition
+
+STATE_FORMAT = 1
+
+COLLECTING = "collecting"      # ratifications arriving, no majority yet
+ASSIGNED = "assigned"          # a majority ratified: sequence number assigned, signatures arriving
+CERTIFIED = "certified"        # a majority signed the certificate statement
+PHASES = (COLLECTING, ASSIGNED, CERTIFIED)
+
+PHASE_TRANSITIONS: dict[tuple[str, str], str] = {
+    (COLLECTING, "majority_ratified"): ASSIGNED,
+    (ASSIGNED, "majority_signed"): CERTIFIED,
+}
+
+# Outcome statuses. Accepted ones changed the state or repeated an earlier command exactly.
+ACCEPTED_STATUSES = ("ratification_recorded", "already_ratified", "sequence_assigned",
+                     "signature_recorded", "already_signed", "certificate_complete")
+REFUSED_STATUSES = ("bad_arguments", "unknown_validator", "bad_signature", "conflicting_ratification",
+                    "quota_full", "sequences_full", "not_assigned", "wrong_sequence")
+
+
+def next_phase(phase: str, event: str) -> str:
+    try:
+        return PHASE_TRANSITIONS[(phase, event)]
+    except KeyError:
+        raise InvalidTransition(f"a ratification in phase {phase!r} cannot take event {event!r}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatificationLimits:
+    pending_per_validator_max: int = 64
+    sequences_max: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.pending_per_validator_max < 1 or self.sequences_max < 1:
+            raise ConfigError("ratification limits pending_per_validator_max and sequences_max must be >= 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SequenceAssigned:
+    """Event: a strict majority ratified; validators should now sign the certificate statement."""
+    sequence: int
+    proposal_id: str
+    action: str
+    package_hash: str | None
+    version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateCompleted:
+    """Event: a strict majority signed; any validator may now publish the EXECUTE_UPGRADE entry."""
+    sequence: int
+    proposal_id: str
+    action: str
+    package_hash: str | None
+    version: str
+    signatures: tuple[tuple[str, bytes], ...]
+
+
+Event = SequenceAssigned | CertificateCompleted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatificationOutcome:
+    """What one replicated command did. `accepted` is False when it was refused and changed nothing."""
+    status: str
+    proposal_id: str
+    sequence: int | None
+    message: str
+    events: tuple[Event, ...] = ()
+
+    def __post_init__(self) -> None:
+        assert self.status in ACCEPTED_STATUSES + REFUSED_STATUSES, self.status
+
+    @property
+    def accepted(self) -> bool:
+        return self.status in ACCEPTED_STATUSES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatificationRecord:
+    """A read-only copy of one proposal's ratification. `action`, `package_hash` and `version` are
+    those of the ratified tuple once assigned (None while collecting: ratifications may disagree)."""
+    proposal_id: str
+    phase: str
+    sequence: int | None
+    action: str | None
+    package_hash: str | None
+    version: str | None
+    ratifications: tuple[tuple[str, str, str | None, str], ...]   # (validator, action, hash, version)
+    signatures: tuple[tuple[str, bytes], ...]                     # (validator, certificate signature)
+
+    @property
+    def ratified_by(self) -> tuple[str, ...]:
+        return tuple(validator_id for validator_id, *_ in self.ratifications)
+
+    @property
+    def signed_by(self) -> tuple[str, ...]:
+        return tuple(validator_id for validator_id, _ in self.signatures)
+
+    def to_dict(self) -> dict:
+        return {"proposal_id": self.proposal_id, "phase": self.phase, "sequence": self.sequence,
+                "action": self.action, "package_hash": self.package_hash, "version": self.version,
+                "ratified_by": list(self.ratified_by), "signed_by": list(self.signed_by)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatificationView:
+    """A consistent, immutable snapshot of the whole replicated state."""
+    next_sequence: int
+    records: tuple[RatificationRecord, ...]
+
+    def by_proposal(self, proposal_id: str) -> RatificationRecord | None:
+        return next((record for record in self.records if record.proposal_id == proposal_id), None)
+
+    def by_sequence(self, sequence: int) -> RatificationRecord | None:
+        return next((record for record in self.records if record.sequence == sequence), None)
+
+    def assigned(self) -> tuple[RatificationRecord, ...]:
+        """Records with a sequence number, in sequence order."""
+        return tuple(sorted((r for r in self.records if r.sequence is not None), key=lambda r: r.sequence))
+
+    def to_dict(self) -> dict:
+        return {"next_sequence": self.next_sequence, "records": [record.to_dict() for record in self.records]}
+
+
+@dataclass(slots=True)
+class _Record:
+    phase: str = COLLECTING
+    ratifications: dict[str, tuple[str, str | None, str, bytes]] = field(default_factory=dict)
+    sequence: int | None = None
+    ratified: tuple[str, str | None, str] | None = None          # (action, hash, version) once assigned
+    signatures: dict[str, bytes] = field(default_factory=dict)
+
+
+def _refused(status: str, proposal_id: object, message: str, sequence: int | None = None) -> RatificationOutcome:
+    shown = proposal_id if isinstance(proposal_id, str) else repr(proposal_id)[:100]
+    return RatificationOutcome(status=status, proposal_id=shown, sequence=sequence, message=message)
+
+
+class RatificationMachine:
+    """The deterministic replicated state. Methods never raise on bad input: they return an outcome."""
+
+    def __init__(self, *, network_id: str, validators: Mapping[str, bytes], verify: Verify,
+                 limits: RatificationLimits = RatificationLimits()) -> None:
+        if not 1 <= len(validators) <= VALIDATORS_MAX:
+            raise ConfigError(f"the validator set must hold 1 to {VALIDATORS_MAX} validators, not {len(validators)}")
+        self._network_id = network_id
+        self._validators = dict(validators)
+        self._verify = verify
+        self._limits = limits
+        self._majority = majority_of(len(self._validators))
+        self._records: dict[str, _Record] = {}
+        self._sequences: dict[int, str] = {}
+        self._next_sequence = 1
+
+    # --- phase 1 -----------------------------------------------------------------------------
+
+    def ratify(self, *, proposal_id: str, action: str, package_hash: str | None, version: str,
+               validator_id: str, signature: bytes) -> RatificationOutcome:
+        if not isinstance(validator_id, str) or validator_id not in self._validators:
+            return _refused("unknown_validator", proposal_id, f"{validator_id!r} is not in the validator set")
+        try:
+            statement = ratify_statement(self._network_id, proposal_id, action, package_hash, version, validator_id)
+        except CertificateError as error:
+            return _refused("bad_arguments", proposal_id, error.message)
+        if not self._signature_valid(validator_id, statement, signature):
+            return _refused("bad_signature", proposal_id, f"the ratify signature of {validator_id} does not verify")
+        ratified = (action, package_hash, version)
+        record = self._records.get(proposal_id)
+        refusal = self._ratify_refusal(proposal_id, record, ratified, validator_id)
+        if refusal is not None:
+            return refusal
+        if record is None:
+            record = self._records[proposal_id] = _Record()
+        record.ratifications[validator_id] = (*ratified, signature)
+        agreeing = sum(1 for value in record.ratifications.values() if value[:3] == ratified)
+        if record.phase != COLLECTING or agreeing < self._majority:
+            return RatificationOutcome(status="ratification_recorded", proposal_id=proposal_id,
+                                       sequence=record.sequence,
+                                       message=f"{validator_id} ratified {proposal_id} ({agreeing} of {len(self._validators)})")
+        return self._assign(proposal_id, record, ratified)
+
+    def _ratify_refusal(self, proposal_id: str, record: _Record | None, ratified: tuple,
+                        validator_id: str) -> RatificationOutcome | None:
+        """None when the ratification may be recorded; otherwise the outcome to return unchanged."""
+        sequence = record.sequence if record is not None else None
+        if record is not None and validator_id in record.ratifications:
+            if record.ratifications[validator_id][:3] != ratified:
+                return _refused("conflicting_ratification", proposal_id,
+                                f"{validator_id} already ratified {proposal_id} with another action, hash or version",
+                                sequence)
+            return RatificationOutcome(status="already_ratified", proposal_id=proposal_id, sequence=sequence,
+                                       message=f"{validator_id} had already ratified {proposal_id}")
+        if record is not None and record.ratified is not None and record.ratified != ratified:
+            return _refused("conflicting_ratification", proposal_id,
+                            f"{proposal_id} was ratified as sequence {sequence} with another action, hash or version",
+                            sequence)
+        collecting = record is None or record.phase == COLLECTING
+        if collecting and self._pending_count(validator_id) >= self._limits.pending_per_validator_max:
+            return _refused("quota_full", proposal_id,
+                            f"{validator_id} already has {self._limits.pending_per_validator_max} ratifications "
+                            "waiting for a majority")
+        if collecting and len(self._sequences) >= self._limits.sequences_max:
+            return _refused("sequences_full", proposal_id, f"all {self._limits.sequences_max} upgrade sequences are used")
+        return None
+
+    def _assign(self, proposal_id: str, record: _Record, ratified: tuple) -> RatificationOutcome:
+        record.phase = next_phase(record.phase, "majority_ratified")
+        record.sequence, record.ratified = self._next_sequence, ratified
+        self._sequences[record.sequence] = proposal_id
+        self._next_sequence += 1
+        action, package_hash, version = ratified
+        event = SequenceAssigned(sequence=record.sequence, proposal_id=proposal_id, action=action,
+                                 package_hash=package_hash, version=version)
+        return RatificationOutcome(status="sequence_assigned", proposal_id=proposal_id, sequence=record.sequence,
+                                   message=f"{proposal_id} is upgrade sequence {record.sequence}", events=(event,))
+
+    def _pending_count(self, validator_id: str) -> int:
+        return sum(1 for record in self._records.values()
+                   if record.phase == COLLECTING and validator_id in record.ratifications)
+
+    # --- phase 2 -----------------------------------------------------------------------------
+
+    def certify(self, *, proposal_id: str, sequence: int, validator_id: str, signature: bytes) -> RatificationOutcome:
+        if not isinstance(validator_id, str) or validator_id not in self._validators:
+            return _refused("unknown_validator", proposal_id, f"{validator_id!r} is not in the validator set")
+        record = self._records.get(proposal_id) if isinstance(proposal_id, str) else None
+        if record is None or record.sequence is None:
+            return _refused("not_assigned", proposal_id, f"{proposal_id!r} has no sequence number yet: ratify it first")
+        if type(sequence) is not int or sequence != record.sequence:
+            return _refused("wrong_sequence", proposal_id,
+                            f"{proposal_id} is sequence {record.sequence}, not {sequence!r}", record.sequence)
+        if validator_id in record.signatures:
+            return RatificationOutcome(status="already_signed", proposal_id=proposal_id, sequence=sequence,
+                                       message=f"{validator_id} had already signed sequence {sequence}")
+        action, package_hash, version = record.ratified
+        statement = certificate_statement(self._network_id, proposal_id, action, package_hash, version, sequence)
+        if not self._signature_valid(validator_id, statement, signature):
+            return _refused("bad_signature", proposal_id,
+                            f"the certificate signature of {validator_id} for sequence {sequence} does not verify", sequence)
+        record.signatures[validator_id] = signature
+        if record.phase != ASSIGNED or len(record.signatures) < self._majority:
+            return RatificationOutcome(status="signature_recorded", proposal_id=proposal_id, sequence=sequence,
+                                       message=f"{validator_id} signed sequence {sequence} "
+                                               f"({len(record.signatures)} of {len(self._validators)})")
+        record.phase = next_phase(record.phase, "majority_signed")
+        event = CertificateCompleted(sequence=sequence, proposal_id=proposal_id, action=action,
+                                     package_hash=package_hash, version=version,
+                                     signatures=tuple(sorted(record.signatures.items())))
+        return RatificationOutcome(status="certificate_complete", proposal_id=proposal_id, sequence=sequence,
+                                   message=f"the certificate of sequence {sequence} is complete", events=(event,))
+
+    def _signature_valid(self, validator_id: str, statement: bytes, signature: object) -> bool:
+        if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE_BYTES:
+            return False
+        try:
+            return bool(self._verify(self._validators[validator_id], statement, signature))
+        except Exception:  # noqa: BLE001 - a raise inside a replicated method would jam Raft's apply loop forever
+            return False
+
+    # --- reading, persistence ----------------------------------------------------------------
+
+    def view(self) -> RatificationView:
+        records = tuple(_record_view(proposal_id, record) for proposal_id, record in self._records.items())
+        return RatificationView(next_sequence=self._next_sequence, records=records)
+
+    def to_plain(self) -> dict:
+        """Plain data (dicts, lists, str, int, bytes, None) for PySyncObj's full dump."""
+        return {"format": STATE_FORMAT, "next_sequence": self._next_sequence,
+                "records": [[proposal_id, record.phase, record.sequence,
+                             list(record.ratified) if record.ratified else None,
+                             [[validator_id, *value] for validator_id, value in record.ratifications.items()],
+                             [[validator_id, sig] for validator_id, sig in record.signatures.items()]]
+                            for proposal_id, record in self._records.items()]}
+
+    @classmethod
+    def from_plain(cls, data: object, *, network_id: str, validators: Mapping[str, bytes], verify: Verify,
+                   limits: RatificationLimits = RatificationLimits()) -> "RatificationMachine":
+        """Rebuild from `to_plain()` output; raises IntegrityError on anything malformed."""
+        machine = cls(network_id=network_id, validators=validators, verify=verify, limits=limits)
+        try:
+            machine._load(data)
+        except (TypeError, ValueError, KeyError) as error:
+            raise IntegrityError(f"the ratification dump is malformed: {error!r}") from None
+        return machine
+
+    def _load(self, data: object) -> None:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ValueError("unknown dump format")
+        for proposal_id, phase, sequence, ratified, ratifications, signatures in data["records"]:
+            if phase not in PHASES or (phase == COLLECTING) != (sequence is None) or not isinstance(proposal_id, str):
+                raise ValueError(f"record {proposal_id!r} is inconsistent")
+            record = _Record(phase=phase, sequence=sequence, ratified=tuple(ratified) if ratified else None)
+            record.ratifications = {v: (a, h, ver, sig) for v, a, h, ver, sig in ratifications}
+            record.signatures = {validator_id: sig for validator_id, sig in signatures}
+            self._records[proposal_id] = record
+            if sequence is not None:
+                if type(sequence) is not int or sequence in self._sequences:
+                    raise ValueError(f"sequence {sequence!r} is invalid or assigned twice")
+                self._sequences[sequence] = proposal_id
+        self._next_sequence = data["next_sequence"]
+        if type(self._next_sequence) is not int or self._next_sequence != len(self._sequences) + 1:
+            raise ValueError("next_sequence does not follow the assigned sequences")
+
+
+def _record_view(proposal_id: str, record: _Record) -> RatificationRecord:
+    action, package_hash, version = record.ratified if record.ratified else (None, None, None)
+    return RatificationRecord(
+        proposal_id=proposal_id, phase=record.phase, sequence=record.sequence, action=action,
+        package_hash=package_hash, version=version,
+        ratifications=tuple((v, a, h, ver) for v, (a, h, ver, _sig) in sorted(record.ratifications.items())),
+        signatures=tuple(sorted(record.signatures.items())))
+
+
+# --- what a validator should do next (pure planning for the node's ratification driver) ---------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidatorTodo:
+    to_ratify: tuple[str, ...]                      # proposal ids this validator should ratify
+    to_certify: tuple[RatificationRecord, ...]      # assigned sequences it should sign
+    to_publish: tuple[RatificationRecord, ...]      # complete certificates not yet in the log
+
+
+def validator_todo(view: RatificationView, *, validator_id: str,
+                   approved: Mapping[str, tuple[str, str | None, str]],
+                   published_sequences: Iterable[int]) -> ValidatorTodo:
+    """Compare what this validator's governance view approved ({proposal_id: (action, hash, version)})
+    with the replicated state. A validator signs a sequence only for a tuple it approves itself: it
+    never signs on the word of the majority alone. Safe to call repeatedly; every action is idempotent."""
+    published = set(published_sequences)
+    to_ratify, to_certify, to_publish = [], [], []
+    for proposal_id in sorted(approved):
+        record = view.by_proposal(proposal_id)
+        if record is None or (record.phase == COLLECTING and validator_id not in record.ratified_by):
+            to_ratify.append(proposal_id)
+    for record in view.assigned():
+        agrees = approved.get(record.proposal_id) == (record.action, record.package_hash, record.version)
+        if record.phase == ASSIGNED and agrees and validator_id not in record.signed_by:
+            to_certify.append(record)
+        if record.phase == CERTIFIED and record.sequence not in published:
+            to_publish.append(record)
+    return ValidatorTodo(to_ratify=tuple(to_ratify), to_certify=tuple(to_certify), to_publish=tuple(to_publish))
+
+
+def execute_upgrade_body(record: RatificationRecord, *, package_url: str | None,
+                         package_size: int | None) -> dict:
+    """The EXECUTE_UPGRADE body for a certified record. URL and size come from the proposal: they are
+    not signed, because the package is checked against the signed hash before anything runs."""
+    if record.phase != CERTIFIED:
+        raise InvalidTransition(f"sequence {record.sequence} of {record.proposal_id} is {record.phase}, not certified",
+                                hint="wait for the CertificateCompleted event before publishing")
+    return {"proposal_id": record.proposal_id, "action": record.action, "version": record.version,
+            "package_url": package_url, "package_hash": record.package_hash, "package_size": package_size,
+            "sequence": record.sequence, "certificate": build_certificate(dict(record.signatures))}
+

@@ -1,0 +1,411 @@
+"""The validators' Raft cluster (PySyncObj) around the pure ratification machine.
+
+Why it works as it does (see NOTES-dependencies.md for the measurements behind each choice):
+  * Real Raft, own TCP port per validator (raft_address from genesis). PySyncObj unpickles what peers
+    send, so the port binds the node's OWN address, never 0.0.0.0, and every message is encrypted and
+    authenticated with the network's Raft password (the validators' shared secret from genesis).
+  * The replicated state lives in a SyncObjConsumer whose @replicated methods only call the pure
+    RatificationMachine (node/core/ratification.py) under a lock: deterministic, plain-data arguments,
+    never raising. Bump `ver=` on a replicated method when its meaning changes.
+  * Persistence: journalFile + fullDumpFile in the node's data dir. The dump holds the machine's plain
+    data (to_plain/from_plain), not pickled objects of ours. On restart PySyncObj re-applies the
+    journal, so events fire again for old sequences: consumers of `on_change` must be idempotent
+    (publishing an EXECUTE_UPGRADE twice is harmless: executors dedupe by sequence).
+  * Threads: PySyncObj runs its own tick thread. Nothing here blocks the event loop: replicated calls
+    are made with a callback (never sync=True), and results come back ONLY through
+    loop.call_soon_threadsafe. Every await has a timeout. A call that failed because there was no
+    leader, the leader changed or the entry was discarded is retried with backoff until its deadline:
+    every command is idempotent, so a retry after an ambiguous failure is always safe.
+  * Nothing is decided from "am I leader" (a cut-off leader may think it still leads for
+    leaderFallbackTimeout): decisions happen inside committed replicated calls. has_leader() and
+    leader() are for health reports only.
+  * The SyncObj must be created on a long-lived thread (its tick thread stops when the creating thread
+    dies): start() creates it on the event loop's thread.
+
+How a validator node drives ratification (runtime wiring; every step is idempotent, so run it on
+each on_change event, on each newly visible log entry, and on a slow timer as a safety net):
+
+    approved = {v.proposal_id: (v.action, v.package_hash, v.version)
+                for v in governance.needing_ratification(state=state, now_ms=now_ms, settle_ms=...)}
+    todo = validator_todo(raft.snapshot(), validator_id=me, approved=approved,
+                          published_sequences=governance.certified_sequences())
+    for proposal_id in todo.to_ratify:   await raft.ratify(proposal_id=..., action=..., package_hash=..., version=...)
+    for record in todo.to_certify:       await raft.certify(proposal_id=record.proposal_id, sequence=record.sequence, ...)
+    for record in todo.to_publish:       append an EXECUTE_UPGRADE entry with
+                                         execute_upgrade_body(record, package_url=..., package_size=...) from the proposal
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.syncobj import SyncObjException
+
+from node.core.certificates import Verify, certificate_statement, ratify_statement
+from node.core.ratification import Event, RatificationLimits, RatificationMachine, RatificationOutcome, RatificationView
+from node.errors import ConfigError, Unavailable
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE_NAME = "raft.journal"
+DUMP_FILE_NAME = "raft.dump"
+_RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED, FAIL_REASON.NOT_LEADER,
+              FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
+_FAIL_NAMES = {value: name for name, value in vars(FAIL_REASON).items() if name.isupper()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftTiming:
+    """PySyncObj timings that worked on a 2-core machine (NOTES-dependencies.md), and our own limits."""
+    raft_min_timeout_s: float = 0.3
+    raft_max_timeout_s: float = 0.6
+    append_entries_period_s: float = 0.05
+    connection_timeout_s: float = 1.5
+    connection_retry_time_s: float = 0.5
+    leader_fallback_timeout_s: float = 2.5
+    commands_queue_max: int = 1_000
+    bind_retries_max: int = 5
+    bind_retry_time_s: float = 0.2
+    log_compaction_min_entries: int = 5_000
+    log_compaction_min_time_s: float = 300.0
+    call_attempt_timeout_s: float = 2.0        # one replicated call; the caller's timeout bounds the retries
+    retry_delay_first_s: float = 0.05
+    retry_delay_max_s: float = 1.0
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.raft_min_timeout_s < self.raft_max_timeout_s:
+            raise ConfigError("raft timing: 0 < raft_min_timeout_s < raft_max_timeout_s is required")
+        if not 0 < self.append_entries_period_s * 3 < self.raft_min_timeout_s:
+            raise ConfigError("raft timing: append_entries_period_s must be below a third of raft_min_timeout_s")
+        if self.leader_fallback_timeout_s <= self.raft_max_timeout_s:
+            raise ConfigError("raft timing: leader_fallback_timeout_s must exceed raft_max_timeout_s")
+        if self.connection_timeout_s < self.raft_max_timeout_s:
+            raise ConfigError("raft timing: connection_timeout_s must be at least raft_max_timeout_s")
+        if self.bind_retries_max < 1 or self.commands_queue_max < 1 or self.log_compaction_min_entries < 2:
+            raise ConfigError("raft limits: bind_retries_max and commands_queue_max >= 1, log_compaction_min_entries >= 2")
+
+
+def _check_address(name: str, address: object) -> str:
+    if not isinstance(address, str) or address.count(":") != 1:
+        raise ConfigError(f"{name} {address!r} must be 'host:port' (IPv4 or a host name)")
+    host, port = address.split(":")
+    if host in ("", "0.0.0.0", "*") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{name} {address!r} must name this node's own host and a port 1..65535",
+                          hint="never 0.0.0.0: the Raft port unpickles what it receives")
+    return address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidatorRaftConfig:
+    self_address: str                      # this validator's raft_address from genesis, e.g. "127.12.7.1:9000"
+    partner_addresses: tuple[str, ...]     # the other validators' raft_address
+    data_dir: Path
+    password: str                          # the validators' shared Raft secret
+    network_id: str
+    validator_id: str                      # this node's id; must be in `validators`
+    validators: Mapping[str, bytes]        # node_id -> raw ed25519 public key, the whole validator set
+    timing: RaftTiming = field(default_factory=RaftTiming)
+    limits: RatificationLimits = field(default_factory=RatificationLimits)
+
+    def __post_init__(self) -> None:
+        _check_address("raft self_address", self.self_address)
+        for partner in self.partner_addresses:
+            _check_address("raft partner address", partner)
+        if self.self_address in self.partner_addresses or len(set(self.partner_addresses)) != len(self.partner_addresses):
+            raise ConfigError("raft partner addresses must be distinct and must not include this node's own address")
+        if len(self.partner_addresses) + 1 != len(self.validators):
+            raise ConfigError(f"the Raft cluster has {len(self.partner_addresses) + 1} addresses but the validator set "
+                              f"has {len(self.validators)} members", hint="every validator needs exactly one raft_address")
+        if self.validator_id not in self.validators:
+            raise ConfigError(f"node {self.validator_id} is not in the validator set", hint="only validators run Raft")
+        if not isinstance(self.password, str) or len(self.password) < 16:
+            raise ConfigError("the Raft password must be a string of at least 16 characters",
+                              hint="use the raft_secret file created with genesis")
+
+
+class _ReplicatedRatification(SyncObjConsumer):
+    """The replicated state machine. Replicated methods run on PySyncObj's tick thread, on every
+    validator, in log order; they only call the pure machine."""
+
+    def __init__(self, make_machine: Callable[[object], RatificationMachine],
+                 on_events: Callable[[tuple[Event, ...]], None]) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._make_machine = make_machine
+        self._machine = make_machine(None)
+        self._on_events = on_events
+
+    @replicated
+    def ratify(self, proposal_id, action, package_hash, version, validator_id, signature):
+        with self._lock:
+            outcome = self._machine.ratify(proposal_id=proposal_id, action=action, package_hash=package_hash,
+                                           version=version, validator_id=validator_id, signature=signature)
+        self._publish(outcome)
+        return outcome
+
+    @replicated
+    def certify(self, proposal_id, sequence, validator_id, signature):
+        with self._lock:
+            outcome = self._machine.certify(proposal_id=proposal_id, sequence=sequence, validator_id=validator_id,
+                                            signature=signature)
+        self._publish(outcome)
+        return outcome
+
+    def _publish(self, outcome: RatificationOutcome) -> None:
+        if outcome.events:
+            self._on_events(outcome.events)
+
+    def view(self) -> RatificationView:
+        with self._lock:
+            return self._machine.view()
+
+    def _serialize(self) -> dict:
+        with self._lock:
+            return self._machine.to_plain()
+
+    def _deserialize(self, data: object) -> None:
+        machine = self._make_machine(data)
+        with self._lock:
+            self._machine = machine
+
+
+class _CallFailed(Exception):
+    def __init__(self, reason: int) -> None:
+        super().__init__(_FAIL_NAMES.get(reason, str(reason)))
+        self.reason = reason
+
+
+class ValidatorRaft:
+    """One validator's membership in the Raft cluster. Use from the event loop only:
+
+        raft = ValidatorRaft(config, sign=identity.sign, verify=verify_signature, on_change=handle_events)
+        await raft.start()
+        outcome = await raft.ratify(proposal_id=..., action=..., package_hash=..., version=...)
+        ...
+        await raft.stop()
+
+    `on_change(events)` is called on the event loop with SequenceAssigned / CertificateCompleted events
+    (also for old events while the journal is re-applied after a restart: handle them idempotently).
+    """
+
+    def __init__(self, config: ValidatorRaftConfig, *, sign: Callable[[bytes], bytes], verify: Verify,
+                 on_change: Callable[[tuple[Event, ...]], None] | None = None) -> None:
+        self._config = config
+        self._sign = sign
+        self._verify = verify
+        self._on_change = on_change
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sync: SyncObj | None = None
+        self._replicated: _ReplicatedRatification | None = None
+        self._pending: set[asyncio.Future] = set()
+
+    @property
+    def config(self) -> ValidatorRaftConfig:
+        return self._config
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, *, timeout_s: float = 10.0) -> None:
+        """Open the journal and dump, bind the Raft port and join the cluster. Raises ConfigError when
+        the address cannot be bound. Returns before a leader exists: calls wait for one (bounded)."""
+        assert self._sync is None, "start() twice"
+        self._loop = asyncio.get_running_loop()
+        _check_bindable(self._config.self_address)
+        self._config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._replicated = _ReplicatedRatification(self._make_machine, self._events_from_tick_thread)
+        # Created on the loop's thread: PySyncObj's tick thread stops when its creating thread ends.
+        self._sync = SyncObj(self._config.self_address, list(self._config.partner_addresses), conf=self._conf(),
+                             consumers=[self._replicated])
+        try:
+            await asyncio.wait_for(self._loop.run_in_executor(None, self._sync.waitBinded), timeout_s)
+        except (SyncObjException, asyncio.TimeoutError):
+            await self.stop()
+            raise ConfigError(f"cannot bind the Raft address {self._config.self_address}: it is in use or not an "
+                              "address of this host", hint="check raft.address in the config and that no other "
+                              "process uses that port") from None
+
+    def _conf(self) -> SyncObjConf:
+        timing, data_dir = self._config.timing, self._config.data_dir
+        return SyncObjConf(
+            password=self._config.password, bindAddress=self._config.self_address,
+            journalFile=str(data_dir / JOURNAL_FILE_NAME), fullDumpFile=str(data_dir / DUMP_FILE_NAME),
+            appendEntriesUseBatch=False, useFork=False, dynamicMembershipChange=False,
+            raftMinTimeout=timing.raft_min_timeout_s, raftMaxTimeout=timing.raft_max_timeout_s,
+            appendEntriesPeriod=timing.append_entries_period_s, connectionTimeout=timing.connection_timeout_s,
+            connectionRetryTime=timing.connection_retry_time_s,
+            leaderFallbackTimeout=timing.leader_fallback_timeout_s, commandsQueueSize=timing.commands_queue_max,
+            maxBindRetries=timing.bind_retries_max, bindRetryTime=timing.bind_retry_time_s,
+            logCompactionMinEntries=timing.log_compaction_min_entries,
+            logCompactionMinTime=timing.log_compaction_min_time_s)
+
+    async def stop(self) -> None:
+        """Leave the cluster: fail waiting calls (indefinite: they may still commit), stop the tick
+        thread (which closes the journal), and wait for it, bounded."""
+        sync, self._sync = self._sync, None
+        for future in list(self._pending):
+            if not future.done():
+                future.set_exception(Unavailable("the validator's Raft member stopped before the call completed"))
+        if sync is None:
+            return
+        sync.destroy()
+        deadline = asyncio.get_running_loop().time() + self._config.timing.stop_timeout_s
+        while sync.tick_thread_alive():
+            if asyncio.get_running_loop().time() > deadline:
+                logger.error("raft tick thread did not stop within %.1f s", self._config.timing.stop_timeout_s)
+                return
+            await asyncio.sleep(0.02)
+
+    def _make_machine(self, data: object) -> RatificationMachine:
+        arguments = dict(network_id=self._config.network_id, validators=self._config.validators, verify=self._verify,
+                         limits=self._config.limits)
+        if data is None:
+            return RatificationMachine(**arguments)
+        return RatificationMachine.from_plain(data, **arguments)
+
+    # --- replicated calls ---------------------------------------------------------------------
+
+    async def ratify(self, *, proposal_id: str, action: str, package_hash: str | None, version: str,
+                     timeout_s: float = 10.0) -> RatificationOutcome:
+        """Submit this validator's signed ratification; returns the committed outcome (which may be a
+        refusal, e.g. "conflicting_ratification"). Raises Unavailable (indefinite) on timeout."""
+        statement = ratify_statement(self._config.network_id, proposal_id, action, package_hash, version,
+                                     self._config.validator_id)
+        arguments = (proposal_id, action, package_hash, version, self._config.validator_id, self._sign(statement))
+        return await self._call("ratify", arguments, timeout_s)
+
+    async def certify(self, *, proposal_id: str, sequence: int, action: str, package_hash: str | None, version: str,
+                      timeout_s: float = 10.0) -> RatificationOutcome:
+        """Sign the certificate statement of an assigned sequence and submit it. The caller passes the
+        tuple IT approves; the machine refuses the signature if the assigned tuple differs."""
+        statement = certificate_statement(self._config.network_id, proposal_id, action, package_hash, version, sequence)
+        arguments = (proposal_id, sequence, self._config.validator_id, self._sign(statement))
+        return await self._call("certify", arguments, timeout_s)
+
+    async def _call(self, method: str, arguments: tuple, timeout_s: float) -> RatificationOutcome:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay_s, last_failure = self._config.timing.retry_delay_first_s, "no attempt"
+        while True:
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                raise Unavailable(f"raft {method} of {arguments[0]!r} did not commit within {timeout_s:.1f} s "
+                                  f"(last failure: {last_failure})",
+                                  hint="a majority of validators must be up and connected; the call is safe to retry")
+            try:
+                return await self._call_once(method, arguments,
+                                             min(remaining_s, self._config.timing.call_attempt_timeout_s))
+            except _CallFailed as failure:
+                if failure.reason not in _RETRYABLE:
+                    raise Unavailable(f"raft {method} of {arguments[0]!r} was refused: {failure}") from None
+                last_failure = str(failure)
+            except asyncio.TimeoutError:
+                last_failure = "attempt timed out"
+            await asyncio.sleep(max(0.0, min(delay_s, deadline - loop.time())))
+            delay_s = min(delay_s * 2, self._config.timing.retry_delay_max_s)
+
+    async def _call_once(self, method: str, arguments: tuple, timeout_s: float) -> RatificationOutcome:
+        if self._sync is None or self._replicated is None or self._loop is None:
+            raise Unavailable("the validator's Raft member is not running", hint="start it first")
+        loop, future = self._loop, self._loop.create_future()
+        self._pending.add(future)
+
+        def on_result(result: object, error: int) -> None:       # on PySyncObj's tick thread
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:                                   # the loop is closed: nobody waits any more
+                pass
+
+        try:
+            getattr(self._replicated, method)(*arguments, callback=on_result)
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._pending.discard(future)
+
+    # --- events and reads ---------------------------------------------------------------------
+
+    def _events_from_tick_thread(self, events: tuple[Event, ...]) -> None:
+        loop = self._loop
+        if loop is None or self._on_change is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._deliver, events)
+        except RuntimeError:
+            pass
+
+    def _deliver(self, events: tuple[Event, ...]) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(events)
+        except Exception:  # noqa: BLE001 - a faulty consumer must not stop later events
+            logger.exception("raft on_change callback failed")
+
+    def snapshot(self) -> RatificationView:
+        """An immutable, consistent copy of the replicated ratification state (safe from any thread)."""
+        if self._replicated is None:
+            raise Unavailable("the validator's Raft member is not running", hint="start it first")
+        return self._replicated.view()
+
+    def compact(self) -> None:
+        """Ask PySyncObj to write the full dump (and truncate the journal) on its next tick, e.g.
+        before a backup. Without this it happens every log_compaction_min_* entries or seconds."""
+        if self._sync is None:
+            raise Unavailable("the validator's Raft member is not running", hint="start it first")
+        self._sync.forceLogCompaction()
+
+    def has_leader(self) -> bool:
+        return self.leader() is not None
+
+    def leader(self) -> str | None:
+        """The last known leader's address (health only: may be stale, two nodes may both lead)."""
+        sync = self._sync
+        node = sync._getLeader() if sync is not None else None
+        return None if node is None else getattr(node, "address", str(node))
+
+    def status(self) -> dict:
+        """Figures for /health and /metrics (read without locks: each value may be a moment old)."""
+        sync = self._sync
+        if sync is None:
+            return {"running": False}
+        partners = [node for node in sync.otherNodes]
+        return {"running": True, "self": self._config.self_address, "leader": self.leader(),
+                "has_quorum": sync.hasQuorum, "term": sync.raftCurrentTerm, "commit_index": sync.raftCommitIndex,
+                "last_applied": sync.raftLastApplied,
+                "partners_connected": sum(1 for node in partners if sync.isNodeConnected(node)),
+                "partners": len(partners)}
+
+
+def _check_bindable(address: str) -> None:
+    """Bind-test the Raft address first: PySyncObj retries a failed bind quietly (and leaks a socket per
+    try), so an address in use would otherwise surface late and vaguely."""
+    host, port = address.split(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as PySyncObj does
+        try:
+            probe.bind((host, int(port)))
+        except OSError as error:
+            raise ConfigError(f"cannot bind the Raft address {address}: {error.strerror}",
+                              hint="check raft.address in the config: it must be this host's own address, "
+                                   "and no other process may use that port") from None
+
+
+def _settle(future: asyncio.Future, result: object, error: int) -> None:
+    if future.done():
+        return
+    if error == FAIL_REASON.SUCCESS:
+        future.set_result(result)
+    else:
+        future.set_exception(_CallFailed(error))
+
+
+def raft_files(data_dir: Path) -> tuple[Path, ...]:
+    """The files PySyncObj keeps for this validator (journal, its meta file, the full dump)."""
+    return (data_dir / JOURNAL_FILE_NAME, data_dir / f"{JOURNAL_FILE_NAME}.meta", data_dir / DUMP_FILE_NAME)

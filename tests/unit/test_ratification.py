@@ -1,0 +1,290 @@
+"""The replicated ratification state machine, without Raft: what every validator's copy computes from the
+same sequence of commands. A majority assigns a sequence number exactly once; a minority, an impostor or
+garbage changes nothing; two replicas fed the same commands end identical."""
+
+import copy
+import hashlib
+import os
+import random
+
+import pytest
+
+from node.core.certificates import certificate_statement, ratify_statement, verify_certificate
+from node.core.ratification import (
+    ASSIGNED,
+    CERTIFIED,
+    COLLECTING,
+    CertificateCompleted,
+    RatificationLimits,
+    RatificationMachine,
+    SequenceAssigned,
+    execute_upgrade_body,
+    next_phase,
+    validator_todo,
+)
+from node.errors import IntegrityError, InvalidTransition
+from node.identity import Identity, verify_signature
+
+NETWORK = "net-test"
+HASH = "ab" * 32
+OTHER_HASH = "cd" * 32
+
+
+def identity(seed: str) -> Identity:
+    return Identity.from_private_bytes(hashlib.sha256(seed.encode()).digest())
+
+
+A, B, C = (identity(f"validator-{name}") for name in "abc")
+OUTSIDER = identity("outsider")
+KEYS = {v.node_id: v.public_key for v in (A, B, C)}
+
+
+def machine(**limits) -> RatificationMachine:
+    return RatificationMachine(network_id=NETWORK, validators=KEYS, verify=verify_signature,
+                               limits=RatificationLimits(**limits))
+
+
+def ratify(m, validator, proposal_id="p1", *, action="upgrade", package_hash=HASH, version="1.2.0", signer=None,
+           validator_id=None):
+    validator_id = validator_id or validator.node_id
+    statement = ratify_statement(NETWORK, proposal_id, action, package_hash, version, validator_id)
+    return m.ratify(proposal_id=proposal_id, action=action, package_hash=package_hash, version=version,
+                    validator_id=validator_id, signature=(signer or validator).sign(statement))
+
+
+def certify(m, validator, proposal_id="p1", sequence=1, *, version="1.2.0", package_hash=HASH, action="upgrade"):
+    statement = certificate_statement(NETWORK, proposal_id, action, package_hash, version, sequence)
+    return m.certify(proposal_id=proposal_id, sequence=sequence, validator_id=validator.node_id,
+                     signature=validator.sign(statement))
+
+
+def test_a_majority_assigns_sequence_one_then_two():
+    m = machine()
+    first = ratify(m, A)
+    assert (first.status, first.sequence, first.events) == ("ratification_recorded", None, ())
+    assigned = ratify(m, B)
+    assert assigned.status == "sequence_assigned" and assigned.sequence == 1
+    assert assigned.events == (SequenceAssigned(sequence=1, proposal_id="p1", action="upgrade", package_hash=HASH,
+                                                version="1.2.0"),)
+    late = ratify(m, C)
+    assert (late.status, late.sequence, late.events) == ("ratification_recorded", 1, ())
+    ratify(m, C, "p2", version="1.3.0")
+    assert ratify(m, A, "p2", version="1.3.0").sequence == 2
+    view = m.view()
+    assert view.next_sequence == 3
+    assert [(r.proposal_id, r.sequence, r.phase) for r in view.assigned()] == [("p1", 1, ASSIGNED), ("p2", 2, ASSIGNED)]
+    assert view.by_proposal("p1").ratified_by == tuple(sorted((A.node_id, B.node_id, C.node_id)))
+
+
+def test_a_minority_cannot_assign_a_sequence():
+    m = machine()
+    ratify(m, A)
+    ratify(m, A, "p2")
+    record = m.view().by_proposal("p1")
+    assert record.phase == COLLECTING and record.sequence is None and m.view().next_sequence == 1
+
+
+def test_repeated_ratification_is_idempotent():
+    m = machine()
+    ratify(m, A)
+    before = m.to_plain()
+    again = ratify(m, A)
+    assert again.status == "already_ratified" and again.accepted and m.to_plain() == before
+    ratify(m, B)
+    assert ratify(m, B).status == "already_ratified" and m.view().next_sequence == 2
+
+
+def test_one_validator_cannot_ratify_in_the_name_of_others():
+    m = machine()
+    ratify(m, A)
+    impostor = ratify(m, A, validator_id=B.node_id)      # A signs, claiming to be B
+    assert impostor.status == "bad_signature" and not impostor.accepted
+    assert m.view().by_proposal("p1").ratified_by == (A.node_id,)
+
+
+def test_outsiders_and_garbage_are_refused_without_raising():
+    m = machine()
+    before = m.to_plain()
+    assert ratify(m, OUTSIDER).status == "unknown_validator"
+    refused = [
+        m.ratify(proposal_id=["unhashable"], action="upgrade", package_hash=HASH, version="1.2.0",
+                 validator_id=A.node_id, signature=b"x" * 64),
+        m.ratify(proposal_id="p1", action="upgrade", package_hash="not-hex", version="1.2.0",
+                 validator_id=A.node_id, signature=b"x" * 64),
+        m.ratify(proposal_id="p1", action="upgrade", package_hash=HASH, version="1.2.0",
+                 validator_id={"a": 1}, signature=b"x" * 64),
+        m.ratify(proposal_id="p1", action="upgrade", package_hash=HASH, version="1.2.0",
+                 validator_id=A.node_id, signature="not bytes"),
+        m.certify(proposal_id={}, sequence=1, validator_id=A.node_id, signature=b"x" * 64),
+        m.certify(proposal_id="p1", sequence=1, validator_id=[1], signature=b"x" * 64),
+    ]
+    assert [outcome.status for outcome in refused] == ["bad_arguments", "bad_arguments", "unknown_validator",
+                                                       "bad_signature", "not_assigned", "unknown_validator"]
+    assert not any(outcome.accepted for outcome in refused)
+    assert m.to_plain() == before
+
+
+def test_a_validator_cannot_change_its_ratification():
+    m = machine()
+    ratify(m, A)
+    changed = ratify(m, A, package_hash=OTHER_HASH)
+    assert changed.status == "conflicting_ratification"
+    assert m.view().by_proposal("p1").ratifications[0][2] == HASH
+
+
+def test_split_ratifications_assign_only_the_majority_tuple():
+    m = machine()
+    ratify(m, A)
+    ratify(m, B, package_hash=OTHER_HASH)
+    assigned = ratify(m, C)
+    assert assigned.status == "sequence_assigned" and m.view().by_proposal("p1").package_hash == HASH
+    # The assigned tuple is final: nobody can ratify a different one for this proposal any more.
+    assert ratify(m, B, package_hash=OTHER_HASH).status == "already_ratified"
+    fresh = machine()
+    ratify(fresh, A)
+    ratify(fresh, B)
+    assert ratify(fresh, C, package_hash=OTHER_HASH).status == "conflicting_ratification"
+
+
+def test_pending_quota_bounds_what_one_validator_can_fill():
+    m = machine(pending_per_validator_max=2)
+    ratify(m, A, "p1")
+    ratify(m, A, "p2")
+    full = ratify(m, A, "p3")
+    assert full.status == "quota_full" and m.view().by_proposal("p3") is None
+    assert ratify(m, B, "p3").status == "ratification_recorded"    # another validator's quota is separate
+    ratify(m, B, "p1")                                              # p1 assigned: A's slot frees up
+    assert ratify(m, A, "p3").status == "sequence_assigned"
+
+
+def test_sequences_are_bounded():
+    m = machine(sequences_max=1)
+    ratify(m, A, "p1")
+    ratify(m, B, "p1")
+    assert ratify(m, A, "p2").status == "sequences_full"
+    assert m.view().by_proposal("p2") is None and m.view().next_sequence == 2
+
+
+def test_certificate_completes_once_at_a_majority_and_verifies():
+    m = machine()
+    ratify(m, A)
+    ratify(m, B)
+    assert certify(m, A).status == "signature_recorded"
+    complete = certify(m, C)
+    assert complete.status == "certificate_complete"
+    (event,) = complete.events
+    assert isinstance(event, CertificateCompleted) and event.sequence == 1
+    assert [signer for signer, _ in event.signatures] == sorted((A.node_id, C.node_id))
+    extra = certify(m, B)
+    assert extra.status == "signature_recorded" and extra.events == ()
+    assert certify(m, B).status == "already_signed"
+    record = m.view().by_sequence(1)
+    assert record.phase == CERTIFIED and len(record.signed_by) == 3
+    body = execute_upgrade_body(record, package_url="https://example.org/p.wasm", package_size=100)
+    verify_certificate(body, network_id=NETWORK, validators=KEYS, verify=verify_signature)
+    assert body["sequence"] == 1 and body["package_hash"] == HASH
+
+
+def test_certify_refuses_unassigned_wrong_sequence_and_bad_signatures():
+    m = machine()
+    assert certify(m, A).status == "not_assigned"
+    ratify(m, A)
+    ratify(m, B)
+    assert certify(m, A, sequence=2).status == "wrong_sequence"
+    signature = A.sign(certificate_statement(NETWORK, "p1", "upgrade", HASH, "1.2.0", 1))
+    assert m.certify(proposal_id="p1", sequence=True, validator_id=A.node_id, signature=signature).status == "wrong_sequence"
+    assert certify(m, A, version="9.9.9").status == "bad_signature"      # signed another statement
+    forged = m.certify(proposal_id="p1", sequence=1, validator_id=B.node_id,
+                       signature=A.sign(certificate_statement(NETWORK, "p1", "upgrade", HASH, "1.2.0", 1)))
+    assert forged.status == "bad_signature"
+    assert m.view().by_sequence(1).signatures == ()
+
+
+def test_execute_body_needs_a_complete_certificate():
+    m = machine()
+    ratify(m, A)
+    ratify(m, B)
+    with pytest.raises(InvalidTransition):
+        execute_upgrade_body(m.view().by_sequence(1), package_url="https://x", package_size=None)
+
+
+def test_phase_table_refuses_impossible_transitions():
+    assert next_phase(COLLECTING, "majority_ratified") == ASSIGNED
+    assert next_phase(ASSIGNED, "majority_signed") == CERTIFIED
+    for phase, event in ((COLLECTING, "majority_signed"), (CERTIFIED, "majority_ratified"), (CERTIFIED, "majority_signed")):
+        with pytest.raises(InvalidTransition):
+            next_phase(phase, event)
+
+
+def test_dump_round_trip_and_malformed_dumps():
+    m = machine()
+    ratify(m, A)
+    ratify(m, B)
+    certify(m, A)
+    ratify(m, C, "p2", version="1.3.0")
+    restored = RatificationMachine.from_plain(copy.deepcopy(m.to_plain()), network_id=NETWORK, validators=KEYS,
+                                              verify=verify_signature)
+    assert restored.view() == m.view()
+    assert certify(restored, B).status == "certificate_complete"
+    bad_dumps = [None, {"format": 99}, {**m.to_plain(), "next_sequence": 7}, {**m.to_plain(), "records": [["x"]]}]
+    for dump in bad_dumps:
+        with pytest.raises(IntegrityError):
+            RatificationMachine.from_plain(dump, network_id=NETWORK, validators=KEYS, verify=verify_signature)
+
+
+def test_validator_todo_plans_ratify_certify_publish():
+    m = machine()
+    approved = {"p1": ("upgrade", HASH, "1.2.0"), "p2": ("upgrade", HASH, "1.3.0")}
+    todo = validator_todo(m.view(), validator_id=A.node_id, approved=approved, published_sequences=())
+    assert todo.to_ratify == ("p1", "p2") and todo.to_certify == () and todo.to_publish == ()
+    ratify(m, A)
+    ratify(m, B)
+    todo = validator_todo(m.view(), validator_id=A.node_id, approved=approved, published_sequences=())
+    assert todo.to_ratify == ("p2",) and [r.sequence for r in todo.to_certify] == [1]
+    # A validator that does not approve the assigned tuple does not sign it.
+    disagreeing = validator_todo(m.view(), validator_id=C.node_id, approved={"p1": ("upgrade", OTHER_HASH, "1.2.0")},
+                                 published_sequences=())
+    assert disagreeing.to_certify == ()
+    certify(m, A)
+    certify(m, B)
+    todo = validator_todo(m.view(), validator_id=C.node_id, approved=approved, published_sequences=())
+    assert todo.to_certify == () and [r.sequence for r in todo.to_publish] == [1]
+    assert validator_todo(m.view(), validator_id=C.node_id, approved=approved, published_sequences={1}).to_publish == ()
+
+
+def random_command(rng, proposals):
+    validator = rng.choice((A, B, C, OUTSIDER))
+    proposal_id = rng.choice(proposals)
+    if rng.random() < 0.5:
+        version = rng.choice(("1.2.0", "1.2.0", "1.3.0"))
+        signer = validator if rng.random() < 0.9 else rng.choice((A, B, C))
+        validator_id = validator.node_id
+        statement = ratify_statement(NETWORK, proposal_id, "upgrade", HASH, version, validator_id)
+        return ("ratify", dict(proposal_id=proposal_id, action="upgrade", package_hash=HASH, version=version,
+                               validator_id=validator_id, signature=signer.sign(statement)))
+    sequence = rng.randint(1, 4)
+    statement = certificate_statement(NETWORK, proposal_id, "upgrade", HASH, rng.choice(("1.2.0", "1.3.0")), sequence)
+    return ("certify", dict(proposal_id=proposal_id, sequence=sequence, validator_id=validator.node_id,
+                            signature=validator.sign(statement)))
+
+
+def test_random_command_sequences_keep_the_invariants_and_replicas_agree():
+    seed = int(os.environ.get("SYNAPSE_RATIFY_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"ratification seed: {seed} (replay with SYNAPSE_RATIFY_SEED={seed})")
+    rng = random.Random(seed)
+    for _run in range(30):
+        proposals = [f"p{i}" for i in range(rng.randint(1, 5))]
+        commands = [random_command(rng, proposals) for _ in range(rng.randint(1, 40))]
+        first, second = machine(), machine()
+        for name, arguments in commands:
+            outcome = getattr(first, name)(**arguments)
+            assert getattr(second, name)(**arguments) == outcome
+        view = first.view()
+        assert view == second.view() and first.to_plain() == second.to_plain()
+        assigned = view.assigned()
+        assert [record.sequence for record in assigned] == list(range(1, view.next_sequence))
+        for record in assigned:
+            agreeing = [v for v, *tuple_ in record.ratifications
+                        if tuple(tuple_) == (record.action, record.package_hash, record.version)]
+            assert len(agreeing) >= 2
+            assert (record.phase == CERTIFIED) == (len(record.signatures) >= 2)
