@@ -114,6 +114,10 @@ class ValidatorRaftConfig:
     validators: Mapping[str, bytes]        # node_id -> raw ed25519 public key, the whole validator set
     timing: RaftTiming = field(default_factory=RaftTiming)
     limits: RatificationLimits = field(default_factory=RatificationLimits)
+    # Bind OUTGOING Raft connections to this node's own host, so every packet carries the node's address
+    # and network faults (cluster/faults.py) can cut links by address. Process-wide (see
+    # bind_outgoing_connections): a node process runs one validator; in-process tests leave it off.
+    bind_outgoing: bool = False
 
     def __post_init__(self) -> None:
         _check_address("raft self_address", self.self_address)
@@ -221,6 +225,8 @@ class ValidatorRaft:
         _check_bindable(self._config.self_address)
         self._config.data_dir.mkdir(parents=True, exist_ok=True)
         self._replicated = _ReplicatedRatification(self._make_machine, self._events_from_tick_thread)
+        if self._config.bind_outgoing:
+            bind_outgoing_connections(self._config.self_address.rsplit(":", 1)[0])
         # Created on the loop's thread: PySyncObj's tick thread stops when its creating thread ends.
         self._sync = SyncObj(self._config.self_address, list(self._config.partner_addresses), conf=self._conf(),
                              consumers=[self._replicated])
@@ -381,6 +387,33 @@ class ValidatorRaft:
                 "last_applied": sync.raftLastApplied,
                 "partners_connected": sum(1 for node in partners if sync.isNodeConnected(node)),
                 "partners": len(partners)}
+
+
+class _SourceBoundSocketModule:
+    """Stands in for the `socket` module inside pysyncobj.tcp_connection, whose only socket() call makes
+    the OUTGOING connection: that socket is bound to (source_host, 0) before PySyncObj connects it.
+    Everything else is the real socket module."""
+
+    def __init__(self, source_host: str) -> None:
+        self._source_host = source_host
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(socket, name)
+
+    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, *args: object) -> socket.socket:
+        sock = socket.socket(family, kind, *args)
+        if family == socket.AF_INET:
+            sock.bind((self._source_host, 0))
+        return sock
+
+
+def bind_outgoing_connections(source_host: str) -> None:
+    """Make PySyncObj's outgoing connections leave from `source_host` (this node's own address). Without
+    it the kernel picks 127.0.0.1 for every loopback connection and no firewall rule can tell nodes
+    apart. Process-wide, because PySyncObj offers no per-connection hook."""
+    import pysyncobj.tcp_connection as tcp_connection
+
+    tcp_connection.socket = _SourceBoundSocketModule(source_host)
 
 
 def _check_bindable(address: str) -> None:
