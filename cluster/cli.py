@@ -19,6 +19,7 @@ def _register() -> None:
     from cluster.cli_package import package
 
     main.add_command(package)
+    __import__("cluster.cli_node", fromlist=["register"]).register(main)  # synapse genesis / synapse node
 
 
 _register()

@@ -1,0 +1,150 @@
+"""Create a network: one genesis.json plus one ready-to-run directory per node.
+
+Why it works as it does:
+- Genesis is the root of trust: members (node id, public key, addresses, reputation, validator
+  flag), governance thresholds and the result-deciding limits. Every node loads and validates it at
+  start (node/config.py), so this module builds the document and runs the SAME validation before
+  writing anything: a genesis that a node would refuse is never written.
+- Each node's key is created by `Identity.load_or_create` in its own directory (mode 0600), so the key
+  file format is identity.py's alone. The API token is not created here: a node creates it at first
+  start, so a copied directory never shares a token it did not make.
+- Validators share one random Raft password (PySyncObj encrypts with it; without it anyone who reaches
+  the Raft port could make the node unpickle arbitrary data). Each validator's directory holds it with
+  mode 0600; genesis holds only its sha256, so a node can check its copy without genesis revealing it.
+- Nothing is overwritten: creating a network over an existing one would mix keys of two networks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from cluster.addresses import HOSTS_PER_BLOCK_MAX, AddressBlock
+from node.config import FIRST_VERSION, Genesis, api_url_for, join_host_port, parse_genesis, render_config
+from node.core.canonical import sha256_hex
+from node.errors import ConfigError
+from node.identity import Identity
+
+GENESIS_FILE_NAME = "genesis.json"
+CONFIG_FILE_NAME = "config.toml"
+RAFT_SECRET_FILE_NAME = "raft_secret"
+DEFAULT_API_PORT = 8000
+DEFAULT_RAFT_PORT = 9000
+DEFAULT_REPUTATION = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreatedNode:
+    index: int  # 1-based, as in node-<index>
+    node_id: str
+    node_dir: Path
+    config_path: Path
+    api_url: str
+    raft_address: str
+    validator: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreatedNetwork:
+    genesis_path: Path
+    genesis: Genesis
+    nodes: tuple[CreatedNode, ...]
+
+
+def node_dir_name(index: int) -> str:
+    return f"node-{index}"
+
+
+def _check_counts(nodes: int, validators: int, reputations: Sequence[int] | None) -> None:
+    if type(nodes) is not int or not 1 <= nodes <= HOSTS_PER_BLOCK_MAX:
+        raise ConfigError(f"--nodes must be from 1 to {HOSTS_PER_BLOCK_MAX}, got {nodes}")
+    if type(validators) is not int or not 1 <= validators <= nodes:
+        raise ConfigError(f"--validators must be from 1 to the number of nodes ({nodes}), got {validators}",
+                          hint="validators are chosen among the members: K <= N")
+    if reputations is not None and len(reputations) != nodes:
+        raise ConfigError(f"{len(reputations)} reputations given for {nodes} nodes")
+
+
+def _prepare_out_dir(out_dir: Path, nodes: int) -> None:
+    if (out_dir / GENESIS_FILE_NAME).exists():
+        raise ConfigError(f"{out_dir / GENESIS_FILE_NAME} already exists", hint="choose an empty --out directory: a network is never overwritten")
+    for index in range(1, nodes + 1):
+        node_dir = out_dir / node_dir_name(index)
+        if node_dir.exists() and any(node_dir.iterdir()):
+            raise ConfigError(f"{node_dir} already exists and is not empty", hint="choose an empty --out directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create {out_dir}: {error.strerror}") from None
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write a new file atomically (temp + fsync + rename) with `mode` from the start."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _member_document(identity: Identity, host: str, api_port: int, raft_port: int, reputation: int, validator: bool) -> dict:
+    return {"node_id": identity.node_id, "public_key": identity.public_key.hex(), "api_url": api_url_for(host, api_port),
+            "raft_address": join_host_port(host, raft_port), "reputation": reputation, "validator": validator}
+
+
+def create_network(out_dir: Path, *, nodes: int, validators: int, block: AddressBlock,
+                   api_port: int = DEFAULT_API_PORT, raft_port: int = DEFAULT_RAFT_PORT,
+                   reputations: Sequence[int] | None = None, governance: Mapping[str, int] | None = None,
+                   network_limits: Mapping[str, int] | None = None, config_limits: Mapping[str, int] | None = None,
+                   network_id: str | None = None) -> CreatedNetwork:
+    """Write out_dir/genesis.json and out_dir/node-<i>/{node_key, config.toml, raft_secret (validators)}.
+
+    Members are node-1..node-N at block.host(i); node-1..node-K are the validators."""
+    _check_counts(nodes, validators, reputations)
+    if api_port == raft_port:
+        raise ConfigError(f"--api-port and --raft-port are both {api_port}", hint="give each role its own port")
+    out_dir = Path(out_dir).absolute()
+    _prepare_out_dir(out_dir, nodes)
+    raft_secret = secrets.token_hex(32)
+    identities, documents = [], []
+    for index in range(1, nodes + 1):
+        node_dir = out_dir / node_dir_name(index)
+        node_dir.mkdir(mode=0o700, exist_ok=True)
+        identity = Identity.load_or_create(node_dir / "node_key")
+        reputation = DEFAULT_REPUTATION if reputations is None else reputations[index - 1]
+        identities.append(identity)
+        documents.append(_member_document(identity, block.host(index), api_port, raft_port, reputation, index <= validators))
+    document = {
+        "network_id": network_id or f"synapse-{secrets.token_hex(4)}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "version": FIRST_VERSION,
+        "members": documents,
+        "governance": {"approval_threshold_pct": 50, "quorum_pct": 50, "voting_period_ms": 60_000, **(governance or {})},
+        "limits": dict(network_limits or {}),
+        "raft_secret_sha256": sha256_hex(raft_secret.encode()),
+    }
+    genesis = parse_genesis(document)  # the node's own validation, before anything is written
+    created = []
+    for index, member in enumerate(genesis.members, start=1):
+        node_dir = out_dir / node_dir_name(index)
+        config_text = render_config(data_dir=".", genesis=f"../{GENESIS_FILE_NAME}", api_host=block.host(index), api_port=api_port,
+                                    raft_address=member.raft_address, limits=config_limits)
+        _write_file(node_dir / CONFIG_FILE_NAME, config_text.encode(), 0o644)
+        if member.validator:
+            _write_file(node_dir / RAFT_SECRET_FILE_NAME, raft_secret.encode(), 0o600)
+        created.append(CreatedNode(index=index, node_id=member.node_id, node_dir=node_dir, config_path=node_dir / CONFIG_FILE_NAME,
+                                   api_url=member.api_url, raft_address=member.raft_address, validator=member.validator))
+    genesis_path = out_dir / GENESIS_FILE_NAME
+    _write_file(genesis_path, json.dumps(document, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    return CreatedNetwork(genesis_path=genesis_path, genesis=genesis, nodes=tuple(created))

@@ -1,0 +1,365 @@
+"""One node process: check everything, then serve the API and gossip on one port until told to stop.
+
+Why it works as it does:
+- Refuse early and clearly. Every check that can fail for an operator's reason runs BEFORE the event
+  loop starts, in `prepare`: the config, the data dir (really written to, not just stat'ed), the key
+  and its permissions, genesis and this node's place in it, the Raft secret of a validator, the API
+  token, the listening socket (bound here, so "address in use" names the address and the config
+  field, and nothing can take the port between the check and the use), the log file and its lock.
+  Each failure is a `SynapseError`; `run_node` prints its one line and exits with EXIT_REFUSED.
+- One aiohttp server, one port: the API and the gossip routes share the application, bound to the
+  node's own genesis address (never a wildcard).
+- Every resource and background task has a `cleanup_ctx`, so SIGTERM/SIGINT (or a failure during
+  start) unwinds in reverse order: stop gossip, close the log file, close the socket. Shutdown is
+  bounded by `limits.shutdown_timeout_ms`. A clean stop logs "stopped" and exits 0.
+- Local entries go through one `LocalAuthor`, which uses Gossip.publish_new: the next sequence and
+  the parents are taken and the entry persisted (fsync) and added under one lock, so two concurrent
+  requests can never sign two entries with one sequence (that would be equivocation, voided by
+  governance). Its hlc is above its parents' (and so above this node's previous entry).
+- Stored entries are not trusted: they are re-verified through the log at start (Gossip.load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import random
+import signal
+import socket
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from node import api
+from node.config import Genesis, Limits, Member, NodeConfig, load_config, load_genesis, member_for, resolve_limits
+from node.core.canonical import sha256_hex
+from node.core.crdt_log import CrdtLog, LogLimits
+from node.core.entries import Entry
+from node.errors import ConfigError, StoreError, SynapseError
+from node.gossip import Gossip, GossipSettings
+from node.identity import Identity, verify_signature
+from node.logfile import LogFile
+from node.logging_setup import configure_logging, log_event
+from node.metrics import Metrics
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+RAFT_SECRET_FILE_NAME = "raft_secret"
+RAFT_SECRET_SIZE_MAX_BYTES = 1024
+LOG_DIR_NAME = "log"
+LOG_FILE_NAME = "entries.bin"
+SOCKET_BACKLOG = 512
+# Bounds the awaits of start-up (opening gossip); re-verifying the stored log is synchronous CPU work
+# (~0.1 ms per entry) before them.
+STARTUP_TIMEOUT_S = 120.0
+_PROBE_NAME = ".write-probe"
+
+_logger = logging.getLogger("synapse")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- checks before the event loop ------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class Prepared:
+    """Everything `prepare` checked and opened. `close()` releases what is still open."""
+
+    config: NodeConfig
+    genesis: Genesis
+    identity: Identity
+    member: Member
+    limits: Limits
+    api_token: str
+    server_socket: socket.socket
+    logfile: LogFile
+    stored_raws: list[bytes]
+
+    def close(self) -> None:
+        self.server_socket.close()
+        self.logfile.close()
+
+
+def check_data_dir(config: NodeConfig) -> None:
+    """The data dir exists (created if missing), and this user can list it and write in it."""
+    data_dir, where = config.data_dir, f"node.data_dir in {config.config_path}"
+    hint = f"fix its permissions (chown/chmod) so the node's user can read and write it, or change {where}"
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not data_dir.is_dir():
+            raise ConfigError(f"data dir {data_dir} ({where}) is not a directory", hint=f"point {where} at a directory")
+        os.listdir(data_dir)
+        probe = data_dir / _PROBE_NAME
+        with open(probe, "wb") as handle:
+            handle.write(b"ok")
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except FileExistsError:
+        raise ConfigError(f"data dir {data_dir} ({where}) is not a directory", hint=f"point {where} at a directory") from None
+    except OSError as error:
+        raise ConfigError(f"data dir {data_dir} ({where}) is not readable and writable: {error.strerror}", hint=hint) from None
+
+
+def check_raft_secret(config: NodeConfig, genesis: Genesis) -> None:
+    """A validator's Raft password: present, private (0600), and the one genesis names."""
+    path = config.data_dir / RAFT_SECRET_FILE_NAME
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as error:
+        raise ConfigError(f"this node is a validator but its Raft secret {path} cannot be read: {error.strerror}",
+                          hint="copy raft_secret from the directory 'synapse genesis create' made for this node") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        secret = handle.read(RAFT_SECRET_SIZE_MAX_BYTES + 1)
+    if mode & 0o077:
+        raise ConfigError(f"Raft secret {path} is accessible by group or others (mode {mode:04o})", hint=f"chmod 600 {path}")
+    if sha256_hex(secret.strip()) != genesis.raft_secret_sha256:
+        raise ConfigError(f"Raft secret {path} is not the one genesis names (its sha256 differs from raft_secret_sha256)",
+                          hint="use the raft_secret created with this network's genesis")
+
+
+def bind_api_socket(config: NodeConfig) -> socket.socket:
+    """Bind (not yet listen) the API address, or say which address and which config field is the problem."""
+    address, where = f"{config.api_host}:{config.api_port}", f"api.host/api.port in {config.config_path}"
+    try:
+        family, kind, protocol, _, socket_address = socket.getaddrinfo(config.api_host, config.api_port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ConfigError(f"cannot resolve the API address {address} ({where}): {error.strerror}") from None
+    server_socket = socket.socket(family, kind, protocol)
+    try:
+        server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server_socket.bind(socket_address)
+    except OSError as error:
+        server_socket.close()
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigError(f"address {address} ({where}) is already in use",
+                              hint=f"stop the process listening there (ss -ltnp | grep :{config.api_port}), or give this node another address in its config and genesis") from None
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"address {address} ({where}) is not an address of this host",
+                              hint="use an address of one of this host's interfaces (any 127.x.y.z works on Linux)") from None
+        raise ConfigError(f"cannot bind {address} ({where}): {error.strerror}") from None
+    return server_socket
+
+
+def _open_logfile(config: NodeConfig) -> tuple[LogFile, list[bytes]]:
+    log_dir = config.data_dir / LOG_DIR_NAME
+    try:
+        log_dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create {log_dir}: {error.strerror}") from None
+    return LogFile.open(log_dir / LOG_FILE_NAME)
+
+
+def prepare(config_path: Path, *, configure_logs: bool = True) -> Prepared:
+    """Run every start-up check and open the node's resources. Raises SynapseError (nothing left open).
+    `configure_logs=False` leaves the process's logging alone (a node inside a test process)."""
+    config = load_config(config_path)
+    check_data_dir(config)
+    identity = Identity.load_or_create(config.data_dir / "node_key")
+    if configure_logs:
+        configure_logging(node_id=identity.node_id, data_dir=config.data_dir, level=config.log_level)
+    genesis = load_genesis(config.genesis_path)
+    member = member_for(config, genesis, identity.node_id)
+    limits = resolve_limits(config, genesis)
+    if member.validator:
+        check_raft_secret(config, genesis)
+    token = api.load_or_create_token(config.data_dir)
+    server_socket = bind_api_socket(config)
+    try:
+        logfile, stored_raws = _open_logfile(config)
+    except BaseException:
+        server_socket.close()
+        raise
+    return Prepared(config=config, genesis=genesis, identity=identity, member=member, limits=limits, api_token=token,
+                    server_socket=server_socket, logfile=logfile, stored_raws=stored_raws)
+
+
+# --- the running node ------------------------------------------------------------------------
+
+
+class LocalAuthor:
+    """Creates this node's entries. Gossip.publish_new takes the next sequence and the parents, signs,
+    persists (fsync) and adds under one lock, so no two local entries ever share a sequence."""
+
+    def __init__(self, *, identity: Identity, publish_new: Callable[..., Awaitable[Entry]]) -> None:
+        self._identity = identity
+        self._publish_new = publish_new
+
+    async def append(self, kind: str, body: Mapping[str, Any]) -> Entry:
+        """Sign the next local entry; returns once it is on disk (fsync) and visible in the log."""
+        return await self._publish_new(kind=kind, body=body, sign=self._identity.sign)
+
+
+class NodeState:
+    """What the API reports about the node, and the fan-out of newly visible entries to listeners."""
+
+    def __init__(self, *, genesis: Genesis, metrics: Metrics) -> None:
+        self._version = genesis.version
+        self._metrics = metrics
+        self._listeners: list[Callable[[Sequence[Entry]], None]] = []
+        self.peers_up_source: Callable[[], int] = lambda: 0
+        self.visible_at_ns_source: Callable[[str], int | None] = lambda entry_id: None
+
+    def current_version(self) -> str:
+        return self._version
+
+    def set_current_version(self, version: str) -> None:
+        self._version = version
+
+    def peers_up(self) -> int:
+        return self.peers_up_source()
+
+    def visible_at_ms(self, entry_id: str) -> int | None:
+        at_ns = self.visible_at_ns_source(entry_id)
+        return None if at_ns is None else at_ns // 1_000_000
+
+    def subscribe(self, listener: Callable[[Sequence[Entry]], None]) -> None:
+        """Call `listener(entries)` with every batch of newly visible entries (governance, executor)."""
+        self._listeners.append(listener)
+
+    def on_visible(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            self._metrics.inc("log_entries_visible_total", kind=entry.kind)
+        for listener in self._listeners:
+            try:
+                listener(entries)
+            except Exception:
+                _logger.exception("visible_listener_failed", extra={"fields": {"listener": repr(listener)}})
+
+
+def log_limits(limits: Limits) -> LogLimits:
+    return LogLimits(entry_size_max_bytes=limits.entry_size_max_bytes, clock_skew_max_ms=limits.clock_skew_max_ms,
+                     pending_max=limits.pending_entries_max, parents_max=limits.parents_max, entries_max=limits.log_entries_max)
+
+
+class Node:
+    """The wiring of one node: log, gossip, local author, API. `build_app()` gives the aiohttp app."""
+
+    def __init__(self, prepared: Prepared, *, rng: random.Random | None = None) -> None:
+        self.prepared = prepared
+        genesis, limits, node_id = prepared.genesis, prepared.limits, prepared.identity.node_id
+        self.metrics = Metrics()
+        self.log = CrdtLog(members=genesis.public_keys(), verify=verify_signature, limits=log_limits(limits))
+        self.state = NodeState(genesis=genesis, metrics=self.metrics)
+        self.gossip = Gossip(
+            log=self.log, logfile=prepared.logfile, self_id=node_id,
+            peers={member.node_id: member.api_url for member in genesis.members if member.node_id != node_id},
+            settings=GossipSettings(fanout=limits.gossip_fanout or None, interval_ms=limits.gossip_interval_ms,
+                                    batch_entries_max=limits.gossip_batch_entries_max,
+                                    request_body_max_bytes=limits.gossip_request_body_max_bytes,
+                                    call_timeout_ms=limits.gossip_call_timeout_ms),
+            rng=rng or random.Random(), now_ms=wall_ms, on_visible=self.state.on_visible, metrics=self.metrics,
+            logger=logging.getLogger("synapse.gossip"), local_host=prepared.config.api_host)
+        self.state.peers_up_source = self.gossip.peers_up
+        self.state.visible_at_ns_source = self.gossip.visible_at_ns
+        self.author = LocalAuthor(identity=prepared.identity, publish_new=self.gossip.publish_new)
+
+    def build_app(self) -> web.Application:
+        limits = self.prepared.limits
+        app = api.make_app(client_max_size_bytes=max(limits.request_body_max_bytes, limits.gossip_request_body_max_bytes))
+        app[api.NODE_ID] = self.prepared.identity.node_id
+        app[api.GENESIS] = self.prepared.genesis
+        app[api.LIMITS] = limits
+        app[api.CRDT_LOG] = self.log
+        app[api.METRICS] = self.metrics
+        app[api.API_TOKEN] = self.prepared.api_token
+        app[api.APPENDER] = self.author
+        app[api.STATUS] = self.state
+        api.add_log_routes(app)
+        api.add_health_routes(app)
+        api.add_metrics_routes(app)
+        self.gossip.add_routes(app)
+        app.cleanup_ctx.append(self._logfile_context)
+        app.cleanup_ctx.append(self._gossip_context)
+        return app
+
+    async def _logfile_context(self, app: web.Application) -> AsyncIterator[None]:
+        logfile = self.prepared.logfile
+        self.metrics.set("log_torn_tail_bytes", logfile.torn_tail_bytes)
+        accepted = self.gossip.load(self.prepared.stored_raws)
+        log_event(_logger, logging.INFO, "log_loaded", stored=len(self.prepared.stored_raws), accepted=accepted,
+                  visible=self.log.visible_count(), torn_tail_bytes=logfile.torn_tail_bytes)
+        self.prepared.stored_raws = []
+        self.state.on_visible(self.log.visible())  # load() does not call on_visible: listeners start from the stored log
+        yield
+        logfile.close()
+
+    async def _gossip_context(self, app: web.Application) -> AsyncIterator[None]:
+        await self.gossip.start()
+        yield
+        await self.gossip.stop()
+
+
+async def serve(prepared: Prepared, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then unwind every cleanup_ctx within the shutdown timeout."""
+    node = Node(prepared)
+    shutdown_timeout_s = prepared.limits.shutdown_timeout_ms / 1000
+    runner = web.AppRunner(node.build_app(), access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s / 2)
+    try:
+        await asyncio.wait_for(runner.setup(), timeout=STARTUP_TIMEOUT_S)
+        site = web.SockSite(runner, prepared.server_socket, backlog=SOCKET_BACKLOG)
+        await site.start()
+        log_event(_logger, logging.INFO, "started", api_url=prepared.config.api_url, network_id=prepared.genesis.network_id,
+                  validator=prepared.member.validator, version=node.state.current_version(), pid=os.getpid())
+        await stop.wait()
+        log_event(_logger, logging.INFO, "stopping")
+    finally:
+        await asyncio.wait_for(runner.cleanup(), timeout=shutdown_timeout_s)
+
+
+async def _serve_until_signal(prepared: Prepared) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    await serve(prepared, stop)
+
+
+def _refuse(error: SynapseError) -> int:
+    """Log the refusal (if logging has started), then print it as the last line of stderr, for humans."""
+    if logging.getLogger().handlers:
+        log_event(_logger, logging.ERROR, "refused", error=type(error).__name__, message=error.message, hint=error.hint)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    print(f"synapse-node: refusing to start: {error.one_line()}", file=sys.stderr, flush=True)
+    return EXIT_REFUSED
+
+
+def run_node(config_path: Path) -> int:
+    """Run one node until SIGTERM/SIGINT. Returns the process exit code."""
+    try:
+        prepared = prepare(config_path)
+    except SynapseError as error:
+        return _refuse(error)
+    try:
+        asyncio.run(_serve_until_signal(prepared))
+    except SynapseError as error:
+        return _refuse(error)
+    except Exception:
+        _logger.exception("crashed")
+        return EXIT_FAILED
+    finally:
+        prepared.close()
+    log_event(_logger, logging.INFO, "stopped")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node", description="Run one Synapse-NG node.")
+    parser.add_argument("--config", required=True, type=Path, help="the node's config.toml")
+    arguments = parser.parse_args(argv)
+    return run_node(arguments.config)
