@@ -1,0 +1,11 @@
+;; garbage_output.wat: upgrade() returns 4 bytes that are not UTF-8 (0xff 0xfe 0x7b 0x7d). BadOutput.
+(module
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\ff\fe{}")
+  ;; Room for an input of any size: grow past the first page, return its end (called once per run).
+  (func (export "alloc") (param $len i32) (result i32)
+    (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1))) (i32.const -1))
+      (then unreachable))
+    (i32.const 65536))
+  (func (export "upgrade") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 4))))

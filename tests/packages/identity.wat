@@ -1,0 +1,16 @@
+;; identity.wat: a well-behaved package that changes nothing (ABI 2). upgrade() returns its input.
+(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "alloc") (param $len i32) (result i32)
+    (local $pointer i32)
+    (local $missing i32)
+    (local.set $pointer (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $len)))
+    (local.set $missing (i32.sub (global.get $heap) (i32.shl (memory.size) (i32.const 16))))
+    (if (i32.gt_s (local.get $missing) (i32.const 0))
+      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $missing) (i32.const 16)) (i32.const 1))) (i32.const -1))
+              (then unreachable))))
+    (local.get $pointer))
+  (func (export "upgrade") (param $pointer i32) (param $len i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $pointer)) (i64.const 32)) (i64.extend_i32_u (local.get $len)))))
