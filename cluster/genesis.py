@@ -17,7 +17,6 @@ Why it works as it does:
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Mapping, Sequence
 from cluster.addresses import HOSTS_PER_BLOCK_MAX, AddressBlock
 from node.config import FIRST_VERSION, Genesis, api_url_for, join_host_port, parse_genesis, render_config
 from node.core.canonical import sha256_hex
+from node.fsutil import write_atomic
 from node.errors import ConfigError
 from node.identity import Identity
 
@@ -83,21 +83,6 @@ def _prepare_out_dir(out_dir: Path, nodes: int) -> None:
         raise ConfigError(f"cannot create {out_dir}: {error.strerror}") from None
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write a new file atomically (temp + fsync + rename) with `mode` from the start."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _member_document(identity: Identity, host: str, api_port: int, raft_port: int, reputation: int, validator: bool) -> dict:
     return {"node_id": identity.node_id, "public_key": identity.public_key.hex(), "api_url": api_url_for(host, api_port),
             "raft_address": join_host_port(host, raft_port), "reputation": reputation, "validator": validator}
@@ -140,11 +125,11 @@ def create_network(out_dir: Path, *, nodes: int, validators: int, block: Address
         node_dir = out_dir / node_dir_name(index)
         config_text = render_config(data_dir=".", genesis=f"../{GENESIS_FILE_NAME}", api_host=block.host(index), api_port=api_port,
                                     raft_address=member.raft_address, limits=config_limits)
-        _write_file(node_dir / CONFIG_FILE_NAME, config_text.encode(), 0o644)
+        write_atomic(node_dir / CONFIG_FILE_NAME, config_text.encode(), mode=0o644)
         if member.validator:
-            _write_file(node_dir / RAFT_SECRET_FILE_NAME, raft_secret.encode(), 0o600)
+            write_atomic(node_dir / RAFT_SECRET_FILE_NAME, raft_secret.encode(), mode=0o600)
         created.append(CreatedNode(index=index, node_id=member.node_id, node_dir=node_dir, config_path=node_dir / CONFIG_FILE_NAME,
                                    api_url=member.api_url, raft_address=member.raft_address, validator=member.validator))
     genesis_path = out_dir / GENESIS_FILE_NAME
-    _write_file(genesis_path, json.dumps(document, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    write_atomic(genesis_path, json.dumps(document, indent=2, sort_keys=True).encode() + b"\n", mode=0o644)
     return CreatedNetwork(genesis_path=genesis_path, genesis=genesis, nodes=tuple(created))

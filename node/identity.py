@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from node.fsutil import fsync_directory
 from node.errors import ConfigError
 
 PRIVATE_KEY_LENGTH_BYTES = 32
@@ -148,13 +149,5 @@ def _write_new_key(key_path: Path, private_bytes: bytes) -> bool:
             return False
     finally:
         os.unlink(temporary)
-    _fsync_directory(key_path.parent)
+    fsync_directory(key_path.parent)
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

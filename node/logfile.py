@@ -27,6 +27,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
+from node.fsutil import fsync_directory
 from node.errors import StoreError
 
 MAGIC = b"SYNLOG\x00\x01"
@@ -81,7 +82,7 @@ class LogFile:
                 os.ftruncate(descriptor, good_offset)
             os.fsync(descriptor)
             if created:
-                _fsync_directory(path.parent)
+                fsync_directory(path.parent)
         except BaseException:
             os.close(descriptor)
             raise
@@ -185,11 +186,3 @@ def _write_all(descriptor: int, data: bytes, offset: int) -> None:
         written = os.pwrite(descriptor, view, offset)
         view = view[written:]
         offset += written
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

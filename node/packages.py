@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from yarl import URL
 
 from node.core.canonical import normalize_sha256
 from node.core.canonical import sha256_hex as digest_of
+from node.fsutil import write_atomic
 from node.errors import (
     ConfigError,
     HashFormatError,
@@ -304,7 +304,7 @@ class PackageCache:
             raise HashMismatchError(f"refusing to cache bytes with sha256 {actual} under the key {sha256_hex}")
         try:
             self._cache_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, data)
+            write_atomic(path, data)
         except OSError as error:
             raise StoreError(f"could not write package cache file {path}: {error.strerror or error}") from None
         return path
@@ -353,25 +353,6 @@ def _read_at_most(descriptor: int, size_max_bytes: int) -> bytes:
 
 class _NotAPackageFile(Exception):
     """Internal: a cache entry that cannot be a package; never escapes this module."""
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary_name)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 # --- fetcher ---------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import importlib.metadata
 import json
-import os
 import platform
 import re
 import secrets
@@ -51,6 +50,7 @@ from pathlib import Path
 import wasmtime
 
 from node import errors
+from node.fsutil import write_atomic
 from node.core.canonical import canonical_json, sha256_hex
 
 ABI_WASM_BINDGEN = 1
@@ -308,7 +308,7 @@ class _DiskCache:
             if len(key) == _CACHE_KEY_BYTES:
                 return key
         key = secrets.token_bytes(_CACHE_KEY_BYTES)
-        _write_atomically(path, key)
+        write_atomic(path, key, mode=0o600)
         return key
 
     def path_for(self, sha256: str) -> Path:
@@ -336,7 +336,7 @@ class _DiskCache:
 
     def store(self, sha256: str, payload: bytes) -> bool:
         try:
-            _write_atomically(self.path_for(sha256), _ARTIFACT_MAGIC + self._mac(sha256, payload) + payload)
+            write_atomic(self.path_for(sha256), _ARTIFACT_MAGIC + self._mac(sha256, payload) + payload, mode=0o600)
             self._prune()
         except OSError:
             return False  # a cache that cannot be written only costs a recompile next time
@@ -347,25 +347,6 @@ class _DiskCache:
         for path in artifacts[:max(0, len(artifacts) - DISK_CACHE_ENTRIES_MAX)]:
             with contextlib.suppress(OSError):
                 path.unlink()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp")
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class _EpochTicker:

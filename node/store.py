@@ -65,7 +65,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import shutil
 import threading
 from collections.abc import Callable
@@ -74,6 +73,7 @@ from pathlib import Path
 from node.core import pipeline
 from node.core.canonical import canonical_json, sha256_hex, state_hash as compute_state_hash
 from node.core.semver import is_valid_version, parse_version
+from node.fsutil import TEMP_MARKER, fsync_directory, write_atomic
 from node.errors import ConfigError, IntegrityError, StoreError
 
 MANIFEST_FORMAT = 1
@@ -81,53 +81,13 @@ HISTORY_RECORDS_MAX = 500
 CHAIN_LENGTH_MAX = 32
 STATE_SIZE_MAX_BYTES = 256 * 1024 * 1024
 MANIFEST_SIZE_MAX_BYTES = 4 * 1024 * 1024
-TEMP_MARKER = ".tmp-"
 STATE_FILE_NAME = "network_state.json"
 
 _logger = logging.getLogger("synapse.store")
 
 
-def _no_fault(_name: str) -> None:
-    return None
-
 
 # --- atomic files ----------------------------------------------------------------------------
-
-
-def fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_atomic(path: Path, data: bytes, *, fault_point: Callable[[str], None] = _no_fault) -> None:
-    """tmp in the same dir + fsync + rename + fsync(dir): readers see the old bytes or the new, whole."""
-    temp_path = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
-    descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        try:
-            half = len(data) // 2
-            _write_all(descriptor, data[:half])
-            fault_point(f"mid_write:{path.parent.name}/{path.name}")
-            _write_all(descriptor, data[half:])
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        fault_point(f"before_rename:{path.parent.name}/{path.name}")
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def _write_all(descriptor: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(descriptor, view)
-        view = view[written:]
 
 
 def read_bounded(path: Path, size_max_bytes: int) -> bytes | None:
@@ -217,7 +177,7 @@ class VersionStore:
         self.history_path = self.upgrades_dir / "upgrade_history.json"
         self.live_state_path = self.state_dir / STATE_FILE_NAME
         self.repairs: list[str] = []          # what open() repaired, for the caller to log
-        self._fault_point = fault_point or _no_fault
+        self._fault_point = fault_point or (lambda _name: None)
         self._logger = logger or _logger
         self._lock = threading.Lock()
         self._lock_descriptor: int | None = None

@@ -1,0 +1,60 @@
+"""Durable file writes, in one place: every file the node writes goes through `write_atomic`.
+
+Why: a node killed at any instant must find either the old bytes or the new ones, whole. The recipe is
+a temp file in the same directory (so the rename cannot cross file systems), fsync of its data, an
+atomic rename over the target, then fsync of the directory so the rename itself survives a crash.
+Temp files are named `.<name>.tmp-<pid>-<random>` so a later open can recognise and delete the ones a
+killed writer left (node/store.py does).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+TEMP_MARKER = ".tmp-"
+
+
+def _no_fault(_name: str) -> None:
+    return None
+
+
+def fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644,
+                 fault_point: Callable[[str], None] = _no_fault) -> None:
+    """tmp in the same dir + fsync + rename + fsync(dir): readers see the old bytes or the new, whole.
+    The file has `mode` from its first byte (a secret is never briefly world-readable).
+    `fault_point` lets crash tests kill the process at named instants (node/store.py)."""
+    temp_path = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        try:
+            half = len(data) // 2
+            _write_all(descriptor, data[:half])
+            fault_point(f"mid_write:{path.parent.name}/{path.name}")
+            _write_all(descriptor, data[half:])
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        fault_point(f"before_rename:{path.parent.name}/{path.name}")
+        os.replace(temp_path, path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
