@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from node.core.canonical import canonical_json, normalize_sha256
+from node.core.utc import iso_utc_from_ms
 from node.core.semver import is_valid_version, parse_version
 from node.errors import (
     Conflict,
@@ -250,25 +251,6 @@ def bound_text(text: str, length_max: int = TEXT_LENGTH_MAX) -> str:
         return text
     suffix = " ...[truncated]"
     return text[: length_max - len(suffix)] + suffix
-
-
-def iso_utc_from_ms(time_ms: int) -> str:
-    """Unix milliseconds -> '2025-09-15T10:30:00Z' (the spec's history format), computed without a clock
-    library (H. Hinnant's civil_from_days, exact for the proleptic Gregorian calendar)."""
-    seconds = time_ms // 1000
-    days, second_of_day = divmod(seconds, 86_400)
-    shifted = days + 719_468
-    era = shifted // 146_097
-    day_of_era = shifted - era * 146_097
-    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
-    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
-    month_index = (5 * day_of_year + 2) // 153
-    day = day_of_year - (153 * month_index + 2) // 5 + 1
-    month = month_index + 3 if month_index < 10 else month_index - 9
-    year = year_of_era + era * 400 + (1 if month <= 2 else 0)
-    hour, rest = divmod(second_of_day, 3600)
-    minute, second = divmod(rest, 60)
-    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}Z"
 
 
 def _record(*, now_ms: int, event: str, version: str, from_version: str, proposal_id: str | None,
