@@ -20,6 +20,7 @@ def _register() -> None:
 
     main.add_command(package)
     __import__("cluster.cli_node", fromlist=["register"]).register(main)  # synapse genesis / synapse node
+    __import__("cluster.cli_cluster", fromlist=["register"]).register(main)  # synapse cluster / scenario / doctor
 
 
 _register()

@@ -34,9 +34,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from cluster.addresses import BlockLease, acquire_block
+from cluster.faults import remove_stale_chain
 from cluster.genesis import create_network
 from node.api import API_TOKEN_FILE_NAME, read_token
 from node.errors import ClusterError
@@ -152,14 +153,17 @@ class LocalCluster:
     def __init__(self, nodes: int = 5, validators: int = 3, data_dir: Path | None = None, *,
                  start_timeout_s: float | None = None, governance: Mapping[str, int] | None = None,
                  network_limits: Mapping[str, int] | None = None, config_limits: Mapping[str, int] | None = None,
-                 reputations: list[int] | None = None, extra_env: Mapping[str, str] | None = None) -> None:
+                 reputations: list[int] | None = None, extra_env: Mapping[str, str] | None = None,
+                 ipfs_gateways: Sequence[str] = (), detached: bool = False) -> None:
         self._node_count = nodes
         self._validator_count = validators
         self._given_data_dir = Path(data_dir) if data_dir is not None else None
         # Each node costs ~0.5 s of CPU to start (imports, key, log): on 2 cores, large clusters need longer.
         self._start_timeout_s = start_timeout_s if start_timeout_s is not None else max(START_TIMEOUT_S, START_TIMEOUT_PER_NODE_S * nodes)
         self._network_options = {"governance": governance, "network_limits": network_limits,
-                                 "config_limits": config_limits, "reputations": reputations}
+                                 "config_limits": config_limits, "reputations": reputations, "ipfs_gateways": tuple(ipfs_gateways)}
+        # detached: nodes outlive this process (`synapse cluster up`): a session of their own, no parent-death signal.
+        self._detached = detached
         self._extra_env = dict(extra_env or {})
         self._lease: BlockLease | None = None
         self.data_dir: Path | None = None
@@ -187,6 +191,7 @@ class LocalCluster:
 
     def _start(self) -> None:
         self._lease = acquire_block(hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
+        remove_stale_chain(self._lease.block.prefix)  # a killed scenario run may have left DROP rules on this block
         if self._given_data_dir is not None:
             self.data_dir = self._given_data_dir
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +232,8 @@ class LocalCluster:
         with open(handle.data_dir / STDOUT_FILE_NAME, "ab") as stdout, open(handle.data_dir / STDERR_FILE_NAME, "ab") as stderr:
             handle.process = subprocess.Popen(
                 [sys.executable, "-m", "node", "--config", str(handle.config_path)],
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=handle.data_dir, env=env,
-                process_group=0, preexec_fn=_die_with_parent(os.getpid()), close_fds=True)
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=handle.data_dir, env=env, close_fds=True,
+                **({"start_new_session": True} if self._detached else {"process_group": 0, "preexec_fn": _die_with_parent(os.getpid())}))
         handle.paused = False
 
     def _signal(self, handle: NodeHandle, signal_number: int) -> None:

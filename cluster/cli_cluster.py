@@ -1,0 +1,418 @@
+"""`synapse cluster up|status|logs|down`, `synapse scenario run|check`, `synapse doctor`.
+
+Why it works as it does:
+- `cluster up` must leave the nodes running after the command exits, unlike LocalCluster in tests
+  (whose nodes die with their parent). So its nodes start detached, each in a session of its own
+  (LocalCluster(detached=True)), and everything needed to find them again goes into DIR/cluster.json: node ids,
+  API URLs, token files, PIDs. `status`, `logs` and `down` work from that file alone. The address
+  block's lock is only held while `up` runs; afterwards the listening nodes themselves keep the
+  block taken (acquire_block checks that every address is free by binding it).
+- `down` signals only processes that are provably this cluster's nodes (the PID's command line names
+  the node's own config file), because a PID in an old cluster.json may belong to anything now:
+  SIGTERM to the node's process group, then SIGKILL after the grace period.
+- Without --data-dir, the commands use $SYNAPSE_CLUSTER_DIR, else the last cluster `up` started
+  (remembered in a per-user file in the temp dir), and say which directory they use.
+- Exit status: 0 success; 1 a failed scenario, an unhealthy cluster, a failed doctor check; 2 bad
+  usage or an invalid scenario file (nothing was started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from node.errors import ClusterError, SynapseError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+DOWN_TIMEOUT_S = 15.0
+UP_TIMEOUT_S = 60.0
+LEADER_TIMEOUT_S = 30.0
+FOLLOW_POLL_S = 0.3
+POINTER_FILE = Path(tempfile.gettempdir()) / f"synapse-ng-last-cluster-{os.getuid()}"
+
+
+def _fail(error: SynapseError, status: int = EXIT_FAILED) -> None:
+    click.echo(f"error: {error.message}", err=True)
+    if error.hint:
+        click.echo(f"hint: {error.hint}", err=True)
+    sys.exit(status)
+
+
+# --- the detached cluster --------------------------------------------------------------------
+
+
+def _detached_cluster_class():
+    from cluster.local import LocalCluster
+
+    class DetachedCluster(LocalCluster):
+        """LocalCluster(detached=True) that shows each node as it becomes healthy."""
+
+        def _wait_healthy(self, handles) -> None:
+            deadline, waiting = time.monotonic() + self._start_timeout_s, list(handles)
+            while waiting and time.monotonic() < deadline:
+                for handle in list(waiting):
+                    if handle.process.poll() is not None:
+                        waiting = []  # the base class reports the exit with the node's log tail
+                        break
+                    if self._health(handle):
+                        waiting.remove(handle)
+                        click.echo(f"  node-{handle.index + 1} healthy ({len(handles) - len(waiting)}/{len(handles)})")
+                time.sleep(0.1)
+            super()._wait_healthy(handles)
+
+    return DetachedCluster
+
+
+def _resolve_dir(data_dir: Path | None) -> Path:
+    if data_dir is None and os.environ.get("SYNAPSE_CLUSTER_DIR"):
+        data_dir = Path(os.environ["SYNAPSE_CLUSTER_DIR"])
+    if data_dir is None:
+        try:
+            data_dir = Path(POINTER_FILE.read_text().strip())
+        except OSError:
+            _fail(ClusterError("no cluster directory given and no cluster started here before",
+                               hint="pass --data-dir DIR (the directory 'synapse cluster up' printed)"), EXIT_USAGE)
+        click.echo(f"cluster: {data_dir}", err=True)
+    return data_dir
+
+
+def load_cluster_file(data_dir: Path) -> dict:
+    path = Path(data_dir) / "cluster.json"
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"{path} does not exist", hint="start a cluster with 'synapse cluster up --data-dir DIR'") from None
+    except (OSError, ValueError) as error:
+        raise ClusterError(f"cannot read {path}: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
+        raise ClusterError(f"{path} is not a cluster file (no node list)")
+    return document
+
+
+def _write_cluster_file(data_dir: Path, document: dict) -> None:
+    temporary = data_dir / ".cluster.json.tmp"
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(temporary, data_dir / "cluster.json")
+
+
+def node_process_alive(pid: int | None, config_path: Path) -> bool:
+    """True if `pid` runs and is the node started with `config_path` (a recycled PID is not)."""
+    if not pid:
+        return False
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and str(config_path).encode() in words
+
+
+# --- cluster commands ------------------------------------------------------------------------
+
+
+@click.group()
+def cluster() -> None:
+    """Launch a local cluster that keeps running, inspect it, stop it."""
+
+
+@cluster.command("up")
+@click.option("--nodes", "node_count", type=int, default=5, show_default=True, help="number of nodes N")
+@click.option("--validators", "validator_count", type=int, default=3, show_default=True, help="validators K (node-1..node-K)")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="default: a new temp dir")
+@click.option("--voting-period-ms", type=int, default=None, help="genesis voting period (default 60000)")
+@click.option("--timeout", "timeout_s", type=float, default=UP_TIMEOUT_S, show_default=True, help="seconds to wait for health")
+def up(node_count: int, validator_count: int, data_dir: Path | None, voting_period_ms: int | None, timeout_s: float) -> None:
+    """Start N nodes (genesis, keys, configs made), wait until healthy with a Raft leader, print them."""
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="synapse-cluster-"))
+    data_dir = data_dir.absolute()
+    if (data_dir / "cluster.json").exists():
+        _fail(ClusterError(f"{data_dir} already holds a cluster", hint=f"stop it with 'synapse cluster down --data-dir {data_dir}', "
+                                                                       "or choose another --data-dir"), EXIT_USAGE)
+    click.echo(f"data dir: {data_dir}")
+    click.echo(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
+    governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
+    launched = _detached_cluster_class()(nodes=node_count, validators=validator_count, data_dir=data_dir,
+                                         start_timeout_s=timeout_s, governance=governance, detached=True)
+    try:
+        launched.start()
+    except SynapseError as error:
+        launched.close()
+        _fail(error)
+    except BaseException:
+        launched.close()
+        raise
+    leader = _wait_for_leader(launched)
+    document = load_cluster_file(data_dir)
+    document.update(detached=True, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), raft_leader=leader)
+    _write_cluster_file(data_dir, document)
+    POINTER_FILE.write_text(str(data_dir) + "\n")
+    _print_table([(f"node-{h.index + 1}", h.node_id, "validator" if h.is_validator else "member", h.api_url, str(h.pid)) for h in launched.nodes],
+                 ("node", "id", "role", "API", "pid"))
+    click.echo(f"cluster file: {data_dir / 'cluster.json'}")
+    click.echo(f"stop it with: synapse cluster down --data-dir {data_dir}")
+
+
+def _wait_for_leader(launched) -> str | None:
+    """Wait until the validators report a Raft leader in GET /health; say so if they do not report one."""
+    deadline = time.monotonic() + LEADER_TIMEOUT_S
+    validators = [handle for handle in launched.nodes if handle.is_validator]
+    while True:
+        answers = []
+        for handle in validators:
+            try:
+                health = launched.api(handle.index).get("/health").data or {}
+            except OSError:
+                continue
+            if "raft_leader" not in health and "raft" not in health:
+                click.echo("note: these nodes do not report a Raft leader in GET /health; not waiting for one")
+                return None
+            answers.append(health.get("raft_leader") or (health.get("raft") or {}).get("leader"))
+        if answers and all(answers) and len(set(answers)) == 1:
+            click.echo(f"raft leader: {answers[0]}")
+            return answers[0]
+        if time.monotonic() >= deadline:
+            click.echo(f"warning: no agreed Raft leader after {LEADER_TIMEOUT_S:.0f} s (answers: {answers})")
+            return None
+        time.sleep(0.2)
+
+
+def _print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    widths = [max(len(str(row[column])) for row in [header, *rows]) for column in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _config_path(node: dict) -> Path:
+    return Path(node["data_dir"]) / "config.toml"
+
+
+@cluster.command("status")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+def status(data_dir: Path | None) -> None:
+    """Each node's process, health, version, log size and peers. Exit 1 unless all are healthy."""
+    from cluster.local import NodeApi
+
+    data_dir = _resolve_dir(data_dir)
+    try:
+        document = load_cluster_file(data_dir)
+    except SynapseError as error:
+        _fail(error, EXIT_USAGE)
+    rows, healthy = [], 0
+    for node in document["nodes"]:
+        alive = node_process_alive(node.get("pid"), _config_path(node))
+        health: dict = {}
+        if alive:
+            try:
+                response = NodeApi(node["api_url"], None, timeout_s=2.0).get("/health")
+                health = response.data if response.status == 200 and isinstance(response.data, dict) else {}
+            except OSError:
+                health = {}
+        ok = alive and health.get("status") == "ok"
+        healthy += ok
+        rows.append((f"node-{node['index'] + 1}", node["node_id"], "validator" if node.get("validator") else "member",
+                     "running" if alive else "down", health.get("status", "-") if alive else "-", str(health.get("version", "-")),
+                     str(health.get("entries", "-")), f"{health.get('peers_up', '-')}/{health.get('peers_total', '-')}", node["api_url"]))
+    _print_table(rows, ("node", "id", "role", "process", "health", "version", "entries", "peers", "API"))
+    click.echo(f"{healthy}/{len(rows)} nodes healthy")
+    sys.exit(0 if healthy == len(rows) else EXIT_FAILED)
+
+
+def _select_nodes(document: dict, node: str | None) -> list[dict]:
+    nodes = document["nodes"]
+    if node is None:
+        return nodes
+    for candidate in nodes:
+        if node in (str(candidate["index"] + 1), f"node-{candidate['index'] + 1}", candidate["node_id"]):
+            return [candidate]
+    raise ClusterError(f"no node {node!r} in this cluster", hint="give 1..N, node-<i> or a node id (see 'synapse cluster status')")
+
+
+@cluster.command("logs")
+@click.argument("node", required=False)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new lines until Ctrl-C")
+@click.option("--lines", "-n", "lines_max", type=click.IntRange(0, None), default=100, show_default=True,
+              help="show the last N lines first (like tail -n)")
+@click.option("--all", "show_all", is_flag=True, help="show every line so far")
+@click.option("--json", "raw", is_flag=True, help="print the raw JSON lines")
+def logs(node: str | None, data_dir: Path | None, follow: bool, lines_max: int, show_all: bool, raw: bool) -> None:
+    """Print the nodes' structured logs (all nodes merged by time, or NODE: 1..N, node-<i>, or an id)."""
+    from cluster.report import format_log_line, parse_log_time
+
+    data_dir = _resolve_dir(data_dir)
+    try:
+        chosen = _select_nodes(load_cluster_file(data_dir), node)
+    except SynapseError as error:
+        _fail(error, EXIT_USAGE)
+    files = {f"node-{item['index'] + 1}": Path(item["data_dir"]) / "node.log" for item in chosen}
+    offsets: dict[str, int] = {}
+    merged = []
+    for label, path in files.items():
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        offsets[label] = len(data)
+        for line in data.decode(errors="replace").splitlines():
+            moment = _line_time(line, parse_log_time)
+            merged.append((moment, label, line))
+    merged.sort(key=lambda item: item[0])
+    for _moment, label, line in merged if show_all else merged[len(merged) - lines_max:]:
+        click.echo(line if raw else format_log_line(label, line))
+    while follow:
+        time.sleep(FOLLOW_POLL_S)
+        for label, path in files.items():
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offsets[label])
+                    data = handle.read()
+            except OSError:
+                continue
+            complete = data[: data.rfind(b"\n") + 1]
+            offsets[label] += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                click.echo(line if raw else format_log_line(label, line))
+
+
+def _line_time(line: str, parse) -> float:
+    try:
+        return parse(json.loads(line).get("ts")) or 0.0
+    except (ValueError, AttributeError):
+        return 0.0
+
+
+@cluster.command("down")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--timeout", "timeout_s", type=float, default=DOWN_TIMEOUT_S, show_default=True, help="grace period before SIGKILL")
+def down(data_dir: Path | None, timeout_s: float) -> None:
+    """Stop every node of the cluster: SIGTERM, then SIGKILL after the grace period."""
+    data_dir = _resolve_dir(data_dir)
+    try:
+        document = load_cluster_file(data_dir)
+    except SynapseError as error:
+        _fail(error, EXIT_USAGE)
+    running = {}
+    for node in document["nodes"]:
+        label = f"node-{node['index'] + 1}"
+        if node_process_alive(node.get("pid"), _config_path(node)):
+            running[label] = node
+            _signal_group(node["pid"], signal.SIGCONT)
+            _signal_group(node["pid"], signal.SIGTERM)
+        else:
+            click.echo(f"{label}: not running")
+    deadline = time.monotonic() + timeout_s
+    while running and time.monotonic() < deadline:
+        for label, node in list(running.items()):
+            if not node_process_alive(node["pid"], _config_path(node)):
+                click.echo(f"{label}: stopped")
+                del running[label]
+        time.sleep(0.1)
+    for label, node in running.items():
+        _signal_group(node["pid"], signal.SIGKILL)
+        click.echo(f"{label}: did not stop within {timeout_s:.0f} s, killed (SIGKILL)")
+    _remove_chain_if_free(document)
+    for node in document["nodes"]:
+        node["pid"] = None
+    document["stopped_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_cluster_file(data_dir, document)
+    click.echo(f"cluster stopped; its data stays in {data_dir}")
+
+
+def _signal_group(pid: int, signal_number: int) -> None:
+    try:
+        os.killpg(pid, signal_number)  # detached nodes lead their own session and process group
+    except ProcessLookupError:
+        pass
+
+
+def _remove_chain_if_free(document: dict) -> None:
+    from cluster.addresses import LOCK_DIR
+    from cluster.doctor import _lock_is_free
+    from cluster.faults import remove_stale_chain
+
+    block = document.get("address_block")
+    if block and _lock_is_free(LOCK_DIR / f"{block}.lock"):
+        remove_stale_chain(block)
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+@click.group()
+def scenario() -> None:
+    """Run scripted scenarios (scenarios/*.toml) against fresh local clusters."""
+
+
+def _load_all(files: tuple[Path, ...]):
+    from cluster.scenario import load_scenario
+    from cluster.scenario_runner import REPOSITORY
+
+    loaded = []
+    for path in files:
+        try:
+            loaded.append(load_scenario(path, repository=REPOSITORY))
+        except SynapseError as error:
+            _fail(error, EXIT_USAGE)
+    return loaded
+
+
+@scenario.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+def check(files: tuple[Path, ...]) -> None:
+    """Validate scenario files without running them."""
+    for loaded in _load_all(files):
+        click.echo(f"{loaded.path}: ok ({loaded.name}: {len(loaded.steps)} steps, {loaded.cluster.nodes} nodes)")
+
+
+@scenario.command("run")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None, help="replay a randomized run")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
+@click.option("--keep-data", is_flag=True, help="keep the cluster's data dirs (keys included) after the run")
+def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: bool) -> None:
+    """Run each scenario on its own fresh cluster; exit 0 only if every one passes."""
+    from cluster.scenario_runner import RunOptions, run_scenario
+
+    scenarios = _load_all(files)  # every file is validated before anything starts
+    verdicts = []
+    for loaded in scenarios:
+        record = run_scenario(loaded, RunOptions(report_root=report_dir, seed=seed, keep_data=keep_data, echo=click.echo))
+        verdicts.append((loaded.path, record.verdict))
+    if len(verdicts) > 1:
+        for path, verdict in verdicts:
+            click.echo(f"{verdict}  {path}")
+    sys.exit(0 if all(verdict == "PASS" for _path, verdict in verdicts) else EXIT_FAILED)
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+@click.command("doctor")
+@click.option("--fix", is_flag=True, help="remove iptables chains left by dead runs (nothing else)")
+def doctor(fix: bool) -> None:
+    """Check this machine for the testbed: addresses, firewall tools, stale runs, toolchains."""
+    from cluster.doctor import run_checks
+
+    results = run_checks(fix=fix)
+    for result in results:
+        click.echo(f"{result.status.upper():5} {result.name}: {result.detail}")
+        if result.hint and result.status != "ok":
+            click.echo(f"      hint: {result.hint}")
+    failed = sum(result.status == "fail" for result in results)
+    click.echo(f"{len(results)} checks: {failed} failed, {sum(result.status == 'warn' for result in results)} warnings")
+    sys.exit(EXIT_FAILED if failed else 0)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(cluster)
+    main.add_command(scenario)
+    main.add_command(doctor)

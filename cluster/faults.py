@@ -1,0 +1,458 @@
+"""Fault injection for local clusters: network partitions (iptables) and process faults (signals).
+
+Why it works as it does:
+- Every node of a local cluster has its own loopback address 127.A.B.i (cluster/addresses.py) and
+  binds its OUTGOING sockets to it too (gossip's connector and the Raft transport). So a packet's
+  source and destination addresses name the two nodes it travels between, and a partition is plain
+  iptables: `-s X -d Y -j DROP` for every cut pair, both directions for a partition, one for a cut.
+  Every packet of a TCP connection (data and ACKs) carries those addresses, so connections that
+  already exist are cut as well as new ones. (A one-way cut therefore stops TCP both ways for
+  connections in either direction, since replies are dropped too: it is the classic "asymmetric
+  link" nemesis, observed through TCP.) Clients outside the cluster (the scenario runner, curl) use
+  127.0.0.1 as their source and are never cut, so the runner can watch both sides of a partition.
+- The rules live in a chain of their own per cluster block (`SYNAPSE-127-A-B`), jumped to from OUTPUT
+  only for `-d 127.A.B.0/24`: nothing outside the cluster's block can ever be dropped, and the
+  `prefix` of every address is checked before a rule is written. Rules are written with one
+  `iptables-restore --noflush` batch, so a partition appears at once rather than pair by pair.
+  Heal flushes the chain; `close` removes the jump and the chain. A run killed by SIGKILL may leave
+  a chain behind: `remove_stale_chain` removes it, and LocalCluster calls it right after acquiring a
+  block (whose lock proves no live run uses that chain).
+- Where the machine cannot do this (not root, no iptables), `NetworkFaults.open` raises
+  FaultInjectionUnavailable saying why and what to do, before changing anything: a scenario that needs
+  partitions stops with that message and never pretends. `tc netem` is not used (not in every kernel).
+- Process faults are signals to the node's process group, through the cluster object (LocalCluster or
+  the CLI's detached cluster): kill = SIGKILL, stop = SIGTERM, pause = SIGSTOP, resume = SIGCONT,
+  restart = start again from the same data dir. `ProcessFaults` remembers which nodes it took down, so
+  "live" nodes and the final safety checks know whom to ask.
+- Node groups ("leader", "validators", "majority", ...) are resolved here, with the run's seeded
+  random generator for random picks, so a randomized run replays from its seed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cluster.scenario import Selector
+from node.errors import ClusterError, FaultInjectionUnavailable
+
+IPTABLES_TIMEOUT_S = 15
+IPTABLES_WAIT_S = 10        # -w: wait this long for the xtables lock held by another run
+CHAIN_PREFIX = "SYNAPSE-"
+RULES_MAX = 64 * 64
+_BLOCK = re.compile(r"^127\.(\d{1,3})\.(\d{1,3})$")
+_CHAIN = re.compile(r"^SYNAPSE-127-(\d{1,3})-(\d{1,3})$")
+INSTALL_HINT = "run as root with iptables installed (sudo sh scripts/install-toolchain.sh), or run scenarios without partitions"
+
+
+# --- capability ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capability:
+    available: bool
+    detail: str   # what was found, or why not
+    hint: str = ""
+
+
+def _iptables_binary() -> str | None:
+    return shutil.which("iptables") or next((path for path in ("/usr/sbin/iptables", "/sbin/iptables") if os.path.exists(path)), None)
+
+
+def network_capability(*, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Capability:
+    """Whether this process can write iptables rules, and if not, why and what to do."""
+    binary = _iptables_binary()
+    if binary is None:
+        return Capability(available=False, detail="iptables is not installed", hint=INSTALL_HINT)
+    if os.geteuid() != 0:
+        return Capability(available=False, detail=f"not root (uid {os.geteuid()}): iptables needs CAP_NET_ADMIN", hint=INSTALL_HINT)
+    if shutil.which("iptables-restore") is None and not os.path.exists(binary + "-restore"):
+        return Capability(available=False, detail="iptables-restore is not installed", hint=INSTALL_HINT)
+    try:
+        probe = run([binary, "-w", str(IPTABLES_WAIT_S), "-S", "OUTPUT"], capture_output=True, text=True, timeout=IPTABLES_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return Capability(available=False, detail=f"iptables did not run: {error}", hint=INSTALL_HINT)
+    if probe.returncode != 0:
+        return Capability(available=False, detail=f"iptables -S OUTPUT failed: {probe.stderr.strip()[:200]}",
+                          hint="check that the kernel has netfilter (nf_tables or ip_tables) and that this is not a restricted container")
+    version = run([binary, "--version"], capture_output=True, text=True, timeout=IPTABLES_TIMEOUT_S).stdout.strip()
+    return Capability(available=True, detail=version or binary)
+
+
+# --- iptables plumbing -----------------------------------------------------------------------
+
+
+def chain_name(block_prefix: str) -> str:
+    """'127.12.7' -> 'SYNAPSE-127-12-7' (iptables chain names are at most 28 characters)."""
+    match = _BLOCK.match(block_prefix)
+    if not match or not all(0 <= int(part) <= 255 for part in match.groups()):
+        raise ClusterError(f"{block_prefix!r} is not a loopback block 127.A.B", hint="partitions work on a local cluster's block")
+    return CHAIN_PREFIX + block_prefix.replace(".", "-")
+
+
+def block_of_chain(chain: str) -> str | None:
+    match = _CHAIN.match(chain)
+    return f"127.{match.group(1)}.{match.group(2)}" if match else None
+
+
+class _Iptables:
+    def __init__(self, run: Callable[..., subprocess.CompletedProcess]) -> None:
+        self._run = run
+        self._binary = _iptables_binary() or "iptables"
+
+    def call(self, *arguments: str, check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            completed = self._run([self._binary, "-w", str(IPTABLES_WAIT_S), *arguments], capture_output=True, text=True,
+                                  timeout=IPTABLES_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"iptables {' '.join(arguments)} did not finish in {IPTABLES_TIMEOUT_S} s",
+                               hint="another program may hold the xtables lock; retry", definite=False) from None
+        if check and completed.returncode != 0:
+            raise ClusterError(f"iptables {' '.join(arguments)} failed: {completed.stderr.strip()[:300]}",
+                               hint="run 'synapse doctor'", definite=False)
+        return completed
+
+    def restore(self, lines: Sequence[str]) -> None:
+        text = "*filter\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+        try:
+            completed = self._run([self._binary + "-restore", "-w", str(IPTABLES_WAIT_S), "--noflush"], input=text,
+                                  capture_output=True, text=True, timeout=IPTABLES_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"iptables-restore did not finish in {IPTABLES_TIMEOUT_S} s", definite=False) from None
+        if completed.returncode != 0:
+            raise ClusterError(f"iptables-restore refused the rules: {completed.stderr.strip()[:300]}", hint="run 'synapse doctor'",
+                               definite=False)
+
+    def chain_exists(self, chain: str) -> bool:
+        return self.call("-S", chain, check=False).returncode == 0
+
+    def list_chains(self) -> list[str]:
+        listing = self.call("-S").stdout
+        return [line.split()[1] for line in listing.splitlines() if line.startswith("-N ")]
+
+
+def _jump_rule(block_prefix: str, chain: str) -> tuple[str, ...]:
+    return ("OUTPUT", "-d", f"{block_prefix}.0/24", "-j", chain)
+
+
+def remove_stale_chain(block_prefix: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> bool:
+    """Remove the block's chain and its jump if a killed run left them. True if something was removed.
+
+    Call it right after acquiring the block (its lock proves nobody else uses the chain). A machine
+    without iptables or root has no chain to remove: then it does nothing."""
+    if not network_capability(run=run).available:
+        return False
+    iptables, chain = _Iptables(run), chain_name(block_prefix)
+    removed = False
+    while iptables.call("-D", *_jump_rule(block_prefix, chain), check=False).returncode == 0:
+        removed = True
+    if iptables.chain_exists(chain):
+        iptables.call("-F", chain)
+        iptables.call("-X", chain)
+        removed = True
+    return removed
+
+
+def synapse_chains(*, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> list[str]:
+    """Every SYNAPSE-127-A-B chain on this machine (for `synapse doctor` and leak checks)."""
+    return [chain for chain in _Iptables(run).list_chains() if block_of_chain(chain)]
+
+
+# --- network faults --------------------------------------------------------------------------
+
+
+class NetworkFaults:
+    """Partitions and cuts between the nodes of one address block. Use `open`, then close (or `with`)."""
+
+    def __init__(self, block_prefix: str, iptables: _Iptables) -> None:
+        self.block_prefix = block_prefix
+        self.chain = chain_name(block_prefix)
+        self._network = ipaddress.ip_network(f"{block_prefix}.0/24")
+        self._iptables = iptables
+        self._rules: list[tuple[str, str]] = []
+        self._open = True
+
+    @classmethod
+    def open(cls, block_prefix: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> "NetworkFaults":
+        """Check the machine can do it, remove any stale chain of this block, and install an empty chain."""
+        capability = network_capability(run=run)
+        if not capability.available:
+            raise FaultInjectionUnavailable(f"network partitions are not possible on this machine: {capability.detail}", hint=capability.hint)
+        chain = chain_name(block_prefix)
+        remove_stale_chain(block_prefix, run=run)
+        iptables = _Iptables(run)
+        iptables.call("-N", chain)
+        try:
+            iptables.call("-I", *_jump_rule(block_prefix, chain))
+        except BaseException:
+            iptables.call("-X", chain, check=False)
+            raise
+        return cls(block_prefix, iptables)
+
+    def _check_host(self, host: str) -> str:
+        try:
+            inside = ipaddress.ip_address(host) in self._network
+        except ValueError:
+            inside = False
+        if not inside:
+            raise ClusterError(f"{host!r} is not an address of the cluster block {self.block_prefix}.0/24",
+                               hint="partitions only ever cut traffic between the cluster's own nodes")
+        return host
+
+    def _add(self, pairs: Iterable[tuple[str, str]]) -> None:
+        if not self._open:
+            raise ClusterError("these network faults are closed", hint="open new NetworkFaults for the cluster")
+        fresh = [(self._check_host(source), self._check_host(destination)) for source, destination in pairs if source != destination]
+        fresh = list(dict.fromkeys(pair for pair in fresh if pair not in self._rules))
+        if len(self._rules) + len(fresh) > RULES_MAX:
+            raise ClusterError(f"more than {RULES_MAX} cut pairs", hint="heal before cutting again")
+        if fresh:
+            self._iptables.restore([f"-A {self.chain} -s {source}/32 -d {destination}/32 -j DROP" for source, destination in fresh])
+            self._rules.extend(fresh)
+
+    def cut(self, sources: Iterable[str], destinations: Iterable[str]) -> None:
+        """Drop every packet from each source to each destination (one way; see the module docstring)."""
+        destinations = list(destinations)
+        self._add((source, destination) for source in sources for destination in destinations)
+
+    def partition(self, groups: Sequence[Sequence[str]]) -> None:
+        """Nodes in different groups can no longer talk (both directions). Nodes in no group keep every link."""
+        seen: set[str] = set()
+        for group in groups:
+            overlap = seen & set(group)
+            if overlap:
+                raise ClusterError(f"node {sorted(overlap)[0]} is in two partition groups", hint="give each node to one group")
+            seen |= set(group)
+        pairs = [(source, destination) for first, group in enumerate(groups) for other, opposite in enumerate(groups)
+                 if first != other for source in group for destination in opposite]
+        self._add(pairs)
+
+    def heal(self) -> None:
+        """Remove every cut: all links work again."""
+        if self._open:
+            self._iptables.call("-F", self.chain)
+        self._rules.clear()
+
+    def rules(self) -> list[tuple[str, str]]:
+        """The cut pairs as iptables holds them now (read back, not remembered)."""
+        listing = self._iptables.call("-S", self.chain).stdout
+        pairs = []
+        for line in listing.splitlines():
+            match = re.match(r"^-A \S+ -s (\S+?)(?:/32)? -d (\S+?)(?:/32)? -j DROP$", line)
+            if match:
+                pairs.append((match.group(1), match.group(2)))
+        return pairs
+
+    @property
+    def active(self) -> bool:
+        return bool(self._rules)
+
+    def close(self) -> None:
+        """Remove the chain and its jump. Safe to call twice."""
+        if self._open:
+            self._open = False
+            self._rules.clear()
+            remove_stale_chain(self.block_prefix, run=self._iptables._run)
+
+    def __enter__(self) -> "NetworkFaults":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- node groups -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeView:
+    index: int        # 1-based, as node-<index>
+    node_id: str
+    host: str         # its own loopback address
+    validator: bool
+    state: str = "up"  # up | killed | stopped | paused, as the run left it
+
+    @property
+    def live(self) -> bool:
+        return self.state == "up"
+
+
+def majority_indexes(nodes: Sequence[NodeView]) -> list[int]:
+    """The lowest-indexed strict majority of all nodes (with the default genesis: the validators first)."""
+    return [node.index for node in nodes][: len(nodes) // 2 + 1]
+
+
+def minority_indexes(nodes: Sequence[NodeView]) -> list[int]:
+    """Everyone not in the majority: the highest-indexed (len - 1) // 2 nodes."""
+    return [node.index for node in nodes][len(nodes) // 2 + 1:]
+
+
+def resolve(selector: Selector, nodes: Sequence[NodeView], *, leader: Callable[[], int | None], rng: random.Random,
+            excluded: Iterable[int] = ()) -> list[int]:
+    """The 1-based indexes a selector names now, sorted. `excluded` are nodes already taken by other
+    partition groups (for "rest"). Raises ClusterError when a group is empty or unknown now."""
+    by_index = {node.index: node for node in nodes}
+    chosen: set[int] = set(selector.indexes)
+    for node_id in selector.node_ids:
+        match = [node.index for node in nodes if node.node_id == node_id]
+        if not match:
+            raise ClusterError(f"no node has id {node_id}", hint="see the node table printed at start (or cluster.json)")
+        chosen.update(match)
+    for group in selector.groups:
+        chosen.update(_group(group, nodes, leader, set(excluded)))
+    for count, group in selector.random_picks:
+        among = set(_group(group, nodes, leader, set(excluded))) if group else set(by_index)
+        candidates = sorted(index for index in among if by_index[index].live and index not in chosen)
+        if count > len(candidates):
+            raise ClusterError(f"cannot pick {count} random live node(s){' of ' + group if group else ''}: only {len(candidates)} left")
+        chosen.update(rng.sample(candidates, count))
+    if not chosen:
+        raise ClusterError(f"the selector {selector.text!r} names no node now", hint="check which nodes are live at this step")
+    return sorted(chosen)
+
+
+def _group(group: str, nodes: Sequence[NodeView], leader: Callable[[], int | None], excluded: set[int]) -> list[int]:
+    if group == "all":
+        return [node.index for node in nodes]
+    if group == "live":
+        return [node.index for node in nodes if node.live]
+    if group == "down":
+        return [node.index for node in nodes if node.state in ("killed", "stopped")]
+    if group == "paused":
+        return [node.index for node in nodes if node.state == "paused"]
+    if group == "validators":
+        return [node.index for node in nodes if node.validator]
+    if group == "non_validators":
+        return [node.index for node in nodes if not node.validator]
+    if group == "majority":
+        return majority_indexes(nodes)
+    if group == "minority":
+        return minority_indexes(nodes)
+    if group == "rest":
+        return [node.index for node in nodes if node.index not in excluded]
+    leader_index = leader()
+    if leader_index is None:
+        raise ClusterError("the validators have no Raft leader now", hint="wait for an election (assert healthy within ...) first")
+    if group == "leader":
+        return [leader_index]
+    assert group == "followers", group
+    return [node.index for node in nodes if node.validator and node.index != leader_index]
+
+
+# --- process faults --------------------------------------------------------------------------
+
+
+class ProcessFaults:
+    """Signals to nodes through a cluster object with kill/stop/restart/pause/resume(index0).
+
+    The cluster object indexes nodes from 0 (LocalCluster); scenarios and this class from 1."""
+
+    ACTIONS = ("kill", "stop", "restart", "pause", "resume")
+
+    def __init__(self, cluster: object, node_count: int) -> None:
+        self._cluster = cluster
+        self._state = {index: "up" for index in range(1, node_count + 1)}
+
+    def state(self, index: int) -> str:
+        """'up', 'killed', 'stopped' or 'paused'."""
+        return self._state[index]
+
+    def live(self, index: int) -> bool:
+        return self._state[index] == "up"
+
+    def apply(self, action: str, indexes: Sequence[int]) -> None:
+        if action not in self.ACTIONS:
+            raise ClusterError(f"unknown process fault {action!r}", hint=f"one of {', '.join(self.ACTIONS)}")
+        for index in indexes:
+            getattr(self, "_" + action)(index)
+
+    def _kill(self, index: int) -> None:
+        if self._state[index] in ("killed", "stopped"):
+            return
+        self._cluster.kill(index - 1)
+        self._state[index] = "killed"
+
+    def _stop(self, index: int) -> None:
+        if self._state[index] in ("killed", "stopped"):
+            return
+        if self._state[index] == "paused":
+            self._cluster.resume(index - 1)  # a stopped process never handles SIGTERM
+        self._cluster.stop(index - 1)
+        self._state[index] = "stopped"
+
+    def _restart(self, index: int) -> None:
+        if self._state[index] == "paused":
+            self._cluster.resume(index - 1)
+        self._cluster.restart(index - 1)
+        self._state[index] = "up"
+
+    def _pause(self, index: int) -> None:
+        if self._state[index] != "up":
+            raise ClusterError(f"node-{index} is {self._state[index]}: only a running node can be paused")
+        self._cluster.pause(index - 1)
+        self._state[index] = "paused"
+
+    def _resume(self, index: int) -> None:
+        if self._state[index] != "paused":
+            raise ClusterError(f"node-{index} is {self._state[index]}, not paused", hint="resume only what a pause step paused")
+        self._cluster.resume(index - 1)
+        self._state[index] = "up"
+
+    def resume_all(self) -> None:
+        """Before the final checks and teardown: a paused node would never answer nor stop."""
+        for index, state in self._state.items():
+            if state == "paused":
+                self._resume(index)
+
+
+# --- checking that partitions can hold -------------------------------------------------------
+
+
+def _proc_address(text: str) -> tuple[str, int]:
+    """'0100007F:1F90' (/proc/net/tcp, IPv4 little-endian) -> ('127.0.0.1', 8080)."""
+    address_hex, port_hex = text.split(":")
+    octets = bytes.fromhex(address_hex)[::-1]
+    return ".".join(str(octet) for octet in octets), int(port_hex, 16)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for descriptor in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(descriptor.path)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def unbound_peer_connections(hosts_by_pid: Mapping[int, str], block_prefix: str) -> list[str]:
+    """Connections a node holds to another address of its block from a source address that is not its
+    own: iptables rules by source address cannot cut those, so a partition would not hold."""
+    network = ipaddress.ip_network(f"{block_prefix}.0/24")
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as handle:
+            rows = [line.split() for line in handle.readlines()[1:]]
+    except OSError:
+        return []
+    by_inode = {row[9]: row for row in rows if len(row) > 9 and row[3] in ("01", "02")}  # ESTABLISHED, SYN_SENT
+    problems = []
+    for pid, own_host in hosts_by_pid.items():
+        for inode in _socket_inodes(pid):
+            row = by_inode.get(inode)
+            if row is None:
+                continue
+            (local_host, local_port), (remote_host, remote_port) = _proc_address(row[1]), _proc_address(row[2])
+            if ipaddress.ip_address(remote_host) in network and remote_host != own_host and local_host != own_host:
+                problems.append(f"{own_host} (pid {pid}) talks to {remote_host}:{remote_port} from {local_host}:{local_port}")
+    return problems

@@ -1,0 +1,288 @@
+"""Run a scenario: start its cluster and package server, play its steps, judge, and write the report.
+
+Why it works as it does:
+- One thread drives everything, synchronously, in file order: a scenario is a story and its history
+  must read like one. Node processes die with this thread (LocalCluster's parent-death signal), and an
+  ExitStack tears down in reverse order whatever happened: paused nodes resumed, the iptables chain
+  removed, nodes stopped, the package server closed, the address block released.
+- The run stops playing steps at the first failed or broken step (later steps would only fail in
+  cascade), but it still heals the network, resumes paused nodes and runs the shared safety checks
+  (cluster/safety.py), so a failing run says as much as it can about the state it left.
+- Safety checks poll until the scenario's `settle` deadline for convergence (gossip needs a few
+  rounds after a heal); history checks (certificates, double execution) are judged on the last look.
+- Randomness comes only from one `random.Random(seed)`: the seed is printed first and written to the
+  report, and `--seed` replays the same choices (random picks of nodes).
+- The verdict is PASS only if every step and every safety check passed; a check that could not be
+  judged (skipped) is shown as such and never counts as a pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.faults import network_capability
+from cluster.local import LocalCluster
+from cluster.package_server import PackageServer, build_package
+from cluster.report import RunRecord, StepRecord, copy_node_files, log_excerpt, outcome_record, report_folder, write_report
+from cluster.safety import NodeSnapshot, Outcome, logs_converged, one_version_and_state_hash, safety_outcomes
+from cluster.scenario import Scenario, Step
+from cluster.scenario_steps import ACTIONS, CHECKS, Driver, Judgement, StepFailed, run_hook
+from node.config import NETWORK_LIMITS, load_genesis
+from node.errors import FaultInjectionUnavailable, SynapseError
+from node.identity import verify_signature
+from node.logging_setup import LOG_FILE_NAME
+
+POLL_INTERVAL_S = 0.2
+SEED_MAX = 2**31 - 1
+REPOSITORY = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 60.0
+PARTITION_ACTIONS = ("partition", "isolate", "cut")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    report_root: Path
+    seed: int | None = None
+    keep_data: bool = False
+    echo: Callable[[str], None] = print
+
+
+class _Timeout(Exception):
+    pass
+
+
+class ScenarioRun:
+    """One run of one scenario. `run()` returns the RunRecord; the report folder is `self.folder`."""
+
+    def __init__(self, scenario: Scenario, options: RunOptions) -> None:
+        self.scenario = scenario
+        self.options = options
+        self.seed = options.seed if options.seed is not None else scenario.seed if scenario.seed is not None else \
+            random.SystemRandom().randrange(SEED_MAX)
+        self.rng = random.Random(self.seed)
+        self.record = RunRecord(scenario=scenario.name, scenario_path=str(scenario.path) if scenario.path else None,
+                                seed=self.seed, started_at=time.time())
+        self.folder = report_folder(options.report_root, scenario.name, self.record.started_at)
+        self._deadline = time.monotonic() + scenario.timeout_ms / 1000
+        self._driver: Driver | None = None
+        self._log_paths: dict[str, Path] = {}
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self) -> RunRecord:
+        echo = self.options.echo
+        echo(f"scenario: {self.scenario.name}")
+        echo(f"seed: {self.seed} (replay with --seed {self.seed})")
+        data_dir = Path(tempfile.mkdtemp(prefix="synapse-scenario-"))
+        try:
+            self._preflight()
+            with contextlib.ExitStack() as stack:
+                self._start(stack, data_dir)
+                self._play()
+                self._finish()
+        except KeyboardInterrupt:
+            self.record.aborted = "interrupted (Ctrl-C)"
+        except SynapseError as error:
+            self.record.aborted = error.one_line()
+            echo(f"run aborted: {error.one_line()}")
+        finally:
+            self.record.finished_at = time.time()
+            self._collect_logs()
+            write_report(self.folder, self.record, self._scenario_text())
+            if not self.options.keep_data:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            else:
+                echo(f"cluster data kept in {data_dir}")
+        echo(f"verdict: {self.record.verdict}   report: {self.folder}")
+        return self.record
+
+    def _preflight(self) -> None:
+        """Refuse before starting anything when a step needs what this machine cannot do."""
+        if needs_partitions(self.scenario):
+            capability = network_capability()
+            if not capability.available:
+                raise FaultInjectionUnavailable(f"this scenario cuts the network, but network partitions are not possible on this "
+                                                f"machine: {capability.detail}", hint=capability.hint)
+
+    def _start(self, stack: contextlib.ExitStack, data_dir: Path) -> None:
+        echo = self.options.echo
+        packages = None
+        served = {}
+        if self.scenario.packages:
+            packages = stack.enter_context(PackageServer())
+            for spec in self.scenario.packages:
+                data = build_package(spec.source, data_dir / "builds")
+                served[spec.name] = packages.add(spec.name, data, corrupt=spec.corrupt)
+                echo(f"package {spec.name}: {len(data):,} bytes, sha256 {served[spec.name].sha256[:16]}..., {served[spec.name].http_url}")
+        shape = self.scenario.cluster
+        echo(f"starting {shape.nodes} nodes ({shape.validators} validator{'s' if shape.validators != 1 else ''}) ...")
+        cluster = LocalCluster(
+            nodes=shape.nodes, validators=shape.validators, data_dir=data_dir / "cluster", start_timeout_s=START_TIMEOUT_S,
+            governance=dict(shape.governance) or None, reputations=list(shape.reputations) if shape.reputations else None,
+            network_limits={key: value for key, value in shape.limits.items() if key in NETWORK_LIMITS} or None,
+            config_limits={key: value for key, value in shape.limits.items() if key not in NETWORK_LIMITS} or None,
+            ipfs_gateways=(packages.gateway_url,) if packages else ())
+        stack.enter_context(cluster)
+        self._driver = Driver(scenario=self.scenario, cluster=cluster, rng=self.rng, packages=packages, served=served, log=echo)
+        stack.callback(self._driver.close)
+        for handle in cluster.nodes:
+            label = f"node-{handle.index + 1}"
+            self.record.nodes[label] = {"node_id": handle.node_id, "api_url": handle.api_url, "validator": handle.is_validator}
+            self._log_paths[label] = handle.data_dir
+            echo(f"  {label}  {handle.node_id}  {'validator' if handle.is_validator else 'member   '}  {handle.api_url}")
+
+    def _play(self) -> None:
+        total = len(self.scenario.steps)
+        for step in self.scenario.steps:
+            record = self._run_step(step)
+            self.record.steps.append(record)
+            status = "ok" if record.status == "passed" else record.status.upper()
+            self.options.echo(f"[{step.index + 1:>3}/{total}] {step.label} ... {status} ({record.duration_s:.2f} s) {record.seen}")
+            if record.status != "passed":
+                self.options.echo(f"        expected: {record.expected}")
+                for detail in record.details:
+                    self.options.echo(f"        {detail}")
+                return
+
+    def _run_step(self, step: Step) -> StepRecord:
+        record = StepRecord(index=step.index, label=step.label, do=step.do, started_at=time.time())
+        began = time.monotonic()
+        try:
+            self._check_deadline()
+            if step.do == "assert" or step.do == "hook":
+                judgement = self._judge(step)
+                record.status = "passed" if judgement.ok else "failed"
+                record.expected, record.seen = judgement.expected, judgement.seen
+                record.nodes, record.details = judgement.nodes, judgement.details
+            else:
+                record.expected, record.seen = f"{step.do} succeeds", ACTIONS[step.do](self._driver, step)
+        except StepFailed as failure:
+            record.status, record.expected, record.seen = "failed", failure.expected, failure.seen
+            record.nodes, record.details = failure.nodes, failure.details
+        except _Timeout:
+            record.status, record.expected = "error", "the step runs before the scenario's timeout"
+            record.seen = f"scenario timeout ({self.scenario.timeout_ms} ms) reached"
+        except (SynapseError, OSError) as error:
+            record.status, record.expected = "error", f"{step.do} can run"
+            record.seen = error.one_line() if isinstance(error, SynapseError) else f"{type(error).__name__}: {error}"
+        record.duration_s = time.monotonic() - began
+        if record.status != "passed":
+            self._attach_excerpts(record)
+        return record
+
+    def _judge(self, step: Step) -> Judgement:
+        """Poll a check: until it holds (within), throughout (during), or once."""
+        look = (lambda: run_hook(self._driver, step)) if step.do == "hook" else (lambda: CHECKS[step.check](self._driver, step))
+        if step.during_ms:
+            end = time.monotonic() + step.during_ms / 1000
+            while True:
+                judgement = look()
+                if not judgement.ok or time.monotonic() >= end:
+                    return judgement
+                self._sleep(POLL_INTERVAL_S)
+        end = time.monotonic() + step.within_ms / 1000
+        while True:
+            judgement = look()
+            if judgement.ok or time.monotonic() >= end:
+                return judgement
+            self._sleep(POLL_INTERVAL_S)
+
+    def _sleep(self, seconds: float) -> None:
+        self._check_deadline()
+        time.sleep(min(seconds, max(0.0, self._deadline - time.monotonic())))
+
+    def _check_deadline(self) -> None:
+        if time.monotonic() >= self._deadline:
+            raise _Timeout()
+
+    # --- the end ----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Heal, resume, then the shared safety checks on every live node (polled until `settle`)."""
+        driver = self._driver
+        driver.close()
+        self.options.echo("safety checks on the live nodes ...")
+        began_wall, began = time.time(), time.monotonic()
+        genesis = load_genesis(driver.cluster.genesis_path)
+        validators = {member.node_id: member.public_key for member in genesis.validators}
+        settle_end = time.monotonic() + self.scenario.settle_ms / 1000
+        while True:
+            snapshots, unreadable = self._snapshots(driver)
+            converging = [logs_converged(snapshots), one_version_and_state_hash(snapshots)]
+            if (all(outcome.ok for outcome in converging) and not unreadable) or time.monotonic() >= settle_end:
+                break
+            time.sleep(POLL_INTERVAL_S)
+        outcomes = safety_outcomes(snapshots, network_id=genesis.network_id, validators=validators, verify=verify_signature)
+        if unreadable:
+            outcomes.insert(0, Outcome(name="every live node answers", ok=False, expected="each live node serves GET /log and /health",
+                                       seen=f"{len(unreadable)} node(s) did not answer", nodes=tuple(unreadable)))
+        for outcome in outcomes:
+            record = outcome_record(outcome, started_at=began_wall, duration_s=time.monotonic() - began)
+            if record.status != "passed":
+                self._attach_excerpts(record)
+            self.record.safety.append(record)
+            self.options.echo(f"  {'ok' if outcome.ok else 'SKIPPED' if outcome.skipped else 'FAILED'}  {outcome.name}: {outcome.seen}")
+            for detail in outcome.details if not outcome.ok else ():
+                self.options.echo(f"        {detail}")
+        self._collect_finals(driver)
+
+    def _snapshots(self, driver: Driver) -> tuple[list[NodeSnapshot], list[str]]:
+        snapshots, unreadable = [], []
+        for index in driver.live_indexes():
+            try:
+                entries = driver.read_log(index)
+                state = driver.read_state(index)
+                version = state.get("version") if state else (driver.api(index).get("/health").data or {}).get("version")
+            except (OSError, SynapseError):
+                unreadable.append(driver.label(index))
+                continue
+            snapshots.append(NodeSnapshot(label=driver.label(index), node_id=driver.handle(index).node_id, entries=tuple(entries),
+                                          version=version, state_hash=state.get("state_hash") if state else None))
+        return snapshots, unreadable
+
+    def _collect_finals(self, driver: Driver) -> None:
+        """Each node's final health, state and log (while the cluster still runs)."""
+        self._finals = {}
+        for index in range(1, driver.node_count + 1):
+            final: dict = {"process": driver.processes.state(index)}
+            if driver.processes.live(index):
+                for name, read in (("health", lambda: driver.api(index).get("/health").data), ("state", lambda: driver.read_state(index)),
+                                   ("log", lambda: driver.read_log(index))):
+                    try:
+                        final[name] = read()
+                    except (OSError, SynapseError) as error:
+                        final[name] = f"unreadable: {error}"
+            self._finals[driver.label(index)] = final
+
+    def _collect_logs(self) -> None:
+        finals = getattr(self, "_finals", {})
+        for label, node_dir in self._log_paths.items():
+            files = {name: node_dir / name for name in (LOG_FILE_NAME, "stderr.log", "stdout.log") if (node_dir / name).exists()}
+            copy_node_files(self.folder, label, files, finals.get(label, {"process": "not reached"}))
+
+    def _attach_excerpts(self, record: StepRecord) -> None:
+        moment = record.started_at + record.duration_s
+        for label in record.nodes:
+            if label in self._log_paths:
+                record.excerpts[label] = log_excerpt(self._log_paths[label] / LOG_FILE_NAME, around_s=moment)
+
+    def _scenario_text(self) -> str | None:
+        try:
+            return self.scenario.path.read_text() if self.scenario.path else None
+        except OSError:
+            return None
+
+
+def needs_partitions(scenario: Scenario) -> bool:
+    return any(step.do in PARTITION_ACTIONS for step in scenario.steps)
+
+
+def run_scenario(scenario: Scenario, options: RunOptions) -> RunRecord:
+    return ScenarioRun(scenario, options).run()
