@@ -39,13 +39,14 @@ from typing import Any
 
 from aiohttp import web
 
-from node import api
+from node import api, api_governance, openapi
 from node.config import Genesis, Limits, Member, NodeConfig, load_config, load_genesis, member_for, resolve_limits
 from node.core.canonical import sha256_hex
 from node.core.crdt_log import CrdtLog, LogLimits
 from node.core.entries import Entry
 from node.errors import ConfigError, StoreError, SynapseError
 from node.gossip import Gossip, GossipSettings
+from node.governance_service import GovernanceService, GovernanceSettings
 from node.identity import Identity, verify_signature
 from node.logfile import LogFile
 from node.logging_setup import configure_logging, log_event
@@ -249,7 +250,8 @@ def log_limits(limits: Limits) -> LogLimits:
 class Node:
     """The wiring of one node: log, gossip, local author, API. `build_app()` gives the aiohttp app."""
 
-    def __init__(self, prepared: Prepared, *, rng: random.Random | None = None) -> None:
+    def __init__(self, prepared: Prepared, *, rng: random.Random | None = None,
+                 governance_settings: GovernanceSettings = GovernanceSettings()) -> None:
         self.prepared = prepared
         genesis, limits, node_id = prepared.genesis, prepared.limits, prepared.identity.node_id
         self.metrics = Metrics()
@@ -267,6 +269,10 @@ class Node:
         self.state.peers_up_source = self.gossip.peers_up
         self.state.visible_at_ns_source = self.gossip.visible_at_ns
         self.author = LocalAuthor(identity=prepared.identity, publish_new=self.gossip.publish_new)
+        self.governance = GovernanceService.for_node(prepared, log=self.log, publish=self.gossip.publish, metrics=self.metrics,
+                                                     now_ms=wall_ms, on_version=self.state.set_current_version,
+                                                     settings=governance_settings)
+        self.state.subscribe(self.governance.on_visible)
 
     def build_app(self) -> web.Application:
         limits = self.prepared.limits
@@ -283,8 +289,11 @@ class Node:
         api.add_health_routes(app)
         api.add_metrics_routes(app)
         self.gossip.add_routes(app)
+        api_governance.add_governance_routes(app, self.governance)
+        openapi.add_openapi_route(app)
         app.cleanup_ctx.append(self._logfile_context)
         app.cleanup_ctx.append(self._gossip_context)
+        app.cleanup_ctx.append(self.governance.context)
         return app
 
     async def _logfile_context(self, app: web.Application) -> AsyncIterator[None]:
@@ -306,7 +315,7 @@ class Node:
 
 async def serve(prepared: Prepared, stop: asyncio.Event) -> None:
     """Serve until `stop` is set, then unwind every cleanup_ctx within the shutdown timeout."""
-    node = Node(prepared)
+    node = Node(prepared, governance_settings=GovernanceSettings(raft_bind_outgoing=True))
     shutdown_timeout_s = prepared.limits.shutdown_timeout_ms / 1000
     runner = web.AppRunner(node.build_app(), access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s / 2)
     try:
