@@ -76,6 +76,8 @@ METRICS = web.AppKey("metrics", Metrics)
 API_TOKEN = web.AppKey("api_token", str)
 APPENDER = web.AppKey("appender", EntryAppender)
 STATUS = web.AppKey("status", NodeStatus)
+# Other areas (governance, Raft) add facts to GET /health without api.py knowing them.
+HEALTH_EXTRAS = web.AppKey("health_extras", list)
 
 
 # --- the API token ---------------------------------------------------------------------------
@@ -304,11 +306,14 @@ def add_log_routes(app: web.Application) -> None:
 async def get_health(request: web.Request) -> web.Response:
     log, status = request.app[CRDT_LOG], request.app[STATUS]
     genesis = request.app[GENESIS]
-    return web.json_response({
+    document = {
         "status": "ok", "node_id": request.app[NODE_ID], "network_id": genesis.network_id,
         "version": status.current_version(), "entries": log.visible_count(), "pending": log.pending_count(),
         "peers_up": status.peers_up(), "peers_total": len(genesis.members) - 1,
-    })
+    }
+    for extra in request.app.get(HEALTH_EXTRAS, ()):
+        document.update(extra())
+    return web.json_response(document)
 
 
 def refresh_gauges(app: web.Application) -> None:

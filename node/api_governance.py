@@ -207,6 +207,7 @@ async def get_state(request: web.Request) -> web.Response:
 
 def add_governance_routes(app: web.Application, service: GovernanceService) -> None:
     app[GOVERNANCE] = service
+    app.setdefault(api.HEALTH_EXTRAS, []).append(service.health_facts)
     app.router.add_post("/upgrades/propose", post_propose_upgrade)
     app.router.add_post("/rollbacks/propose", post_propose_rollback)
     app.router.add_get("/proposals", get_proposals)

@@ -504,6 +504,14 @@ class GovernanceService:
         status["governance_problems"] = self.governance.problem_counts()
         return status
 
+    def health_facts(self) -> dict:
+        """For GET /health: whether this node validates and whom it believes leads Raft (a hint that may
+        be a moment stale; nothing is decided from it)."""
+        raft = self.raft.status() if self.raft is not None else None
+        return {"validator": self._raft_config is not None,
+                "raft_leader": raft.get("leader") if raft else None,
+                "raft_has_quorum": raft.get("has_quorum") if raft else None}
+
     def history(self) -> list[dict]:
         _, manager = self._require_started()
         return manager.history()

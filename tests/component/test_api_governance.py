@@ -504,3 +504,18 @@ async def test_rollback_proposal_refusals_say_what_to_fix_and_write_nothing(clie
         refusal = await error_of(await client.post("/rollbacks/propose", json=body, headers=auth(client)), status)
         assert message in refusal["message"], (body, refusal)
     assert len(entries_of(client, "PROPOSAL")) == 1
+
+
+async def test_health_says_whether_this_node_validates_and_who_leads_raft(client, network):
+    async def health() -> dict:
+        return await json_of(await client.get("/health"), 200)
+
+    for _ in range(100):            # a single-validator Raft elects itself within a second
+        document = await health()
+        if document["raft_leader"]:
+            break
+        await asyncio.sleep(0.05)
+    me = network.nodes[0]
+    assert document["validator"] is True
+    assert document["raft_leader"] == me.raft_address
+    assert document["raft_has_quorum"] is True
