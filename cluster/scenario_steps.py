@@ -244,17 +244,20 @@ def _do_propose_rollback(driver: Driver, step: Step) -> str:
 def _do_vote(driver: Driver, step: Step) -> str:
     proposal_id = driver.saved[step.params["proposal"]]
     voters = driver.resolve(step.params.get("by"))
-    for index in voters:
-        driver.call(index, "POST", f"/proposals/{quote(proposal_id, safe='')}/vote", {"vote": step.params["vote"]},
-                    expect_error=step.params.get("expect_error"))
+    statuses = [driver.call(index, "POST", f"/proposals/{quote(proposal_id, safe='')}/vote", {"vote": step.params["vote"]},
+                            expect_error=step.params.get("expect_error")).status for index in voters]
+    if "expect_error" in step.params:
+        return f"{step.params['vote']} by {', '.join(map(driver.label, voters))} refused as expected: {statuses}"
     return f"{step.params['vote']} by {', '.join(map(driver.label, voters))}"
 
 
 def _do_rollback(driver: Driver, step: Step) -> str:
     proposal_id = driver.saved[step.params["proposal"]]
     nodes = driver.resolve(step.params.get("on"), default="node-1")
-    for index in nodes:
-        driver.call(index, "POST", f"/upgrades/{quote(proposal_id, safe='')}/rollback", {}, expect_error=step.params.get("expect_error"))
+    statuses = [driver.call(index, "POST", f"/upgrades/{quote(proposal_id, safe='')}/rollback", {},
+                            expect_error=step.params.get("expect_error")).status for index in nodes]
+    if "expect_error" in step.params:
+        return f"rollback on {', '.join(map(driver.label, nodes))} refused as expected: {statuses}"
     return f"rolled back on {', '.join(map(driver.label, nodes))}"
 
 
