@@ -412,6 +412,11 @@ class VersionStore:
 
     def commit_failure(self, *, sequence: int, record: dict) -> None:
         """A verdict failure: the sequence is consumed (the next one may run), the state is untouched."""
+        self.commit_without_state_change(sequence=sequence, record=record)
+
+    def commit_without_state_change(self, *, sequence: int, record: dict) -> None:
+        """Consume `sequence` with `record` (a failure verdict, or a rollback already in effect); the
+        state and version stay as they are."""
         with self._lock:
             self._check_next_sequence(sequence)
             pipeline.check_record(record)

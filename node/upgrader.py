@@ -171,6 +171,10 @@ class UpgradeManager:
                 decision = pipeline.check_sequence(applied_sequence=self._store.applied_sequence, sequence=sequence)
                 if decision is SequenceDecision.ALREADY_APPLIED:
                     return self._recorded_rollback(sequence)
+                if pipeline.rollback_already_in_effect(self._store.chain(), self._store.history(),
+                                                       target_proposal_id=target_proposal_id, expected_version=version):
+                    return await self._commit_rollback_in_effect(proposal_id=proposal_id, sequence=sequence,
+                                                                 target_proposal_id=target_proposal_id)
             try:
                 plan = pipeline.choose_rollback(self._store.chain(), proposal_id=proposal_id, sequenced=sequence is not None,
                                                 target_proposal_id=target_proposal_id, expected_version=version)
@@ -285,6 +289,17 @@ class UpgradeManager:
                   previous_version=previous, state_hash=self._store.state_hash())
         return {"message": "Rollback completed", "restored_version": restored, "previous_version": previous,
                 "state_hash": self._store.state_hash(), "sequence": sequence, "already_applied": False}
+
+    async def _commit_rollback_in_effect(self, *, proposal_id: str, sequence: int, target_proposal_id: str) -> dict:
+        version, state_hash, _ = self._store.snapshot()
+        record = pipeline.build_rollback_in_effect_record(now_ms=self._now_ms(), version=version, proposal_id=proposal_id,
+                                                          sequence=sequence, state_hash=state_hash,
+                                                          target_proposal_id=target_proposal_id)
+        await self._store_call(self._store.commit_without_state_change, sequence=sequence, record=record)
+        self._log("info", "rollback_already_in_effect", proposal_id=proposal_id, sequence=sequence,
+                  target_proposal_id=target_proposal_id, version=version, state_hash=state_hash)
+        return {"message": "Rollback already in effect", "restored_version": version, "previous_version": version,
+                "state_hash": state_hash, "sequence": sequence, "already_applied": False}
 
     async def _record_refused_rollback(self, error: RollbackError, *, proposal_id: str, sequence: int) -> None:
         current_version, current_hash, _ = self._store.snapshot()

@@ -224,6 +224,29 @@ def choose_rollback(chain: Sequence[Mapping], *, proposal_id: str, sequenced: bo
     return RollbackPlan(restored=restored, previous=current)
 
 
+def rollback_already_in_effect(chain: Sequence[Mapping], history: Sequence[Mapping], *,
+                               target_proposal_id: str | None, expected_version: str | None) -> bool:
+    """A network rollback this node's operator already carried out locally (POST /upgrades/{id}/rollback):
+    the target upgrade is no longer in the applied chain, a successful local rollback of it is recorded,
+    and the node already stands on the version the network restores. Applying it is then a no-op that
+    succeeds, so every honest node reports the same outcome and state hash."""
+    if target_proposal_id is None or expected_version is None or not chain:
+        return False
+    if chain[-1]["version"] != expected_version or any(link["proposal_id"] == target_proposal_id for link in chain):
+        return False
+    return any(record.get("event") == "rollback" and record.get("success") and record.get("sequence") is None
+               and record.get("proposal_id") == target_proposal_id for record in history)
+
+
+def build_rollback_in_effect_record(*, now_ms: int, version: str, proposal_id: str, sequence: int,
+                                    state_hash: str, target_proposal_id: str) -> dict:
+    return _record(now_ms=now_ms, event="rollback", version=version, from_version=version,
+                   proposal_id=proposal_id, sequence=sequence, sequence_consumed=True, success=True,
+                   result=f"Already on {version}: {target_proposal_id[:PROPOSAL_ID_LENGTH_MAX]} was rolled back "
+                          "here by the operator before the network decided it",
+                   state_hash=state_hash)
+
+
 def _not_latest_message(chain: Sequence[Mapping], undo_id: str) -> str:
     current = chain[-1]
     for link in chain[1:-1]:

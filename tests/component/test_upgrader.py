@@ -387,6 +387,30 @@ async def test_a_network_rollback_this_chain_cannot_do_is_a_recorded_verdict(nod
     assert replay["message"] == "Rollback failed" and replay["already_applied"]
 
 
+async def test_a_network_rollback_the_operator_already_did_here_is_a_successful_no_op(node):
+    await node.upgrade("1.1.0", 1)
+    await node.manager.rollback(proposal_id="up-1")                 # the operator, before the network decides
+    files_before = node.files()
+    response = await node.manager.rollback(proposal_id="rb-2", sequence=2, target_proposal_id="up-1", version="1.0.0")
+    assert (response["message"], response["restored_version"]) == ("Rollback already in effect", "1.0.0")
+    assert response["state_hash"] == state_hash(GENESIS) and node.store.live_state() == GENESIS
+    assert node.store.applied_sequence == 2
+    record = node.manager.history()[-1]
+    assert (record["event"], record["success"], record["sequence"]) == ("rollback", True, 2)
+    assert node.files() != files_before                              # the sequence and its record were committed
+    again = await node.manager.rollback(proposal_id="rb-2", sequence=2, target_proposal_id="up-1", version="1.0.0")
+    assert again["already_applied"] and again["restored_version"] == "1.0.0"
+
+
+async def test_a_network_rollback_to_another_version_is_not_mistaken_for_one_already_done(node):
+    await node.upgrade("1.1.0", 1)
+    await node.upgrade("1.2.0", 2)
+    await node.manager.rollback(proposal_id="up-2")                 # local: now on 1.1.0
+    with pytest.raises(errors.RollbackError):                       # the network undoes up-2 expecting 1.0.0
+        await node.manager.rollback(proposal_id="rb-3", sequence=3, target_proposal_id="up-2", version="1.0.0")
+    assert node.store.current_version == "1.1.0"
+
+
 # --- status and results --------------------------------------------------------------------------
 
 
