@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import secrets
-import stat
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -38,6 +37,7 @@ from aiohttp import web
 from node.config import Genesis, Limits
 from node.core.crdt_log import CrdtLog
 from node.core.entries import KINDS, Entry, is_entry_id, is_node_id
+from node.fsutil import read_private_file
 from node.errors import BadRequest, ConfigError, NotFound, SynapseError, Unauthorized, Unavailable
 from node.metrics import Metrics
 
@@ -103,16 +103,12 @@ def load_or_create_token(data_dir: Path) -> str:
 def read_token(path: Path) -> str:
     """Read an API token file (used by the node, the CLI and the cluster launcher)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as error:
-        raise ConfigError(f"cannot read the API token file {path}: {error.strerror}",
+        raw = read_private_file(path, what="API token file", size_max_bytes=256,
+                                missing_hint="the node creates it at its first start; start the node, or check permissions")
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read the API token file {path}: it does not exist",
                           hint="the node creates it at its first start; start the node, or check permissions") from None
-    with os.fdopen(descriptor, "r") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        text = handle.read(256).strip()
-    if stat.S_IMODE(mode) & 0o077:
-        raise ConfigError(f"API token file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o})",
-                          hint=f"chmod 600 {path}")
+    text = raw.decode("ascii", errors="replace").strip()
     if not _TOKEN.match(text):
         raise ConfigError(f"API token file {path} does not hold a 64-hex-digit token",
                           hint=f"delete {path}; the node makes a new one at its next start")

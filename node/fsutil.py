@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,3 +59,27 @@ def _write_all(descriptor: int, data: bytes) -> None:
     while view:
         written = os.write(descriptor, view)
         view = view[written:]
+
+
+def read_private_file(path: Path, *, what: str, size_max_bytes: int, missing_hint: str) -> bytes:
+    """Read a secret (a key, a token, a password) that only the node's user may read: never through a
+    symlink, only a regular file, and refused with 'chmod 600' advice when group or others can read it.
+    Raises FileNotFoundError when it does not exist (callers may create it), ConfigError otherwise."""
+    from node.errors import ConfigError
+
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} {path}: {error.strerror}", hint=missing_hint) from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"the {what} {path} is not a regular file", hint=f"remove {path} and start again")
+        if status.st_mode & 0o077:
+            raise ConfigError(f"the {what} {path} is accessible by group or others (mode {stat.S_IMODE(status.st_mode):04o})",
+                              hint=f"chmod 600 {path}")
+        return os.read(descriptor, size_max_bytes + 1)
+    finally:
+        os.close(descriptor)

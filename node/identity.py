@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from node.fsutil import fsync_directory
+from node.fsutil import fsync_directory, read_private_file
 from node.errors import ConfigError
 
 PRIVATE_KEY_LENGTH_BYTES = 32
@@ -109,23 +108,8 @@ class Identity:
 
     @classmethod
     def _load(cls, key_path: Path) -> "Identity":
-        try:
-            descriptor = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise ConfigError(f"cannot open key file {key_path}: {error.strerror}",
-                              hint="the key file must be a regular file (not a symlink) readable by the node's user") from None
-        try:
-            status = os.fstat(descriptor)
-            if not stat.S_ISREG(status.st_mode):
-                raise ConfigError(f"key file {key_path} is not a regular file", hint=f"remove {key_path} and start again")
-            if status.st_mode & 0o077:
-                raise ConfigError(f"key file {key_path} is accessible by group or others (mode {stat.S_IMODE(status.st_mode):04o})",
-                                  hint=f"chmod 600 {key_path}")
-            raw = os.read(descriptor, PRIVATE_KEY_LENGTH_BYTES + 1)
-        finally:
-            os.close(descriptor)
+        raw = read_private_file(key_path, what="key file", size_max_bytes=PRIVATE_KEY_LENGTH_BYTES,
+                                missing_hint="the key file must be a regular file (not a symlink) readable by the node's user")
         if len(raw) != PRIVATE_KEY_LENGTH_BYTES:
             raise ConfigError(f"key file {key_path} holds {len(raw)} bytes, not a {PRIVATE_KEY_LENGTH_BYTES}-byte ed25519 key",
                               hint="restore the key file from a backup, or delete it to create a new identity (a new node id)")

@@ -29,7 +29,6 @@ import os
 import random
 import signal
 import socket
-import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ from node.config import Genesis, Limits, Member, NodeConfig, load_config, load_g
 from node.core.canonical import sha256_hex
 from node.core.crdt_log import CrdtLog, LogLimits
 from node.core.entries import Entry
+from node.fsutil import read_private_file
 from node.errors import ConfigError, StoreError, SynapseError
 from node.gossip import Gossip, GossipSettings
 from node.governance_service import GovernanceService, GovernanceSettings
@@ -118,16 +118,12 @@ def check_data_dir(config: NodeConfig) -> None:
 def check_raft_secret(config: NodeConfig, genesis: Genesis) -> None:
     """A validator's Raft password: present, private (0600), and the one genesis names."""
     path = config.data_dir / RAFT_SECRET_FILE_NAME
+    hint = "copy raft_secret from the directory 'synapse genesis create' made for this node"
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as error:
-        raise ConfigError(f"this node is a validator but its Raft secret {path} cannot be read: {error.strerror}",
-                          hint="copy raft_secret from the directory 'synapse genesis create' made for this node") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-        secret = handle.read(RAFT_SECRET_SIZE_MAX_BYTES + 1)
-    if mode & 0o077:
-        raise ConfigError(f"Raft secret {path} is accessible by group or others (mode {mode:04o})", hint=f"chmod 600 {path}")
+        secret = read_private_file(path, what="Raft secret of this validator", size_max_bytes=RAFT_SECRET_SIZE_MAX_BYTES,
+                                   missing_hint=hint)
+    except FileNotFoundError:
+        raise ConfigError(f"this node is a validator but its Raft secret {path} does not exist", hint=hint) from None
     if sha256_hex(secret.strip()) != genesis.raft_secret_sha256:
         raise ConfigError(f"Raft secret {path} is not the one genesis names (its sha256 differs from raft_secret_sha256)",
                           hint="use the raft_secret created with this network's genesis")

@@ -87,7 +87,7 @@ def test_a_symlinked_key_file_is_refused(tmp_path):
     Identity.load_or_create(real)
     link = tmp_path / "node.key"
     link.symlink_to(real)
-    with pytest.raises(ConfigError, match="cannot open key file"):
+    with pytest.raises(ConfigError, match="cannot read the key file"):
         Identity.load_or_create(link)
 
 
