@@ -117,7 +117,9 @@ async def test_a_majority_ratifies_and_sequences_are_assigned_in_order(cluster):
     assert (await cluster.certify(0, "upgrade_a", 1)).status == "certificate_complete"
     await cluster.wait_for(lambda: all(m.snapshot().by_sequence(1).phase == CERTIFIED for m in cluster.members.values()),
                            "the certificate replicated to every member")
-    assert any(isinstance(e, CertificateCompleted) for e in cluster.events[1])
+    # The snapshot changes on the tick thread first; the event reaches the loop a moment later.
+    await cluster.wait_for(lambda: all(any(isinstance(e, CertificateCompleted) for e in cluster.events[i]) for i in range(3)),
+                           "CertificateCompleted delivered to every member's node")
     record = cluster.members[1].snapshot().by_sequence(1)
     body = execute_upgrade_body(record, package_url="https://example.org/p.wasm", package_size=10)
     verify_certificate(body, network_id=NETWORK, validators=cluster.validators, verify=verify_signature)
