@@ -21,7 +21,7 @@ import click
 import wasmtime
 
 from node import errors
-from node.core.canonical import canonical_json, state_hash
+from node.core.canonical import JSON_DEPTH_MAX, canonical_json, json_depth_within, json_nesting_depth, state_hash
 from node.core.pipeline import check_migration_output, check_version_allowed
 from node.core.semver import is_valid_version
 from node.sandbox import WASM_MAGIC, Sandbox, SandboxLimits
@@ -79,9 +79,12 @@ def load_package(path: Path, limits: SandboxLimits) -> tuple[bytes, str]:
 
 def load_state(path: Path, size_max_bytes: int) -> dict:
     data = _read_limited(path, size_max_bytes, "state file")
+    if not json_depth_within(data):
+        raise _InputError(f"state file {path} nests JSON {json_nesting_depth(data):,} levels deep, over the limit of {JSON_DEPTH_MAX}",
+                          hint="give the network state as a JSON object of reasonable depth")
     try:
         state = json.loads(data.decode("utf-8"), parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+    except (UnicodeDecodeError, ValueError) as error:
         raise _InputError(f"state file {path} is not UTF-8 JSON: {error}", hint="give the network state as a JSON object") from None
     if not isinstance(state, dict):
         raise _InputError(f"state file {path} holds a JSON {type(state).__name__}, not an object",

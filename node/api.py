@@ -35,6 +35,7 @@ from typing import Any, Mapping, Protocol
 from aiohttp import web
 
 from node.config import Genesis, Limits
+from node.core.canonical import JSON_DEPTH_MAX, json_depth_within, json_nesting_depth
 from node.core.crdt_log import CrdtLog
 from node.core.entries import KINDS, Entry, is_entry_id, is_node_id
 from node.fsutil import read_private_file
@@ -180,12 +181,14 @@ async def read_json(request: web.Request, *, size_max_bytes: int) -> Any:
         if size > size_max_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=size_max_bytes, actual_size=size)
         chunks.append(chunk)
+    body = b"".join(chunks)
+    if not json_depth_within(body):
+        raise BadRequest(f"the request body is JSON nested {json_nesting_depth(body):,} levels deep, over the limit of {JSON_DEPTH_MAX}",
+                         hint="send a flat JSON object")
     try:
-        return json.loads(b"".join(chunks).decode("utf-8"))
+        return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise BadRequest(f"the request body is not valid JSON: {error}", hint="send a JSON object with Content-Type: application/json") from None
-    except RecursionError:
-        raise BadRequest("the request body is JSON nested too deeply", hint="send a flat JSON object") from None
 
 
 def make_app(*, client_max_size_bytes: int) -> web.Application:

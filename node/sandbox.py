@@ -51,7 +51,7 @@ import wasmtime
 
 from node import errors
 from node.fsutil import write_atomic
-from node.core.canonical import canonical_json, sha256_hex
+from node.core.canonical import JSON_DEPTH_MAX, canonical_json, json_depth_within, json_nesting_depth, sha256_hex
 
 ABI_WASM_BINDGEN = 1
 ABI_PLAIN = 2
@@ -402,10 +402,11 @@ def parse_state_object(output: bytes, producer: str) -> dict:
         text = output.decode("utf-8")
     except UnicodeDecodeError as error:
         raise errors.BadOutput(f"{producer} returned {len(output):,} bytes that are not UTF-8 (bad byte at offset {error.start})") from None
+    if not json_depth_within(output):
+        raise errors.BadOutput(f"{producer} returned JSON nested {json_nesting_depth(output):,} levels deep, "
+                               f"over the limit of {JSON_DEPTH_MAX}")
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise errors.BadOutput(f"{producer} returned JSON nested too deeply to read") from None
     except ValueError as error:
         raise errors.BadOutput(f"{producer} returned invalid JSON: {_one_line(str(error), 200)}") from None
     if not isinstance(value, dict):

@@ -111,7 +111,7 @@ async def test_writing_needs_the_token(node_client, headers, message):
     (b'{"text": 5}', "text must be a string of at most 4096 characters"),
     (json.dumps({"text": "x" * 4097}).encode(), "text must be a string of at most 4096 characters"),
     (b"\xff\xfe", "the request body is not valid JSON"),
-    (b"[" * 100_000 + b"]" * 100_000, "the request body is JSON nested too deeply"),
+    (b"[" * 100_000 + b"]" * 100_000, "the request body is JSON nested 100,000 levels deep, over the limit of 256"),
 ])
 async def test_bad_note_bodies_are_refused_and_change_nothing(node_client, data, message):
     response = await node_client.post("/log/notes", data=data, headers={**auth(node_client), "Content-Type": "application/json"})

@@ -375,12 +375,19 @@ def test_bad_output_packages(name, message):
     (b'', "upgrade() returned invalid JSON: Expecting value: line 1 column 1 (char 0)"),
     (b'"text"', "upgrade() returned a JSON string, not an object"),
     (b'\xef\xbb\xbf{}', "upgrade() returned invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"),
-    (b"[" * 100_000, "upgrade() returned JSON nested too deeply to read"),
+    (b"[" * 100_000, "upgrade() returned JSON nested 100,000 levels deep, over the limit of 256"),
+    (b'{"a":' * 257 + b"1" + b"}" * 257, "upgrade() returned JSON nested 257 levels deep, over the limit of 256"),
 ])
 def test_output_that_is_not_a_strict_json_object_is_bad_output(output, message):
     with pytest.raises(errors.BadOutput) as caught:
         Sandbox(FAST).run_upgrade(returning(output), b"{}")
     assert str(caught.value) == message
+
+
+def test_output_nested_exactly_to_the_limit_is_accepted():
+    deep = b'{"a":' * 256 + b"1" + b"}" * 256
+    result = Sandbox(FAST).run_upgrade(returning(deep), b"{}")
+    assert json.dumps(result.state, separators=(",", ":")).encode() == deep
 
 
 def test_output_over_the_size_limit_is_refused_before_it_is_read():

@@ -106,6 +106,8 @@ def _write(tmp_path: Path, name: str, content: str) -> Path:
      "error: state file "),
     (lambda tmp: ["test", str(FEATURE_FLAG_WAT), "--state", str(_write(tmp, "nan.json", '{"a": NaN}'))],
      "error: state file "),
+    (lambda tmp: ["test", str(FEATURE_FLAG_WAT), "--state", str(_write(tmp, "deep.json", "[" * 5000 + "]" * 5000))],
+     "error: state file "),
     (lambda tmp: ["test", str(_write(tmp, "broken.wat", "(module (func")), "--state", str(STATE_FILE)],
      "error: "),
     (lambda tmp: ["test", str(FEATURE_FLAG_WAT), "--state", str(STATE_FILE), "--fuel", "0"],

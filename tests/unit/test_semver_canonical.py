@@ -1,6 +1,10 @@
-import pytest
+import json
 
-from node.core.canonical import canonical_json, normalize_sha256, state_hash
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from node.core.canonical import (JSON_DEPTH_MAX, canonical_json, json_depth_within, json_nesting_depth, normalize_sha256,
+                                 state_hash)
 from node.core.semver import parse_version
 
 
@@ -41,3 +45,36 @@ def test_state_hash_ignores_key_order_and_sees_values():
     assert state_hash(a) == state_hash(b)
     assert state_hash(a) != state_hash({"global": {"version": "1.0.1", "nodes": {"x": 1, "y": 2}}})
     assert state_hash(a).startswith("sha256:")
+
+
+# --- JSON nesting depth ---------------------------------------------------------------------------
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+# Strings full of what could fool a scanner: brackets, quotes, backslashes, escapes, non-ASCII.
+_tricky_text = st.text(alphabet='[]{}"\\/ab\u00e9\u2028\n\u005b', max_size=12)
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | _tricky_text,
+                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_tricky_text, inner, max_size=4),
+                            max_leaves=40)
+
+
+@settings(max_examples=300)
+@given(value=_json_values, ascii_only=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_the_nesting_depth_is_exact_whatever_the_strings_hold(value, ascii_only, indent):
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent).encode("utf-8")
+    assert json_nesting_depth(text) == _depth(value)
+    assert json_depth_within(text, _depth(value)) and not json_depth_within(text, _depth(value) - 1)
+
+
+def test_nesting_past_the_limit_is_seen_in_linear_time_and_strings_do_not_count():
+    deep = b"[" * (JSON_DEPTH_MAX + 1) + b"]" * (JSON_DEPTH_MAX + 1)
+    assert not json_depth_within(deep) and json_nesting_depth(deep) == JSON_DEPTH_MAX + 1
+    assert json_depth_within(b'{"a":"' + b"[" * 100_000 + b'"}')
+    assert json_nesting_depth(b"[" * 1_000_000) == 1_000_000      # unterminated: what a parser would read
+    assert json_nesting_depth(b'"\\\\"' + b"[[") == 2                 # an escaped backslash ends no string early
