@@ -25,7 +25,8 @@ from node.core.hlc import Hlc
 from node.gossip import Push, Pushed, decode_message
 from node.governance_service import divergence_of
 from node.identity import Identity
-from node.runtime import Node, prepare, wall_ms
+from node.runtime import wall_ms
+from tests.component.node_app import node_test_client
 from tests.wasm_build import REPOSITORY, TEST_PACKAGES, wat_to_wasm
 
 # PySyncObj 0.3.17 never closes its journal's .meta file (see tests/component/test_raft.py).
@@ -49,15 +50,8 @@ def network(tmp_path):
 
 @pytest.fixture
 async def client(network, aiohttp_client):
-    prepared = prepare(network.nodes[0].config_path, configure_logs=False)
-    try:
-        node = Node(prepared)
-        test_client = await aiohttp_client(node.build_app())
-        test_client.node = node
-        test_client.token = prepared.api_token
-        yield test_client
-    finally:
-        prepared.close()
+    async with node_test_client(network.nodes[0].config_path, aiohttp_client) as client:
+        yield client
 
 
 @pytest.fixture

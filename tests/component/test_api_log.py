@@ -18,7 +18,7 @@ from node import api
 from node.core.entries import make_entry
 from node.core.hlc import Hlc
 from node.identity import Identity
-from node.runtime import Node, prepare
+from tests.component.node_app import node_test_client
 
 API_PORT = 7000
 SAMPLE = re.compile(r"^synapse_[a-zA-Z0-9_:]+(\{.*\})? -?[0-9.e+Inf]+$")
@@ -32,15 +32,8 @@ def network(tmp_path):
 
 @pytest.fixture
 async def node_client(network, aiohttp_client):
-    prepared = prepare(network.nodes[0].config_path, configure_logs=False)
-    try:
-        node = Node(prepared)
-        client = await aiohttp_client(node.build_app())
-        client.node = node
-        client.token = prepared.api_token
+    async with node_test_client(network.nodes[0].config_path, aiohttp_client) as client:
         yield client
-    finally:
-        prepared.close()
 
 
 def auth(client) -> dict:
