@@ -73,6 +73,7 @@ class Limits:
     gossip_batch_entries_max: int = 256
     gossip_call_timeout_ms: int = 2_000
     gossip_request_body_max_bytes: int = 4 * MiB
+    gossip_first_write_wait_ms: int = 3_000  # after start, how long the first local write may wait to learn this node's own entries
     request_body_max_bytes: int = 1 * MiB
     shutdown_timeout_ms: int = 10_000
 
@@ -101,6 +102,7 @@ LIMIT_RANGES: Mapping[str, tuple[int, int]] = {
     "gossip_batch_entries_max": (1, 10_000),
     "gossip_call_timeout_ms": (10, 600_000),
     "gossip_request_body_max_bytes": (2048, 256 * MiB),
+    "gossip_first_write_wait_ms": (0, 600_000),
     "request_body_max_bytes": (64 * 1024, 256 * MiB),
     "shutdown_timeout_ms": (100, 600_000),
 }

@@ -36,6 +36,14 @@ Why it works as it does:
   After `kill -9`, LogFile drops a torn tail, `load()` re-verifies every stored entry through
   `CrdtLog.add`, and anti-entropy fetches what was missed while down.
 
+- Never behind its own entries. A node whose data dir was wiped or restored from an older copy would
+  start its sequence again below entries its peers hold, and sign twins of them (equivocation, which
+  voids its votes). So after start, local writes wait for one anti-entropy round to complete and for
+  every own entry a peer's digest names to be pulled back (verified like any entry: a peer cannot
+  forge them), at most `first_write_wait_ms` from start: digests are unauthenticated, and a node
+  must be able to write with every peer down. Past that bound the write goes ahead and a warning
+  says why (`gossip_first_write_unsynced`, `gossip_own_entries_missing`).
+
 - A hostile or broken peer cannot crash, stall or bloat a node. Every request body is read with a
   cap (413) and a timeout; bodies are msgpack with explicit type tags and decoded with length limits;
   anything malformed is a 400 that changes nothing; the number of requests handled at once is
@@ -92,6 +100,7 @@ ROUNDS_RUNNING_MAX = 4               # anti-entropy rounds at once (a slow peer 
 MESSAGE_ENVELOPE_BYTES = 1_024       # room left in a request for everything but entry bytes
 READ_CHUNK_BYTES = 64 * 1024
 STOP_TIMEOUT_S = 5.0
+WRITE_GATE_POLL_S = 0.02              # how often a first local write re-checks whether it may go ahead
 BUSY_STATUSES = (429, 503)
 
 
@@ -114,6 +123,7 @@ class GossipSettings:
     connections_max: int = 64            # the shared ClientSession's connection pool
     want_ids_max: int = 64               # missing parents asked for per anti-entropy round
     persist_timeout_ms: int = 30_000     # LogFile.append + fsync
+    first_write_wait_ms: int = 3_000     # after start, local writes wait up to this long to learn this node's own entries from a peer
 
     def __post_init__(self) -> None:
         bounds = {
@@ -122,7 +132,7 @@ class GossipSettings:
             "backoff_base_ms": (1, 600_000), "backoff_max_ms": (1, 3_600_000), "inbox_max": (1, 10_000_000),
             "inbound_requests_max": (1, 100_000), "inbound_per_source_max": (1, 100_000),
             "outbound_tasks_max": (1, 100_000), "connections_max": (1, 100_000), "want_ids_max": (0, IDS_PER_MESSAGE_MAX),
-            "persist_timeout_ms": (100, 3_600_000),
+            "persist_timeout_ms": (100, 3_600_000), "first_write_wait_ms": (0, 600_000),
         }
         for name, (minimum, maximum) in bounds.items():
             value = getattr(self, name)
@@ -538,6 +548,12 @@ class Gossip:
         self._inbox_entries = 0
         self._persisting: set[str] = set()
         self._local_writes_broken: str | None = None
+        # Before its first local write after start, a node makes sure it is not behind its own entries
+        # (a wiped or restored data dir would make it reuse their sequence numbers: equivocation, which
+        # voids its votes). See _await_own_entries.
+        self._write_gate_deadline_ms: int | None = None
+        self._heard_digest = not peers
+        self._own_sequence_claimed = 0
         self._rounds_running = 0
         self._expected = _BoundedMap(settings.inbox_max)          # id -> deadline_ms (answered "want")
         self._holders = _BoundedMap(HOLDERS_MEMORY_MAX)           # id -> set of peer ids known to hold it
@@ -559,6 +575,9 @@ class Gossip:
         assert self._session is None, "Gossip.start() called twice"
         self._session = make_client_session(self._settings, local_host=self._local_host)
         self._loop_task = asyncio.get_running_loop().create_task(self._anti_entropy_loop(), name="gossip-anti-entropy")
+        self._write_gate_deadline_ms = self._now_ms() + self._settings.first_write_wait_ms
+        if self._peers:
+            self.request_sync(self._rng.choice(list(self._peers)))
 
     async def stop(self) -> None:
         """Stop background work, wait for the last log writes, close the HTTP client."""
@@ -603,6 +622,7 @@ class Gossip:
         `fanout` peers in the background. Returns once it is on disk and visible here. Raises
         Conflict if it is not the next entry of this node (build it with CrdtLog.new_entry, or use
         publish_new, which holds the lock across both), EntryRefused if the log refuses it."""
+        await self._await_own_entries()
         async with asyncio.timeout(self._settings.persist_timeout_ms / 1000 * 2):
             async with self._publish_lock:
                 await self._publish_locked(entry)
@@ -610,11 +630,46 @@ class Gossip:
     async def publish_new(self, *, kind: str, body: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> Entry:
         """Build the next local entry (next sequence, current heads) and publish it, under one lock, so
         two concurrent callers can never produce two entries with the same sequence."""
+        await self._await_own_entries()
         async with asyncio.timeout(self._settings.persist_timeout_ms / 1000 * 2):
             async with self._publish_lock:
                 entry = self._log.new_entry(kind=kind, author=self._self_id, body=body, sign=sign, now_ms=self._now_ms())
                 await self._publish_locked(entry)
                 return entry
+
+    def _behind_own_entries(self) -> bool:
+        return not self._heard_digest or self._log.next_sequence(self._self_id) <= self._own_sequence_claimed
+
+    async def _await_own_entries(self) -> None:
+        """The first local writes after start wait (at most first_write_wait_ms from start) until one
+        anti-entropy round with a peer has completed and this node holds every entry of its own that
+        a peer's digest names: its sequence numbers continue after them instead of reusing them. The
+        wait is bounded because digests are unauthenticated (a lying peer could claim anything) and
+        because a node must be able to write when every peer is down; past it, writes go ahead and
+        the gap, if any, is logged."""
+        deadline_ms = self._write_gate_deadline_ms
+        if deadline_ms is None:
+            return
+        while self._behind_own_entries() and self._now_ms() < deadline_ms and self._write_gate_deadline_ms is not None:
+            await asyncio.sleep(WRITE_GATE_POLL_S)
+        if self._write_gate_deadline_ms is None:  # a concurrent first write went through the gate already
+            return
+        self._write_gate_deadline_ms = None
+        if not self._heard_digest:
+            self._event(logging.WARNING, "gossip_first_write_unsynced", waited_ms=self._settings.first_write_wait_ms,
+                        hint="no peer answered an anti-entropy round since start: if this node's data dir was wiped or "
+                             "restored, its next entries may reuse sequence numbers of entries its peers hold")
+        elif self._behind_own_entries():
+            self._event(logging.WARNING, "gossip_own_entries_missing", holds=self._log.next_sequence(self._self_id) - 1,
+                        peers_claim=self._own_sequence_claimed,
+                        hint="a peer claims more entries of this node than it could pull in time; its next entries may "
+                             "reuse their sequence numbers (equivocation)")
+
+    def _note_digest(self, digest: Mapping[str, tuple] | None) -> None:
+        """Remember the highest sequence of this node's own entries that a peer's digest names."""
+        if digest is not None:
+            own = max((sequence for sequence, _ in digest.get(self._self_id, ())), default=0)
+            self._own_sequence_claimed = max(self._own_sequence_claimed, own)
 
     async def _publish_locked(self, entry: Entry) -> None:
         if self._local_writes_broken is not None:
@@ -904,13 +959,18 @@ class Gossip:
         if reply.raws:
             await self._ingest(reply.raws, peer)
         if reply.digest is None:
+            self._heard_digest = True  # our digests were equal: nothing of ours is missing
             return "in_sync" if not reply.raws else "pulled"
+        theirs = parse_digest(reply.digest)
+        self._note_digest(theirs)
         lacking = self._log.entries_missing_from(reply.digest, limit=self._settings.batch_entries_max)
         if lacking:
             await self._push_to(peer, lacking)
-        if _remote_may_have_more(self._log.digest(), parse_digest(reply.digest)):
+        if _remote_may_have_more(self._log.digest(), theirs):
             await self._pull_from(peer)
+            self._heard_digest = True
             return "pulled"
+        self._heard_digest = True
         return "pushed" if lacking else "in_sync"
 
     async def _pull_from(self, peer: _Peer) -> None:
@@ -1023,6 +1083,7 @@ class Gossip:
         entries = [entry for entry in map(self._log.get, dict.fromkeys(sync.want)) if entry is not None]
         more = False
         if sync.digest is not None:
+            self._note_digest(parse_digest(sync.digest))
             missing = self._log.entries_missing_from(sync.digest, limit=self._settings.batch_entries_max + 1)
             more = len(missing) > self._settings.batch_entries_max
             entries.extend(missing[: self._settings.batch_entries_max])

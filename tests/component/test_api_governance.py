@@ -45,7 +45,9 @@ def network(tmp_path):
     with acquire_block(hosts=2, ports=[API_PORT, RAFT_PORT]) as lease:
         yield create_network(tmp_path / "net", nodes=2, validators=1, block=lease.block, api_port=API_PORT,
                              raft_port=RAFT_PORT, reputations=[300, 100],
-                             network_limits={"sandbox_fuel": 50_000_000})
+                             network_limits={"sandbox_fuel": 50_000_000},
+                             # node 1 never runs: no peer could tell node 0 about its own entries, do not wait for one
+                             config_limits={"gossip_first_write_wait_ms": 0})
 
 
 @pytest.fixture

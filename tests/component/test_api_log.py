@@ -27,7 +27,8 @@ SAMPLE = re.compile(r"^synapse_[a-zA-Z0-9_:]+(\{.*\})? -?[0-9.e+Inf]+$")
 @pytest.fixture
 def network(tmp_path):
     with acquire_block(hosts=1, ports=[API_PORT]) as lease:
-        yield create_network(tmp_path / "net", nodes=2, validators=1, block=lease.block, api_port=API_PORT, raft_port=7100)
+        yield create_network(tmp_path / "net", nodes=2, validators=1, block=lease.block, api_port=API_PORT, raft_port=7100,
+                             config_limits={"gossip_first_write_wait_ms": 0})  # its only peer never runs: do not wait for it
 
 
 @pytest.fixture

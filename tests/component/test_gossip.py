@@ -333,6 +333,58 @@ async def test_a_restarted_node_keeps_what_it_acknowledged_and_catches_up(make_n
     await net.converged(16)
 
 
+async def test_a_node_whose_log_was_wiped_continues_after_its_own_entries(make_net) -> None:
+    net = make_net(3)
+    await net.start()
+    before = [await net.publish(2, f"mine {number}") for number in range(5)]
+    await net.converged(5)
+    await net.stop(2)
+    net.nodes[2].log_path.unlink()  # the operator wiped the data dir but kept the key
+    await net.start(2)
+    assert net.nodes[2].loaded == 0
+    after = await net.publish(2, "after the wipe")  # waits until its own five are back from a peer
+    assert after.sequence == 6 and {entry.id for entry in before} <= set(net.nodes[2].visible_ids())
+    await net.converged(6)
+    assert all(node.log.equivocations() == [] for node in net.nodes)
+
+
+async def test_with_every_peer_down_the_first_write_waits_a_bounded_time_then_goes_ahead(make_net, caplog) -> None:
+    net = make_net(2, settings=dict(FAST, first_write_wait_ms=300))
+    await net.start(0)
+    with caplog.at_level(logging.WARNING, logger="test.gossip.0"):
+        entry = await net.publish(0, "alone")
+    assert entry.sequence == 1 and entry.id in net.nodes[0].visible_ids()
+    assert [record.getMessage() for record in caplog.records].count("gossip_first_write_unsynced") == 1
+    assert (await net.publish(0, "again")).sequence == 2   # only the first write after start waits
+
+
+async def test_a_peer_that_lies_about_our_entries_delays_the_first_write_only_boundedly(make_net, caplog) -> None:
+    net = make_net(1, extra_members=1, settings=dict(FAST, first_write_wait_ms=300))
+    node = net.nodes[0]
+
+    async def lying_sync(request: web.Request) -> web.Response:
+        claim = Synced(digest_hash=b"\x01" * 16, digest={node.identity.node_id: 1_000}, raws=(), more=False)
+        return web.Response(body=claim.encode(), content_type="application/msgpack")
+
+    app = web.Application()
+    app.router.add_post("/gossip/sync", lying_sync)
+    liar = web.AppRunner(app, access_log=None)
+    await liar.setup()
+    site = web.TCPSite(liar, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]
+        node.peers = {net.people[1].node_id: f"http://127.0.0.1:{port}"}
+        await net.start(0)
+        with caplog.at_level(logging.WARNING, logger="test.gossip.0"):
+            entry = await net.publish(0, "despite the liar")
+        assert entry.sequence == 1
+        assert "gossip_own_entries_missing" in [record.getMessage() for record in caplog.records]
+    finally:
+        await net.stop(0)
+        await liar.cleanup()
+
+
 async def test_publish_refuses_a_stale_local_entry_and_never_reuses_a_sequence(make_net) -> None:
     net = make_net(2)
     await net.start()

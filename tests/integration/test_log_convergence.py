@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -110,6 +111,29 @@ def test_a_killed_node_keeps_what_it_acknowledged_and_catches_up(tmp_path: Path)
         after = cluster.api(3).post("/log/notes", {"text": "after the restart"})
         assert after.status == 201 and after.data["sequence"] == 6  # no sequence number reused after the crash
         wait_converged(cluster, list(range(4)), set(acknowledged) | while_down | {after.data["id"]})
+
+
+def test_a_node_whose_log_was_wiped_never_reuses_its_sequence_numbers(tmp_path: Path) -> None:
+    with LocalCluster(nodes=3, validators=1, data_dir=tmp_path / "cluster") as cluster:
+        before = {post_note(cluster, 2, f"before the wipe {number}") for number in range(4)}
+        wait_converged(cluster, [0, 1, 2], before)
+        cluster.kill(2)
+        for path in (cluster.nodes[2].data_dir / "log").iterdir():  # the operator wiped the log, kept the key
+            path.unlink()
+        cluster.pause(0)
+        cluster.pause(1)  # the peers that hold its four entries are slow to answer at first
+        cluster.restart(2)
+        with ThreadPoolExecutor(1) as pool:
+            posted = pool.submit(cluster.api(2).post, "/log/notes", {"text": "after the wipe"})
+            time.sleep(0.3)  # the write waits for a peer (at most limits.gossip_first_write_wait_ms, 3 s) ...
+            cluster.resume(0)
+            cluster.resume(1)
+            after = posted.result(timeout=30)
+        # ... and continues after the entries the peers hold, instead of signing a second #1.
+        assert after.status == 201 and after.data["sequence"] == 5, after.text
+        wait_converged(cluster, [0, 1, 2], before | {after.data["id"]})
+        entries = cluster.api(0).get("/log?limit=500").data["entries"]
+        assert sorted(entry["sequence"] for entry in entries if entry["author"] == cluster.nodes[2].node_id) == [1, 2, 3, 4, 5]
 
 
 def test_a_hostile_peer_is_refused_and_the_others_stay_healthy(tmp_path: Path) -> None:
