@@ -386,6 +386,10 @@ class ProcessFaults:
         self._cluster.stop(index - 1)
         self._state[index] = "stopped"
 
+    def mark_crashed(self, index: int) -> None:
+        """The node killed itself (an armed crash point): it is down, like a killed one."""
+        self._state[index] = "killed"
+
     def _restart(self, index: int) -> None:
         if self._state[index] == "paused":
             self._cluster.resume(index - 1)

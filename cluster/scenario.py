@@ -28,6 +28,7 @@ from typing import Any
 
 from node.config import LIMIT_RANGES
 from node.core.semver import is_valid_version
+from node.fault_points import POINTS as FAULT_POINTS
 from node.errors import ScenarioFormatError
 
 SCENARIO_SIZE_MAX_BYTES = 1024 * 1024
@@ -391,6 +392,7 @@ ACTIONS: Mapping[str, _Schema] = {
     "vote": _Schema({"proposal": _reference("proposal"), "vote": _choice("approval", "rejection")}, {"by": _selector, **_CALL}),
     "rollback": _Schema({"proposal": _reference("proposal")}, {"on": _selector, **_CALL}),
     "kill": _Schema(_NODES), "stop": _Schema(_NODES), "restart": _Schema(_NODES),
+    "crash_at": _Schema({"nodes": _selector, "point": _choice(*FAULT_POINTS)}),
     "pause": _Schema(_NODES), "resume": _Schema(_NODES),
     "partition": _Schema({"groups": _groups}),
     "isolate": _Schema(_NODES),
@@ -404,6 +406,7 @@ ACTIONS: Mapping[str, _Schema] = {
 _ON = {"on": _selector}
 CHECKS: Mapping[str, _Schema] = {
     "healthy": _Schema({}, _ON),
+    "crashed": _Schema({"on": _selector}),
     "proposal_status": _Schema({"proposal": _reference("proposal")}, {**_ON, "equals": _text(40), "one_of": _text_list}),
     "version": _Schema({"equals": _version}, _ON),
     "state_field": _Schema({"path": _state_path}, {**_ON, "equals": _any_value, "exists": _boolean}),

@@ -36,6 +36,7 @@ from cluster.scenario import Scenario, Step
 from cluster.scenario_steps import ACTIONS, CHECKS, Driver, Judgement, StepFailed, run_hook
 from node.config import NETWORK_LIMITS, load_genesis
 from node.errors import FaultInjectionUnavailable, SynapseError
+from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
 from node.identity import verify_signature
 from node.logging_setup import LOG_FILE_NAME
 
@@ -128,7 +129,8 @@ class ScenarioRun:
             governance=dict(shape.governance) or None, reputations=list(shape.reputations) if shape.reputations else None,
             network_limits={key: value for key, value in shape.limits.items() if key in NETWORK_LIMITS} or None,
             config_limits={key: value for key, value in shape.limits.items() if key not in NETWORK_LIMITS} or None,
-            ipfs_gateways=(packages.gateway_url,) if packages else ())
+            ipfs_gateways=(packages.gateway_url,) if packages else (),
+            extra_env={FAULT_POINTS_VARIABLE: "1"})  # a testbed cluster: `crash_at` steps can arm crash points
         stack.enter_context(cluster)
         self._driver = Driver(scenario=self.scenario, cluster=cluster, rng=self.rng, packages=packages, served=served, log=echo)
         stack.callback(self._driver.close)

@@ -34,6 +34,7 @@ from cluster.faults import NetworkFaults, NodeView, ProcessFaults, resolve, unbo
 from cluster.package_server import PackageServer, ServedPackage
 from cluster.scenario import Scenario, Selector, Step, parse_selector
 from node.errors import ClusterError, SynapseError
+from node.fault_points import arm
 
 LOG_PAGE_LIMIT = 500
 LOG_ENTRIES_READ_MAX = 200_000
@@ -322,6 +323,13 @@ def _do_serve(driver: Driver, step: Step) -> str:
     return f"package {step.params['package']} {'served' if step.params['available'] else 'unavailable (503)'}"
 
 
+def _do_crash_at(driver: Driver, step: Step) -> str:
+    nodes = driver.resolve(step.params["nodes"])
+    for index in nodes:
+        arm(driver.handle(index).data_dir, step.params["point"])
+    return f"armed crash point {step.params['point']} on {', '.join(map(driver.label, nodes))}: each kills itself there"
+
+
 def _do_wait(driver: Driver, step: Step) -> str:
     time.sleep(step.params["duration"] / 1000)
     return f"waited {step.params['duration']} ms"
@@ -331,7 +339,7 @@ ACTIONS: Mapping[str, Callable[[Driver, Step], str]] = {
     "note": _do_note, "propose": _do_propose, "propose_rollback": _do_propose_rollback, "vote": _do_vote,
     "rollback": _do_rollback, "kill": _process_action("kill"), "stop": _process_action("stop"),
     "restart": _process_action("restart"), "pause": _process_action("pause"), "resume": _process_action("resume"),
-    "partition": _do_partition, "isolate": _do_isolate, "cut": _do_cut, "heal": _do_heal, "serve": _do_serve, "wait": _do_wait,
+    "crash_at": _do_crash_at, "partition": _do_partition, "isolate": _do_isolate, "cut": _do_cut, "heal": _do_heal, "serve": _do_serve, "wait": _do_wait,
 }
 
 
@@ -396,6 +404,16 @@ def _check_healthy(driver: Driver, step: Step) -> Judgement:
         status = (response.data or {}).get("status") if isinstance(response.data, dict) else None
         return None if response.status == 200 and status == "ok" else f"status {response.status}, {response.text[:120]}"
     return _per_node(driver, step, "GET /health says ok", judge)
+
+
+def _check_crashed(driver: Driver, step: Step) -> Judgement:
+    def judge(index: int) -> str | None:
+        handle = driver.handle(index)
+        if handle.running:
+            return "still running"
+        driver.processes.mark_crashed(index)
+        return None
+    return _per_node(driver, step, "the node process has exited (its crash point fired)", judge)
 
 
 def _check_proposal_status(driver: Driver, step: Step) -> Judgement:
@@ -572,7 +590,7 @@ def _check_metric(driver: Driver, step: Step) -> Judgement:
 
 
 CHECKS: Mapping[str, Callable[[Driver, Step], Judgement]] = {
-    "healthy": _check_healthy, "proposal_status": _check_proposal_status, "version": _check_version,
+    "healthy": _check_healthy, "crashed": _check_crashed, "proposal_status": _check_proposal_status, "version": _check_version,
     "state_field": _check_state_field, "state_hash": _check_state_hash, "log_contains": _check_log_contains,
     "log_lacks": _check_log_lacks, "log_converged": _check_log_converged, "metric": _check_metric,
 }

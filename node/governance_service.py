@@ -164,8 +164,11 @@ class GovernanceService:
     def __init__(self, *, genesis: Genesis, identity: Identity, limits: Limits, data_dir: Path, log: CrdtLog,
                  publish: Publish, metrics: Metrics, now_ms: Callable[[], int], ipfs_gateways: Sequence[str] = (),
                  raft_config: ValidatorRaftConfig | None = None, on_version: Callable[[str], None] | None = None,
-                 settings: GovernanceSettings = GovernanceSettings(), logger: logging.Logger | None = None) -> None:
+                 settings: GovernanceSettings = GovernanceSettings(), logger: logging.Logger | None = None,
+                 fault_point: Callable[[str], None] | None = None) -> None:
+        """`fault_point`: node/fault_points.py (crash tests); None in production."""
         self.genesis = genesis
+        self._fault_point = fault_point or (lambda _name: None)
         self.node_id = identity.node_id
         self._identity = identity
         self._limits = limits
@@ -206,7 +209,8 @@ class GovernanceService:
     @classmethod
     def for_node(cls, prepared: "Prepared", *, log: CrdtLog, publish: Publish, metrics: Metrics,
                  now_ms: Callable[[], int], on_version: Callable[[str], None] | None = None,
-                 settings: GovernanceSettings = GovernanceSettings()) -> "GovernanceService":
+                 settings: GovernanceSettings = GovernanceSettings(),
+                 fault_point: Callable[[str], None] | None = None) -> "GovernanceService":
         """The service of one node process (runtime.Node), from what runtime.prepare checked."""
         genesis, identity, config = prepared.genesis, prepared.identity, prepared.config
         raft_config = None
@@ -220,7 +224,7 @@ class GovernanceService:
                 timing=settings.raft_timing, bind_outgoing=settings.raft_bind_outgoing)
         return cls(genesis=genesis, identity=identity, limits=prepared.limits, data_dir=config.data_dir, log=log,
                    publish=publish, metrics=metrics, now_ms=now_ms, ipfs_gateways=config.ipfs_gateways,
-                   raft_config=raft_config, on_version=on_version, settings=settings)
+                   raft_config=raft_config, on_version=on_version, settings=settings, fault_point=fault_point)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -245,7 +249,7 @@ class GovernanceService:
     async def _start(self) -> None:
         limits = self._limits
         self.store = await asyncio.wait_for(asyncio.to_thread(
-            VersionStore.open, self._data_dir, genesis_state=self._genesis_state,
+            VersionStore.open, self._data_dir, genesis_state=self._genesis_state, fault_point=self._fault_point,
             logger=logging.getLogger("synapse.store")), self.settings.store_open_timeout_ms / 1000)
         for repair in self.store.repairs:
             log_event(self._logger, logging.WARNING, "store_repaired_at_start", repair=repair)
@@ -598,6 +602,7 @@ class GovernanceService:
             report = await self._apply_rollback(execution, target)
         await self._refresh_state()
         if execution.sequence not in self._reported_sequences:
+            self._fault_point("before_report")
             entry = await self._append("EXECUTION_REPORT", lambda sequence: report)
             self._reported_sequences.add(execution.sequence)
             self._metrics.inc("upgrades_reported_total", action=execution.body["action"],

@@ -45,6 +45,7 @@ from node.core.crdt_log import CrdtLog, LogLimits
 from node.core.entries import Entry
 from node.fsutil import read_private_file
 from node.errors import ConfigError, StoreError, SynapseError
+from node.fault_points import fault_point_for
 from node.gossip import Gossip, GossipSettings
 from node.governance_service import GovernanceService, GovernanceSettings
 from node.identity import Identity, verify_signature
@@ -268,7 +269,8 @@ class Node:
         self.author = LocalAuthor(identity=prepared.identity, publish_new=self.gossip.publish_new)
         self.governance = GovernanceService.for_node(prepared, log=self.log, publish=self.gossip.publish, metrics=self.metrics,
                                                      now_ms=wall_ms, on_version=self.state.set_current_version,
-                                                     settings=governance_settings)
+                                                     settings=governance_settings,
+                                                     fault_point=fault_point_for(prepared.config.data_dir, os.environ))
         self.state.subscribe(self.governance.on_visible)
 
     def build_app(self) -> web.Application:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import threading
 import time
 import urllib.error
@@ -28,6 +29,7 @@ from node.core.certificates import certificate_statement
 from node.core.entries import make_entry
 from node.core.governance import make_proposal_id
 from node.core.hlc import Hlc
+from node.fault_points import arm
 from node.gossip import Push, Pushed, decode_message
 from node.identity import Identity
 from tests.wasm_build import REPOSITORY, TEST_PACKAGES, wat_to_wasm
@@ -292,3 +294,35 @@ def test_the_raft_leader_killed_during_ratification_does_not_stop_the_upgrade(cl
     cluster.restart(leader_index)                           # it comes back, catches up and executes too
     wait_status(cluster, [leader_index], proposal_id, "executed")
     assert ok(cluster.api(leader_index).get("/state"))["state_hash"] == upgraded[0]["state_hash"]
+
+
+@pytest.mark.parametrize("point", ["backup_written", "committed", "before_report"])
+def test_a_node_killed_inside_an_upgrade_comes_back_with_it_applied_once_and_reported_once(tmp_path, package_server, point):
+    """The crash lands exactly where it hurts (node/fault_points.py): just before the store's commit
+    point, just after it, or after the whole commit and before the node's EXECUTION_REPORT. The restarted node must neither lose the
+    upgrade nor run it twice, and must report it exactly once."""
+    victim = 4
+    with LocalCluster(nodes=NODES, validators=VALIDATORS, data_dir=tmp_path / "cluster",
+                      governance={"voting_period_ms": 60_000}, network_limits={"sandbox_fuel": 50_000_000},
+                      extra_env={"SYNAPSE_FAULT_POINTS": "1"}) as cluster:
+        arm(cluster.nodes[victim].data_dir, point)
+        package = package_server.add("feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
+        proposal_id = propose(cluster, 0, package, "1.2.0")
+        vote(cluster, [0, 1, 2], proposal_id)
+        wait_status(cluster, [0, 1, 2, 3], proposal_id, "executed")
+        handle = cluster.nodes[victim]
+        cluster.wait_for(lambda: handle.process.poll() is not None, WITHIN_S, f"node {victim} to die at {point}")
+        assert handle.process.returncode == -signal.SIGKILL
+        assert not (handle.data_dir / "fault_point").exists(), "a crash point fires once"
+
+        cluster.restart(victim)
+        wait_status(cluster, ALL, proposal_id, "executed")
+        upgraded = states(cluster, ALL)
+        assert {(state["version"], state["state_hash"], state["applied_sequence"]) for state in upgraded} == {
+            ("1.2.0", upgraded[0]["state_hash"], 1)}
+        reports = cluster.wait_for(lambda: len(proposal(cluster, 0, proposal_id)["reports"]) == NODES and
+                                   proposal(cluster, 0, proposal_id)["reports"], WITHIN_S, "every node's report on node 0")
+        assert sorted(r["node_id"] for r in reports) == sorted(node.node_id for node in cluster.nodes)
+        assert {(r["success"], r["state_hash"]) for r in reports} == {(True, upgraded[0]["state_hash"])}
+        history = ok(cluster.api(victim).get("/upgrades/history"))["history"]
+        assert [record["sequence"] for record in history if record.get("sequence") is not None] == [1]

@@ -124,6 +124,9 @@ def test_bad_durations_are_refused_in_place(text):
     ('[[steps]]\ndo = "assert"\ncheck = "version"\nequals = "1.2.0"\nsave_as = "v"\n', "steps[0].save_as", "unknown key"),
     ('[[steps]]\ndo = "hook"\nhook = "no_colon"\n', "steps[0].hook", "not 'module:function'"),
     ('[[steps]]\ndo = "note"\ntext = 5\n', "steps[0].text", "must be a string"),
+    ('[[steps]]\ndo = "crash_at"\nnodes = "node-2"\npoint = "somewhere"\n', "steps[0].point", "must be one of"),
+    ('[[steps]]\ndo = "crash_at"\npoint = "committed"\n', "steps[0]", "missing key 'nodes'"),
+    ('[[steps]]\ndo = "assert"\ncheck = "crashed"\n', "steps[0]", "missing key 'on'"),
     ('[[steps]]\ndo = "note"\ntext = "a"\nexpect_error = 200\n', "steps[0].expect_error", "400 to 599"),
 ])
 def test_each_mistake_names_its_toml_path(steps, where, says):
