@@ -191,6 +191,7 @@ class NodeConfig:
     api_port: int
     raft_address: str
     ipfs_gateways: tuple[str, ...] = ()
+    package_ca_file: Path | None = None   # extra CAs for https:// package downloads (a private mirror)
     log_level: str = "info"
     limits: Limits = Limits()
     limits_set: frozenset[str] = frozenset()  # the limits this file sets explicitly
@@ -204,7 +205,7 @@ _CONFIG_SCHEMA: Mapping[str, frozenset[str]] = {
     "node": frozenset({"data_dir", "genesis"}),
     "api": frozenset({"host", "port"}),
     "raft": frozenset({"address"}),
-    "packages": frozenset({"ipfs_gateways"}),
+    "packages": frozenset({"ipfs_gateways", "ca_file"}),
     "log": frozenset({"level"}),
     "limits": frozenset(LIMIT_RANGES),
 }
@@ -290,6 +291,8 @@ def parse_config(document: Mapping[str, Any], *, config_path: Path) -> NodeConfi
         api_port=check_port("api.port", api["port"]),
         raft_address=join_host_port(raft_host, raft_port),
         ipfs_gateways=_gateways(document.get("packages", {}).get("ipfs_gateways", [])),
+        package_ca_file=(_path_field("packages.ca_file", document["packages"]["ca_file"], base_dir)
+                         if "ca_file" in document.get("packages", {}) else None),
         log_level=level,
         limits=Limits(**limits_given),
         limits_set=frozenset(limits_given),

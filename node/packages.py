@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import re
+import ssl
 import stat
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -368,9 +369,12 @@ class PackageFetcher:
     """Gets a package's bytes: from the cache, else from its URL (or the IPFS gateways), verified."""
 
     def __init__(self, cache: PackageCache, *, ipfs_gateways: Sequence[str] = (), limits: FetchLimits = FetchLimits(),
-                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+                 ca_file: Path | None = None, logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        """`ca_file`: a PEM bundle of certificate authorities trusted for https:// downloads on top of
+        the system's (a mirror with a private CA); the system's trust store alone when None."""
         if not isinstance(limits, FetchLimits):
             raise ConfigError(f"limits must be a FetchLimits, got {type(limits).__name__}")
+        self._ssl_context = _tls_context(ca_file)
         self._cache = cache
         self._gateways = _check_gateways(ipfs_gateways)
         self._limits = limits
@@ -534,7 +538,7 @@ class PackageFetcher:
             connect_s = self._limits.connect_timeout_ms / 1000
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s),
-                connector=aiohttp.TCPConnector(limit=self._limits.downloads_concurrent_max * 2),
+                connector=aiohttp.TCPConnector(limit=self._limits.downloads_concurrent_max * 2, ssl=self._ssl_context),
                 auto_decompress=False,
                 trust_env=False,
             )
@@ -587,10 +591,29 @@ def _redirect_target(current: str, response: aiohttp.ClientResponse) -> str:
     return target
 
 
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except FileNotFoundError:
+            raise ConfigError(f"packages.ca_file {ca_file} does not exist",
+                              hint="give the path of a PEM file holding the CA certificates of your package mirrors") from None
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise ConfigError(f"packages.ca_file {ca_file} is not a readable PEM bundle of CA certificates: {error}",
+                              hint="give a PEM file of CA certificates (-----BEGIN CERTIFICATE----- blocks)") from None
+    return context
+
+
 def _client_error_to_fetch_error(error: aiohttp.ClientError, url: str, limits: FetchLimits) -> PackageFetchError:
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return PackageFetchError(f"could not connect to {redact_url(url)} within {limits.connect_timeout_ms} ms",
                                  hint="check that the host is up and reachable from this node, then retry")
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(error.certificate_error, "verify_message", None) or str(error.certificate_error)
+        return PackageFetchError(f"download from {redact_url(url)} failed: its TLS certificate could not be verified ({reason})",
+                                 hint="if the mirror uses a private certificate authority, set packages.ca_file in the node "
+                                      "config to its PEM bundle; never serve packages over unverified TLS")
     detail = _redact_text(str(error), url) or "no detail"
     return PackageFetchError(f"download from {redact_url(url)} failed: {type(error).__name__}: {detail}")
 

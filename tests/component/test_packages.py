@@ -331,6 +331,62 @@ async def test_https_verifies_certificates(make_fetcher, aiohttp_server, tmp_pat
     assert cache_files(cache_dir) == []
 
 
+def private_ca_server_context(directory: Path):
+    """A mirror with a certificate issued by a private CA: returns (server TLS context, the CA's PEM path)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Synapse test mirror CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (directory / "leaf-key.pem").write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                    serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "leaf.pem", directory / "leaf-key.pem")
+    return context, directory / "ca.pem"
+
+
+async def test_https_from_a_mirror_with_a_private_ca_works_once_the_ca_is_configured(make_fetcher, aiohttp_server, tmp_path,
+                                                                                     cache_dir):
+    site = Site()
+    site.route("/pkg.wasm", serve_bytes(PACKAGE))
+    server_context, ca_file = private_ca_server_context(tmp_path)
+    server = await aiohttp_server(site.app, ssl=server_context)
+    url = str(server.make_url("/pkg.wasm"))
+    with pytest.raises(PackageFetchError, match="TLS certificate could not be verified") as refused:
+        await make_fetcher().fetch(url, DIGEST)
+    assert "packages.ca_file" in refused.value.hint and cache_files(cache_dir) == []
+    trusting = PackageFetcher(PackageCache(cache_dir), limits=FAST, ca_file=ca_file)
+    try:
+        assert await trusting.fetch(url, DIGEST, len(PACKAGE)) == PACKAGE
+    finally:
+        await trusting.close()
+    assert len(cache_files(cache_dir)) == 1
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate", b""])
+def test_a_bad_ca_file_is_a_config_error_naming_it(tmp_path, cache_dir, content):
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"packages\.ca_file .*ca\.pem"):
+        PackageFetcher(PackageCache(cache_dir), ca_file=ca_file)
+
+
 async def test_an_unreachable_host_is_a_fetch_error(make_fetcher):
     with pytest.raises(PackageFetchError, match="failed: ClientConnectorError"):
         await make_fetcher().fetch(f"http://127.0.0.1:{closed_port()}/pkg.wasm", DIGEST)

@@ -140,6 +140,15 @@ def test_a_bad_config_is_refused_naming_the_field(network):
     assert len(result.stderr.strip().splitlines()) == 1  # before logging starts: just the one line
 
 
+def test_a_package_ca_file_that_is_not_a_pem_bundle_is_refused(network):
+    config_path = network.nodes[0].config_path
+    bad = network.nodes[0].node_dir / "mirror-ca.pem"
+    bad.write_text("not a certificate\n")
+    config_path.write_text(config_path.read_text().replace("[packages]\n", '[packages]\nca_file = "mirror-ca.pem"\n'))
+    message = refusal(run_node(config_path))
+    assert f"packages.ca_file {bad} is not a readable PEM bundle" in message
+
+
 def test_a_missing_config_file_is_refused_also_through_the_cli(tmp_path):
     assert "does not exist" in refusal(run_node(tmp_path / "missing.toml"))
     synapse = Path(sys.executable).parent / "synapse"

@@ -51,6 +51,7 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(tmp_path)
     assert config.limits == Limits()
     assert config.limits_set == frozenset()
     assert config.ipfs_gateways == ()
+    assert config.package_ca_file is None
     assert config.log_level == "info"
 
 
@@ -61,6 +62,7 @@ gossip_interval_ms = 50
 request_body_max_bytes = 100000
 [packages]
 ipfs_gateways = ["https://ipfs.io/", "http://127.0.0.1:8080"]
+ca_file = "certs/mirror-ca.pem"
 [log]
 level = "debug"
 """))
@@ -68,6 +70,7 @@ level = "debug"
     assert config.limits.request_body_max_bytes == 100_000
     assert config.limits_set == {"gossip_interval_ms", "request_body_max_bytes"}
     assert config.ipfs_gateways == ("https://ipfs.io", "http://127.0.0.1:8080")
+    assert config.package_ca_file == tmp_path / "certs" / "mirror-ca.pem"   # relative to the config file
     assert config.log_level == "debug"
 
 
