@@ -53,7 +53,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
 from cluster.local import LocalCluster, NodeApi  # noqa: E402
-from node.gossip import PATH_OFFER, PATH_PUSH, PATH_SYNC, GossipSettings, Offer, Sync, make_client_session  # noqa: E402
+from node.gossip import DIGEST_HASH_BYTES, PATH_OFFER, PATH_PUSH, PATH_SYNC, GossipSettings, Offer, Sync, make_client_session  # noqa: E402
 
 RESULTS = REPOSITORY / "bench" / "results"
 SERF_BENCH = Path("/work/shared/peers/serf_bench.py")
@@ -200,6 +200,7 @@ def per_entry_costs(run: dict, nodes: int, idle: dict, headers: dict) -> dict:
         "bytes_above_idle_over_size": round(above_idle_bytes / mean_size, 2),
         "http_header_bytes_per_entry_per_node_estimate": round(header_bytes, 1),
         "messages_by_type_per_entry_per_node": {kind: round(value / entries / nodes, 3) for kind, value in sorted(messages.items())},
+        "bytes_by_type_per_entry_per_node": {kind: round(value / entries / nodes, 1) for kind, value in sorted(body_bytes.items())},
     }
 
 
@@ -265,7 +266,7 @@ async def _capture_request_headers(path: str, body: bytes) -> int:
 def reply_header_bytes(api: NodeApi) -> int:
     """The header bytes of one gossip reply from a real node (a raw HTTP/1.1 exchange)."""
     host, port = api.base_url.removeprefix("http://").rsplit(":", 1)
-    body = Sync(sender="", digest_hash=b"\x00" * 16, digest=None, want=()).encode()
+    body = Sync(sender="", digest_hash=bytes(DIGEST_HASH_BYTES), digest=None, want=()).encode()
     request = (f"POST {PATH_SYNC} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/msgpack\r\n"
                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
     with socket.create_connection((host, int(port)), timeout=5) as connection:

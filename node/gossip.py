@@ -55,7 +55,8 @@ Why it works as it does:
 
 - Wire format: every body is a msgpack array whose first element names the message type
   ("offer", "want", "push", "pushed", "sync", "synced"); entries travel as their canonical bytes
-  (never re-serialized). Errors are JSON {"error", "message", "hint"} with a proper HTTP status.
+  (never re-serialized); a sender is its node id's 8 raw bytes, a digest's fingerprint 8 bytes of
+  sha256 (a collision would only delay a repair until either digest changes). Errors are JSON {"error", "message", "hint"} with a proper HTTP status.
   GET /gossip/visibility?ids=... returns when each entry became visible here (CLOCK_REALTIME in ns):
   it is what the gossip benchmark reads to measure propagation without polling during it.
 """
@@ -90,7 +91,7 @@ PATH_VISIBILITY = "/gossip/visibility"
 CONTENT_TYPE = "application/msgpack"
 
 ID_BYTES = 32
-DIGEST_HASH_BYTES = 16
+DIGEST_HASH_BYTES = 8                 # a digest's fingerprint on the wire: equal fingerprints mean "in sync"
 IDS_PER_MESSAGE_MAX = 10_000         # format ceiling; settings.batch_entries_max is the real bound
 VISIBILITY_QUERY_IDS_MAX = 100      # ids travel in the query string (aiohttp reads lines of at most 8 KiB)
 VISIBILITY_MEMORY_MAX = 20_000       # entries whose visibility time is kept (for benchmarks and debugging)
@@ -167,6 +168,18 @@ def _check_sender(sender: object) -> None:
         raise _bad("sender must be a node id (16 lowercase hex) or empty")
 
 
+# On the wire a sender is its node id's 8 raw bytes (or empty): half the size of the hex text, on
+# every offer, push and sync (most of the messages).
+def _sender_to_wire(sender: str) -> bytes:
+    return bytes.fromhex(sender)
+
+
+def _sender_from_wire(value: object) -> str:
+    if not isinstance(value, bytes) or len(value) not in (0, 8):
+        raise _bad("sender must be a node id as 8 bytes, or empty bytes")
+    return value.hex()
+
+
 def _check_ids(ids: object, limit: int = IDS_PER_MESSAGE_MAX) -> None:
     if not isinstance(ids, tuple) or len(ids) > limit or not all(map(is_entry_id, ids)):
         raise _bad(f"ids must be at most {limit} entry ids")
@@ -205,12 +218,12 @@ class Offer:
         _check_ids(self.ids)
 
     def encode(self) -> bytes:
-        return _pack(["offer", self.sender, _ids_to_wire(self.ids)])
+        return _pack(["offer", _sender_to_wire(self.sender), _ids_to_wire(self.ids)])
 
     @classmethod
     def from_fields(cls, fields: list) -> "Offer":
         _expect_length(fields, 3)
-        return cls(sender=fields[1], ids=_ids_from_wire(fields[2]))
+        return cls(sender=_sender_from_wire(fields[1]), ids=_ids_from_wire(fields[2]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,12 +254,12 @@ class Push:
         _check_raws(self.raws)
 
     def encode(self) -> bytes:
-        return _pack(["push", self.sender, list(self.raws)])
+        return _pack(["push", _sender_to_wire(self.sender), list(self.raws)])
 
     @classmethod
     def from_fields(cls, fields: list) -> "Push":
         _expect_length(fields, 3)
-        return cls(sender=fields[1], raws=_raws_from_wire(fields[2]))
+        return cls(sender=_sender_from_wire(fields[1]), raws=_raws_from_wire(fields[2]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,37 +298,36 @@ class Sync:
         _check_ids(self.want)
 
     def encode(self) -> bytes:
-        return _pack(["sync", self.sender, self.digest_hash, self.digest, _ids_to_wire(self.want)])
+        return _pack(["sync", _sender_to_wire(self.sender), self.digest_hash, self.digest, _ids_to_wire(self.want)])
 
     @classmethod
     def from_fields(cls, fields: list) -> "Sync":
         _expect_length(fields, 5)
-        return cls(sender=fields[1], digest_hash=fields[2], digest=fields[3], want=_ids_from_wire(fields[4]))
+        return cls(sender=_sender_from_wire(fields[1]), digest_hash=fields[2], digest=fields[3], want=_ids_from_wire(fields[4]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Synced:
-    """Anti-entropy answer: my digest's hash, my full digest if the hashes differ (else None), the
+    """Anti-entropy answer: my full digest if our digests' hashes differ (else None: in sync), the
     entries asked for (by id, or missing from the sender's digest), and whether more are missing."""
 
-    digest_hash: bytes
     digest: dict | None
     raws: tuple[bytes, ...]
     more: bool
 
     def __post_init__(self) -> None:
-        _check_digest(self.digest_hash, self.digest)
+        _check_digest_map(self.digest)
         _check_raws(self.raws)
         if type(self.more) is not bool:
             raise _bad("more must be a bool")
 
     def encode(self) -> bytes:
-        return _pack(["synced", self.digest_hash, self.digest, list(self.raws), self.more])
+        return _pack(["synced", self.digest, list(self.raws), self.more])
 
     @classmethod
     def from_fields(cls, fields: list) -> "Synced":
-        _expect_length(fields, 5)
-        return cls(digest_hash=fields[1], digest=fields[2], raws=_raws_from_wire(fields[3]), more=fields[4])
+        _expect_length(fields, 4)
+        return cls(digest=fields[1], raws=_raws_from_wire(fields[2]), more=fields[3])
 
 
 MESSAGE_TYPES: Mapping[str, Any] = {
@@ -329,6 +341,10 @@ _TYPE_NAMES: Mapping[type, str] = {message_type: name for name, message_type in 
 def _check_digest(digest_hash: object, digest: object) -> None:
     if not isinstance(digest_hash, bytes) or len(digest_hash) != DIGEST_HASH_BYTES:
         raise _bad(f"digest hash must be {DIGEST_HASH_BYTES} bytes")
+    _check_digest_map(digest)
+
+
+def _check_digest_map(digest: object) -> None:
     if digest is not None:
         parse_digest(digest)  # raises BadRequest with what is wrong
 
@@ -1093,7 +1109,7 @@ class Gossip:
         more = more or len(batches) > 1
         self._metrics.inc("gossip_entries_sent_total", len(chosen))
         send_digest = sync.digest is None and sync.digest_hash != digest_hash
-        return Synced(digest_hash=digest_hash, digest=digest if send_digest else None,
+        return Synced(digest=digest if send_digest else None,
                       raws=tuple(entry.raw for entry in chosen), more=more)
 
     async def _handle_visibility(self, request: web.Request) -> web.Response:

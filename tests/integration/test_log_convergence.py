@@ -142,7 +142,7 @@ def test_a_hostile_peer_is_refused_and_the_others_stay_healthy(tmp_path: Path) -
         honest_id = post_note(cluster, 1, "honest")
         wait_converged(cluster, [0, 1, 2], {honest_id})
         # Act as a peer: ask for the honest entry's raw bytes by id, as anti-entropy does.
-        status, reply = post_raw(target, "/gossip/sync", Sync(sender="", digest_hash=b"\x00" * 16, digest=None,
+        status, reply = post_raw(target, "/gossip/sync", Sync(sender="", digest_hash=b"\x00" * 8, digest=None,
                                                               want=(honest_id,)).encode())
         assert status == 200
         honest_raw = decode_message(reply, Synced, array_length_max=1_000).raws[0]
@@ -155,7 +155,7 @@ def test_a_hostile_peer_is_refused_and_the_others_stay_healthy(tmp_path: Path) -
         assert status == 200
         assert decode_message(reply, Pushed, array_length_max=16) == Pushed(added=0, duplicate=10, refused=2)
         assert post_raw(target, "/gossip/push", b"\xc1not msgpack")[0] == 400
-        assert post_raw(target, "/gossip/sync", msgpack.packb(["sync", "", b"\x00" * 16, {"zz": [1]}, []]))[0] == 400
+        assert post_raw(target, "/gossip/sync", msgpack.packb(["sync", b"", b"\x00" * 8, {"zz": [1]}, []]))[0] == 400
         assert post_raw(target, "/gossip/push", Push(sender="", raws=(b"x" * (5 * 1024 * 1024),)).encode())[0] == 413
 
         samples = metrics_of(target)
