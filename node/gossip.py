@@ -570,6 +570,7 @@ class Gossip:
         self._write_gate_deadline_ms: int | None = None
         self._heard_digest = not peers
         self._own_sequence_claimed = 0
+        self._last_wanted_ms = -1 << 62     # when this node last asked for an offered entry (one is on its way)
         self._rounds_running = 0
         self._expected = _BoundedMap(settings.inbox_max)          # id -> deadline_ms (answered "want")
         self._holders = _BoundedMap(HOLDERS_MEMORY_MAX)           # id -> set of peer ids known to hold it
@@ -930,9 +931,18 @@ class Gossip:
 
     async def _anti_entropy_loop(self) -> None:
         interval_s = self._settings.interval_ms / 1000
+        skipped = False
         while not self._stopping:
             await asyncio.sleep(interval_s * (0.75 + self._rng.random() / 2))  # jitter: rounds do not synchronize
             now_ms = self._now_ms()
+            # An entry is on its way to this node (it wanted one within the last period): a round now
+            # would only meet it in flight and pay for full digests and a second copy. Skip ONE round;
+            # the next runs whatever happens, so steady traffic never starves repair.
+            if not skipped and now_ms - self._last_wanted_ms < self._settings.interval_ms:
+                skipped = True
+                self._metrics.inc("gossip_rounds_total", result="skipped_in_flight")
+                continue
+            skipped = False
             candidates = [peer for peer in self._peers.values() if peer.retry_at_ms <= now_ms and not peer.syncing]
             if candidates:
                 self.request_sync(self._rng.choice(candidates).node_id)
@@ -1078,6 +1088,7 @@ class Gossip:
                 continue
             wanted.append(entry_id)
             self._expected.put(entry_id, now_ms + self._settings.call_timeout_ms)
+            self._last_wanted_ms = now_ms
         return Want(ids=tuple(wanted))
 
     async def _answer_push(self, push: Push) -> Pushed:
