@@ -25,7 +25,9 @@ Why it works as it does:
   answers its full digest and I push what it lacks (one bounded batch per round; its own rounds pull
   the rest). (3) If its digest shows something I lack, I send my digest and pull what I lack in
   bounded batches until it says there is no more (a restarted node catches up in one round).
-  Missing parents of pending entries are pulled explicitly by id in (1).
+  Missing parents of pending entries are pulled explicitly by id in (1). A node that wanted an
+  offered entry within the last period skips its next round (once): that round would meet the
+  entry in flight and pay for full digests and a second copy.
 
 - Persist before anything else. An entry is verified at the door (`CrdtLog.check`: signature, author,
   size, clock, chain rules), then appended to the log file and fsynced (on one writer thread, with
