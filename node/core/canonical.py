@@ -28,11 +28,17 @@ def json_nesting_depth(data: bytes) -> int:
     """How deep the arrays and objects of a JSON text nest (0 for a scalar), ignoring brackets in strings.
 
     Exact for valid JSON and for every valid prefix of invalid JSON, which is all a parser reads
-    before it fails. Linear, in C loops: ~12 ms for 12 MB."""
+    before it fails. Linear, in C loops: ~17 ms for a 12 MB state on this machine."""
     # Drop escape pairs (so an escaped quote does not end a string), keep quotes and brackets, then
     # drop every quoted run: what is left is the structure outside strings.
-    structure = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
-    outside = b"".join(structure.split(b'"')[::2])
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = data.translate(None, _NOT_STRUCTURE)
+    # The common case, fast: no string holds a bracket, so every string left just its two quotes,
+    # side by side (a left-to-right pass pairs each opening quote with its closing one only then).
+    outside = structure.replace(b'""', b"")
+    if b'"' in outside:
+        outside = b"".join(structure.split(b'"')[::2])
     return max(accumulate(map(_DEPTH_STEP.__getitem__, outside)), default=0)
 
 
