@@ -37,7 +37,7 @@ from aiohttp import web
 from node.config import Genesis, Limits
 from node.core.canonical import JSON_DEPTH_MAX, json_depth_within, json_nesting_depth
 from node.core.crdt_log import CrdtLog
-from node.core.entries import KINDS, Entry, is_entry_id, is_node_id
+from node.core.entries import KINDS, Entry, is_entry_id, is_node_id, unsafe_character
 from node.fsutil import read_private_file
 from node.errors import BadRequest, ConfigError, NotFound, SynapseError, Unauthorized, Unavailable
 from node.metrics import Metrics
@@ -168,6 +168,16 @@ async def error_middleware(request: web.Request, handler):
                                   "hint": "see the node log (node.log in its data dir)", "definite": False}, status=500)
 
 
+def check_human_text(name: str, value: str, *, one_line: bool) -> None:
+    """A text people write (title, description, note, reason) goes to every node and onto terminals:
+    no control characters or bidirectional overrides (node/core/entries.py unsafe_character)."""
+    where = unsafe_character(value, one_line=one_line)
+    if where is not None:
+        allowed = "printable characters on one line" if one_line else "printable characters, newlines and tabs"
+        raise BadRequest(f"{name} holds a control or bidirectional-override character ({where})",
+                         hint=f"{name} may hold {allowed} only")
+
+
 async def read_json(request: web.Request, *, size_max_bytes: int) -> Any:
     """The request's JSON body, read with a cap. 413 when larger, 400 when not JSON."""
     if request.content_length is not None and request.content_length > size_max_bytes:
@@ -284,6 +294,7 @@ async def post_note(request: web.Request) -> web.Response:
     text = body["text"]
     if not isinstance(text, str) or len(text) > NOTE_TEXT_LENGTH_MAX:
         raise BadRequest(f"text must be a string of at most {NOTE_TEXT_LENGTH_MAX} characters")
+    check_human_text("text", text, one_line=False)
     try:
         async with asyncio.timeout(APPEND_TIMEOUT_S):
             entry = await request.app[APPENDER].append("NOTE", {"text": text})

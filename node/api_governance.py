@@ -84,12 +84,14 @@ async def _read_body(request: web.Request, *, optional_body: bool = False) -> An
 
 
 def check_texts(body: Mapping[str, Any]) -> None:
-    """Lengths of the free texts, checked here so that the message can say what to do."""
+    """Lengths and characters of the free texts, checked here so that the message can say what to do."""
     for name, (length_min, length_max) in TEXT_LENGTHS.items():
         value = body.get(name)
         if isinstance(value, str) and not length_min <= len(value) <= length_max:
             raise BadRequest(f"{name} must be a string of {length_min} to {length_max} characters, not {len(value)}",
                              hint=f"shorten (or fill in) {name}")
+        if isinstance(value, str):
+            api.check_human_text(name, value, one_line=name == "title")
 
 
 def proposal_id_of(request: web.Request) -> str:
@@ -198,6 +200,8 @@ async def post_local_rollback(request: web.Request) -> web.Response:
     reason = body.get("reason")
     if reason is not None and len(reason) > REASON_LENGTH_MAX:
         raise BadRequest(f"reason must be at most {REASON_LENGTH_MAX} characters, not {len(reason)}")
+    if reason is not None:
+        api.check_human_text("reason", reason, one_line=False)
     return web.json_response(await _service(request).local_rollback(proposal_id, reason))
 
 

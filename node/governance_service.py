@@ -52,7 +52,7 @@ from node.config import Genesis, Limits, initial_network_state
 from node.core import governance as core_governance
 from node.core.certificates import certificate_statement, verify_certificate
 from node.core.crdt_log import CrdtLog
-from node.core.entries import Entry
+from node.core.entries import Entry, safe_text
 from node.core.governance import CertifiedExecution, Governance, GovernanceRules, ProposalView, ReportView
 from node.core.ratification import execute_upgrade_body, validator_todo
 from node.errors import (
@@ -139,7 +139,12 @@ def divergence_of(reports: Sequence[ReportView], sequence: int | None) -> dict:
 
 
 def bounded(text: str | None, length_max: int) -> str | None:
-    if text is None or len(text) <= length_max:
+    """A text for an entry this node writes: at most `length_max` characters, and no character the
+    entry schemas refuse (an error may quote a package's own words, such as its function names)."""
+    if text is None:
+        return None
+    text = safe_text(text)
+    if len(text) <= length_max:
         return text
     return text[: length_max - 15] + " ...[truncated]"
 

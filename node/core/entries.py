@@ -70,8 +70,33 @@ def is_entry_id(value: object) -> bool:
 Check = Callable[[Any], bool]
 
 
-def _text(length_max: int, *, length_min: int = 0) -> Check:
-    return lambda value: isinstance(value, str) and length_min <= len(value) <= length_max
+# Texts people write travel to every node and end up on operators' terminals and in reports. None
+# may hold a control character (an ESC sequence can rewrite a terminal, a CR hide a line) or a
+# bidirectional override (it reorders what a reader sees: "Trojan Source"). Multi-line texts may
+# hold \n and \t; one-line texts (titles) neither.
+_UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def unsafe_character(text: str, *, one_line: bool) -> str | None:
+    """Where `text` holds a character no human-written text may hold: "U+001B at position 3"; else None."""
+    match = (_UNSAFE_IN_LINE if one_line else _UNSAFE_IN_TEXT).search(text)
+    return None if match is None else f"U+{ord(match.group()):04X} at position {match.start()}"
+
+
+def safe_text(text: str) -> str:
+    """`text` with every character unsafe_character(one_line=False) would name replaced by U+FFFD (for
+    texts a node composes from outside input, such as a package's trap message)."""
+    return _UNSAFE_IN_TEXT.sub("\ufffd", text)
+
+
+def _text(length_max: int, *, length_min: int = 0, human: str | None = None) -> Check:
+    """`human`: "line" or "text" for texts people write (see unsafe_character)."""
+    if human is None:
+        return lambda value: isinstance(value, str) and length_min <= len(value) <= length_max
+    one_line = human == "line"
+    return lambda value: (isinstance(value, str) and length_min <= len(value) <= length_max
+                          and unsafe_character(value, one_line=one_line) is None)
 
 
 def _integer(minimum: int, maximum: int) -> Check:
@@ -119,8 +144,8 @@ _SEQUENCE_FIELD = _integer(1, SEQUENCE_MAX)
 
 BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
     "PROPOSAL": {
-        "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "title": _text(200),
-        "description": _text(4000), "version": _VERSION, "package_url": _optional(_text(2048, length_min=1)),
+        "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "title": _text(200, human="line"),
+        "description": _text(4000, human="text"), "version": _VERSION, "package_url": _optional(_text(2048, length_min=1)),
         "package_hash": _optional(_is_hex64), "package_size": _optional(_PACKAGE_SIZE),
         "voting_deadline_ms": _integer(0, SEQUENCE_MAX), "target_proposal_id": _optional(_PROPOSAL_ID),
     },
@@ -136,13 +161,13 @@ BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
     },
     "EXECUTION_REPORT": {
         "proposal_id": _PROPOSAL_ID, "sequence": _SEQUENCE_FIELD, "success": _is_bool, "version": _VERSION,
-        "state_hash": _text(80), "error": _optional(_text(1000)),
+        "state_hash": _text(80), "error": _optional(_text(1000, human="text")),
     },
     "ROLLBACK": {
         "proposal_id": _PROPOSAL_ID, "restored_version": _VERSION, "previous_version": _VERSION,
-        "state_hash": _text(80), "reason": _text(1000),
+        "state_hash": _text(80), "reason": _text(1000, human="text"),
     },
-    "NOTE": {"text": _text(4096)},
+    "NOTE": {"text": _text(4096, human="text")},
 }
 
 

@@ -105,6 +105,7 @@ async def test_writing_needs_the_token(node_client, headers, message):
     (b'{"text": 5}', "text must be a string of at most 4096 characters"),
     (json.dumps({"text": "x" * 4097}).encode(), "text must be a string of at most 4096 characters"),
     (b"\xff\xfe", "the request body is not valid JSON"),
+    (json.dumps({"text": "red \x1b[31malert"}).encode(), "text holds a control or bidirectional-override character (U+001B at position 4)"),
     (b"[" * 100_000 + b"]" * 100_000, "the request body is JSON nested 100,000 levels deep, over the limit of 256"),
 ])
 async def test_bad_note_bodies_are_refused_and_change_nothing(node_client, data, message):

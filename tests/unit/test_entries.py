@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from node.core.entries import (
-    KINDS, SIGNING_DOMAIN, Entry, decode_entry, make_entry, signing_bytes_of,
+    KINDS, SIGNING_DOMAIN, Entry, decode_entry, make_entry, safe_text, signing_bytes_of, unsafe_character,
 )
 from node.core.hlc import LOGICAL_MAX, WALL_MS_MAX, Hlc, hlc_receive, hlc_tick
 from node.errors import EntryRefused
@@ -305,6 +305,11 @@ BAD_BODIES = [
     ("EXECUTION_REPORT", report_body(success=1)), ("EXECUTION_REPORT", report_body(error="e" * 1001)),
     ("EXECUTION_REPORT", report_body(state_hash="s" * 81)),
     ("ROLLBACK", {"proposal_id": "p"}),
+    # Human-written texts: no control characters (a terminal escape, a carriage return), no bidi overrides.
+    ("PROPOSAL", proposal_body(title="Upgrade\x1b[2J")), ("PROPOSAL", proposal_body(title="two\nlines")),
+    ("PROPOSAL", proposal_body(title="safe \u202etxt.exe")), ("PROPOSAL", proposal_body(description="over\rwrite")),
+    ("NOTE", {"text": "bell\x07"}), ("NOTE", {"text": "isolate \u2066x\u2069"}), ("NOTE", {"text": "\x9b31m"}),
+    ("EXECUTION_REPORT", report_body(error="trap in \x1b]0;pwned\x07")),
 ]
 
 
@@ -324,7 +329,9 @@ def test_valid_edge_bodies_are_accepted():
                        ("PROPOSAL", proposal_body(package_size=None, version="2.0.0-rc.1+build.5")),
                        ("PROPOSAL", rollback_proposal_body()), ("EXECUTE_UPGRADE", execute_body(certificate=[])),
                        ("EXECUTE_UPGRADE", execute_body(action="rollback", package_url=None, package_hash=None, package_size=None)),
-                       ("EXECUTION_REPORT", report_body(success=False, error="fuel exhausted"))]:
+                       ("EXECUTION_REPORT", report_body(success=False, error="fuel exhausted")),
+                       ("NOTE", {"text": "two\nlines\tand a tab, émoji 🎉, 中文"}),
+                       ("PROPOSAL", proposal_body(title="Upgrade to v1.2.0 — é 中文", description="line 1\n\tline 2"))]:
         entry = forge(ALICE, sequence=1, kind=kind, body=body)
         assert decode(entry.raw).body == body
 
@@ -380,3 +387,11 @@ def test_hlc_orders_by_wall_then_logical_and_validates():
             Hlc(wall_ms, logical)
     with pytest.raises(ValueError):
         hlc_tick(Hlc(1, 0), -5)
+
+
+def test_unsafe_characters_are_located_and_replaced():
+    assert unsafe_character("ok\ttext\n", one_line=False) is None
+    assert unsafe_character("ok\ttext", one_line=True) == "U+0009 at position 2"
+    assert unsafe_character("abc\x1b[2J", one_line=False) == "U+001B at position 3"
+    assert safe_text("trap in \x1b]0;x\x07 at \u202efn") == "trap in \ufffd]0;x\ufffd at \ufffdfn"
+    assert safe_text("line\n\tindented") == "line\n\tindented"
