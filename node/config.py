@@ -192,6 +192,9 @@ class NodeConfig:
     raft_address: str
     ipfs_gateways: tuple[str, ...] = ()
     package_ca_file: Path | None = None   # extra CAs for https:// package downloads (a private mirror)
+    # Package URLs may reach private, loopback and link-local addresses: off unless the config says so
+    # (a proposer could otherwise make every node probe its internal network); local clusters say so.
+    package_private_addresses_allowed: bool = False
     log_level: str = "info"
     limits: Limits = Limits()
     limits_set: frozenset[str] = frozenset()  # the limits this file sets explicitly
@@ -205,7 +208,7 @@ _CONFIG_SCHEMA: Mapping[str, frozenset[str]] = {
     "node": frozenset({"data_dir", "genesis"}),
     "api": frozenset({"host", "port"}),
     "raft": frozenset({"address"}),
-    "packages": frozenset({"ipfs_gateways", "ca_file"}),
+    "packages": frozenset({"ipfs_gateways", "ca_file", "allow_private_addresses"}),
     "log": frozenset({"level"}),
     "limits": frozenset(LIMIT_RANGES),
 }
@@ -264,6 +267,12 @@ def _path_field(name: str, value: object, base_dir: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
 
 
+def _boolean(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r:.40}")
+    return value
+
+
 def _gateways(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > IPFS_GATEWAYS_MAX:
         raise ConfigError(f"packages.ipfs_gateways must be a list of at most {IPFS_GATEWAYS_MAX} URLs")
@@ -293,6 +302,8 @@ def parse_config(document: Mapping[str, Any], *, config_path: Path) -> NodeConfi
         ipfs_gateways=_gateways(document.get("packages", {}).get("ipfs_gateways", [])),
         package_ca_file=(_path_field("packages.ca_file", document["packages"]["ca_file"], base_dir)
                          if "ca_file" in document.get("packages", {}) else None),
+        package_private_addresses_allowed=_boolean("packages.allow_private_addresses",
+                                                   document.get("packages", {}).get("allow_private_addresses", False)),
         log_level=level,
         limits=Limits(**limits_given),
         limits_set=frozenset(limits_given),
@@ -306,7 +317,10 @@ def render_config(*, data_dir: str, genesis: str, api_host: str, api_port: int, 
              "[node]", f"data_dir = {json.dumps(data_dir)}", f"genesis = {json.dumps(genesis)}", "",
              "[api]", f"host = {json.dumps(api_host)}", f"port = {int(api_port)}", "",
              "[raft]", f"address = {json.dumps(raft_address)}", "",
-             "[packages]", f"ipfs_gateways = [{', '.join(json.dumps(url) for url in ipfs_gateways)}]", ""]
+             "[packages]", f"ipfs_gateways = [{', '.join(json.dumps(url) for url in ipfs_gateways)}]",
+             "# A local network: packages are served from this machine's loopback addresses. Leave this",
+             "# false on a real network unless its package mirror is on a private network.",
+             "allow_private_addresses = true", ""]
     if limits:
         lines += ["[limits]"] + [f"{name} = {int(value)}" for name, value in sorted(limits.items())] + [""]
     return "\n".join(lines)

@@ -59,6 +59,14 @@ class PackageFetchError(PackageError):
     default_hint = "check that the package URL is reachable from this node, then retry"
 
 
+class PackageHostRefused(PackageFetchError):
+    """This node's policy forbids the package's host (a private address): local to this node, so an
+    upgrade it blocks is retried, never recorded as the network's verdict."""
+
+    default_hint = ("if your package mirror is on a private network, set allow_private_addresses = true under "
+                    "[packages] in the node config")
+
+
 class PackageSizeError(PackageError):
     default_hint = "check package_size against the real file, or raise the node's package size limit"
 

@@ -170,10 +170,12 @@ class GovernanceService:
                  publish: Publish, metrics: Metrics, now_ms: Callable[[], int], ipfs_gateways: Sequence[str] = (),
                  raft_config: ValidatorRaftConfig | None = None, on_version: Callable[[str], None] | None = None,
                  settings: GovernanceSettings = GovernanceSettings(), logger: logging.Logger | None = None,
-                 fault_point: Callable[[str], None] | None = None, package_ca_file: Path | None = None) -> None:
+                 fault_point: Callable[[str], None] | None = None, package_ca_file: Path | None = None,
+                 package_private_addresses_allowed: bool = True) -> None:
         """`fault_point`: node/fault_points.py (crash tests); None in production. `package_ca_file`:
         extra CAs trusted for https:// package downloads (config packages.ca_file)."""
         self._package_ca_file = package_ca_file
+        self._package_private_addresses_allowed = package_private_addresses_allowed
         self.genesis = genesis
         self._fault_point = fault_point or (lambda _name: None)
         self.node_id = identity.node_id
@@ -232,7 +234,8 @@ class GovernanceService:
         return cls(genesis=genesis, identity=identity, limits=prepared.limits, data_dir=config.data_dir, log=log,
                    publish=publish, metrics=metrics, now_ms=now_ms, ipfs_gateways=config.ipfs_gateways,
                    raft_config=raft_config, on_version=on_version, settings=settings, fault_point=fault_point,
-                   package_ca_file=config.package_ca_file)
+                   package_ca_file=config.package_ca_file,
+                   package_private_addresses_allowed=config.package_private_addresses_allowed)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -268,6 +271,7 @@ class GovernanceService:
                           compiled_cache_dir=self._data_dir / COMPILED_DIR_NAME)
         self._fetcher = PackageFetcher(PackageCache(self.store.cache_dir), ipfs_gateways=self._ipfs_gateways,
                                        ca_file=self._package_ca_file,
+                                       private_addresses_allowed=self._package_private_addresses_allowed,
                                        limits=FetchLimits(package_size_max_bytes=limits.package_size_max_bytes),
                                        logger=logging.getLogger("synapse.packages"))
         self.manager = UpgradeManager(self.store, self._fetcher, sandbox, now_ms=self._now_ms,

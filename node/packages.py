@@ -31,7 +31,9 @@ import errno
 import hashlib
 import logging
 import os
+import ipaddress
 import re
+import socket
 import ssl
 import stat
 import time
@@ -41,6 +43,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from node.core.canonical import normalize_sha256
@@ -52,6 +56,7 @@ from node.errors import (
     HashMismatchError,
     PackageError,
     PackageFetchError,
+    PackageHostRefused,
     PackageSizeError,
     PackageSourceRefused,
     StoreError,
@@ -369,14 +374,21 @@ class PackageFetcher:
     """Gets a package's bytes: from the cache, else from its URL (or the IPFS gateways), verified."""
 
     def __init__(self, cache: PackageCache, *, ipfs_gateways: Sequence[str] = (), limits: FetchLimits = FetchLimits(),
-                 ca_file: Path | None = None, logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+                 ca_file: Path | None = None, private_addresses_allowed: bool = True,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         """`ca_file`: a PEM bundle of certificate authorities trusted for https:// downloads on top of
-        the system's (a mirror with a private CA); the system's trust store alone when None."""
+        the system's (a mirror with a private CA); the system's trust store alone when None.
+        `private_addresses_allowed=False`: package URLs (and their redirects) may only reach public
+        addresses, checked on the addresses actually connected to (no DNS-rebinding gap); the
+        configured IPFS gateways, chosen by the operator, are exempt. A proposer can then no longer
+        make every node probe its internal network (the hash check already stops any use of the bytes)."""
         if not isinstance(limits, FetchLimits):
             raise ConfigError(f"limits must be a FetchLimits, got {type(limits).__name__}")
         self._ssl_context = _tls_context(ca_file)
         self._cache = cache
         self._gateways = _check_gateways(ipfs_gateways)
+        self._private_allowed = private_addresses_allowed
+        self._exempt_hosts = frozenset((urlsplit(gateway).hostname or "").lower() for gateway in self._gateways)
         self._limits = limits
         self._logger = logger if logger is not None else logging.getLogger(__name__)
         self._session: aiohttp.ClientSession | None = None
@@ -492,6 +504,7 @@ class PackageFetcher:
         # Redirects are followed by hand so that each hop's scheme is checked and the count is ours.
         current = url
         for _request_index in range(self._limits.redirects_max + 1):
+            self._check_literal_host(current)
             async with session.get(current, allow_redirects=False, headers=_REQUEST_HEADERS) as response:
                 if response.status in _REDIRECT_STATUSES:
                     current = _redirect_target(current, response)
@@ -525,6 +538,19 @@ class PackageFetcher:
         _check_declared_size(len(body), package_size, redact_url(url))
         return bytes(body), hasher.hexdigest()
 
+    def _check_literal_host(self, url: str) -> None:
+        """A host written as an IP address is never resolved, so the resolver's policy cannot see it."""
+        host = (urlsplit(url).hostname or "").lower()
+        if self._private_allowed or host in self._exempt_hosts:
+            return
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if not _is_public(address):
+            raise PackageHostRefused(f"{redact_url(url)} points at {host}, a non-public address; this node fetches "
+                                     "packages from public addresses only")
+
     def _too_large_error(self, url: str, package_size: int | None) -> PackageSizeError:
         if package_size is not None:
             return PackageSizeError(f"{redact_url(url)} sends more than the declared package_size of {package_size} bytes; stopped reading")
@@ -538,7 +564,9 @@ class PackageFetcher:
             connect_s = self._limits.connect_timeout_ms / 1000
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s),
-                connector=aiohttp.TCPConnector(limit=self._limits.downloads_concurrent_max * 2, ssl=self._ssl_context),
+                connector=aiohttp.TCPConnector(
+                    limit=self._limits.downloads_concurrent_max * 2, ssl=self._ssl_context,
+                    resolver=None if self._private_allowed else _PublicOnlyResolver(self._exempt_hosts)),
                 auto_decompress=False,
                 trust_env=False,
             )
@@ -591,6 +619,38 @@ def _redirect_target(current: str, response: aiohttp.ClientResponse) -> str:
     return target
 
 
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+class _NonPublicHost(OSError):
+    """Raised by the resolver: the host resolves only to addresses the node's policy refuses."""
+
+
+class _PublicOnlyResolver(AbstractResolver):
+    """DNS as usual, minus every non-public address (unless the host is exempt). The connector connects
+    to what this returns, so a name cannot resolve to a public address here and a private one later."""
+
+    def __init__(self, exempt_hosts: frozenset[str]) -> None:
+        self._inner = DefaultResolver()
+        self._exempt_hosts = exempt_hosts
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if host.lower() in self._exempt_hosts:
+            return results
+        public = [result for result in results if _is_public(ipaddress.ip_address(result["host"]))]
+        if not public:
+            seen = ", ".join(sorted({result["host"] for result in results})[:3])
+            raise _NonPublicHost(f"{host} resolves only to non-public addresses ({seen})")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if ca_file is not None:
@@ -606,6 +666,9 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def _client_error_to_fetch_error(error: aiohttp.ClientError, url: str, limits: FetchLimits) -> PackageFetchError:
+    if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, _NonPublicHost):
+        return PackageHostRefused(f"download from {redact_url(url)} refused: {error.os_error}; this node fetches packages "
+                                  "from public addresses only")
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return PackageFetchError(f"could not connect to {redact_url(url)} within {limits.connect_timeout_ms} ms",
                                  hint="check that the host is up and reachable from this node, then retry")

@@ -22,11 +22,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from node.core.pipeline import FailureKind, classify_failure
 from node.errors import (
     ConfigError,
     HashFormatError,
     HashMismatchError,
     PackageFetchError,
+    PackageHostRefused,
     PackageSizeError,
     PackageSourceRefused,
     StoreError,
@@ -142,8 +144,10 @@ def cache_dir(tmp_path: Path) -> Path:
 async def make_fetcher(cache_dir: Path):
     made: list[PackageFetcher] = []
 
-    def make(*, limits: FetchLimits = FAST, ipfs_gateways=(), directory: Path | None = None) -> PackageFetcher:
-        fetcher = PackageFetcher(PackageCache(directory or cache_dir), ipfs_gateways=ipfs_gateways, limits=limits)
+    def make(*, limits: FetchLimits = FAST, ipfs_gateways=(), directory: Path | None = None,
+             private_addresses_allowed: bool = True) -> PackageFetcher:
+        fetcher = PackageFetcher(PackageCache(directory or cache_dir), ipfs_gateways=ipfs_gateways, limits=limits,
+                                 private_addresses_allowed=private_addresses_allowed)
         made.append(fetcher)
         return fetcher
 
@@ -482,6 +486,30 @@ async def test_a_server_that_never_answers_hits_the_total_timeout(make_fetcher):
         limits = FetchLimits(connect_timeout_ms=300, total_timeout_ms=400)
         with pytest.raises(PackageFetchError, match="within .*00 ms"):
             await make_fetcher(limits=limits).fetch(f"http://127.0.0.1:{port}/pkg.wasm", DIGEST)
+
+
+# --- private addresses ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host, says", [("127.0.0.1", "points at 127.0.0.1, a non-public address"),
+                                        ("localhost", "localhost resolves only to non-public addresses")])
+async def test_a_node_that_refuses_private_addresses_never_connects_to_one(make_fetcher, start_site, cache_dir, host, says):
+    site, base = await start_site({"/pkg.wasm": serve_bytes(PACKAGE)})
+    url = base.replace("127.0.0.1", host) + "/pkg.wasm"
+    with pytest.raises(PackageHostRefused, match=says) as refused:
+        await make_fetcher(private_addresses_allowed=False).fetch(url, DIGEST)
+    assert "allow_private_addresses = true" in refused.value.hint
+    assert site.total_hits == 0 and cache_files(cache_dir) == []
+    # The refusal is this node's policy, not a property of the package: an upgrade it blocks is retried.
+    assert classify_failure(refused.value) is FailureKind.LOCAL
+    assert await make_fetcher(private_addresses_allowed=True).fetch(url, DIGEST) == PACKAGE
+
+
+async def test_the_operators_own_ipfs_gateway_may_be_local_under_the_policy(make_fetcher, start_site):
+    gateway, gateway_base = await start_site({f"/ipfs/{CID}": serve_bytes(PACKAGE)})
+    fetcher = make_fetcher(ipfs_gateways=[gateway_base], private_addresses_allowed=False)
+    assert await fetcher.fetch(f"ipfs://{CID}", DIGEST, len(PACKAGE)) == PACKAGE
+    assert gateway.total_hits == 1
 
 
 # --- ipfs through gateways -----------------------------------------------------------------------

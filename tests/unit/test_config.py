@@ -52,6 +52,7 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(tmp_path)
     assert config.limits_set == frozenset()
     assert config.ipfs_gateways == ()
     assert config.package_ca_file is None
+    assert config.package_private_addresses_allowed is False   # a hand-written config: public addresses only
     assert config.log_level == "info"
 
 
@@ -63,6 +64,7 @@ request_body_max_bytes = 100000
 [packages]
 ipfs_gateways = ["https://ipfs.io/", "http://127.0.0.1:8080"]
 ca_file = "certs/mirror-ca.pem"
+allow_private_addresses = true
 [log]
 level = "debug"
 """))
@@ -71,6 +73,7 @@ level = "debug"
     assert config.limits_set == {"gossip_interval_ms", "request_body_max_bytes"}
     assert config.ipfs_gateways == ("https://ipfs.io", "http://127.0.0.1:8080")
     assert config.package_ca_file == tmp_path / "certs" / "mirror-ca.pem"   # relative to the config file
+    assert config.package_private_addresses_allowed is True
     assert config.log_level == "debug"
 
 
@@ -82,6 +85,7 @@ def test_render_config_round_trips(tmp_path):
     assert config.api_url == "http://127.1.2.3:7000"
     assert config.limits.gossip_fanout == 3
     assert config.ipfs_gateways == ("https://ipfs.io",)
+    assert config.package_private_addresses_allowed is True   # a local network serves packages on loopback
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -94,6 +98,7 @@ def test_render_config_round_trips(tmp_path):
     ("[log]\nlevel = \"loud\"\n", "log.level is 'loud'"),
     ("[packages]\nipfs_gateways = [\"file:///etc\"]\n", "not an http(s) URL"),
     ("[packages]\nipfs_gateways = \"https://ipfs.io\"\n", "packages.ipfs_gateways must be a list"),
+    ("[packages]\nallow_private_addresses = \"yes\"\n", "packages.allow_private_addresses must be true or false"),
 ])
 def test_bad_values_are_refused_naming_the_field(tmp_path, extra, expected):
     assert expected in refused(tmp_path, VALID + extra)
