@@ -48,6 +48,7 @@ the repository root:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import contextlib
 import ctypes
@@ -181,11 +182,17 @@ def member_identity(index: int) -> Identity:
 
 def member_config(index: int, addresses: list[str], data_dir: Path, *, bind_outgoing: bool) -> ValidatorRaftConfig:
     identities = [member_identity(i) for i in range(len(addresses))]
+    extra = {}
+    if "validator_addresses" in {f.name for f in dataclasses.fields(ValidatorRaftConfig)}:
+        # The per-validator transport (node/raft_transport.py); absent before it, so the same script
+        # measures both (PYTHONPATH=<a checkout without it> for the "before" figures).
+        extra["validator_addresses"] = {v.node_id: a for v, a in zip(identities, addresses)}
     return ValidatorRaftConfig(
         self_address=addresses[index], partner_addresses=tuple(a for i, a in enumerate(addresses) if i != index),
         data_dir=data_dir / f"validator-{index}", password=PASSWORD, network_id=NETWORK_ID,
         validator_id=identities[index].node_id, validators={v.node_id: v.public_key for v in identities},
-        limits=RatificationLimits(pending_per_validator_max=PENDING_MAX_FOR_BENCH), bind_outgoing=bind_outgoing)
+        limits=RatificationLimits(pending_per_validator_max=PENDING_MAX_FOR_BENCH), bind_outgoing=bind_outgoing,
+        **extra)
 
 
 class BenchMember:

@@ -230,6 +230,7 @@ class GovernanceService:
                 data_dir=config.data_dir / RAFT_DIR_NAME, password=read_raft_password(config.data_dir),
                 network_id=genesis.network_id, validator_id=identity.node_id,
                 validators={member.node_id: member.public_key for member in genesis.validators},
+                validator_addresses={member.node_id: member.raft_address for member in genesis.validators},
                 timing=settings.raft_timing, bind_outgoing=settings.raft_bind_outgoing)
         return cls(genesis=genesis, identity=identity, limits=prepared.limits, data_dir=config.data_dir, log=log,
                    publish=publish, metrics=metrics, now_ms=now_ms, ipfs_gateways=config.ipfs_gateways,
@@ -527,7 +528,8 @@ class GovernanceService:
         raft = self.raft.status() if self.raft is not None else None
         return {"validator": self._raft_config is not None,
                 "raft_leader": raft.get("leader") if raft else None,
-                "raft_has_quorum": raft.get("has_quorum") if raft else None}
+                "raft_has_quorum": raft.get("has_quorum") if raft else None,
+                "raft_listening": (raft.get("transport") or {}).get("listening") if raft else None}
 
     def history(self) -> list[dict]:
         _, manager = self._require_started()

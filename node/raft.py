@@ -1,9 +1,13 @@
 """The validators' Raft cluster (PySyncObj) around the pure ratification machine.
 
 Why it works as it does (see NOTES-dependencies.md for the measurements behind each choice):
-  * Real Raft, own TCP port per validator (raft_address from genesis). PySyncObj unpickles what peers
-    send, so the port binds the node's OWN address, never 0.0.0.0, and every message is encrypted and
-    authenticated with the network's Raft password (the validators' shared secret from genesis).
+  * Real Raft, own TCP port per validator (raft_address from genesis), bound to the node's OWN address,
+    never 0.0.0.0. PySyncObj's own transport unpickles what peers send; ours (node/raft_transport.py)
+    carries msgpack only, authenticates each peer with its own ed25519 node key (the network's shared
+    Raft password stays as an outer layer of the session keys), caps every frame before buffering,
+    bounds connections in handshake, and rebinds a listener that failed. PySyncObj's remaining pickles
+    (commands in the log, journal meta) are read by an unpickler that refuses every global, and the
+    full dump is our own plain format: nothing that comes from Raft can deserialize into code.
   * The replicated state lives in a SyncObjConsumer whose @replicated methods only call the pure
     RatificationMachine (node/core/ratification.py) under a lock: deterministic, plain-data arguments,
     never raising. Bump `ver=` on a replicated method when its meaning changes.
@@ -51,6 +55,8 @@ from pysyncobj.syncobj import SyncObjException
 from node.core.certificates import Verify, certificate_statement, ratify_statement
 from node.core.ratification import Event, RatificationLimits, RatificationMachine, RatificationOutcome, RatificationView
 from node.errors import ConfigError, Unavailable
+from node.raft_transport import (PlainDump, RaftDataRefused, RaftTransportLimits, SecureTransport, TransportIdentity,
+                                 install_plain_data_codecs)
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ def _check_address(name: str, address: object) -> str:
     host, port = address.split(":")
     if host in ("", "0.0.0.0", "*") or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"{name} {address!r} must name this node's own host and a port 1..65535",
-                          hint="never 0.0.0.0: the Raft port unpickles what it receives")
+                          hint="never 0.0.0.0: the Raft port belongs to this node's own address")
     return address
 
 
@@ -112,11 +118,14 @@ class ValidatorRaftConfig:
     network_id: str
     validator_id: str                      # this node's id; must be in `validators`
     validators: Mapping[str, bytes]        # node_id -> raw ed25519 public key, the whole validator set
+    validator_addresses: Mapping[str, str]  # node_id -> raft_address (genesis): whom each address must prove to be
     timing: RaftTiming = field(default_factory=RaftTiming)
     limits: RatificationLimits = field(default_factory=RatificationLimits)
+    transport_limits: RaftTransportLimits = field(default_factory=RaftTransportLimits)
+    dump_max_bytes: int = 512 << 20
     # Bind OUTGOING Raft connections to this node's own host, so every packet carries the node's address
-    # and network faults (cluster/faults.py) can cut links by address. Process-wide (see
-    # bind_outgoing_connections): a node process runs one validator; in-process tests leave it off.
+    # and network faults (cluster/faults.py) can cut links by address. Done per connection by our
+    # transport; in-process tests leave it off.
     bind_outgoing: bool = False
 
     def __post_init__(self) -> None:
@@ -130,6 +139,11 @@ class ValidatorRaftConfig:
                               f"has {len(self.validators)} members", hint="every validator needs exactly one raft_address")
         if self.validator_id not in self.validators:
             raise ConfigError(f"node {self.validator_id} is not in the validator set", hint="only validators run Raft")
+        if set(self.validator_addresses) != set(self.validators) or \
+                self.validator_addresses[self.validator_id] != self.self_address or \
+                set(self.validator_addresses.values()) != {self.self_address, *self.partner_addresses}:
+            raise ConfigError("raft validator_addresses must map every validator's node id to its raft_address, "
+                              "this node's to self_address", hint="build them from genesis (member.raft_address)")
         if not isinstance(self.password, str) or len(self.password) < 16:
             raise ConfigError("the Raft password must be a string of at least 16 characters",
                               hint="use the raft_secret file created with genesis")
@@ -181,6 +195,20 @@ class _ReplicatedRatification(SyncObjConsumer):
             self._machine = machine
 
 
+class _PlainDataSyncObj(SyncObj):
+    """SyncObj whose command apply turns a refused (non-plain-data) log entry into a no-op, logged with
+    its index: every honest validator refuses the same bytes, so they stay identical, and the entry never
+    runs. (PySyncObj would otherwise raise on every tick and stop applying the log.)"""
+
+    def _SyncObj__doApplyCommand(self, command):  # noqa: N802 - overrides SyncObj's private apply
+        try:
+            return SyncObj._SyncObj__doApplyCommand(self, command)
+        except RaftDataRefused as refused:
+            logger.error("raft log entry refused and skipped (not plain data, nothing executed): %s; "
+                         "the leader that appended it is %s", refused, self._getLeader())
+            return None
+
+
 class _CallFailed(Exception):
     def __init__(self, reason: int) -> None:
         super().__init__(_FAIL_NAMES.get(reason, str(reason)))
@@ -210,6 +238,7 @@ class ValidatorRaft:
         self._sync: SyncObj | None = None
         self._replicated: _ReplicatedRatification | None = None
         self._pending: set[asyncio.Future] = set()
+        self._transport: SecureTransport | None = None
 
     @property
     def config(self) -> ValidatorRaftConfig:
@@ -225,11 +254,13 @@ class ValidatorRaft:
         _check_bindable(self._config.self_address)
         self._config.data_dir.mkdir(parents=True, exist_ok=True)
         self._replicated = _ReplicatedRatification(self._make_machine, self._events_from_tick_thread)
-        if self._config.bind_outgoing:
-            bind_outgoing_connections(self._config.self_address.rsplit(":", 1)[0])
+        install_plain_data_codecs()
         # Created on the loop's thread: PySyncObj's tick thread stops when its creating thread ends.
-        self._sync = SyncObj(self._config.self_address, list(self._config.partner_addresses), conf=self._conf(),
-                             consumers=[self._replicated])
+        self._sync = _PlainDataSyncObj(self._config.self_address, list(self._config.partner_addresses),
+                                       conf=self._conf(), consumers=[self._replicated],
+                                       transportClass=SecureTransport.factory(self._transport_identity(),
+                                                                              self._config.transport_limits,
+                                                                              self._set_transport))
         try:
             await asyncio.wait_for(self._loop.run_in_executor(None, self._sync.waitBinded), timeout_s)
         except (SyncObjException, asyncio.TimeoutError):
@@ -238,10 +269,27 @@ class ValidatorRaft:
                               "address of this host", hint="check raft.address in the config and that no other "
                               "process uses that port") from None
 
+    def _transport_identity(self) -> TransportIdentity:
+        config = self._config
+        return TransportIdentity(network_id=config.network_id, node_id=config.validator_id, address=config.self_address,
+                                 sign=self._sign, verify=self._verify, validator_keys=dict(config.validators),
+                                 validator_addresses=dict(config.validator_addresses), password=config.password,
+                                 source_host=config.self_address.rsplit(":", 1)[0] if config.bind_outgoing else None)
+
+    def _set_transport(self, transport: SecureTransport) -> None:
+        self._transport = transport
+
     def _conf(self) -> SyncObjConf:
         timing, data_dir = self._config.timing, self._config.data_dir
+        replicated_state = self._replicated
+        dump = PlainDump(state_to_plain=replicated_state._serialize, state_from_plain=replicated_state._deserialize,
+                         dump_max_bytes=self._config.dump_max_bytes)
+        batch_bytes = self._config.transport_limits.pysyncobj_batch_max_bytes
+        # No `password`: it would switch on PySyncObj's own pickled handshake; the password is used by
+        # our transport instead (an outer layer of the session keys).
         return SyncObjConf(
-            password=self._config.password, bindAddress=self._config.self_address,
+            bindAddress=self._config.self_address, serializer=dump.serialize, deserializer=dump.deserialize,
+            appendEntriesBatchSizeBytes=batch_bytes, logCompactionBatchSize=batch_bytes,
             journalFile=str(data_dir / JOURNAL_FILE_NAME), fullDumpFile=str(data_dir / DUMP_FILE_NAME),
             appendEntriesUseBatch=False, useFork=False, dynamicMembershipChange=False,
             raftMinTimeout=timing.raft_min_timeout_s, raftMaxTimeout=timing.raft_max_timeout_s,
@@ -386,7 +434,8 @@ class ValidatorRaft:
                 "has_quorum": sync.hasQuorum, "term": sync.raftCurrentTerm, "commit_index": sync.raftCommitIndex,
                 "last_applied": sync.raftLastApplied,
                 "partners_connected": sum(1 for node in partners if sync.isNodeConnected(node)),
-                "partners": len(partners)}
+                "partners": len(partners),
+                "transport": self._transport.status() if self._transport is not None else None}
 
 
 class _SourceBoundSocketModule:

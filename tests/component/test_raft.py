@@ -49,7 +49,8 @@ class Cluster:
             self_address=self.addresses[index],
             partner_addresses=tuple(a for i, a in enumerate(self.addresses) if i != index),
             data_dir=self.tmp_path / f"validator-{index}", password=password, network_id=NETWORK,
-            validator_id=self.identities[index].node_id, validators=self.validators)
+            validator_id=self.identities[index].node_id, validators=self.validators,
+            validator_addresses={v.node_id: a for v, a in zip(self.identities, self.addresses)})
 
     async def start(self, index: int, password: str = PASSWORD) -> ValidatorRaft:
         member = ValidatorRaft(self.config(index, password), sign=self.identities[index].sign, verify=verify_signature,
@@ -214,8 +215,9 @@ async def test_an_address_in_use_is_a_clear_error(cluster):
 
 def test_config_refuses_wildcard_addresses_and_mismatched_sets(tmp_path):
     validators = {identity(f"v{i}").node_id: identity(f"v{i}").public_key for i in range(3)}
+    addresses = dict(zip(validators, ("127.0.0.1:9000", "127.0.0.2:9000", "127.0.0.3:9000")))
     common = dict(data_dir=tmp_path, password=PASSWORD, network_id=NETWORK, validators=validators,
-                  validator_id=next(iter(validators)))
+                  validator_id=next(iter(validators)), validator_addresses=addresses)
     with pytest.raises(ConfigError, match="own host"):
         ValidatorRaftConfig(self_address="0.0.0.0:9000", partner_addresses=("127.0.0.2:9000", "127.0.0.3:9000"), **common)
     with pytest.raises(ConfigError, match="validator set"):

@@ -1,0 +1,910 @@
+"""The validators' Raft transport: plain data, authenticated per validator, bounded before buffering.
+
+Why it exists (issue 8, items 2-4). PySyncObj's own TCP transport unpickles what peers send; the
+network's shared password only keeps strangers out, so any validator (or anyone holding its Raft
+secret) could run code on every other validator. It also trusts a frame's declared length (a stranger
+declaring 2 GiB made the node buffer what it streamed, on the tick thread), never times out an idle
+connection, and its listener unbinds for good after one failed accept (EMFILE). This module replaces
+that transport through PySyncObj's own hook (`SyncObj(transportClass=...)`, a TCPTransport subclass)
+and closes the holes where PySyncObj decodes data:
+
+  * On the wire: msgpack only (no extension types), never pickle. A message must be a map with a
+    string "type"; anything else closes the connection.
+  * Each peer proves itself with its own ed25519 node key (genesis: node_id -> public key, node_id ->
+    raft_address) in a handshake BEFORE any frame reaches PySyncObj. Both sides send a fresh nonce and
+    an ephemeral X25519 key; each signs a statement binding a domain tag, the network id, both nonces,
+    both ephemeral keys, both node ids and both raft addresses, and its role. A peer whose claimed
+    address is not its genesis address, or whose signature does not verify with the key of the node
+    it claims to be, is refused and logged by name. The session keys come from HKDF over the X25519
+    secret, salted with the network's shared Raft password: the password stays as an outer layer (a
+    stranger who got one node key from a backup still needs the network secret; configs and genesis
+    keep writing raft_secret unchanged), but it no longer grants anything on its own. Every frame is
+    ChaCha20-Poly1305 with a per-direction counter (no replay, no reordering, no splicing).
+  * What PySyncObj itself pickles (replicated commands in the log, the journal's meta file, a large
+    entry sent in pieces) is decoded by an unpickler that refuses EVERY global, and written with pickle
+    protocol 4, which encodes bytes, tuples, lists, dicts, sets natively (protocol 2, PySyncObj's
+    default, needs the global `_codecs.encode` for bytes). Without globals a pickle can only build
+    plain data: no callable is reachable. A command that is refused is applied as a no-op, the same on
+    every honest validator, and logged; it never runs.
+  * The full dump is our own plain format (msgpack of the machine's to_plain data and PySyncObj's two
+    last log entries), written through PySyncObj's serializer hook: its default dump pickles node
+    objects and a set, which a no-globals unpickler could not read.
+  * Limits, in bytes and seconds, checked before buffering: a frame's declared length is checked
+    against raft_frame_max_bytes (handshake frames: handshake_frame_max_bytes) as soon as its 4-byte
+    header is read; each poll event reads at most read_per_event_max_bytes; at most
+    unauthenticated_connections_max connections may be in handshake (a new one evicts the oldest) and
+    each has handshake_timeout_s to finish.
+  * Why the handshake runs on the tick thread: PySyncObj's poller is the tick thread's, and moving the
+    handshake elsewhere would mean a second poller and handing sockets across threads. Instead, the
+    work an unauthenticated peer can cause per poll event is O(1) and small: one recv of at most one
+    handshake frame's worth, at most one X25519 exchange and one ed25519 sign or verify (~0.2 ms), and
+    at most accepts_per_event_max accepts. A tick never waits on a stranger; timers keep firing.
+  * The listener notices a failed accept, logs it, closes the pending unauthenticated connections (the
+    likely cause of EMFILE), and rebinds from the tick (every listener_rebind_delay_s until it works);
+    status() reports it for GET /health.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import msgpack
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pysyncobj.monotonic import monotonic as monotonic_time
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import CONNECTION_STATE
+from pysyncobj.transport import TCPTransport
+
+from node.errors import ConfigError, SynapseError
+
+logger = logging.getLogger(__name__)
+
+HANDSHAKE_DOMAIN = b"synapse-ng/raft-handshake/v1"
+SESSION_KEY_INFO = b"synapse-ng/raft-session/v1"
+PICKLE_PROTOCOL = 4
+_HEADER = struct.Struct(">I")
+_NONCE_BYTES = 32
+_KEY_BYTES = 32
+_SIGNATURE_BYTES = 64
+_ROLE_INITIATOR = "initiator"
+_ROLE_RESPONDER = "responder"
+_REFUSAL_LOG_INTERVAL_S = 5.0
+
+
+class RaftDataRefused(SynapseError):
+    """Data that came from Raft (a peer, the log, the journal, the dump) is not plain data."""
+
+    default_hint = ("a validator or a file sent something other than plain data: it was NOT executed; "
+                    "find which validator sent it (the log names it) and check that validator's host")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftTransportLimits:
+    """Every limit of the transport. The frame limit must hold PySyncObj's largest message: a batch of
+    log entries (appendEntriesBatchSizeBytes, 64 KiB) or a chunk of the full dump
+    (logCompactionBatchSize, 64 KiB) plus their framing; 1 MiB leaves room for both."""
+    raft_frame_max_bytes: int = 1 << 20
+    handshake_frame_max_bytes: int = 1024
+    handshake_timeout_s: float = 2.0
+    unauthenticated_connections_max: int = 16
+    accepts_per_event_max: int = 4
+    read_per_event_max_bytes: int = 1 << 20
+    listener_rebind_delay_s: float = 0.2
+    listener_rebind_delay_max_s: float = 2.0
+    pysyncobj_batch_max_bytes: int = 1 << 16     # appendEntriesBatchSizeBytes and logCompactionBatchSize
+
+    def __post_init__(self) -> None:
+        if self.raft_frame_max_bytes < 4 * self.pysyncobj_batch_max_bytes:
+            raise ConfigError(f"raft_frame_max_bytes ({self.raft_frame_max_bytes}) must be at least 4x the "
+                              f"PySyncObj batch size ({self.pysyncobj_batch_max_bytes}): a full-dump chunk or an "
+                              "entry batch would be refused and followers could never catch up")
+        if not 256 <= self.handshake_frame_max_bytes <= 65536:
+            raise ConfigError("handshake_frame_max_bytes must be 256..65536")
+        if self.handshake_timeout_s <= 0 or self.unauthenticated_connections_max < 1 or self.accepts_per_event_max < 1:
+            raise ConfigError("raft transport: handshake_timeout_s > 0, unauthenticated_connections_max >= 1 "
+                              "and accepts_per_event_max >= 1 are required")
+        if self.read_per_event_max_bytes < self.raft_frame_max_bytes // 16 or self.listener_rebind_delay_s <= 0:
+            raise ConfigError("raft transport: read_per_event_max_bytes too small or listener_rebind_delay_s <= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportIdentity:
+    """Who this validator is, and whom it will talk to (all from genesis)."""
+    network_id: str
+    node_id: str
+    address: str                                 # this validator's raft_address
+    sign: Callable[[bytes], bytes]               # this node's ed25519 key
+    verify: Callable[[bytes, bytes, bytes], bool]  # (public_key, message, signature) -> bool
+    validator_keys: Mapping[str, bytes]          # node_id -> raw ed25519 public key
+    validator_addresses: Mapping[str, str]       # node_id -> raft_address
+    password: str                                # the network's shared Raft secret: an outer layer only
+    source_host: str | None = None               # bind outgoing connections to this host (cluster faults)
+
+    def node_at(self, address: str) -> str | None:
+        for node_id, node_address in self.validator_addresses.items():
+            if node_address == address:
+                return node_id
+        return None
+
+
+# --- plain data: the codecs ----------------------------------------------------------------------
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        raise RaftDataRefused(f"a pickle from Raft refers to the global {module}.{name}: refused (Raft carries "
+                              "plain data only; nothing was executed)")
+
+    def persistent_load(self, pid: object) -> object:
+        raise RaftDataRefused("a pickle from Raft uses a persistent id: refused (plain data only)")
+
+
+def plain_loads(data: bytes | str) -> object:
+    """Decode a pickle that may only hold plain data (None, bool, int, float, str, bytes, tuple, list,
+    dict, set). Raises RaftDataRefused for anything that refers to a global (every class or function)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    try:
+        return _NoGlobalsUnpickler(io.BytesIO(data)).load()
+    except RaftDataRefused:
+        raise
+    except Exception as error:  # noqa: BLE001 - any malformed pickle is refused the same way
+        raise RaftDataRefused(f"a pickle from Raft is malformed: {type(error).__name__}") from None
+
+
+def plain_load(file: object) -> object:
+    return plain_loads(file.read())
+
+
+def plain_dumps(obj: object, protocol: object = None) -> bytes:
+    return pickle.dumps(obj, PICKLE_PROTOCOL)
+
+
+def plain_dump(obj: object, file: object, protocol: object = None) -> None:
+    file.write(plain_dumps(obj))
+
+
+_install_lock = threading.Lock()
+
+
+def install_plain_data_codecs() -> None:
+    """Make PySyncObj read its pickles (commands, journal meta, large entries) with the no-globals
+    unpickler and write protocol 4. Process-wide and idempotent: PySyncObj calls its module-level
+    `pysyncobj.pickle` functions (and journal.py imported two of them by name) with no per-instance hook."""
+    import pysyncobj.journal as journal
+    import pysyncobj.pickle as pysyncobj_pickle
+    import pysyncobj.serializer as serializer
+    import pysyncobj.tcp_connection as tcp_connection
+
+    with _install_lock:
+        for module in (pysyncobj_pickle,):
+            module.loads, module.load, module.dumps, module.dump = plain_loads, plain_load, plain_dumps, plain_dump
+        journal.loads, journal.dumps = plain_loads, plain_dumps
+        # serializer.py and tcp_connection.py call pysyncobj.pickle.<name> at call time: covered above.
+        assert serializer.pickle is pysyncobj_pickle and tcp_connection.pickle is pysyncobj_pickle
+
+
+def pack_message(message: object) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def _refuse_extension(code: int, data: bytes) -> object:
+    raise RaftDataRefused(f"a Raft message holds msgpack extension type {code}: refused (plain data only)")
+
+
+def unpack_message(data: bytes, *, max_bytes: int) -> dict:
+    """A PySyncObj message: a map with a string "type". Arrays decode as tuples (as pickle gave them)."""
+    try:
+        message = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=True, ext_hook=_refuse_extension, timestamp=0)
+    except RaftDataRefused:
+        raise
+    except Exception as error:  # noqa: BLE001 - malformed input from a peer
+        raise RaftDataRefused(f"a Raft message is not valid msgpack: {type(error).__name__}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise RaftDataRefused("a Raft message must be a map with a string 'type'")
+    return message
+
+
+# --- the handshake ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Hello:
+    network_id: str
+    node_id: str
+    address: str
+    nonce: bytes
+    ephemeral_key: bytes
+    signature: bytes | None = None
+
+    def to_frame(self) -> bytes:
+        body = {"t": "hello", "network": self.network_id, "node": self.node_id, "address": self.address,
+                "nonce": self.nonce, "key": self.ephemeral_key}
+        if self.signature is not None:
+            body["signature"] = self.signature
+        return pack_message(body)
+
+    @classmethod
+    def from_body(cls, body: object, *, signed: bool) -> "_Hello":
+        if not isinstance(body, dict) or body.get("t") != "hello":
+            raise _HandshakeRefused("the first frame is not a handshake hello")
+        fields = dict(network_id=body.get("network"), node_id=body.get("node"), address=body.get("address"),
+                      nonce=body.get("nonce"), ephemeral_key=body.get("key"), signature=body.get("signature"))
+        for name in ("network_id", "node_id", "address"):
+            if not isinstance(fields[name], str) or len(fields[name]) > 200:
+                raise _HandshakeRefused(f"the hello's {name} is not a short string")
+        if not isinstance(fields["nonce"], bytes) or len(fields["nonce"]) != _NONCE_BYTES:
+            raise _HandshakeRefused("the hello's nonce is not 32 bytes")
+        if not isinstance(fields["ephemeral_key"], bytes) or len(fields["ephemeral_key"]) != _KEY_BYTES:
+            raise _HandshakeRefused("the hello's ephemeral key is not 32 bytes")
+        if signed != isinstance(fields["signature"], bytes) or (signed and len(fields["signature"]) != _SIGNATURE_BYTES):
+            raise _HandshakeRefused("the hello's signature is missing or malformed")
+        return cls(**fields)
+
+
+class _HandshakeRefused(Exception):
+    """A peer failed the handshake; the message names what it claimed."""
+
+
+def handshake_statement(role: str, initiator: _Hello, responder: _Hello) -> bytes:
+    """What each side signs: the domain, the network, both hellos (nonces, ephemeral keys, node ids,
+    raft addresses) and the signer's role, so a signature can be replayed in no other session or role."""
+    return HANDSHAKE_DOMAIN + pack_message([
+        role, initiator.network_id, initiator.nonce, responder.nonce, initiator.ephemeral_key, responder.ephemeral_key,
+        initiator.node_id, initiator.address, responder.node_id, responder.address])
+
+
+def _session_keys(private_key: X25519PrivateKey, peer_key: bytes, password: str, initiator: _Hello,
+                  responder: _Hello) -> tuple[bytes, bytes]:
+    """(initiator -> responder key, responder -> initiator key)."""
+    shared = private_key.exchange(X25519PublicKey.from_public_bytes(peer_key))
+    transcript = hashlib.sha256(handshake_statement("keys", initiator, responder)).digest()
+    material = HKDF(algorithm=hashes.SHA256(), length=64, salt=hashlib.sha256(password.encode()).digest(),
+                    info=SESSION_KEY_INFO + transcript).derive(shared)
+    return material[:32], material[32:]
+
+
+class _Session:
+    """ChaCha20-Poly1305 per frame; the nonce is a per-direction counter, the frame header is the AAD."""
+
+    __slots__ = ("_send", "_receive", "_send_counter", "_receive_counter")
+
+    def __init__(self, send_key: bytes, receive_key: bytes) -> None:
+        self._send, self._receive = ChaCha20Poly1305(send_key), ChaCha20Poly1305(receive_key)
+        self._send_counter = self._receive_counter = 0
+
+    def seal(self, plain: bytes) -> bytes:
+        header = _HEADER.pack(len(plain) + 16)
+        nonce = b"\0\0\0\0" + self._send_counter.to_bytes(8, "big")
+        self._send_counter += 1
+        return header + self._send.encrypt(nonce, plain, header)
+
+    def open(self, header: bytes, sealed: bytes) -> bytes:
+        nonce = b"\0\0\0\0" + self._receive_counter.to_bytes(8, "big")
+        self._receive_counter += 1
+        return self._receive.decrypt(nonce, sealed, header)
+
+
+# --- one connection ----------------------------------------------------------------------------------
+
+
+class SecureConnection:
+    """A TCP connection with the same interface as pysyncobj.tcp_connection.TcpConnection (what
+    TCPTransport uses), that authenticates its peer before it delivers any message. `state` reads
+    CONNECTING until the handshake is complete, so PySyncObj sends nothing before."""
+
+    def __init__(self, transport: "SecureTransport", *, sock: socket.socket | None = None,
+                 peer_label: str = "?", expected_node: str | None = None) -> None:
+        self._transport = transport
+        self._poller = transport.poller
+        self._limits = transport.limits
+        self._identity = transport.identity
+        self._socket = sock
+        self._fileno: int | None = None
+        self._read = bytearray()
+        self._write = bytearray()
+        self._state = CONNECTION_STATE.DISCONNECTED
+        self._authenticated = False
+        self._session: _Session | None = None
+        self._private_key: X25519PrivateKey | None = None
+        self._own_hello: _Hello | None = None
+        self._peer_hello: _Hello | None = None
+        self._initiator = sock is None
+        self._expected_node = expected_node       # outgoing: the validator we dialed
+        self.peer_label = peer_label
+        self.peer_node: str | None = None
+        self.peer_address: str | None = None
+        self.started_at = monotonic_time()
+        self._last_read_at = self.started_at
+        self._on_message: Callable[[dict], None] | None = None
+        self._on_connected: Callable[[], None] | None = None
+        self._on_disconnected: Callable[[], None] | None = None
+        self.encryptor = None                     # read by TCPTransport; ours is the session
+        if sock is not None:
+            self._fileno = sock.fileno()
+            self._state = CONNECTION_STATE.CONNECTING
+            self._poller.subscribe(self._fileno, self._on_event, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
+
+    # interface used by TCPTransport
+    def setOnConnectedCallback(self, callback):  # noqa: N802 - PySyncObj's names
+        self._on_connected = callback
+
+    def setOnMessageReceivedCallback(self, callback):  # noqa: N802
+        self._on_message = callback
+
+    def setOnDisconnectedCallback(self, callback):  # noqa: N802
+        self._on_disconnected = callback
+
+    @property
+    def state(self) -> int:
+        if self._state == CONNECTION_STATE.CONNECTED and not self._authenticated:
+            return CONNECTION_STATE.CONNECTING
+        return self._state
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
+
+    @property
+    def incoming(self) -> bool:
+        return not self._initiator
+
+    def fileno(self) -> int | None:
+        return self._fileno
+
+    def getSendBufferSize(self) -> int:  # noqa: N802
+        return len(self._write)
+
+    def connect(self, host: str, port: int) -> bool:
+        self._reset()
+        self._initiator = True
+        self.started_at = self._last_read_at = monotonic_time()
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as error:
+            logger.warning("raft: cannot open a connection to %s:%s: %s", host, port, error.strerror)
+            return False
+        try:
+            if self._identity.source_host:
+                sock.bind((self._identity.source_host, 0))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sock.connect((host, port))
+        except BlockingIOError:
+            pass
+        except OSError as error:
+            if error.errno not in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                sock.close()
+                return False
+        self._socket, self._fileno = sock, sock.fileno()
+        self._state = CONNECTION_STATE.CONNECTING
+        self._poller.subscribe(self._fileno, self._on_event,
+                               POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
+        self._transport.handshake_started(self)
+        return True
+
+    def send(self, message: object) -> None:
+        if not self._authenticated or self._session is None:
+            return
+        self._write += self._session.seal(pack_message(message))
+        self._flush()
+
+    def disconnect(self) -> None:
+        notify = self._on_disconnected is not None and self._state != CONNECTION_STATE.DISCONNECTED
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._fileno is not None:
+            self._poller.unsubscribe(self._fileno)
+            self._fileno = None
+        self._reset()
+        self._transport.handshake_ended(self)
+        if notify:
+            self._on_disconnected()
+
+    def _reset(self) -> None:
+        self._read, self._write = bytearray(), bytearray()
+        self._state = CONNECTION_STATE.DISCONNECTED
+        self._authenticated, self._session = False, None
+        self._private_key = self._own_hello = self._peer_hello = None
+
+    # events
+    def _on_event(self, descriptor: int, event: int) -> None:
+        if descriptor != self._fileno:
+            self._poller.unsubscribe(descriptor)
+            return
+        if event & POLL_EVENT_TYPE.ERROR:
+            self.disconnect()
+            return
+        if monotonic_time() - self._last_read_at > self._transport.connection_timeout_s:
+            self.disconnect()
+            return
+        if self._state == CONNECTION_STATE.CONNECTING and self._initiator:
+            if self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self.disconnect()
+                return
+            self._state = CONNECTION_STATE.CONNECTED
+            self._last_read_at = monotonic_time()
+            self._send_hello(signature_for=None)
+            if self._state == CONNECTION_STATE.DISCONNECTED:
+                return
+        if event & POLL_EVENT_TYPE.WRITE:
+            self._flush()
+            if self._state == CONNECTION_STATE.DISCONNECTED:
+                return
+        if event & POLL_EVENT_TYPE.READ:
+            self._receive()
+        if self._state != CONNECTION_STATE.DISCONNECTED:
+            mask = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR | (POLL_EVENT_TYPE.WRITE if self._write else 0)
+            self._poller.subscribe(self._fileno, self._on_event, mask)
+
+    def _flush(self) -> None:
+        while self._write and self._socket is not None:
+            try:
+                sent = self._socket.send(self._write)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.disconnect()
+                return
+            if sent <= 0:
+                return
+            del self._write[:sent]
+
+    def _frame_limit(self) -> int:
+        return self._limits.raft_frame_max_bytes if self._authenticated else self._limits.handshake_frame_max_bytes
+
+    def _receive(self) -> None:
+        """Read at most read_per_event_max_bytes (one handshake frame before authentication), check
+        each frame's declared length BEFORE buffering its body, and deliver complete frames."""
+        budget = self._limits.read_per_event_max_bytes if self._authenticated else self._limits.handshake_frame_max_bytes + 4
+        while budget > 0 and self._socket is not None:
+            try:
+                chunk = self._socket.recv(min(budget, 65536))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.disconnect()
+                return
+            if not chunk:
+                self.disconnect()
+                return
+            budget -= len(chunk)
+            self._read += chunk
+            self._last_read_at = monotonic_time()
+            if not self._deliver_frames():
+                return
+
+    def _deliver_frames(self) -> bool:
+        """Deliver every complete frame in the buffer; False once the connection is closed."""
+        while len(self._read) >= 4:
+            (length,) = _HEADER.unpack_from(self._read)
+            if length > self._frame_limit():
+                self._transport.refuse(self, "frame_too_large",
+                                       f"declared a {length}-byte frame, over the {self._frame_limit()}-byte limit")
+                return False
+            if len(self._read) < 4 + length:
+                return True
+            header, body = bytes(self._read[:4]), bytes(self._read[4:4 + length])
+            del self._read[:4 + length]
+            if not self._handle_frame(header, body):
+                return False
+        return True
+
+    def _handle_frame(self, header: bytes, body: bytes) -> bool:
+        if self._authenticated:
+            try:
+                message = unpack_message(self._session.open(header, body), max_bytes=self._limits.raft_frame_max_bytes)
+            except InvalidTag:
+                self._transport.refuse(self, "frame_not_authentic", "sent a frame that does not authenticate "
+                                       "(a different raft_secret, or tampering on the way)")
+                return False
+            except RaftDataRefused as refused:
+                self._transport.refuse(self, "not_plain_data", str(refused))
+                return False
+            if self._on_message is not None:
+                try:
+                    self._on_message(message)
+                except Exception as error:  # noqa: BLE001 - PySyncObj choked on a plain-data message: drop the peer
+                    logger.debug("raft message handling failed", exc_info=True)
+                    self._transport.refuse(self, "message_refused", f"sent a {message.get('type')!r} message that "
+                                           f"could not be processed: {error}")
+                    return False
+            return self._state != CONNECTION_STATE.DISCONNECTED
+        try:
+            body_data = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_extension)
+            self._handshake_step(body_data)
+        except (_HandshakeRefused, RaftDataRefused) as refused:
+            self._transport.refuse(self, "handshake_refused", str(refused))
+            return False
+        except Exception as error:  # noqa: BLE001 - malformed handshake bytes from a stranger
+            logger.debug("malformed raft handshake", exc_info=True)
+            self._transport.refuse(self, "handshake_refused", f"sent a malformed handshake ({type(error).__name__})")
+            return False
+        return self._state != CONNECTION_STATE.DISCONNECTED
+
+    # the handshake, one step per frame
+    def _send_hello(self, *, signature_for: _Hello | None) -> None:
+        identity = self._identity
+        self._private_key = X25519PrivateKey.generate()
+        hello = _Hello(network_id=identity.network_id, node_id=identity.node_id, address=identity.address,
+                       nonce=os.urandom(_NONCE_BYTES), ephemeral_key=self._private_key.public_key().public_bytes_raw())
+        if signature_for is not None:             # the responder signs at once: it has both hellos
+            statement = handshake_statement(_ROLE_RESPONDER, signature_for, hello)
+            hello = _Hello(**{**_hello_fields(hello), "signature": identity.sign(statement)})
+        self._own_hello = hello
+        self._write_frame(hello.to_frame())
+
+    def _write_frame(self, body: bytes) -> None:
+        self._write += _HEADER.pack(len(body)) + body
+        self._flush()
+
+    def _handshake_step(self, body: object) -> None:
+        if not self._initiator and self._peer_hello is None:
+            initiator = _Hello.from_body(body, signed=False)
+            self._check_claim(initiator)
+            self._peer_hello = initiator
+            self._send_hello(signature_for=initiator)
+            return
+        if self._initiator and self._peer_hello is None:
+            responder = _Hello.from_body(body, signed=True)
+            self._check_claim(responder)
+            if responder.node_id != self._expected_node:
+                raise _HandshakeRefused(f"answered as validator {responder.node_id} at {responder.address}, "
+                                        f"but we dialed validator {self._expected_node}")
+            self._check_signature(responder, handshake_statement(_ROLE_RESPONDER, self._own_hello, responder))
+            self._peer_hello = responder
+            statement = handshake_statement(_ROLE_INITIATOR, self._own_hello, responder)
+            self._write_frame(pack_message({"t": "auth", "signature": self._identity.sign(statement)}))
+            self._authenticate(self._own_hello, responder)
+            return
+        if not self._initiator and not self._authenticated:
+            if not isinstance(body, dict) or body.get("t") != "auth" or not isinstance(body.get("signature"), bytes):
+                raise _HandshakeRefused("the second frame is not the handshake's auth")
+            signed = _Hello(**{**_hello_fields(self._peer_hello), "signature": body["signature"]})
+            self._check_signature(signed, handshake_statement(_ROLE_INITIATOR, self._peer_hello, self._own_hello))
+            self._authenticate(self._peer_hello, self._own_hello)
+            return
+        raise _HandshakeRefused("sent a handshake frame after the handshake")
+
+    def _check_claim(self, hello: _Hello) -> None:
+        identity = self._identity
+        claim = f"claims to be validator {hello.node_id} at {hello.address} on network {hello.network_id!r}"
+        self.peer_node, self.peer_address = hello.node_id, hello.address
+        if hello.network_id != identity.network_id:
+            raise _HandshakeRefused(f"{claim}: not this network ({identity.network_id!r})")
+        if hello.node_id not in identity.validator_keys or hello.node_id == identity.node_id:
+            raise _HandshakeRefused(f"{claim}: not another validator of this network")
+        if identity.validator_addresses.get(hello.node_id) != hello.address:
+            raise _HandshakeRefused(f"{claim}: genesis gives that validator the raft address "
+                                    f"{identity.validator_addresses.get(hello.node_id)}")
+
+    def _check_signature(self, hello: _Hello, statement: bytes) -> None:
+        key = self._identity.validator_keys[hello.node_id]
+        if not self._identity.verify(key, statement, hello.signature):
+            raise _HandshakeRefused(f"claims to be validator {hello.node_id} at {hello.address}, but its handshake "
+                                    "signature does not verify with that validator's key (impersonation, or a "
+                                    "replaced node key)")
+
+    def _authenticate(self, initiator: _Hello, responder: _Hello) -> None:
+        peer = responder if self._initiator else initiator
+        to_responder, to_initiator = _session_keys(self._private_key, peer.ephemeral_key, self._identity.password,
+                                                   initiator, responder)
+        send_key, receive_key = (to_responder, to_initiator) if self._initiator else (to_initiator, to_responder)
+        self._session = _Session(send_key, receive_key)
+        self._private_key = None
+        self._state = CONNECTION_STATE.CONNECTED
+        self._authenticated = True
+        self.peer_node, self.peer_address = peer.node_id, peer.address
+        self._transport.handshake_ended(self)
+        if self._initiator:
+            if self._on_connected is not None:
+                self._on_connected()
+        else:
+            self._transport.incoming_authenticated(self)
+
+
+def _hello_fields(hello: _Hello) -> dict:
+    return dict(network_id=hello.network_id, node_id=hello.node_id, address=hello.address, nonce=hello.nonce,
+                ephemeral_key=hello.ephemeral_key, signature=hello.signature)
+
+
+# --- the listener -----------------------------------------------------------------------------------
+
+
+class GuardedListener:
+    """PySyncObj's TcpServer, with a bounded accept loop, a cap on connections in handshake, and a
+    rebind after a failed accept (TcpServer unbinds and never binds again)."""
+
+    def __init__(self, transport: "SecureTransport", host: str, port: int) -> None:
+        self._transport = transport
+        self._host, self._port = host, int(port)
+        self._socket: socket.socket | None = None
+        self._fileno: int | None = None
+        self.listening = False
+        self.failures = 0
+        self.rebinds = 0
+        self.last_error: str | None = None
+        self._rebind_at: float | None = None
+        self._rebind_delay_s = transport.limits.listener_rebind_delay_s
+
+    def bind(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sock.bind((self._host, self._port))
+            sock.listen(16)
+        except OSError:
+            sock.close()
+            raise
+        self._socket, self._fileno = sock, sock.fileno()
+        self._transport.poller.subscribe(self._fileno, self._on_event, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
+        self.listening = True
+
+    def unbind(self) -> None:
+        self.listening = False
+        if self._fileno is not None:
+            self._transport.poller.unsubscribe(self._fileno)
+            self._fileno = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def accept(self) -> tuple[socket.socket, tuple]:
+        """One accept (a method of its own so a test can make it fail with EMFILE)."""
+        return self._socket.accept()
+
+    def _on_event(self, descriptor: int, event: int) -> None:
+        if event & POLL_EVENT_TYPE.ERROR:
+            self._failed("the listening socket reported an error")
+            return
+        for _ in range(self._transport.limits.accepts_per_event_max):
+            try:
+                sock, peer = self.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self._failed(f"accept failed: {errno.errorcode.get(error.errno, error.errno)} ({error.strerror})")
+                return
+            self._transport.incoming_socket(sock, peer)
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason
+        closed = self._transport.close_unauthenticated()
+        self.unbind()
+        self._rebind_at = monotonic_time() + self._rebind_delay_s
+        logger.error("raft listener on %s:%s stopped: %s; closed %d unauthenticated connections, rebinding in %.1f s",
+                     self._host, self._port, reason, closed, self._rebind_delay_s)
+
+    def stop_rebinding(self) -> None:
+        self._rebind_at = None
+
+    def maintain(self) -> None:
+        """From the tick: rebind if a failure unbound the listener."""
+        if self.listening or self._rebind_at is None or monotonic_time() < self._rebind_at:
+            return
+        try:
+            self.bind()
+        except OSError as error:
+            self._rebind_delay_s = min(self._rebind_delay_s * 2, self._transport.limits.listener_rebind_delay_max_s)
+            self._rebind_at = monotonic_time() + self._rebind_delay_s
+            self.last_error = f"rebind failed: {error.strerror}"
+            logger.error("raft listener on %s:%s could not rebind (%s); next try in %.1f s", self._host, self._port,
+                         error.strerror, self._rebind_delay_s)
+            return
+        self.rebinds += 1
+        self._rebind_at = None
+        self._rebind_delay_s = self._transport.limits.listener_rebind_delay_s
+        logger.warning("raft listener on %s:%s is listening again (rebind %d after %d failures)", self._host,
+                       self._port, self.rebinds, self.failures)
+
+
+# --- the transport ----------------------------------------------------------------------------------
+
+
+class SecureTransport(TCPTransport):
+    """PySyncObj's TCPTransport with SecureConnection and GuardedListener. PySyncObj creates it:
+    `SyncObj(..., transportClass=SecureTransport.factory(identity, limits, on_created))`."""
+
+    identity: TransportIdentity
+    limits: RaftTransportLimits
+
+    @classmethod
+    def factory(cls, identity: TransportIdentity, limits: RaftTransportLimits,
+                on_created: Callable[["SecureTransport"], None]) -> Callable:
+        def create(sync_obj, self_node, other_nodes):
+            transport = cls.__new__(cls)
+            transport.identity, transport.limits = identity, limits
+            transport._handshaking = {}
+            transport._refusals = {}
+            transport._refusal_logged_at = {}
+            transport._counters_lock = threading.Lock()
+            on_created(transport)
+            transport.__init__(sync_obj, self_node, other_nodes)
+            return transport
+        return create
+
+    @property
+    def poller(self):
+        return self._syncObj._poller
+
+    @property
+    def connection_timeout_s(self) -> float:
+        return self._syncObj.conf.connectionTimeout
+
+    # PySyncObj's hooks
+    def _createServer(self):  # noqa: N802
+        host, port = self._syncObj.conf.bindAddress.rsplit(":", 1)
+        self._server = GuardedListener(self, host, int(port))
+
+    def addNode(self, node):  # noqa: N802
+        self._nodes.add(node)
+        self._nodeAddrToNode[node.address] = node
+        if self._shouldConnect(node):
+            conn = SecureConnection(self, peer_label=node.address, expected_node=self.identity.node_at(node.address))
+            conn.setOnConnectedCallback(lambda: self._onOutgoingConnected(conn))
+            conn.setOnMessageReceivedCallback(lambda message: self._onMessageReceived(node, message))
+            conn.setOnDisconnectedCallback(lambda: self._onDisconnected(conn))
+            self._connections[node] = conn
+
+    def _onOutgoingConnected(self, conn):  # noqa: N802 - called once the handshake authenticated the peer
+        node = self._connToNode(conn)
+        if node is not None:
+            self._onNodeConnected(node)
+
+    def _onTick(self):  # noqa: N802
+        super()._onTick()
+        self._server.maintain()
+        self._expire_handshakes()
+
+    # our connections
+    def incoming_socket(self, sock: socket.socket, peer: tuple) -> None:
+        incoming = [conn for conn in self._handshaking.values() if conn.incoming]
+        if len(incoming) >= self.limits.unauthenticated_connections_max:
+            oldest = min(incoming, key=lambda conn: conn.started_at)
+            self.refuse(oldest, "unauthenticated_cap", "evicted: too many connections in handshake "
+                        f"(limit {self.limits.unauthenticated_connections_max})")
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        conn = SecureConnection(self, sock=sock, peer_label=f"{peer[0]}:{peer[1]}")
+        conn.setOnDisconnectedCallback(lambda: self._onDisconnected(conn))
+        self._unknownConnections.add(conn)
+        self.handshake_started(conn)
+
+    def incoming_authenticated(self, conn: SecureConnection) -> None:
+        node = self._nodeAddrToNode.get(conn.peer_address)
+        if node is None or self._shouldConnect(node):
+            # A validator with a lower address than ours never dials us (we dial it): refusing keeps
+            # PySyncObj's one-connection-per-node bookkeeping intact.
+            self.refuse(conn, "unexpected_direction", "dialed us although we dial it (or it is not a partner)")
+            return
+        self._unknownConnections.discard(conn)
+        previous = self._connections.get(node)
+        self._connections[node] = conn
+        conn.setOnMessageReceivedCallback(lambda message: self._onMessageReceived(node, message))
+        if previous is not None and previous is not conn:
+            previous.disconnect()                  # not mapped any more: no disconnect callback for the node
+        self._onNodeConnected(node)
+
+    def handshake_started(self, conn: SecureConnection) -> None:
+        self._handshaking[id(conn)] = conn
+
+    def handshake_ended(self, conn: SecureConnection) -> None:
+        self._handshaking.pop(id(conn), None)
+
+    def _expire_handshakes(self) -> None:
+        deadline = monotonic_time() - self.limits.handshake_timeout_s
+        for conn in [c for c in self._handshaking.values() if c.started_at < deadline]:
+            self.refuse(conn, "handshake_timeout", f"did not finish the handshake within {self.limits.handshake_timeout_s} s")
+
+    def close_unauthenticated(self) -> int:
+        pending = list(self._handshaking.values())
+        for conn in pending:
+            conn.disconnect()
+        return len(pending)
+
+    def refuse(self, conn: SecureConnection, reason: str, detail: str) -> None:
+        """Close a connection and say why, naming what the peer claimed (rate-limited per reason)."""
+        with self._counters_lock:
+            self._refusals[reason] = self._refusals.get(reason, 0) + 1
+        claimed = f" (claimed validator {conn.peer_node} at {conn.peer_address})" if conn.peer_node else ""
+        now, key = monotonic_time(), (reason, conn.peer_node)
+        if now - self._refusal_logged_at.get(key, -1e9) >= _REFUSAL_LOG_INTERVAL_S:
+            if len(self._refusal_logged_at) > 1024:
+                self._refusal_logged_at.clear()
+            self._refusal_logged_at[key] = now
+            logger.warning("raft connection refused [%s]: peer %s%s %s (refusals so far: %d)", reason,
+                           conn.peer_label, claimed, detail, self._refusals[reason])
+        conn.disconnect()
+
+    def destroy(self):
+        super().destroy()
+        self._server.stop_rebinding()
+
+    def status(self) -> dict:
+        server = self._server
+        with self._counters_lock:
+            refusals = dict(self._refusals)
+        return {"listening": bool(server is not None and server.listening),
+                "listener_failures": server.failures if server else 0,
+                "listener_rebinds": server.rebinds if server else 0,
+                "listener_last_error": server.last_error if server else None,
+                "unauthenticated_connections": len(self._handshaking), "refusals": refusals}
+
+
+# --- the full dump -----------------------------------------------------------------------------------
+
+DUMP_MAGIC = b"SYNAPSE-RAFT-DUMP/1\n"
+
+
+class PlainDump:
+    """PySyncObj's serializer/deserializer hooks (SyncObjConf(serializer=..., deserializer=...)): the
+    dump is DUMP_MAGIC + msgpack of the machine's plain data and PySyncObj's two last applied log
+    entries. With these hooks PySyncObj stores no state of its own in the dump, so the machine's state
+    is read and restored here, on the tick thread, at the moment PySyncObj asks (consistent with the
+    entries it passes). A dump a leader sends to a lagging follower is this same file, read by the
+    same code: it can hold nothing but plain data."""
+
+    def __init__(self, *, state_to_plain: Callable[[], object], state_from_plain: Callable[[object], None],
+                 dump_max_bytes: int) -> None:
+        self._state_to_plain = state_to_plain
+        self._state_from_plain = state_from_plain
+        self._dump_max_bytes = dump_max_bytes
+
+    def serialize(self, file_name: str, data: tuple) -> None:
+        applied, before, cluster = data
+        body = pack_message({"state": self._state_to_plain(), "applied": list(applied), "before": list(before),
+                             "cluster": sorted(getattr(node, "address", str(node)) for node in cluster)})
+        with open(file_name, "wb") as file:
+            file.write(DUMP_MAGIC + body)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def deserialize(self, file_name: str) -> tuple:
+        with open(file_name, "rb") as file:
+            raw = file.read(self._dump_max_bytes + 1)
+        if len(raw) > self._dump_max_bytes:
+            raise RaftDataRefused(f"the Raft dump {file_name} is over {self._dump_max_bytes} bytes: refused")
+        if not raw.startswith(DUMP_MAGIC):
+            raise RaftDataRefused(f"the Raft dump {file_name} is not in Synapse's plain format (an old pickled dump, "
+                                  "or a file sent by a misbehaving leader): refused, nothing loaded",
+                                  hint="move the file away and restart: the validator catches up from the leader")
+        try:
+            body = msgpack.unpackb(raw[len(DUMP_MAGIC):], raw=False, strict_map_key=True, ext_hook=_refuse_extension, timestamp=0)
+            applied, before = _entry(body["applied"]), _entry(body["before"])
+            cluster = tuple(str(address) for address in body["cluster"])
+            state = body["state"]
+        except RaftDataRefused:
+            raise
+        except Exception as error:  # noqa: BLE001 - a malformed file
+            raise RaftDataRefused(f"the Raft dump {file_name} is malformed ({type(error).__name__}): refused") from None
+        self._state_from_plain(state)
+        return applied, before, cluster
+
+
+def _entry(value: object) -> tuple[bytes, int, int]:
+    command, index, term = value
+    if not (isinstance(command, bytes) and type(index) is int and type(term) is int):
+        raise ValueError("a log entry is (bytes, int, int)")
+    return command, index, term
