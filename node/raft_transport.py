@@ -257,7 +257,11 @@ class _Hello:
 
 
 class _HandshakeRefused(Exception):
-    """A peer failed the handshake; the message names what it claimed."""
+    """A peer failed the handshake; the message names what it claimed, `reason` is the counter's name."""
+
+    def __init__(self, message: str, reason: str = "handshake_malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def handshake_statement(role: str, initiator: _Hello, responder: _Hello) -> bytes:
@@ -528,12 +532,15 @@ class SecureConnection:
         try:
             body_data = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_extension)
             self._handshake_step(body_data)
-        except (_HandshakeRefused, RaftDataRefused) as refused:
-            self._transport.refuse(self, "handshake_refused", str(refused))
+        except _HandshakeRefused as refused:
+            self._transport.refuse(self, refused.reason, str(refused))
+            return False
+        except RaftDataRefused as refused:
+            self._transport.refuse(self, "handshake_malformed", str(refused))
             return False
         except Exception as error:  # noqa: BLE001 - malformed handshake bytes from a stranger
             logger.debug("malformed raft handshake", exc_info=True)
-            self._transport.refuse(self, "handshake_refused", f"sent a malformed handshake ({type(error).__name__})")
+            self._transport.refuse(self, "handshake_malformed", f"sent a malformed handshake ({type(error).__name__})")
             return False
         return self._state != CONNECTION_STATE.DISCONNECTED
 
@@ -565,7 +572,7 @@ class SecureConnection:
             self._check_claim(responder)
             if responder.node_id != self._expected_node:
                 raise _HandshakeRefused(f"answered as validator {responder.node_id} at {responder.address}, "
-                                        f"but we dialed validator {self._expected_node}")
+                                        f"but we dialed validator {self._expected_node}", "unexpected_peer")
             self._check_signature(responder, handshake_statement(_ROLE_RESPONDER, self._own_hello, responder))
             self._peer_hello = responder
             statement = handshake_statement(_ROLE_INITIATOR, self._own_hello, responder)
@@ -586,19 +593,19 @@ class SecureConnection:
         claim = f"claims to be validator {hello.node_id} at {hello.address} on network {hello.network_id!r}"
         self.peer_node, self.peer_address = hello.node_id, hello.address
         if hello.network_id != identity.network_id:
-            raise _HandshakeRefused(f"{claim}: not this network ({identity.network_id!r})")
+            raise _HandshakeRefused(f"{claim}: not this network ({identity.network_id!r})", "wrong_network")
         if hello.node_id not in identity.validator_keys or hello.node_id == identity.node_id:
-            raise _HandshakeRefused(f"{claim}: not another validator of this network")
+            raise _HandshakeRefused(f"{claim}: not another validator of this network", "not_a_validator")
         if identity.validator_addresses.get(hello.node_id) != hello.address:
             raise _HandshakeRefused(f"{claim}: genesis gives that validator the raft address "
-                                    f"{identity.validator_addresses.get(hello.node_id)}")
+                                    f"{identity.validator_addresses.get(hello.node_id)}", "wrong_address")
 
     def _check_signature(self, hello: _Hello, statement: bytes) -> None:
         key = self._identity.validator_keys[hello.node_id]
         if not self._identity.verify(key, statement, hello.signature):
             raise _HandshakeRefused(f"claims to be validator {hello.node_id} at {hello.address}, but its handshake "
                                     "signature does not verify with that validator's key (impersonation, or a "
-                                    "replaced node key)")
+                                    "replaced node key)", "impersonation")
 
     def _authenticate(self, initiator: _Hello, responder: _Hello) -> None:
         peer = responder if self._initiator else initiator
@@ -828,14 +835,16 @@ class SecureTransport(TCPTransport):
         """Close a connection and say why, naming what the peer claimed (rate-limited per reason)."""
         with self._counters_lock:
             self._refusals[reason] = self._refusals.get(reason, 0) + 1
-        claimed = f" (claimed validator {conn.peer_node} at {conn.peer_address})" if conn.peer_node else ""
-        now, key = monotonic_time(), (reason, conn.peer_node)
+        # Rate-limited per (reason, claimed validator): a flood cannot fill the log, and each validator
+        # named in a refusal is logged at least every _REFUSAL_LOG_INTERVAL_S.
+        known = conn.peer_node if conn.peer_node in self.identity.validator_keys else None
+        now, key = monotonic_time(), (reason, known)
         if now - self._refusal_logged_at.get(key, -1e9) >= _REFUSAL_LOG_INTERVAL_S:
-            if len(self._refusal_logged_at) > 1024:
-                self._refusal_logged_at.clear()
             self._refusal_logged_at[key] = now
-            logger.warning("raft connection refused [%s]: peer %s%s %s (refusals so far: %d)", reason,
-                           conn.peer_label, claimed, detail, self._refusals[reason])
+            who = f"{conn.peer_label} (authenticated validator {conn.peer_node} at {conn.peer_address})" \
+                if conn.authenticated else conn.peer_label
+            logger.warning("raft connection refused [%s]: peer %s %s (refusals so far: %d)", reason, who, detail,
+                           self._refusals[reason])
         conn.disconnect()
 
     def destroy(self):
