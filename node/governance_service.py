@@ -523,13 +523,15 @@ class GovernanceService:
         return status
 
     def health_facts(self) -> dict:
-        """For GET /health: whether this node validates and whom it believes leads Raft (a hint that may
-        be a moment stale; nothing is decided from it)."""
+        """For GET /health: whether this node validates, whom it believes leads Raft (a hint that may
+        be a moment stale; nothing is decided from it), and whether its Raft listener is up (it
+        rebinds by itself after a failed accept; failures count how often that happened)."""
         raft = self.raft.status() if self.raft is not None else None
         return {"validator": self._raft_config is not None,
                 "raft_leader": raft.get("leader") if raft else None,
                 "raft_has_quorum": raft.get("has_quorum") if raft else None,
-                "raft_listening": (raft.get("transport") or {}).get("listening") if raft else None}
+                "raft_listening": (raft.get("transport") or {}).get("listening") if raft else None,
+                "raft_listener_failures": (raft.get("transport") or {}).get("listener_failures") if raft else None}
 
     def history(self) -> list[dict]:
         _, manager = self._require_started()

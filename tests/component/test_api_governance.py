@@ -518,3 +518,5 @@ async def test_health_says_whether_this_node_validates_and_who_leads_raft(client
     assert document["validator"] is True
     assert document["raft_leader"] == me.raft_address
     assert document["raft_has_quorum"] is True
+    # The Raft listener's state (it rebinds after a failed accept; tests/component/test_raft_transport.py).
+    assert document["raft_listening"] is True and document["raft_listener_failures"] == 0
