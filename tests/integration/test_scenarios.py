@@ -37,6 +37,8 @@ SHIPPED = {
     "forged_votes_and_execute", "colluding_validator_minority", "leader_killed_during_ratification",
     "validator_partition_heals", "crash_mid_upgrade", "auto_rollback", "manual_rollback",
     "chained_upgrades_rollback", "partition_heal_log", "crash_pause_catch_up",
+    # issue 8: the validators' Raft transport
+    "compromised_validator_raft", "raft_stranger_flood", "raft_fd_exhaustion",
 }
 
 
