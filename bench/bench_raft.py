@@ -94,6 +94,7 @@ PACKAGE_HASH = "cd" * 32
 VERSION = "1.2.0"
 CALL_TIMEOUT_S = 10.0
 LEADER_TIMEOUT_S = 30.0
+FAILOVER_TIMEOUT_S = 20.0
 WORKER_START_TIMEOUT_S = 30.0
 WORKER_REPLY_TIMEOUT_S = 600.0
 WORKER_STOP_GRACE_S = 2.0      # a worker in the middle of a series reads 'stop' only after it: then SIGTERM
@@ -477,7 +478,32 @@ async def measure_cluster(members: list, calls: int, two_phase_calls: int, prefi
     result["rss_kb"] = [status["rss_kb"] for status in after]
     processes = {status["pid"]: status["log_warnings"] for status in after}  # one counter per process
     result["log_warnings"] = dict(sum((Counter(counts) for counts in processes.values()), Counter()))
+    if isinstance(members[0], ProcessMember):
+        result["failover"] = await measure_failover(members, result["leader_after"], prefix)
     return result
+
+
+async def measure_failover(members: list, leader: int, prefix: str) -> dict:
+    """SIGKILL the leader's process (as etcd_bench.py does to etcd's leader): seconds until a survivor
+    names another leader, and until a ratify submitted through a survivor right after the kill returns
+    (its retries wait for the new leader). The killed member is not restarted: the cluster is torn down."""
+    survivors = [i for i in range(MEMBERS) if i != leader]
+    old = (await members[survivors[0]].call({"op": "status"}))["leader"]
+    killed_at = time.perf_counter()
+    os.kill(members[leader].pid, signal.SIGKILL)
+    first_commit = asyncio.create_task(members[survivors[1]].call({"op": "ratify", "proposal_id": f"{prefix}-failover"},
+                                                                  FAILOVER_TIMEOUT_S))
+    new_leader_s = None
+    while new_leader_s is None and time.perf_counter() - killed_at < FAILOVER_TIMEOUT_S:
+        status = await members[survivors[0]].call({"op": "status"})
+        if status.get("leader") not in (None, old):
+            new_leader_s = time.perf_counter() - killed_at
+        else:
+            await asyncio.sleep(0.005)
+    outcome = await first_commit
+    return {"new_leader_s": round(new_leader_s, 3) if new_leader_s is not None else None,
+            "first_commit_s": round(time.perf_counter() - killed_at, 3) if outcome else None,
+            "first_commit_status": outcome.get("status")}
 
 
 async def run_layout(layout: str, calls: int, two_phase_calls: int, work: Path, prefix: str) -> dict:
@@ -576,11 +602,11 @@ def _kill_leftovers(marker: str) -> list[int]:
 
 
 async def run_etcd(script: Path, puts: int, work: Path) -> dict:
-    """One repeat of etcd_bench.py -m 3 (sequential puts; a short throughput phase; no failovers)."""
+    """One repeat of etcd_bench.py -m 3 (sequential puts; a short throughput phase; one kill -9 of its leader)."""
     etcd_work = Path(tempfile.mkdtemp(prefix="etcd-", dir=work))
     client_base = free_port_base(MEMBERS)
     peer_base = free_port_base(MEMBERS, avoid=range(client_base, client_base + MEMBERS))
-    command = [sys.executable, str(script), "-m", str(MEMBERS), "--puts", str(puts), "--repeats", "1", "--failovers", "0",
+    command = [sys.executable, str(script), "-m", str(MEMBERS), "--puts", str(puts), "--repeats", "1", "--failovers", "1",
                "--concurrency", "16", "--tput-puts", "500", "--client-base", str(client_base),
                "--peer-base", str(peer_base), "--workdir", str(etcd_work)]
     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -637,10 +663,22 @@ def summarize(rounds: list[dict], layouts: list[str], with_etcd: bool) -> dict:
         summaries[layout]["leader_elected_s"] = [run["leader_elected_s"] for run in runs]
         summaries[layout]["leader_changes"] = sum(run["leader"] != run["leader_after"] for run in runs)
         summaries[layout]["log_warnings"] = dict(sum((Counter(run["log_warnings"]) for run in runs), Counter()))
+        failovers = [run["failover"] for run in runs if run.get("failover")]
+        if failovers:
+            summaries[layout]["failover"] = {
+                key: statistics.median(f[key] for f in failovers if f[key] is not None)
+                for key in ("new_leader_s", "first_commit_s") if any(f[key] is not None for f in failovers)}
+            summaries[layout]["failover"]["runs"] = failovers
     if with_etcd:
         etcd_runs = [r["etcd"] for r in rounds]
         summaries["etcd"] = {ours: over_rounds([run[theirs] for run in etcd_runs]) for ours, theirs in ETCD_SERIES.items()}
         summaries["etcd"]["leader_elected_s"] = [run["startup"]["first_leader_s"] for run in etcd_runs]
+        etcd_failovers = [f for run in etcd_runs for f in run.get("failover", [])]
+        if etcd_failovers:
+            summaries["etcd"]["failover"] = {
+                "new_leader_s": statistics.median(f["new_leader_s"] for f in etcd_failovers if f["new_leader_s"] is not None),
+                "first_commit_s": statistics.median(f["first_put_ok_s"] for f in etcd_failovers if f["first_put_ok_s"] is not None),
+                "runs": etcd_failovers}
         summaries["ratios"] = {}
         for layout in layouts:
             ours = summaries[layout]
@@ -672,6 +710,11 @@ def print_table(results: dict) -> None:
         for layout, ratio in s["ratios"].items():
             print(f"{'ratio ' + layout + '/etcd':<22}{ratio['leader_median']:>7.2f}x / {ratio['leader_p95']:.2f}x"
                   f"{ratio['follower_median']:>9.2f}x / {ratio['follower_p95']:.2f}x   (aim: <= {AIM_RATIO_TO_ETCD:.0f}x)")
+    for name in [*options["layouts"], "etcd"]:
+        failover = s.get(name, {}).get("failover")
+        if failover:
+            print(f"kill -9 of the leader ({name}): new leader after {failover.get('new_leader_s', float('nan')):.3f} s, "
+                  f"first commit after {failover.get('first_commit_s', float('nan')):.3f} s (medians over rounds)")
     for layout in options["layouts"]:
         print(f"coordinator <-> validator round trip ({layout}): {_cell(s[layout]['ping_ms'])} ms (in the 2-phase seq column 4x)")
     for layout in options["layouts"]:
