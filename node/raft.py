@@ -438,33 +438,6 @@ class ValidatorRaft:
                 "transport": self._transport.status() if self._transport is not None else None}
 
 
-class _SourceBoundSocketModule:
-    """Stands in for the `socket` module inside pysyncobj.tcp_connection, whose only socket() call makes
-    the OUTGOING connection: that socket is bound to (source_host, 0) before PySyncObj connects it.
-    Everything else is the real socket module."""
-
-    def __init__(self, source_host: str) -> None:
-        self._source_host = source_host
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(socket, name)
-
-    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, *args: object) -> socket.socket:
-        sock = socket.socket(family, kind, *args)
-        if family == socket.AF_INET:
-            sock.bind((self._source_host, 0))
-        return sock
-
-
-def bind_outgoing_connections(source_host: str) -> None:
-    """Make PySyncObj's outgoing connections leave from `source_host` (this node's own address). Without
-    it the kernel picks 127.0.0.1 for every loopback connection and no firewall rule can tell nodes
-    apart. Process-wide, because PySyncObj offers no per-connection hook."""
-    import pysyncobj.tcp_connection as tcp_connection
-
-    tcp_connection.socket = _SourceBoundSocketModule(source_host)
-
-
 def _check_bindable(address: str) -> None:
     """Bind-test the Raft address first: PySyncObj retries a failed bind quietly (and leaks a socket per
     try), so an address in use would otherwise surface late and vaguely."""

@@ -47,6 +47,7 @@ and closes the holes where PySyncObj decodes data:
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -66,7 +67,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import CONNECTION_STATE
+from pysyncobj.tcp_connection import CONNECTION_STATE, set_keepalive
 from pysyncobj.transport import TCPTransport
 
 from node.errors import ConfigError, SynapseError
@@ -385,8 +386,7 @@ class SecureConnection:
         try:
             if self._identity.source_host:
                 sock.bind((self._identity.source_host, 0))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setblocking(False)
+            self._transport.configure_socket(sock)
             sock.connect((host, port))
         except BlockingIOError:
             pass
@@ -730,23 +730,22 @@ class SecureTransport(TCPTransport):
     """PySyncObj's TCPTransport with SecureConnection and GuardedListener. PySyncObj creates it:
     `SyncObj(..., transportClass=SecureTransport.factory(identity, limits, on_created))`."""
 
-    identity: TransportIdentity
-    limits: RaftTransportLimits
+    def __init__(self, sync_obj, self_node, other_nodes, *, identity: TransportIdentity, limits: RaftTransportLimits,
+                 on_created: Callable[["SecureTransport"], None]) -> None:
+        # Set before TCPTransport.__init__, which already calls addNode and _createServer.
+        self.identity, self.limits = identity, limits
+        self._handshaking: dict[int, SecureConnection] = {}
+        self._refusals: dict[str, int] = {}
+        self._refusal_logged_at: dict[tuple, float] = {}
+        self._counters_lock = threading.Lock()
+        on_created(self)
+        super().__init__(sync_obj, self_node, other_nodes)
 
     @classmethod
     def factory(cls, identity: TransportIdentity, limits: RaftTransportLimits,
                 on_created: Callable[["SecureTransport"], None]) -> Callable:
-        def create(sync_obj, self_node, other_nodes):
-            transport = cls.__new__(cls)
-            transport.identity, transport.limits = identity, limits
-            transport._handshaking = {}
-            transport._refusals = {}
-            transport._refusal_logged_at = {}
-            transport._counters_lock = threading.Lock()
-            on_created(transport)
-            transport.__init__(sync_obj, self_node, other_nodes)
-            return transport
-        return create
+        """What SyncObj(transportClass=...) calls with (syncObj, selfNode, otherNodes)."""
+        return functools.partial(cls, identity=identity, limits=limits, on_created=on_created)
 
     @property
     def poller(self):
@@ -789,8 +788,7 @@ class SecureTransport(TCPTransport):
             self.refuse(oldest, "unauthenticated_cap", "evicted: too many connections in handshake "
                         f"(limit {self.limits.unauthenticated_connections_max})")
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setblocking(False)
+            self.configure_socket(sock)
         except OSError:
             sock.close()
             return
@@ -813,6 +811,15 @@ class SecureTransport(TCPTransport):
         if previous is not None and previous is not conn:
             previous.disconnect()                  # not mapped any more: no disconnect callback for the node
         self._onNodeConnected(node)
+
+    def configure_socket(self, sock: socket.socket) -> None:
+        """Non-blocking, no Nagle, and PySyncObj's TCP keepalive (a silent peer is noticed even on an
+        idle link: follower-to-follower connections carry no traffic)."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        keepalive = self._syncObj.conf.tcp_keepalive
+        if keepalive is not None:
+            set_keepalive(sock, *keepalive)
+        sock.setblocking(False)
 
     def handshake_started(self, conn: SecureConnection) -> None:
         self._handshaking[id(conn)] = conn

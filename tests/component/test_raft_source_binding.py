@@ -1,45 +1,57 @@
 """Outgoing Raft connections must leave from the node's own address, or firewall rules cannot tell
-nodes apart (cluster/faults.py). Runs in a subprocess because the binding is process-wide."""
+nodes apart (cluster/faults.py). Our transport binds each outgoing socket to the node's host
+(ValidatorRaftConfig.bind_outgoing -> TransportIdentity.source_host): per connection, not process-wide."""
 
 import socket
-import subprocess
-import sys
-import textwrap
+import types
+
+from node.raft_transport import RaftTransportLimits, SecureConnection, TransportIdentity
 
 
-def test_pysyncobj_outgoing_connections_leave_from_the_nodes_own_address():
+class _FakePoller:
+    def __init__(self) -> None:
+        self.subscribed: dict[int, object] = {}
+
+    def subscribe(self, descriptor, callback, mask) -> None:
+        self.subscribed[descriptor] = callback
+
+    def unsubscribe(self, descriptor) -> None:
+        self.subscribed.pop(descriptor, None)
+
+
+def _transport(source_host: str | None) -> types.SimpleNamespace:
+    identity = TransportIdentity(network_id="n", node_id="a", address="127.0.0.1:1", sign=lambda m: b"",
+                                 verify=lambda *a: False, validator_keys={}, validator_addresses={}, password="x" * 16,
+                                 source_host=source_host)
+
+    def configure_socket(sock: socket.socket) -> None:
+        sock.setblocking(False)
+
+    return types.SimpleNamespace(poller=_FakePoller(), limits=RaftTransportLimits(), identity=identity,
+                                 connection_timeout_s=1.5, configure_socket=configure_socket,
+                                 handshake_started=lambda conn: None, handshake_ended=lambda conn: None)
+
+
+def _peer_of_outgoing_connection(source_host: str | None, server_host: str) -> str:
     server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+    server.bind((server_host, 0))
     server.listen(1)
     server.settimeout(10)
-    port = server.getsockname()[1]
-    child = textwrap.dedent(f"""
-        import pysyncobj.tcp_connection as tcp_connection
-        from node.raft import bind_outgoing_connections
-        bind_outgoing_connections("127.0.0.77")
-        sock = tcp_connection.socket.socket(tcp_connection.socket.AF_INET, tcp_connection.socket.SOCK_STREAM)
-        sock.connect(("127.0.0.1", {port}))
-        sock.close()
-    """)
+    connection = SecureConnection(_transport(source_host), peer_label="test")
     try:
-        result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
-        connection, peer = server.accept()
-        connection.close()
+        assert connection.connect(*server.getsockname())
+        accepted, peer = server.accept()
+        accepted.close()
     finally:
+        connection.disconnect()
         server.close()
-    assert peer[0] == "127.0.0.77"
+    return peer[0]
+
+
+def test_outgoing_raft_connections_leave_from_the_nodes_own_address():
+    assert _peer_of_outgoing_connection("127.0.0.77", "127.0.0.1") == "127.0.0.77"
 
 
 def test_without_binding_the_kernel_picks_127_0_0_1():
-    # The reason the shim exists: an unbound loopback client gets 127.0.0.1 whatever it dials.
-    server = socket.socket()
-    server.bind(("127.0.0.78", 0))
-    server.listen(1)
-    client = socket.socket()
-    try:
-        client.connect(server.getsockname())
-        assert client.getsockname()[0] == "127.0.0.1"
-    finally:
-        client.close()
-        server.close()
+    # The reason the binding exists: an unbound loopback client gets 127.0.0.1 whatever it dials.
+    assert _peer_of_outgoing_connection(None, "127.0.0.78") == "127.0.0.1"
