@@ -2,8 +2,8 @@
 etcd's put latency for a 3-member cluster measured in the same session on the same machine.
 
 How it measures (and why this way):
-- The real adapter (node/raft.py ValidatorRaft: encryption with the network password, journal and dump
-  files, ed25519 signing by the caller and verification in every member's apply, the callback -> event
+- The real adapter (node/raft.py ValidatorRaft over node/raft_transport.py: per-validator authenticated,
+  encrypted msgpack frames; journal and dump files, ed25519 signing by the caller and verification in every member's apply, the callback -> event
   loop handoff) on three loopback addresses of a block leased from cluster/addresses.py, so it never
   collides with tests running at the same time.
 - Three validators in THREE PROCESSES by default, one validator per process as in production (a node

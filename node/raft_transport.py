@@ -404,7 +404,14 @@ class SecureConnection:
     def send(self, message: object) -> None:
         if not self._authenticated or self._session is None:
             return
-        self._write += self._session.seal(pack_message(message))
+        plain = pack_message(message)
+        if len(plain) + 16 > self._limits.raft_frame_max_bytes:
+            # The peer would refuse the frame and drop the connection, again on every retry: say so once here.
+            logger.error("raft: not sending a %r message of %d bytes to %s: over raft_frame_max_bytes (%d); raise "
+                         "the limit on every validator if this is legitimate", message.get("type"), len(plain),
+                         self.peer_node, self._limits.raft_frame_max_bytes)
+            return
+        self._write += self._session.seal(plain)
         self._flush()
 
     def disconnect(self) -> None:
