@@ -147,8 +147,10 @@ class TransportIdentity:
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
+        legacy = (" (this is how PySyncObj's protocol-2 pickles wrote bytes: a journal written before the "
+                  "plain-data transport; it cannot be replayed)") if (module, name) == ("_codecs", "encode") else ""
         raise RaftDataRefused(f"a pickle from Raft refers to the global {module}.{name}: refused (Raft carries "
-                              "plain data only; nothing was executed)")
+                              f"plain data only; nothing was executed){legacy}")
 
     def persistent_load(self, pid: object) -> object:
         raise RaftDataRefused("a pickle from Raft uses a persistent id: refused (plain data only)")

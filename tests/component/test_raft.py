@@ -232,3 +232,15 @@ def test_config_refuses_wildcard_addresses_and_mismatched_sets(tmp_path):
     with pytest.raises(ConfigError, match="password"):
         ValidatorRaftConfig(self_address="127.0.0.1:9000", partner_addresses=("127.0.0.2:9000", "127.0.0.3:9000"),
                             **{**common, "password": "short"})
+    # Each validator must prove the address genesis gives it: the map must match the addresses given.
+    swapped = dict(zip(validators, ("127.0.0.2:9000", "127.0.0.1:9000", "127.0.0.3:9000")))
+    with pytest.raises(ConfigError, match="validator_addresses"):
+        ValidatorRaftConfig(self_address="127.0.0.1:9000", partner_addresses=("127.0.0.2:9000", "127.0.0.3:9000"),
+                            **{**common, "validator_addresses": swapped})
+
+
+def test_transport_limits_refuse_a_frame_cap_below_what_pysyncobj_sends():
+    from node.raft_transport import RaftTransportLimits
+
+    with pytest.raises(ConfigError, match="raft_frame_max_bytes"):
+        RaftTransportLimits(raft_frame_max_bytes=100_000)
