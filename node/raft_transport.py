@@ -37,8 +37,11 @@ and closes the holes where PySyncObj decodes data:
   * Why the handshake runs on the tick thread: PySyncObj's poller is the tick thread's, and moving the
     handshake elsewhere would mean a second poller and handing sockets across threads. Instead, the
     work an unauthenticated peer can cause per poll event is O(1) and small: one recv of at most one
-    handshake frame's worth, at most one X25519 exchange and one ed25519 sign or verify (~0.2 ms), and
-    at most accepts_per_event_max accepts. A tick never waits on a stranger; timers keep firing.
+    handshake frame's worth, at most one X25519 exchange and one ed25519 sign or verify (~0.3 ms here),
+    and at most accepts_per_event_max accepts. With unauthenticated_connections_max = 16 a poll costs at
+    most ~5 ms of handshakes, a tenth of append_entries_period_s: a tick never waits on a stranger, and
+    heartbeats keep their schedule (tests/component/test_raft_transport.py floods two validators while
+    the cluster commits and watches the term).
   * The listener notices a failed accept, logs it, closes the pending unauthenticated connections (the
     likely cause of EMFILE), and rebinds from the tick (every listener_rebind_delay_s until it works);
     status() reports it for GET /health.
