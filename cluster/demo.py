@@ -184,9 +184,18 @@ def vote_until(demo: Demo, proposal_id: str, voters: Sequence[int], wanted: str)
         tally = document["tally"]
         demo.narrator.say("vote", f"{demo.label(index)} approves: approval {tally['approval_weight']} of "
                                   f"{tally['total_weight']} reputation -> {document['status']}")
-    if document.get("status") not in (wanted, "ratified", "executed"):
+    if (document.get("tally") or {}).get("outcome") != wanted and document.get("status") not in (wanted, "ratified", "executed"):
         raise demo_failed(f"the proposal is {document.get('status')!r} after the votes of {', '.join(map(demo.label, voters))}, "
                          f"not {wanted!r}")
+
+    def closed() -> tuple[dict | None, str]:
+        seen = demo.call(voters[-1], "GET", f"/proposals/{quote(proposal_id, safe='')}")
+        return (seen if seen["status"] in (wanted, "ratified", "executed") else None), f"status {seen['status']}"
+    document = wait_until(closed, "the validators closing voting (Raft fixes which votes count)")
+    closers = {handle.node_id: demo.label(handle.index) for handle in demo.cluster.nodes}
+    demo.narrator.say("close", f"validators closed voting through Raft: {sum(1 for v in document['votes'] if v['counted'])} "
+                               f"votes counted, published by {', '.join(closers.get(v, v) for v in document['closed_by'])}",
+                      timed=True)
     return document
 
 

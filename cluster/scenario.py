@@ -407,7 +407,8 @@ _ON = {"on": _selector}
 CHECKS: Mapping[str, _Schema] = {
     "healthy": _Schema({}, _ON),
     "crashed": _Schema({"on": _selector}),
-    "proposal_status": _Schema({"proposal": _reference("proposal")}, {**_ON, "equals": _text(40), "one_of": _text_list}),
+    "proposal_status": _Schema({"proposal": _reference("proposal")}, {**_ON, "equals": _text(40), "one_of": _text_list,
+                                                                       "tally": _text(40)}),
     "version": _Schema({"equals": _version}, _ON),
     "state_field": _Schema({"path": _state_path}, {**_ON, "equals": _any_value, "exists": _boolean}),
     "state_hash": _Schema({}, {**_ON, "equals_saved": _reference("state_hash"), "differs_from_saved": _reference("state_hash")},

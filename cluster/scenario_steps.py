@@ -425,8 +425,12 @@ def _check_proposal_status(driver: Driver, step: Step) -> Judgement:
         status = response.data.get("status") if isinstance(response.data, dict) else None
         if response.status != 200:
             return f"GET /proposals/{proposal_id} answered {response.status}: {response.text[:120]}"
+        outcome = (response.data.get("tally") or {}).get("outcome")
+        if "tally" in step.params and outcome != step.params["tally"]:
+            return f"status {status!r}, tally {outcome!r}"
         return None if status in wanted else f"status {status!r}"
-    return _per_node(driver, step, f"proposal {proposal_id} status {' or '.join(wanted)}", judge)
+    shown = f" (tally {step.params['tally']})" if "tally" in step.params else ""
+    return _per_node(driver, step, f"proposal {proposal_id} status {' or '.join(wanted)}{shown}", judge)
 
 
 def _version_of(driver: Driver, index: int) -> str | None:

@@ -344,9 +344,11 @@ class GovernanceParams:
     approval_threshold_pct: int = 50  # approval weight must EXCEED this share of the cast weight
     quorum_pct: int = 50              # cast weight must REACH this share of the total reputation
     voting_period_ms: int = 60_000
+    open_proposals_per_author_max: int = 16   # one member's proposals whose voting periods overlap
 
     def __post_init__(self) -> None:
         _check_int("governance.approval_threshold_pct", self.approval_threshold_pct, 0, 99)
+        _check_int("governance.open_proposals_per_author_max", self.open_proposals_per_author_max, 1, 10_000)
         _check_int("governance.quorum_pct", self.quorum_pct, 1, 100)
         _check_int("governance.voting_period_ms", self.voting_period_ms, 1_000, 30 * 86_400_000)
 

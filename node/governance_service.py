@@ -6,10 +6,11 @@ Why it works as it does:
   log at start) is folded into the pure `Governance`; verdicts (tally, status) are computed from it
   when asked, with the CURRENT network state (reputations, version) and the clock. Folding only sets
   two wake-up events: the executor's and the validator's. Nothing slow runs in on_visible.
-- Validators drive ratification, everybody else only watches. A validator compares what its own fold
-  approved with the replicated Raft state (`ratification.validator_todo`) and submits what is missing:
-  ratify, then certify its assigned sequence, then publish the EXECUTE_UPGRADE with the complete
-  certificate. Every step is idempotent (Raft commands repeat harmlessly, duplicate EXECUTE_UPGRADE
+- Validators drive closing and ratification, everybody else only watches. A validator compares its
+  own fold with the replicated Raft state (`ratification.validator_todo`) and submits what is missing:
+  close voting (at the deadline by ITS clock, or once its tally is decided) naming the votes it holds,
+  publish the counted votes Raft fixed (a CLOSE entry), ratify what the counted votes approve, certify
+  its assigned sequence, then publish the EXECUTE_UPGRADE with the complete certificate. Every step is idempotent (Raft commands repeat harmlessly, duplicate EXECUTE_UPGRADE
   entries are deduplicated by sequence), so the step runs on every fold, on every Raft event (which
   PySyncObj's thread hands to the loop through call_soon_threadsafe, node/raft.py), and on a ~1 s
   safety sweep; timeouts and "no leader" are retried with exponential backoff.
@@ -54,7 +55,7 @@ from node.core.certificates import certificate_statement, verify_certificate
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry, safe_text
 from node.core.governance import CertifiedExecution, Governance, GovernanceRules, ProposalView, ReportView
-from node.core.ratification import execute_upgrade_body, validator_todo
+from node.core.ratification import close_body, execute_upgrade_body, validator_todo
 from node.errors import (
     CertificateError,
     ConfigError,
@@ -96,7 +97,6 @@ class GovernanceSettings:
     """Pace and bounds of the service's loops. None of these change results, only speed."""
     ratification_sweep_ms: int = 1_000      # safety net of the validator loop (events drive it)
     executor_sweep_ms: int = 3_000          # safety net of the executor (events drive it)
-    ratification_settle_ms: int = 0         # wait after a decision before ratifying it
     raft_call_timeout_ms: int = 10_000
     retry_delay_first_ms: int = 200
     retry_delay_max_ms: int = 10_000
@@ -113,8 +113,6 @@ class GovernanceSettings:
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= 3_600_000:
                 raise ConfigError(f"governance setting {name} must be an int in 1..3600000, got {value!r}")
-        if type(self.ratification_settle_ms) is not int or not 0 <= self.ratification_settle_ms <= 3_600_000:
-            raise ConfigError("governance setting ratification_settle_ms must be an int in 0..3600000")
         if type(self.dry_runs_concurrent_max) is not int or not 1 <= self.dry_runs_concurrent_max <= 16:
             raise ConfigError("governance setting dry_runs_concurrent_max must be an int in 1..16")
         if self.retry_delay_max_ms < self.retry_delay_first_ms:
@@ -197,7 +195,8 @@ class GovernanceService:
             local_node_id=identity.node_id,
             rules=GovernanceRules(approval_threshold_pct=genesis.governance.approval_threshold_pct,
                                   quorum_pct=genesis.governance.quorum_pct,
-                                  voting_period_ms=genesis.governance.voting_period_ms))
+                                  voting_period_ms=genesis.governance.voting_period_ms,
+                                  open_proposals_per_author_max=genesis.governance.open_proposals_per_author_max))
         self._genesis_state = initial_network_state(genesis)
         self._state: Mapping = self._genesis_state
         self.store: VersionStore | None = None
@@ -213,6 +212,7 @@ class GovernanceService:
         self._equivocations_seen = 0
         self._reported_sequences: set[int] = set()       # sequences this node's EXECUTION_REPORT covers
         self._ratify_audited: set[tuple[str, int]] = set()
+        self._close_attested: set[str] = set()            # proposals whose CLOSE entry this validator published
         self._divergences_logged: set[tuple] = set()
 
     @classmethod
@@ -346,6 +346,8 @@ class GovernanceService:
                     self._reported_sequences.add(entry.body["sequence"])
             elif entry.kind == "RATIFY" and entry.author == self.node_id:
                 self._ratify_audited.add((entry.body["proposal_id"], entry.body["sequence"]))
+            elif entry.kind == "CLOSE" and entry.author == self.node_id:
+                self._close_attested.add(entry.body["proposal_id"])
         equivocations = self._log.equivocations()
         if len(equivocations) != self._equivocations_seen:
             self._equivocations_seen = len(equivocations)
@@ -386,7 +388,7 @@ class GovernanceService:
                   diverged_nodes=divergence["diverged_nodes"], state_hashes=divergence["state_hashes"])
 
     def _on_raft_events(self, events: Iterable[object]) -> None:
-        """Raft's SequenceAssigned / CertificateCompleted, on the loop: the validator has work."""
+        """Raft's VotingClosed / SequenceAssigned / CertificateCompleted, on the loop: the validator has work."""
         self._ratify_wake.set()
 
     # --- the network state ------------------------------------------------------------------------
@@ -473,7 +475,7 @@ class GovernanceService:
             now_ms = self._now_ms()
 
             def check(body: Mapping[str, Any]) -> None:
-                self.governance.check_can_propose(body, state=self._state, now_ms=now_ms)
+                self.governance.check_can_propose(body, state=self._state, now_ms=now_ms, author=self.node_id)
 
             entry = await self._append("PROPOSAL", lambda sequence: make_body(sequence, now_ms), check)
         log_event(self._logger, logging.INFO, "proposal_created", proposal_id=entry.body["proposal_id"],
@@ -658,42 +660,65 @@ class GovernanceService:
         raft = self.raft
         assert raft is not None
         now_ms = self._now_ms()
-        views = {view.proposal_id: view for view in self.governance.needing_ratification(
-            state=self._state, now_ms=now_ms, settle_ms=self.settings.ratification_settle_ms)}
-        approved = {proposal_id: (view.action, view.package_hash, view.version) for proposal_id, view in views.items()}
-        todo = validator_todo(raft.snapshot(), validator_id=self.node_id, approved=approved,
-                              published_sequences=self.governance.certified_sequences())
+        closable = self.governance.closing_candidates(state=self._state, now_ms=now_ms)
+        approved = {view.proposal_id: (view.action, view.package_hash, view.version, view.votes_digest)
+                    for view in self.governance.needing_ratification(state=self._state, now_ms=now_ms)}
+
+        def plan() -> Any:
+            return validator_todo(raft.snapshot(), validator_id=self.node_id, closable=closable,
+                                  attested=self._close_attested, approved=approved,
+                                  published_sequences=self.governance.certified_sequences())
+
+        todo = plan()
         timeout_s = self.settings.raft_call_timeout_ms / 1000
+        for proposal_id in todo.to_close:
+            self._log_outcome("close", await raft.close(proposal_id=proposal_id, vote_ids=closable[proposal_id],
+                                                        timeout_s=timeout_s))
+        if todo.to_close:
+            todo = plan()
+        for record in todo.to_attest:
+            await self._publish_close(record)
         for proposal_id in todo.to_ratify:
-            action, package_hash, version = approved[proposal_id]
+            action, package_hash, version, votes_digest = approved[proposal_id]
             outcome = await raft.ratify(proposal_id=proposal_id, action=action, package_hash=package_hash,
-                                        version=version, timeout_s=timeout_s)
+                                        version=version, votes_digest=votes_digest, timeout_s=timeout_s)
             self._log_outcome("ratify", outcome)
         for record in todo.to_certify:
             outcome = await raft.certify(proposal_id=record.proposal_id, sequence=record.sequence, action=record.action,
-                                         package_hash=record.package_hash, version=record.version, timeout_s=timeout_s)
+                                         package_hash=record.package_hash, version=record.version,
+                                         votes_digest=record.votes_digest, timeout_s=timeout_s)
             self._log_outcome("certify", outcome)
             if outcome.accepted:
-                await self._publish_ratify_audit(record.proposal_id, record.sequence, record.action,
-                                                 record.package_hash, record.version)
+                await self._publish_ratify_audit(record)
         if todo.to_certify or todo.to_ratify:
-            todo = validator_todo(raft.snapshot(), validator_id=self.node_id, approved=approved,
-                                  published_sequences=self.governance.certified_sequences())
+            todo = plan()
         for record in todo.to_publish:
             await self._publish_execute(record)
+
+    async def _publish_close(self, record: Any) -> None:
+        """A CLOSE entry: the counted votes Raft fixed, attested by this validator. Every node takes a
+        proposal as closed once a strict majority of validators published the same set."""
+        if record.proposal_id in self._close_attested:
+            return
+        body = close_body(record)
+        entry = await self._append("CLOSE", lambda sequence: body)
+        self._close_attested.add(record.proposal_id)
+        log_event(self._logger, logging.INFO, "voting_closed", proposal_id=record.proposal_id,
+                  votes_counted=len(record.vote_ids) // 32, votes_digest=record.votes_digest, entry_id=entry.id)
 
     def _log_outcome(self, what: str, outcome: Any) -> None:
         level = logging.INFO if outcome.accepted else logging.WARNING
         log_event(self._logger, level, f"raft_{what}", proposal_id=outcome.proposal_id, status=outcome.status,
                   sequence=outcome.sequence, message=outcome.message)
 
-    async def _publish_ratify_audit(self, proposal_id: str, sequence: int, action: str, package_hash: str | None,
-                                    version: str) -> None:
+    async def _publish_ratify_audit(self, record: Any) -> None:
         """A RATIFY entry: this validator's certificate signature, public for audit (ed25519 is
         deterministic: it is the very signature submitted to Raft)."""
+        proposal_id, sequence = record.proposal_id, record.sequence
         if (proposal_id, sequence) in self._ratify_audited:
             return
-        statement = certificate_statement(self.genesis.network_id, proposal_id, action, package_hash, version, sequence)
+        statement = certificate_statement(self.genesis.network_id, proposal_id, record.action, record.package_hash,
+                                          record.version, record.votes_digest, sequence)
         body = {"proposal_id": proposal_id, "sequence": sequence, "statement": statement,
                 "signature": self._identity.sign(statement)}
         await self._append("RATIFY", lambda entry_sequence: body)

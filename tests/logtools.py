@@ -102,7 +102,8 @@ def ratify_body(**changes: Any) -> dict:
 
 def execute_body(**changes: Any) -> dict:
     body = {"proposal_id": "upgrade_20251003_120000_3fa9c2d1", "action": "upgrade", "version": "1.2.0",
-            "package_url": "https://example.org/u.wasm", "package_hash": HASH_A, "package_size": 1024, "sequence": 1,
+            "package_url": "https://example.org/u.wasm", "package_hash": HASH_A, "package_size": 1024,
+            "votes_digest": HASH_B, "sequence": 1,
             "certificate": [{"validator_id": "0123456789abcdef", "signature": b"\x02" * 64}]}
     body.update(changes)
     return body
@@ -118,9 +119,16 @@ def local_rollback_body(**changes: Any) -> dict:
             "state_hash": "sha256:" + HASH_B, "reason": "operator request", **changes}
 
 
+def close_body(**changes: Any) -> dict:
+    vote_ids = bytes.fromhex(HASH_A) + bytes.fromhex(HASH_B)
+    return {"proposal_id": "upgrade_20251003_120000_3fa9c2d1", "votes_digest": hashlib.sha256(vote_ids).hexdigest(),
+            "vote_ids": vote_ids, **changes}
+
+
 def sample_bodies() -> dict[str, dict]:
     """One valid body per kind."""
-    return {"PROPOSAL": proposal_body(), "VOTE": vote_body(), "RATIFY": ratify_body(), "EXECUTE_UPGRADE": execute_body(),
+    return {"PROPOSAL": proposal_body(), "VOTE": vote_body(), "CLOSE": close_body(), "RATIFY": ratify_body(),
+            "EXECUTE_UPGRADE": execute_body(),
             "EXECUTION_REPORT": report_body(), "ROLLBACK": local_rollback_body(), "NOTE": note_body()}
 
 

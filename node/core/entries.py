@@ -32,13 +32,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import msgpack
 
+from node.core.closing import VOTE_ID_SIZE_BYTES, VOTE_IDS_SIZE_MAX_BYTES
 from node.core.hlc import Hlc
 from node.core.semver import is_valid_version
 from node.errors import EntryRefused
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"synapse-ng/entry/v1\x00"
-KINDS = ("PROPOSAL", "VOTE", "RATIFY", "EXECUTE_UPGRADE", "EXECUTION_REPORT", "ROLLBACK", "NOTE")
+KINDS = ("PROPOSAL", "VOTE", "CLOSE", "RATIFY", "EXECUTE_UPGRADE", "EXECUTION_REPORT", "ROLLBACK", "NOTE")
 
 SIGNATURE_LENGTH_BYTES = 64
 ID_LENGTH_BYTES = 32
@@ -137,6 +138,10 @@ def _is_certificate(value: Any) -> bool:
     )
 
 
+def _is_vote_ids(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) % VOTE_ID_SIZE_BYTES == 0 and len(value) <= VOTE_IDS_SIZE_MAX_BYTES
+
+
 _PROPOSAL_ID = _text(96, length_min=1)
 _VERSION: Check = is_valid_version
 _PACKAGE_SIZE = _integer(1, 2**40)
@@ -150,6 +155,8 @@ BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
         "voting_deadline_ms": _integer(0, SEQUENCE_MAX), "target_proposal_id": _optional(_PROPOSAL_ID),
     },
     "VOTE": {"proposal_id": _PROPOSAL_ID, "vote": _one_of("approval", "rejection")},
+    # A validator's attestation of the votes Raft counted when voting closed (node/core/closing.py).
+    "CLOSE": {"proposal_id": _PROPOSAL_ID, "votes_digest": _is_hex64, "vote_ids": _is_vote_ids},
     "RATIFY": {
         "proposal_id": _PROPOSAL_ID, "sequence": _SEQUENCE_FIELD, "statement": _binary(512),
         "signature": _binary(SIGNATURE_LENGTH_BYTES, length_min=SIGNATURE_LENGTH_BYTES),
@@ -157,7 +164,8 @@ BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
     "EXECUTE_UPGRADE": {
         "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "version": _VERSION,
         "package_url": _optional(_text(2048, length_min=1)), "package_hash": _optional(_is_hex64),
-        "package_size": _optional(_PACKAGE_SIZE), "sequence": _SEQUENCE_FIELD, "certificate": _is_certificate,
+        "package_size": _optional(_PACKAGE_SIZE), "votes_digest": _is_hex64, "sequence": _SEQUENCE_FIELD,
+        "certificate": _is_certificate,
     },
     "EXECUTION_REPORT": {
         "proposal_id": _PROPOSAL_ID, "sequence": _SEQUENCE_FIELD, "success": _is_bool, "version": _VERSION,

@@ -11,9 +11,16 @@ Why it works as it does:
     author sequence replaces the earlier one. A voter who equivocated (two different entries with the
     same author and sequence, reported by CrdtLog.equivocations()) loses its vote on that proposal:
     both entries are void, and falling back to an earlier vote would reward the ambiguity.
+  * WHICH votes count is not decided here: a vote's timestamp is chosen by its voter, so a vote
+    claiming a time before a long-gone deadline proves nothing. The validators close voting through
+    Raft (node/core/closing.py) naming the votes they received in time, and each publishes the counted
+    set in a CLOSE entry; a proposal is closed on a node once a strict majority of validators published
+    the same set. Only then does its status leave "voting": the tally over the counted votes decides
+    approved, rejected or expired, and ratification and the certificate sign the set's digest. Before
+    that, the tally of the votes this node holds is shown as provisional (and drives the validators'
+    early close). Votes outside the counted set are kept and shown with the reason "not_counted".
   * Weight is the voter's integer reputation in the CURRENT network state. Votes from keys absent from
-    the state, from zero reputation, or cast (hlc.wall_ms) after the deadline never count: a thousand
-    Sybils with no reputation weigh nothing.
+    the state or from zero reputation never count: a thousand Sybils with no reputation weigh nothing.
   * Approval: approval weight EXCEEDS threshold_pct% of the cast weight AND the cast weight reaches
     quorum_pct% of the total reputation, by the deadline. Early decision: as soon as the outcome can no
     longer change whatever the voters who have not voted do, the proposal is decided and voting closes
@@ -41,6 +48,7 @@ from dataclasses import dataclass, field
 from node.core.canonical import normalize_sha256
 from node.core.entries import Entry
 from node.core.certificates import VALIDATORS_MAX, Verify, certificate_signers, certificate_statement, majority_of
+from node.core.closing import unpack_vote_ids, votes_digest
 from node.core.semver import parse_version
 from node.core.utc import format_utc_ms, utc_parts
 from node.errors import (
@@ -124,6 +132,7 @@ class GovernanceRules:
     voting_period_ms: int = 60_000
     voting_period_max_ms: int = 30 * _MS_PER_DAY     # a proposal's deadline may not lie further out
     proposals_max: int = 10_000
+    open_proposals_per_author_max: int = 16          # proposals of one author whose voting periods overlap
     votes_per_proposal_max: int = 100_000
     orphan_proposals_max: int = 1_000                # ids referenced by votes/reports before the proposal
     problems_max: int = 1_000
@@ -135,7 +144,8 @@ class GovernanceRules:
                 raise ConfigError(f"governance.{name} must be an integer percentage 0..100, not {value!r}")
         if type(self.voting_period_ms) is not int or not 1 <= self.voting_period_ms <= self.voting_period_max_ms:
             raise ConfigError(f"governance.voting_period_ms must be 1..{self.voting_period_max_ms}, not {self.voting_period_ms!r}")
-        for name in ("proposals_max", "votes_per_proposal_max", "orphan_proposals_max", "problems_max"):
+        for name in ("proposals_max", "open_proposals_per_author_max", "votes_per_proposal_max", "orphan_proposals_max",
+                     "problems_max"):
             if type(getattr(self, name)) is not int or getattr(self, name) < 1:
                 raise ConfigError(f"governance limit {name} must be an integer >= 1")
 
@@ -205,7 +215,7 @@ class VoteRecord:
     vote: str
     weight: int
     counted: bool
-    reason: str | None           # None | after_deadline | unknown_voter | zero_reputation | equivocation | after_decision
+    reason: str | None           # None | after_deadline | not_counted | unknown_voter | zero_reputation | equivocation | after_decision
     entry_id: str
     author_sequence: int
     cast_ms: int
@@ -239,10 +249,12 @@ def reputations_from_state(state: Mapping) -> dict[str, int]:
 
 
 def _ballot_refusal(ballot: Ballot, reputations: Mapping[str, int], disqualified: set[str],
-                    deadline_ms: int, decided: bool) -> str | None:
+                    deadline_ms: int, decided: bool, counted_ids: frozenset[str] | None) -> str | None:
     if ballot.voter in disqualified:
         return "equivocation"
-    if ballot.wall_ms > deadline_ms:
+    if counted_ids is not None and ballot.entry_id not in counted_ids:
+        return "not_counted"
+    if counted_ids is None and ballot.wall_ms > deadline_ms:
         return "after_deadline"
     if ballot.voter not in reputations:
         return "unknown_voter"
@@ -252,8 +264,14 @@ def _ballot_refusal(ballot: Ballot, reputations: Mapping[str, int], disqualified
 
 
 def count_votes(ballots: Iterable[Ballot], *, reputations: Mapping[str, int], disqualified: set[str],
-                deadline_ms: int, now_ms: int, threshold_pct: int, quorum_pct: int) -> VoteCount:
-    """Count one proposal's ballots in canonical order, stopping at an early decision."""
+                deadline_ms: int, now_ms: int, threshold_pct: int, quorum_pct: int,
+                counted_ids: frozenset[str] | None = None) -> VoteCount:
+    """Count one proposal's ballots in canonical order, stopping at an early decision. With
+    `counted_ids` (voting closed by the validators), exactly those ballots may count, whatever their
+    timestamps, and the deadline has passed; without it the count is provisional: ballots are
+    judged by their own (voter-chosen) clocks against `now_ms`."""
+    if counted_ids is not None:
+        now_ms = deadline_ms + 1
     total_weight = sum(reputations.values())
     weights = {"approval": 0, "rejection": 0}
     live: dict[str, Ballot] = {}
@@ -262,7 +280,7 @@ def count_votes(ballots: Iterable[Ballot], *, reputations: Mapping[str, int], di
     decided = _outcome(weights, total_weight, threshold_pct, quorum_pct, deadline_passed=False) != VOTING
     decided_at_ms: int | None = None
     for ballot in sorted(ballots, key=lambda b: b.order_key):
-        reason = _ballot_refusal(ballot, reputations, disqualified, deadline_ms, decided)
+        reason = _ballot_refusal(ballot, reputations, disqualified, deadline_ms, decided, counted_ids)
         previous = live.get(ballot.voter)
         if reason is None and previous is not None and previous.author_sequence >= ballot.author_sequence:
             reason = "superseded"
@@ -397,6 +415,9 @@ class ProposalView:
     tally: Tally
     decided_at_ms: int | None
     votes: tuple[VoteRecord, ...]
+    closed: bool                             # a strict majority of validators published the counted votes
+    votes_digest: str | None                 # digest of the counted votes, once closed
+    closed_by: tuple[str, ...]               # validators whose CLOSE entry names that set
     execution: ExecutionView | None
     reports: tuple[ReportView, ...]
     rollbacks: tuple[RollbackView, ...]
@@ -407,13 +428,14 @@ class ProposalView:
         return {"proposal_id": self.proposal_id, "action": self.action, "title": self.title, "version": self.version,
                 "status": self.status, "author": self.author, "created_ms": self.created_ms,
                 "voting_deadline_ms": self.voting_deadline_ms, "voting_deadline": format_utc_ms(self.voting_deadline_ms),
-                "target_proposal_id": self.target_proposal_id,
+                "target_proposal_id": self.target_proposal_id, "closed": self.closed,
                 "sequence": self.execution.sequence if self.execution else None, "tally": self.tally.to_dict()}
 
     def to_dict(self) -> dict:
         return {**self.summary(), "description": self.description, "package_url": self.package_url,
                 "package_hash": self.package_hash, "package_size": self.package_size, "entry_id": self.entry_id,
                 "decided_at_ms": self.decided_at_ms, "votes": [vote.to_dict() for vote in self.votes],
+                "votes_digest": self.votes_digest, "closed_by": list(self.closed_by),
                 "execution": self.execution.to_dict() if self.execution else None,
                 "reports": [report.to_dict() for report in self.reports],
                 "rollbacks": [rollback.to_dict() for rollback in self.rollbacks],
@@ -521,6 +543,8 @@ class _Bucket:
     reports: dict[str, Entry] = field(default_factory=dict)     # author -> latest EXECUTION_REPORT
     rollbacks: dict[str, Entry] = field(default_factory=dict)   # author -> latest ROLLBACK audit entry
     ratify_audits: dict[str, _RatifyAudit] = field(default_factory=dict)
+    closes: dict[str, set[str]] = field(default_factory=dict)        # votes digest -> validators who published it
+    close_vote_ids: dict[str, frozenset[str]] = field(default_factory=dict)   # votes digest -> the vote ids
 
 
 class Governance:
@@ -546,11 +570,13 @@ class Governance:
         self._void: set[str] = set()
         self._equivocation_pairs: set[tuple[str, str]] = set()
         self._authors: dict[str, str] = {}                     # entry id -> author, for applied governance entries
+        self._proposals_by_author: dict[str, list[Entry]] = {}
         self._problems: deque[Problem] = deque(maxlen=rules.problems_max)
         self._problem_counts: Counter[str] = Counter()
         self._handlers: dict[str, Callable[[Entry], None]] = {
             "PROPOSAL": self._apply_proposal, "VOTE": self._apply_vote, "EXECUTE_UPGRADE": self._apply_execute,
             "EXECUTION_REPORT": self._apply_report, "ROLLBACK": self._apply_rollback, "RATIFY": self._apply_ratify,
+            "CLOSE": self._apply_close,
         }
 
     @property
@@ -625,12 +651,29 @@ class Governance:
             self._problem("duplicate_proposal", f"two proposals carry the id {proposal_id}: entry "
                           f"{loser.id[:12]} is ignored", loser.id, loser.author)
             return
+        if refusal is None:
+            refusal = self._open_proposals_refusal(entry)
         if refusal is not None:
             self._problem(refusal[0], refusal[1], entry.id, entry.author)
             return
         bucket = self._bucket(proposal_id, entry)
         if bucket is not None:
             bucket.proposal = entry
+            self._proposals_by_author.setdefault(entry.author, []).append(entry)
+
+    def _open_proposals_refusal(self, entry: Entry) -> tuple[str, str] | None:
+        """One member may not hold more than open_proposals_per_author_max proposals whose voting periods
+        overlap (and so fill proposals_max for everyone). Judged only from the author's own EARLIER
+        proposals (lower sequence): those are its causal ancestors, folded before this entry on every
+        node, so every node reaches the same verdict whatever else has arrived."""
+        created_ms = entry.hlc.wall_ms
+        open_count = sum(1 for earlier in self._proposals_by_author.get(entry.author, ())
+                         if earlier.sequence < entry.sequence and earlier.body["voting_deadline_ms"] >= created_ms
+                         and earlier.id not in self._void)
+        if open_count < self._rules.open_proposals_per_author_max:
+            return None
+        return ("too_many_open_proposals", f"author {entry.author} already has {open_count} proposals open for voting; "
+                f"at most {self._rules.open_proposals_per_author_max} may overlap (proposal {entry.body['proposal_id']})")
 
     def _apply_vote(self, entry: Entry) -> None:
         bucket = self._bucket(entry.body["proposal_id"], entry)
@@ -687,6 +730,40 @@ class Governance:
         bucket.ratify_audits[entry.id] = _RatifyAudit(validator_id=entry.author, sequence=entry.body["sequence"],
                                                       entry_id=entry.id, statement=entry.body["statement"])
 
+    def _apply_close(self, entry: Entry) -> None:
+        """A validator's CLOSE: the votes Raft counted. Kept per digest; a set counts once a strict
+        majority of validators published it (an equivocating validator adds to two digests, and is
+        still only one of the majority each needs)."""
+        body = entry.body
+        if entry.author not in self._validators:
+            self._problem("bad_close", f"CLOSE for {body['proposal_id']!r} by {entry.author}, who is not a validator",
+                          entry.id, entry.author)
+            return
+        try:
+            vote_ids = frozenset(unpack_vote_ids(body["vote_ids"]))
+        except CertificateError as error:
+            self._problem("bad_close", f"CLOSE for {body['proposal_id']!r}: {error.message}", entry.id, entry.author)
+            return
+        if votes_digest(body["vote_ids"]) != body["votes_digest"]:
+            self._problem("bad_close", f"CLOSE for {body['proposal_id']!r}: votes_digest does not match its vote ids",
+                          entry.id, entry.author)
+            return
+        bucket = self._bucket(body["proposal_id"], entry)
+        if bucket is None:
+            return
+        if body["votes_digest"] not in bucket.closes and len(bucket.closes) >= 2 * len(self._validators):
+            return
+        bucket.closes.setdefault(body["votes_digest"], set()).add(entry.author)
+        bucket.close_vote_ids[body["votes_digest"]] = vote_ids
+
+    def _closed(self, bucket: _Bucket) -> tuple[str, frozenset[str], tuple[str, ...]] | None:
+        """(digest, counted vote ids, validators) of the set a strict majority of validators published."""
+        needed = majority_of(len(self._validators))
+        closed = sorted(digest for digest, validators in bucket.closes.items() if len(validators) >= needed)
+        if not closed:
+            return None
+        return closed[0], bucket.close_vote_ids[closed[0]], tuple(sorted(bucket.closes[closed[0]]))
+
     # --- queries ------------------------------------------------------------------------------
 
     def proposals(self, *, state: Mapping, now_ms: int) -> list[ProposalView]:
@@ -709,11 +786,32 @@ class Governance:
             rollback = _executed_rollback(rollbacks)
         return self._evaluate(proposal_id, bucket, reputations, now_ms, rollback)
 
-    def needing_ratification(self, *, state: Mapping, now_ms: int, settle_ms: int = 0) -> list[ProposalView]:
-        """Approved proposals with no certified EXECUTE_UPGRADE yet, oldest first: what a validator
-        should ratify. `settle_ms` waits after the decision so that late votes can still arrive."""
-        return [view for view in self.proposals(state=state, now_ms=now_ms)
-                if view.status == APPROVED and view.decided_at_ms is not None and now_ms >= view.decided_at_ms + settle_ms]
+    def needing_ratification(self, *, state: Mapping, now_ms: int) -> list[ProposalView]:
+        """Proposals whose counted votes approve them, with no certified EXECUTE_UPGRADE yet, oldest
+        first: what a validator should ratify (with the counted votes' digest)."""
+        return [view for view in self.proposals(state=state, now_ms=now_ms) if view.status == APPROVED]
+
+    def closing_candidates(self, *, state: Mapping, now_ms: int) -> dict[str, tuple[str, ...]]:
+        """For a validator: {proposal_id: vote ids to name} of every proposal that is not closed and
+        whose deadline has passed by `now_ms` (this validator's clock) or whose provisional tally is
+        already decided. Each voter's latest vote (highest author sequence, then highest id) is named:
+        the tally counts only that one."""
+        candidates = {}
+        for view in self.proposals(state=state, now_ms=now_ms):
+            if view.closed or not (now_ms > view.voting_deadline_ms or view.tally.outcome != VOTING):
+                continue
+            latest: dict[str, Ballot] = {}
+            for ballot in self._buckets[view.proposal_id].ballots.values():
+                kept = latest.get(ballot.voter)
+                if kept is None or (ballot.author_sequence, ballot.entry_id) > (kept.author_sequence, kept.entry_id):
+                    latest[ballot.voter] = ballot
+            candidates[view.proposal_id] = tuple(sorted(ballot.entry_id for ballot in latest.values()))
+        return candidates
+
+    def closes_published_by(self, validator_id: str) -> set[str]:
+        """Proposal ids for which `validator_id` published a CLOSE entry."""
+        return {proposal_id for proposal_id, bucket in self._buckets.items()
+                if any(validator_id in validators for validators in bucket.closes.values())}
 
     def certified_executions(self) -> list[CertifiedExecution]:
         """Every EXECUTE_UPGRADE with a valid certificate, one per sequence (the first in log order),
@@ -733,8 +831,15 @@ class Governance:
 
     # --- validation rules shared with the API ------------------------------------------------
 
-    def check_can_propose(self, body: Mapping, *, state: Mapping, now_ms: int) -> None:
-        """Raise Conflict / NotFound / VersionError if this PROPOSAL body may not be proposed now."""
+    def check_can_propose(self, body: Mapping, *, state: Mapping, now_ms: int, author: str | None = None) -> None:
+        """Raise Conflict / NotFound / VersionError if this PROPOSAL body may not be proposed now (by
+        `author`, whose open proposals are bounded)."""
+        open_count = sum(1 for earlier in self._proposals_by_author.get(author, ())
+                         if earlier.body["voting_deadline_ms"] >= now_ms and earlier.id not in self._void)
+        if open_count >= self._rules.open_proposals_per_author_max:
+            raise Conflict(f"this node already has {open_count} proposals open for voting; the network allows at most "
+                           f"{self._rules.open_proposals_per_author_max} per member at a time",
+                           hint="wait until one of them reaches its voting deadline (GET /proposals)")
         views = {view.proposal_id: view for view in self.proposals(state=state, now_ms=now_ms)
                  if view.proposal_id != body["proposal_id"]}     # checking an already folded body is harmless
         current = _current_version(state)
@@ -750,9 +855,12 @@ class Governance:
             raise Conflict(f"voting on {proposal_id} closed at its deadline {format_utc_ms(view.voting_deadline_ms)} "
                            f"(voting_deadline_ms={view.voting_deadline_ms})",
                            hint="votes cast after the deadline do not count")
-        if view.status != VOTING:
+        if view.status != VOTING or view.closed:
             raise Conflict(f"voting on {proposal_id} is closed: the proposal is already {view.status}",
-                           hint="the outcome could no longer change; see GET /proposals/" + proposal_id)
+                           hint="the validators closed voting; see GET /proposals/" + proposal_id)
+        if view.tally.outcome != VOTING:
+            raise Conflict(f"voting on {proposal_id} is decided ({view.tally.outcome}): the outcome can no longer change",
+                           hint="the validators are closing voting; see GET /proposals/" + proposal_id)
         return view
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -779,10 +887,23 @@ class Governance:
         entry = bucket.proposal
         body = entry.body
         disqualified = {ballot.voter for ballot in bucket.ballots.values() if ballot.entry_id in self._void}
+        closed = self._closed(bucket)
         count = count_votes(bucket.ballots.values(), reputations=reputations, disqualified=disqualified,
                             deadline_ms=body["voting_deadline_ms"], now_ms=now_ms,
-                            threshold_pct=self._rules.approval_threshold_pct, quorum_pct=self._rules.quorum_pct)
+                            threshold_pct=self._rules.approval_threshold_pct, quorum_pct=self._rules.quorum_pct,
+                            counted_ids=None if closed is None else closed[1])
         execution, notes = _execution_of(body, bucket)
+        outcome = count.tally.outcome
+        if closed is None:
+            outcome = VOTING       # only the validators' close decides; the tally above is provisional
+            if count.tally.outcome != VOTING or now_ms > body["voting_deadline_ms"]:
+                notes.append(f"the provisional tally says {count.tally.outcome}; waiting for the validators to close voting")
+        elif missing := closed[1] - set(bucket.ballots):
+            outcome = VOTING
+            notes.append(f"voting closed with {len(closed[1])} counted votes; {len(missing)} of them have not reached "
+                         "this node yet")
+        if execution is not None and closed is not None and execution.body["votes_digest"] != closed[0]:
+            notes.append("the certified execution names other counted votes than the validators' close")
         reports = tuple(_report_view(report) for _author, report in sorted(bucket.reports.items())
                         if report.id not in self._void)
         local_report = next((report for report in reports if report.node_id == self._local_node_id), None)
@@ -797,7 +918,7 @@ class Governance:
                                        reason=network_rollback.title, entry_id=None,
                                        rollback_proposal_id=network_rollback.proposal_id),)
         locally_rolled_back = any(r.node_id == self._local_node_id for r in rollbacks) or network_rollback is not None
-        status, status_notes = derive_status(outcome=count.tally.outcome, certified=execution is not None,
+        status, status_notes = derive_status(outcome=outcome, certified=execution is not None,
                                              local_report_success=None if local_report is None else local_report.success,
                                              rolled_back=locally_rolled_back)
         notes.extend(status_notes)
@@ -807,17 +928,21 @@ class Governance:
             version=body["version"], package_url=body["package_url"], package_hash=body["package_hash"],
             package_size=body["package_size"], target_proposal_id=body["target_proposal_id"], author=entry.author,
             entry_id=entry.id, created_ms=entry.hlc.wall_ms, voting_deadline_ms=body["voting_deadline_ms"],
-            status=status, tally=count.tally, decided_at_ms=count.decided_at_ms, votes=count.votes, execution=execution,
-            reports=reports, rollbacks=rollbacks, ratifications=self._ratify_views(proposal_id, body, bucket),
+            status=status, tally=count.tally, decided_at_ms=count.decided_at_ms, votes=count.votes,
+            closed=closed is not None, votes_digest=None if closed is None else closed[0],
+            closed_by=() if closed is None else closed[2], execution=execution,
+            reports=reports, rollbacks=rollbacks,
+            ratifications=self._ratify_views(proposal_id, body, bucket, None if closed is None else closed[0]),
             notes=tuple(notes))
 
-    def _ratify_views(self, proposal_id: str, body: Mapping, bucket: _Bucket) -> tuple[RatifyAuditView, ...]:
+    def _ratify_views(self, proposal_id: str, body: Mapping, bucket: _Bucket,
+                      closed_digest: str | None) -> tuple[RatifyAuditView, ...]:
         views = []
         for audit in sorted(bucket.ratify_audits.values(), key=lambda a: (a.sequence, a.validator_id, a.entry_id)):
             try:
                 expected = certificate_statement(self._network_id, proposal_id, body["action"], body["package_hash"],
-                                                 body["version"], audit.sequence)
-            except CertificateError:
+                                                 body["version"], closed_digest, audit.sequence)
+            except CertificateError:       # not closed on this node yet: nothing to compare with
                 expected = None
             views.append(RatifyAuditView(validator_id=audit.validator_id, sequence=audit.sequence,
                                          valid=audit.statement == expected, entry_id=audit.entry_id))

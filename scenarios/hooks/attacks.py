@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from node.core.certificates import certificate_statement
+from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
 from node.core.governance import make_proposal_id
 from node.core.hlc import Hlc
@@ -139,7 +140,8 @@ def forge_execute(driver: Any, version: str, package: str, certificate: str = "m
     if sequence is None:
         state = driver.read_state(target) or {}
         sequence = int(state.get("applied_sequence", 0)) + 1
-    statement = certificate_statement(driver.cluster.network_id, proposal_id, "upgrade", served.sha256, version, sequence)
+    statement = certificate_statement(driver.cluster.network_id, proposal_id, "upgrade", served.sha256, version,
+                                      EMPTY_VOTES_DIGEST, sequence)
     if certificate == "minority":
         items = [{"validator_id": driver.handle(index).node_id, "signature": member_key(driver, index).sign(statement)}
                  for index in driver.resolve(signers)]
@@ -152,7 +154,8 @@ def forge_execute(driver: Any, version: str, package: str, certificate: str = "m
     else:
         raise AssertionError(f"certificate must be 'minority' or 'forged', not {certificate!r}")
     body = {"proposal_id": proposal_id, "action": "upgrade", "version": version, "package_url": served.http_url,
-            "package_hash": served.sha256, "package_size": served.size, "sequence": sequence, "certificate": items}
+            "package_hash": served.sha256, "package_size": served.size, "votes_digest": EMPTY_VOTES_DIGEST,
+            "sequence": sequence, "certificate": items}
     entry = _chained_entry(driver, target, identity, "EXECUTE_UPGRADE", body)
     outcome = push(driver, target, [entry])
     if stranger:
@@ -165,3 +168,33 @@ def forge_execute(driver: Any, version: str, package: str, certificate: str = "m
                              f"(added {outcome.added}, refused {outcome.refused}, duplicate {outcome.duplicate})")
     return (f"EXECUTE_UPGRADE {entry.id[:16]} signed by {driver.label(author_index)}, {certificate} certificate "
             f"({len(items)} signature(s)) for sequence {sequence} of {quote(proposal_id)}, pushed to {driver.label(target)}")
+
+
+def backdated_vote(driver: Any, proposal: str, voter: Any = "node-5", push_to: Any = None, vote: str = "approval") -> str:
+    """After voting closed, a member signs a vote with its OWN key whose clock claims it was cast one tick
+    after the proposal (long before the deadline), its parents being its latest entry and the proposal,
+    and pushes it to a node (default: its own). The vote is well signed, so the door takes it (it is
+    kept as evidence); the scenario asserts that it never changes the closed outcome."""
+    voter_index = _one(driver, voter)
+    target = _one(driver, push_to) if push_to is not None else voter_index
+    identity = member_key(driver, voter_index)
+    proposal_id = driver.saved[proposal]
+    entries = driver.read_log(target)
+    proposed = next((entry for entry in entries if entry["kind"] == "PROPOSAL"
+                     and entry["body"].get("proposal_id") == proposal_id), None)
+    if proposed is None:
+        raise AssertionError(f"{driver.label(target)} has no PROPOSAL {proposal_id} to backdate a vote against")
+    latest = _latest_of(driver, target, identity.node_id)
+    clock = (proposed["hlc"]["wall_ms"], proposed["hlc"]["logical"] + 1)
+    if latest is not None and (latest["hlc"]["wall_ms"], latest["hlc"]["logical"]) >= clock:
+        raise AssertionError(f"{driver.label(voter_index)} wrote entries after the proposal: pick a voter who did not")
+    parents = (proposed["id"],) + ((latest["id"],) if latest is not None else ())
+    entry = make_entry(kind="VOTE", author=identity.node_id, sequence=(latest["sequence"] + 1) if latest else 1,
+                       parents=parents, hlc=Hlc(*clock), body={"proposal_id": proposal_id, "vote": vote},
+                       sign=identity.sign)
+    outcome = push(driver, target, [entry])
+    if outcome.added != 1:
+        raise AssertionError(f"{driver.label(target)} did not take the member-signed backdated vote into its log "
+                             f"(added {outcome.added}, refused {outcome.refused}, duplicate {outcome.duplicate})")
+    return (f"{driver.label(voter_index)} signed a {vote} vote {entry.id[:16]} dated {clock[0]}.{clock[1]} (one tick after "
+            f"the proposal) and pushed it to {driver.label(target)} after voting closed")

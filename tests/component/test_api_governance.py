@@ -19,6 +19,7 @@ from aiohttp import web
 from cluster.addresses import acquire_block
 from cluster.genesis import create_network
 from node.core.certificates import certificate_statement
+from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
 from node.core.governance import ReportView, make_proposal_id
 from node.core.hlc import Hlc
@@ -269,8 +270,10 @@ async def test_a_vote_after_the_deadline_is_refused(client, network):
     entry = make_entry(kind="PROPOSAL", author=member.node_id, sequence=1, parents=(), hlc=Hlc(created_ms, 0), body=body,
                        sign=member.sign)
     assert (await push(client, entry)).added == 1
-    document = await json_of(await client.get(f"/proposals/{body['proposal_id']}"), 200)
-    assert document["status"] == "expired"
+    refusal = await error_of(await vote(client, body["proposal_id"]), 409)      # refused before and after the close
+    assert "closed at its deadline" in refusal["message"]
+    document = await wait_status(client, body["proposal_id"], {"expired"})      # the validator closed voting
+    assert document["closed"] is True and document["closed_by"] == [network.nodes[0].node_id]
     refusal = await error_of(await vote(client, body["proposal_id"]), 409)
     assert "closed at its deadline" in refusal["message"]
     assert entries_of(client, "VOTE") == []
@@ -308,7 +311,8 @@ async def test_an_approved_upgrade_is_ratified_executed_and_then_rolled_back_net
     assert await state_of(client) == genesis_state, "a dry run changes nothing"
 
     voted = await json_of(await vote(client, proposal_id), 201)
-    assert voted["status"] in ("approved", "ratified", "executed") and voted["tally"]["approval_weight"] == 300
+    assert voted["status"] in ("voting", "approved", "ratified", "executed") and voted["tally"]["outcome"] == "approved"
+    assert voted["tally"]["approval_weight"] == 300
     document = await wait_status(client, proposal_id, {"executed"})
     me = network.nodes[0].node_id
     assert [(r["node_id"], r["success"], r["version"]) for r in document["reports"]] == [(me, True, "1.2.0")]
@@ -407,9 +411,11 @@ async def test_an_execute_upgrade_without_a_majority_certificate_is_refused(clie
     digest = package["package_hash"].removeprefix("sha256:")
 
     def execute_body(signer, signed_sequence):
-        statement = certificate_statement(network_id, proposal_id, "upgrade", digest, "1.2.0", signed_sequence)
+        statement = certificate_statement(network_id, proposal_id, "upgrade", digest, "1.2.0", EMPTY_VOTES_DIGEST,
+                                          signed_sequence)
         return {"proposal_id": proposal_id, "action": "upgrade", "version": "1.2.0", "package_url": package["package_url"],
-                "package_hash": digest, "package_size": package["package_size"], "sequence": 1,
+                "package_hash": digest, "package_size": package["package_size"], "votes_digest": EMPTY_VOTES_DIGEST,
+                "sequence": 1,
                 "certificate": [{"validator_id": signer.node_id, "signature": signer.sign(statement)}]}
 
     first = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
@@ -459,9 +465,11 @@ async def test_certified_upgrades_apply_in_sequence_order_exactly_once(client, p
     def certified(package: dict, version: str, sequence: int) -> dict:
         proposal_id = make_proposal_id("upgrade", wall_ms(), member.node_id, 100 + sequence)
         digest = package["package_hash"].removeprefix("sha256:")
-        statement = certificate_statement(network.genesis.network_id, proposal_id, "upgrade", digest, version, sequence)
+        statement = certificate_statement(network.genesis.network_id, proposal_id, "upgrade", digest, version,
+                                          EMPTY_VOTES_DIGEST, sequence)
         return {"proposal_id": proposal_id, "action": "upgrade", "version": version, "package_url": package["package_url"],
-                "package_hash": digest, "package_size": package["package_size"], "sequence": sequence,
+                "package_hash": digest, "package_size": package["package_size"], "votes_digest": EMPTY_VOTES_DIGEST,
+                "sequence": sequence,
                 "certificate": [{"validator_id": validator.node_id, "signature": validator.sign(statement)}]}
 
     second = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),

@@ -26,6 +26,7 @@ import pytest
 
 from cluster.local import LocalCluster, NodeApi
 from node.core.certificates import certificate_statement
+from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
 from node.core.governance import make_proposal_id
 from node.core.hlc import Hlc
@@ -241,9 +242,10 @@ def test_a_forged_execute_upgrade_and_malicious_packages_fail_everywhere_with_th
     member, validator = key_of(cluster, 4), key_of(cluster, 0)
     proposal_id = make_proposal_id("upgrade", wall_ms(), member.node_id, 7)
     digest = feature_flag["package_hash"].removeprefix("sha256:")
-    statement = certificate_statement(cluster.network_id, proposal_id, "upgrade", digest, "1.2.0", 1)
+    statement = certificate_statement(cluster.network_id, proposal_id, "upgrade", digest, "1.2.0", EMPTY_VOTES_DIGEST, 1)
     body = {"proposal_id": proposal_id, "action": "upgrade", "version": "1.2.0", "package_url": feature_flag["package_url"],
-            "package_hash": digest, "package_size": feature_flag["package_size"], "sequence": 1,
+            "package_hash": digest, "package_size": feature_flag["package_size"], "votes_digest": EMPTY_VOTES_DIGEST,
+            "sequence": 1,
             "certificate": [{"validator_id": validator.node_id, "signature": validator.sign(statement)}]}
     forged = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
                         body=body, sign=member.sign)
