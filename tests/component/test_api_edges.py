@@ -1,0 +1,83 @@
+"""Input edges of the node's HTTP API, through the real node application (runtime.Node behind aiohttp):
+header bytes no client library would send, odd versions, credentials in package URLs.
+
+Headers are sent over a raw socket: aiohttp's client encodes header values as UTF-8, so it cannot
+send the single latin-1 byte that a hostile or broken client can.
+"""
+
+import asyncio
+
+import pytest
+
+from cluster.addresses import acquire_block
+from cluster.genesis import create_network
+from node.gossip import PATH_OFFER, PATH_PUSH, PATH_SYNC, PATH_VISIBILITY
+from tests.component.node_app import node_test_client
+
+# PySyncObj 0.3.17 never closes its journal's .meta file (see tests/component/test_raft.py).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <_io.FileIO name='[^']*raft.journal.meta':pytest.PytestUnraisableExceptionWarning")
+
+API_PORT = 7000
+RAFT_PORT = 7100
+RAW_REPLY_BYTES_MAX = 64 * 1024
+RAW_REPLY_TIMEOUT_S = 10.0
+PROPOSAL_ID = "upgrade_20251003_120000_3fa9c2d1"
+# Every route that changes something, with a body it would accept if the token were right.
+MUTATING_ROUTES = {
+    "/upgrades/propose": b'{"title": "t", "version": "1.2.0", "package_url": "https://example.org/u.wasm", '
+                         b'"package_hash": "sha256:' + b"ab" * 32 + b'"}',
+    "/rollbacks/propose": b'{"target_proposal_id": "' + PROPOSAL_ID.encode() + b'"}',
+    "/log/notes": b'{"text": "hello"}',
+    f"/proposals/{PROPOSAL_ID}/vote": b'{"vote": "approval"}',
+    f"/upgrades/{PROPOSAL_ID}/test": b"{}",
+    f"/upgrades/{PROPOSAL_ID}/rollback": b"{}",
+}
+# Gossip carries signed entries, checked one by one; it has no token to get wrong.
+TOKENLESS_ROUTES = {PATH_OFFER, PATH_PUSH, PATH_SYNC, PATH_VISIBILITY}
+
+
+@pytest.fixture
+def network(tmp_path):
+    with acquire_block(hosts=2, ports=[API_PORT, RAFT_PORT]) as lease:
+        yield create_network(tmp_path / "net", nodes=2, validators=1, block=lease.block, api_port=API_PORT,
+                             raft_port=RAFT_PORT, reputations=[300, 100],
+                             config_limits={"gossip_first_write_wait_ms": 0})
+
+
+@pytest.fixture
+async def client(network, aiohttp_client):
+    async with node_test_client(network.nodes[0].config_path, aiohttp_client) as client:
+        yield client
+
+
+async def raw_post(client, path: str, authorization: bytes, body: bytes) -> tuple[int, bytes]:
+    """POST with an Authorization header of exactly these bytes; (status, response body)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: node\r\nConnection: close\r\n"
+                     b"Content-Type: application/json\r\nAuthorization: " + authorization + b"\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(RAW_REPLY_TIMEOUT_S):
+            reply = await reader.read(RAW_REPLY_BYTES_MAX)
+    finally:
+        writer.close()
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_the_list_of_mutating_routes_is_complete(client):
+    posted = {route.resource.canonical for route in client.app.router.routes() if route.method not in ("GET", "HEAD")}
+    listed = {path.replace(PROPOSAL_ID, "{proposal_id}") for path in MUTATING_ROUTES}
+    assert posted - TOKENLESS_ROUTES == listed
+
+
+@pytest.mark.parametrize("path", sorted(MUTATING_ROUTES))
+@pytest.mark.parametrize("authorization", [b"Bearer \xe9", b"Bearer \xc3\xa9" + b"a" * 62, b"Bearer " + b"\xff" * 64,
+                                           b"\xe9 token"])
+async def test_a_non_ascii_token_is_a_clear_401_on_every_mutating_route(client, path, authorization):
+    status, body = await raw_post(client, path, authorization, MUTATING_ROUTES[path])
+    assert status == 401, body
+    assert b"Traceback" not in body and b'"hint"' in body
+    assert client.node.log.visible_count() == 0
