@@ -6,6 +6,7 @@ send the single latin-1 byte that a hostile or broken client can.
 """
 
 import asyncio
+import json
 
 import pytest
 
@@ -81,3 +82,34 @@ async def test_a_non_ascii_token_is_a_clear_401_on_every_mutating_route(client, 
     assert status == 401, body
     assert b"Traceback" not in body and b'"hint"' in body
     assert client.node.log.visible_count() == 0
+
+
+# --- versions -----------------------------------------------------------------------------------------
+
+
+def auth(client) -> dict:
+    return {"Authorization": f"Bearer {client.token}"}
+
+
+async def propose(client, **fields):
+    body = {"title": "Upgrade", "description": "d", "version": "3.1.0", "package_url": "https://example.org/u.wasm",
+            "package_hash": "sha256:" + "ab" * 32, "package_size": 2048}
+    body.update(fields)
+    response = await client.post("/upgrades/propose", json=body, headers=auth(client))
+    return response.status, json.loads(await response.text())
+
+
+@pytest.mark.parametrize("odd", ["3.1.0\n", "1\u0663.0.0", "3.1.0\r", "\uff13.1.0", "3.1.0-\u0663a"])
+async def test_odd_versions_are_refused_with_a_400(client, odd):
+    status, body = await propose(client, version=odd)
+    assert status == 400 and "is not semver" in body["message"], body
+    assert client.node.log.visible_count() == 0
+
+
+async def test_a_version_with_only_other_build_metadata_is_already_proposed(client):
+    status, first = await propose(client)
+    assert status == 201, first
+    status, body = await propose(client, version="3.1.0+build.1")
+    assert status == 409 and f"already proposed by {first['proposal_id']}" in body["message"], body
+    status, _body = await propose(client, version="3.1.1+build.1")
+    assert status == 201
