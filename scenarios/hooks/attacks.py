@@ -86,8 +86,8 @@ def _chained_entry(driver: Any, index: int, identity: Identity, kind: str, body:
     else:
         sequence, parents = latest["sequence"] + 1, (latest["id"],)
         wall_ms = max(_wall_ms(), latest["hlc"]["wall_ms"] + 1)
-    return make_entry(kind=kind, author=identity.node_id, sequence=sequence, parents=parents, hlc=Hlc(wall_ms, 0),
-                      body=body, sign=identity.sign)
+    return make_entry(network_id=driver.cluster.network_id, kind=kind, author=identity.node_id, sequence=sequence,
+                      parents=parents, hlc=Hlc(wall_ms, 0), body=body, sign=identity.sign)
 
 
 def forge_votes(driver: Any, proposal: str, on: Any = "node-1", strangers: int = 5, impersonate: Any = "all",
@@ -102,13 +102,13 @@ def forge_votes(driver: Any, proposal: str, on: Any = "node-1", strangers: int =
     entries = []
     for _ in range(strangers):
         stranger = Identity.generate()
-        entries.append(make_entry(kind="VOTE", author=stranger.node_id, sequence=1, parents=(), hlc=Hlc(_wall_ms(), 0),
-                                  body=body, sign=stranger.sign))
+        entries.append(make_entry(network_id=driver.cluster.network_id, kind="VOTE", author=stranger.node_id, sequence=1,
+                                  parents=(), hlc=Hlc(_wall_ms(), 0), body=body, sign=stranger.sign))
     impersonated = driver.resolve(impersonate) if impersonate else []
     for victim in impersonated:
         thief = Identity.generate()
-        entries.append(make_entry(kind="VOTE", author=driver.handle(victim).node_id, sequence=1, parents=(),
-                                  hlc=Hlc(_wall_ms(), 0), body=body, sign=thief.sign))
+        entries.append(make_entry(network_id=driver.cluster.network_id, kind="VOTE", author=driver.handle(victim).node_id,
+                                  sequence=1, parents=(), hlc=Hlc(_wall_ms(), 0), body=body, sign=thief.sign))
     outcome = push(driver, index, entries)
     if outcome.added or outcome.refused != len(entries):
         raise AssertionError(f"{driver.label(index)} took {outcome.added} of {len(entries)} forged votes "

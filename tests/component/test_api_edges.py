@@ -12,7 +12,11 @@ import pytest
 
 from cluster.addresses import acquire_block
 from cluster.genesis import create_network
-from node.gossip import PATH_OFFER, PATH_PUSH, PATH_SYNC, PATH_VISIBILITY
+from node.core.entries import make_entry
+from node.core.hlc import Hlc
+from node.gossip import PATH_OFFER, PATH_PUSH, PATH_SYNC, PATH_VISIBILITY, Push, Pushed, decode_message
+from node.identity import Identity
+from node.runtime import wall_ms
 from tests.component.node_app import node_test_client
 
 # PySyncObj 0.3.17 never closes its journal's .meta file (see tests/component/test_raft.py).
@@ -113,3 +117,29 @@ async def test_a_version_with_only_other_build_metadata_is_already_proposed(clie
     assert status == 409 and f"already proposed by {first['proposal_id']}" in body["message"], body
     status, _body = await propose(client, version="3.1.1+build.1")
     assert status == 201
+
+
+# --- entries are signed for one network -----------------------------------------------------------------
+
+
+async def push(client, *raws: bytes) -> Pushed:
+    """What a peer does: POST entries to the gossip endpoint."""
+    response = await client.post(PATH_PUSH, data=Push(sender="", raws=tuple(raws)).encode(),
+                                 headers={"Content-Type": "application/msgpack"})
+    assert response.status == 200, await response.text()
+    return decode_message(await response.read(), Pushed, array_length_max=8)
+
+
+async def test_an_entry_a_member_signed_for_another_network_is_refused_at_the_door(client, network):
+    # Member 1 reuses its key in "other-network"; a NOTE it signed there is replayed to this network.
+    member = Identity.load_or_create(network.nodes[1].node_dir / "node_key")
+
+    def note_for(network_id: str):
+        return make_entry(network_id=network_id, kind="NOTE", author=member.node_id, sequence=1, parents=(),
+                          hlc=Hlc(wall_ms(), 0), body={"text": "hello"}, sign=member.sign)
+
+    pushed = await push(client, note_for("other-network").raw)
+    assert (pushed.added, pushed.refused) == (0, 1)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'synapse_entries_refused_total{reason="bad_signature"} 1' in metrics
+    assert (await push(client, note_for(network.genesis.network_id).raw)).added == 1

@@ -77,8 +77,8 @@ class Net:
         if sequence is None:
             self.sequences[name] += 1
             sequence = self.sequences[name]
-        return make_entry(kind=kind, author=author.node_id, sequence=sequence, parents=(), hlc=Hlc(wall_ms, 0),
-                          body=body, sign=author.sign)
+        return make_entry(network_id=NETWORK, kind=kind, author=author.node_id, sequence=sequence, parents=(),
+                          hlc=Hlc(wall_ms, 0), body=body, sign=author.sign)
 
     def propose(self, name: str = "a", *, version: str = "1.2.0", wall_ms: int = T0, action: str = "upgrade",
                 target: str | None = None, apply: bool = True):
