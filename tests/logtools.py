@@ -10,7 +10,9 @@ import hashlib
 from typing import Any, Iterable, Mapping, Sequence
 
 from node.core.crdt_log import CrdtLog, LogLimits
-from node.core.entries import Entry, make_entry
+import msgpack
+
+from node.core.entries import Entry, make_entry, signing_prefix
 from node.core.hlc import Hlc
 from node.identity import Identity, verify_signature
 
@@ -71,6 +73,16 @@ def forge(who: Identity, *, sequence: int, parents: Sequence[str] = (), hlc: Hlc
     for breaking rules."""
     return make_entry(network_id=network_id, kind=kind, author=author or who.node_id, sequence=sequence, parents=parents, hlc=hlc,
                       body=body if body is not None else note_body(), sign=who.sign)
+
+
+def forge_raw(who: Identity, *, kind: str, body: Mapping[str, Any], sequence: int = 1, hlc: Hlc = Hlc(NOW_MS, 0),
+              network_id: str = NETWORK_ID) -> bytes:
+    """The canonical bytes of an entry whose body make_entry would refuse, validly signed by `who`:
+    what a hostile member's own encoder sends. Keys are sorted as the canonical form wants."""
+    fields = [1, kind, who.node_id, sequence, [], [hlc.wall_ms, hlc.logical], {key: body[key] for key in sorted(body)}]
+    unsigned = msgpack.packb(fields, use_bin_type=True)
+    signature = who.sign(signing_prefix(network_id) + unsigned)
+    return bytes((0x98,)) + unsigned[1:] + msgpack.packb(signature, use_bin_type=True)
 
 
 def note_body(text: str = "hello") -> dict:

@@ -144,6 +144,28 @@ def _is_certificate(value: Any) -> bool:
     )
 
 
+def url_has_userinfo(url: str) -> bool:
+    """True when `url` names credentials (`scheme://user[:password]@host`): any '@' in the authority,
+    which runs from '://' to the first '/', '?' or '#' (or '\\', which some parsers read as '/').
+    Deliberately wide: an '@' where one parser sees a host and another a user is refused too."""
+    marker = url.find("://")
+    if marker < 0:
+        return False
+    authority_start = marker + 3
+    authority_end = len(url)
+    for delimiter in "/?#\\":
+        position = url.find(delimiter, authority_start)
+        if position >= 0:
+            authority_end = min(authority_end, position)
+    return "@" in url[authority_start:authority_end]
+
+
+def _is_package_url(value: Any) -> bool:
+    # A package URL is public: every member fetches it and anyone reads it (GET /proposals, GET /log).
+    # Credentials in it would be shown to all, so none are allowed, network-wide.
+    return isinstance(value, str) and 1 <= len(value) <= 2048 and not url_has_userinfo(value)
+
+
 _PROPOSAL_ID = _text(96, length_min=1)
 _VERSION: Check = is_valid_version
 _PACKAGE_SIZE = _integer(1, 2**40)
@@ -152,7 +174,7 @@ _SEQUENCE_FIELD = _integer(1, SEQUENCE_MAX)
 BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
     "PROPOSAL": {
         "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "title": _text(200, human="line"),
-        "description": _text(4000, human="text"), "version": _VERSION, "package_url": _optional(_text(2048, length_min=1)),
+        "description": _text(4000, human="text"), "version": _VERSION, "package_url": _optional(_is_package_url),
         "package_hash": _optional(_is_hex64), "package_size": _optional(_PACKAGE_SIZE),
         "voting_deadline_ms": _integer(0, SEQUENCE_MAX), "target_proposal_id": _optional(_PROPOSAL_ID),
     },
@@ -163,7 +185,7 @@ BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
     },
     "EXECUTE_UPGRADE": {
         "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "version": _VERSION,
-        "package_url": _optional(_text(2048, length_min=1)), "package_hash": _optional(_is_hex64),
+        "package_url": _optional(_is_package_url), "package_hash": _optional(_is_hex64),
         "package_size": _optional(_PACKAGE_SIZE), "sequence": _SEQUENCE_FIELD, "certificate": _is_certificate,
     },
     "EXECUTION_REPORT": {

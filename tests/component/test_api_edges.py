@@ -13,11 +13,13 @@ import pytest
 from cluster.addresses import acquire_block
 from cluster.genesis import create_network
 from node.core.entries import make_entry
+from node.core.governance import make_proposal_id
 from node.core.hlc import Hlc
 from node.gossip import PATH_OFFER, PATH_PUSH, PATH_SYNC, PATH_VISIBILITY, Push, Pushed, decode_message
 from node.identity import Identity
 from node.runtime import wall_ms
 from tests.component.node_app import node_test_client
+from tests.logtools import forge_raw, proposal_body
 
 # PySyncObj 0.3.17 never closes its journal's .meta file (see tests/component/test_raft.py).
 pytestmark = pytest.mark.filterwarnings(
@@ -143,3 +145,28 @@ async def test_an_entry_a_member_signed_for_another_network_is_refused_at_the_do
     metrics = await (await client.get("/metrics")).text()
     assert 'synapse_entries_refused_total{reason="bad_signature"} 1' in metrics
     assert (await push(client, note_for(network.genesis.network_id).raw)).added == 1
+
+
+# --- package URLs carry no credentials -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["https://user:s3cr3t-token@example.org/u.wasm", "https://s3cr3t-token@example.org/u.wasm",
+                                 "http://a:s3cr3t-token@example.org@example.org/u.wasm"])
+async def test_a_package_url_with_credentials_is_refused_before_anything_is_written(client, url):
+    status, body = await propose(client, package_url=url)
+    assert status == 400 and "credentials" in body["message"] and "without credentials" in body["hint"], body
+    assert "s3cr3t-token" not in json.dumps(body)
+    assert client.node.log.visible_count() == 0
+
+
+async def test_a_gossiped_proposal_with_credentials_in_its_url_is_refused_at_the_door(client, network):
+    member = Identity.load_or_create(network.nodes[1].node_dir / "node_key")
+    now_ms = wall_ms()
+    body = proposal_body(proposal_id=make_proposal_id("upgrade", now_ms, member.node_id, 1),
+                         package_url="https://user:s3cr3t-token@example.org/u.wasm", voting_deadline_ms=now_ms + 60_000)
+    raw = forge_raw(member, kind="PROPOSAL", body=body, hlc=Hlc(now_ms, 0), network_id=network.genesis.network_id)
+    pushed = await push(client, raw)
+    assert (pushed.added, pushed.refused) == (0, 1)
+    assert 'synapse_entries_refused_total{reason="bad_body"} 1' in await (await client.get("/metrics")).text()
+    for path in ("/proposals", "/log"):
+        assert "s3cr3t-token" not in await (await client.get(path)).text()

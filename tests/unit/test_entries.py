@@ -17,7 +17,7 @@ from node.core.hlc import LOGICAL_MAX, WALL_MS_MAX, Hlc, hlc_receive, hlc_tick
 from node.errors import ConfigError, EntryRefused
 from node.identity import verify_signature
 from tests.logtools import (
-    NETWORK_ID,
+    NETWORK_ID, forge_raw,
     NOW_MS, execute_body, forge, identity, note_body, proposal_body, ratify_body, report_body, rollback_proposal_body,
     sample_bodies, vote_body,
 )
@@ -288,8 +288,8 @@ def test_an_unknown_kind_is_refused_by_name():
 def body_refusal(kind: str, body: dict) -> EntryRefused:
     signed = []
     with pytest.raises(EntryRefused) as caught:
-        make_entry(network_id=NETWORK_ID, kind=kind, author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0), body=body,
-                   sign=lambda message: signed.append(message) or ALICE.sign(message))
+        make_entry(network_id=NETWORK_ID, kind=kind, author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0),
+                   body=body, sign=lambda message: signed.append(message) or ALICE.sign(message))
     assert signed == [], "nothing is signed when the body is refused"
     # The same body arriving from the wire is refused too.
     pieces = canonical_pieces(sequence=1, parents=())
@@ -416,3 +416,24 @@ def test_unsafe_characters_are_located_and_replaced():
     assert unsafe_character("abc\x1b[2J", one_line=False) == "U+001B at position 3"
     assert safe_text("trap in \x1b]0;x\x07 at \u202efn") == "trap in \ufffd]0;x\ufffd at \ufffdfn"
     assert safe_text("line\n\tindented") == "line\n\tindented"
+
+
+# --- package URLs carry no credentials ------------------------------------------------------------------
+
+USERINFO_URLS = ["https://user:secret@example.org/u.wasm", "https://token@example.org/u.wasm", "http://@example.org/u.wasm",
+                 "https://a@b@example.org/u.wasm", "https://example.org@evil.example/u.wasm",
+                 "https://user:pw@example.org?x=/@", "HTTPS://u:p@example.org"]
+
+
+@pytest.mark.parametrize("url", USERINFO_URLS)
+@pytest.mark.parametrize("kind, make_body", [("PROPOSAL", proposal_body), ("EXECUTE_UPGRADE", execute_body)])
+def test_a_package_url_with_credentials_is_refused_in_every_entry_that_carries_one(url, kind, make_body):
+    # A proposal is shown to anyone (GET /proposals, GET /log): a secret in its URL would be public.
+    assert body_refusal(kind, make_body(package_url=url)).reason == "bad_body"
+    assert refusal(forge_raw(ALICE, kind=kind, body=make_body(package_url=url))) == "bad_body"
+
+
+@pytest.mark.parametrize("url", ["https://example.org/u.wasm", "https://example.org/a@b.wasm", "https://example.org/u?who=a@b",
+                                 "https://example.org/u#a@b", "https://example.org:8443/u.wasm", "ipfs://" + "b" * 59])
+def test_an_at_sign_outside_the_authority_is_no_credential(url):
+    decode(forge_raw(ALICE, kind="PROPOSAL", body=proposal_body(package_url=url)))
