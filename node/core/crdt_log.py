@@ -158,7 +158,8 @@ def parse_digest(digest: object) -> dict[str, tuple[tuple[int, str | None], ...]
 class CrdtLog:
     """The grow-only, signed, causally ordered log. See the module docstring for the rules."""
 
-    def __init__(self, *, network_id: str, members: Mapping[str, bytes], verify: Verify, limits: LogLimits = LogLimits()) -> None:
+    def __init__(self, *, network_id: str, members: Mapping[str, bytes], verify: Verify,
+                 limits: LogLimits = LogLimits()) -> None:
         """`network_id`: genesis's; entries are signed for it (entries.signing_prefix), so an entry
         signed for another network fails the signature check here."""
         signing_prefix(network_id)  # a bad id is refused now, not at the first entry
@@ -430,8 +431,8 @@ class CrdtLog:
         It is NOT added: persist it, then add() it."""
         parents = self.heads(author)
         floor = max([self._entries[p].hlc for p in parents] + [clock or HLC_ZERO])
-        return make_entry(network_id=self._network_id, kind=kind, author=author, sequence=self.next_sequence(author), parents=parents,
-                          hlc=hlc_tick(floor, now_ms), body=body, sign=sign)
+        return make_entry(network_id=self._network_id, kind=kind, author=author, sequence=self.next_sequence(author),
+                          parents=parents, hlc=hlc_tick(floor, now_ms), body=body, sign=sign)
 
     # --- anti-entropy -----------------------------------------------------------------------------
 

@@ -358,9 +358,10 @@ def _check_fields(entry: Entry) -> None:
 
 def make_entry(*, network_id: str, kind: str, author: str, sequence: int, parents: Sequence[str], hlc: Hlc,
                body: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> Entry:
-    """Build and sign an entry for network `network_id` (genesis). `parents` may come in any order (they are sorted and deduplicated);
-    `body` is copied into canonical form (the caller's dict is not kept). Raises EntryRefused
-    ("unknown_kind", "malformed", "bad_body") when the fields are invalid: nothing is signed then."""
+    """Build and sign an entry for network `network_id` (genesis's). `parents` may come in any order
+    (they are sorted and deduplicated); `body` is copied into canonical form (the caller's dict is not
+    kept). Raises EntryRefused ("unknown_kind", "malformed", "bad_body") when the fields are invalid,
+    ConfigError for a network id genesis would refuse: nothing is signed then."""
     prefix = signing_prefix(network_id)
     if kind not in KINDS:
         raise EntryRefused("unknown_kind", f"unknown entry kind {str(kind)[:40]!r}", hint=f"use one of {', '.join(KINDS)}")
