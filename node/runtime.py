@@ -252,7 +252,7 @@ class Node:
         self.prepared = prepared
         genesis, limits, node_id = prepared.genesis, prepared.limits, prepared.identity.node_id
         self.metrics = Metrics()
-        self.log = CrdtLog(members=genesis.public_keys(), verify=verify_signature, limits=log_limits(limits))
+        self.log = CrdtLog(network_id=genesis.network_id, members=genesis.public_keys(), verify=verify_signature, limits=log_limits(limits))
         self.state = NodeState(genesis=genesis, metrics=self.metrics)
         self.gossip = Gossip(
             log=self.log, logfile=prepared.logfile, self_id=node_id,

@@ -1031,7 +1031,9 @@ def _check_upgrade_allowed(body: Mapping, views: Mapping[str, ProposalView], cur
     if current is not None and not parse_version(version) > parse_version(current):
         raise VersionError(f"version {version} is not greater than the network's current version {current}")
     for view in views.values():
-        if view.action == "upgrade" and view.version == version and view.status not in VERSION_FREE_STATUSES:
+        # Parsed, not as text: versions differing only in build metadata are one version (semver precedence).
+        if view.action == "upgrade" and parse_version(view.version) == parse_version(version) \
+                and view.status not in VERSION_FREE_STATUSES:
             raise Conflict(f"version {version} is already proposed by {view.proposal_id} (status {view.status})",
                            hint="vote on that proposal, or propose another version")
 
@@ -1044,7 +1046,7 @@ def _check_rollback_allowed(body: Mapping, views: Mapping[str, ProposalView], cu
                        hint="give the id of the executed upgrade to undo (GET /proposals)")
     if target.action != "upgrade" or target.status != EXECUTED:
         raise Conflict(f"{target_id} is a {target.action} with status {target.status}: only an executed upgrade can be rolled back")
-    if current is not None and target.version != current:
+    if current is not None and parse_version(target.version) != parse_version(current):
         raise Conflict(f"only the latest executed upgrade can be rolled back: the network runs {current}, "
                        f"{target_id} installed {target.version}", hint="roll back the latest upgrade first")
     if current is not None and not parse_version(body["version"]) < parse_version(current):

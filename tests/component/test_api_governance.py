@@ -267,8 +267,8 @@ async def test_a_vote_after_the_deadline_is_refused(client, network):
     body = {"proposal_id": make_proposal_id("upgrade", created_ms, member.node_id, 1), "action": "upgrade",
             "title": "late", "description": "", "version": "1.5.0", "package_url": "https://example.org/l.wasm",
             "package_hash": "cd" * 32, "package_size": None, "voting_deadline_ms": created_ms + 5_000, "target_proposal_id": None}
-    entry = make_entry(kind="PROPOSAL", author=member.node_id, sequence=1, parents=(), hlc=Hlc(created_ms, 0), body=body,
-                       sign=member.sign)
+    entry = make_entry(network_id=network.genesis.network_id, kind="PROPOSAL", author=member.node_id, sequence=1,
+                       parents=(), hlc=Hlc(created_ms, 0), body=body, sign=member.sign)
     assert (await push(client, entry)).added == 1
     refusal = await error_of(await vote(client, body["proposal_id"]), 409)      # refused before and after the close
     assert "closed at its deadline" in refusal["message"]
@@ -284,10 +284,10 @@ async def test_forged_votes_are_refused_at_the_door(client, network):
     stranger = Identity.generate()
     member = member_identity(network, 1)
     vote_body = {"proposal_id": proposal_id, "vote": "rejection"}
-    unknown_key = make_entry(kind="VOTE", author=stranger.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                             body=vote_body, sign=stranger.sign)
-    bad_signature = make_entry(kind="VOTE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                               body=vote_body, sign=stranger.sign)
+    unknown_key = make_entry(network_id=network.genesis.network_id, kind="VOTE", author=stranger.node_id, sequence=1,
+                             parents=(), hlc=Hlc(wall_ms(), 0), body=vote_body, sign=stranger.sign)
+    bad_signature = make_entry(network_id=network.genesis.network_id, kind="VOTE", author=member.node_id, sequence=1,
+                               parents=(), hlc=Hlc(wall_ms(), 0), body=vote_body, sign=stranger.sign)
     pushed = await push(client, unknown_key, bad_signature)
     assert (pushed.added, pushed.refused) == (0, 2)
     document = await json_of(await client.get(f"/proposals/{proposal_id}"), 200)
@@ -418,10 +418,10 @@ async def test_an_execute_upgrade_without_a_majority_certificate_is_refused(clie
                 "sequence": 1,
                 "certificate": [{"validator_id": signer.node_id, "signature": signer.sign(statement)}]}
 
-    first = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                       body=execute_body(member, 1), sign=member.sign)
-    second = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2, parents=(first.id,),
-                        hlc=Hlc(wall_ms() + 1, 0), body=execute_body(validator, 2), sign=member.sign)
+    first = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1,
+                       parents=(), hlc=Hlc(wall_ms(), 0), body=execute_body(member, 1), sign=member.sign)
+    second = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2,
+                        parents=(first.id,), hlc=Hlc(wall_ms() + 1, 0), body=execute_body(validator, 2), sign=member.sign)
     assert (await push(client, first, second)).added == 2, "well-signed entries of a member enter the log"
     await client.node.governance.execute_pending()     # what the executor does when woken, run to completion
     state = await state_of(client)
@@ -472,15 +472,16 @@ async def test_certified_upgrades_apply_in_sequence_order_exactly_once(client, p
                 "sequence": sequence,
                 "certificate": [{"validator_id": validator.node_id, "signature": validator.sign(statement)}]}
 
-    second = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                        body=certified(feature_flag, "1.2.0", 2), sign=member.sign)
+    second = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1,
+                        parents=(), hlc=Hlc(wall_ms(), 0), body=certified(feature_flag, "1.2.0", 2), sign=member.sign)
     assert (await push(client, second)).added == 1
     service = client.node.governance
     await service.execute_pending()
     assert (await state_of(client))["applied_sequence"] == 0, "sequence 2 waits for sequence 1"
 
-    first = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2, parents=(second.id,),
-                       hlc=Hlc(wall_ms() + 1, 0), body=certified(panic, "1.1.0", 1), sign=member.sign)
+    first = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2,
+                       parents=(second.id,), hlc=Hlc(wall_ms() + 1, 0), body=certified(panic, "1.1.0", 1),
+                       sign=member.sign)
     assert (await push(client, first)).added == 1
     await service.execute_pending()
     state = await state_of(client)

@@ -207,10 +207,10 @@ def test_a_rejected_proposal_never_executes_and_forged_votes_never_count(cluster
 
     stranger, member = Identity.generate(), key_of(cluster, 4)
     forged = {"proposal_id": rejected_id, "vote": "approval"}
-    unknown_key = make_entry(kind="VOTE", author=stranger.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                             body=forged, sign=stranger.sign)
-    bad_signature = make_entry(kind="VOTE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                               body=forged, sign=stranger.sign)
+    unknown_key = make_entry(network_id=cluster.network_id, kind="VOTE", author=stranger.node_id, sequence=1,
+                             parents=(), hlc=Hlc(wall_ms(), 0), body=forged, sign=stranger.sign)
+    bad_signature = make_entry(network_id=cluster.network_id, kind="VOTE", author=member.node_id, sequence=1,
+                               parents=(), hlc=Hlc(wall_ms(), 0), body=forged, sign=stranger.sign)
     pushed = push(cluster.api(2), unknown_key, bad_signature)
     assert (pushed.added, pushed.refused) == (0, 2)
     assert metric(cluster.api(2), 'synapse_entries_refused_total{reason="bad_signature"}') == 1
@@ -247,8 +247,8 @@ def test_a_forged_execute_upgrade_and_malicious_packages_fail_everywhere_with_th
             "package_hash": digest, "package_size": feature_flag["package_size"], "votes_digest": EMPTY_VOTES_DIGEST,
             "sequence": 1,
             "certificate": [{"validator_id": validator.node_id, "signature": validator.sign(statement)}]}
-    forged = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                        body=body, sign=member.sign)
+    forged = make_entry(network_id=cluster.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1,
+                        parents=(), hlc=Hlc(wall_ms(), 0), body=body, sign=member.sign)
     assert push(cluster.api(4), forged).added == 1
     cluster.wait_for(lambda: all(metric(cluster.api(i), 'synapse_execute_refused_total{reason="bad_certificate"}') == 1
                                  for i in ALL), WITHIN_S, "every node to refuse the forged EXECUTE_UPGRADE")

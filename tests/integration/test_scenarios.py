@@ -36,7 +36,7 @@ SHIPPED = {
     "memory_bomb_package", "wasi_import_package", "garbage_output_package", "sybil_voters",
     "forged_votes_and_execute", "colluding_validator_minority", "backdated_vote", "leader_killed_during_ratification",
     "validator_partition_heals", "crash_mid_upgrade", "auto_rollback", "manual_rollback",
-    "chained_upgrades_rollback", "partition_heal_log", "crash_pause_catch_up",
+    "chained_upgrades_rollback", "partition_heal_log", "crash_pause_catch_up", "ssrf_gateway_host", "odd_versions",
 }
 
 

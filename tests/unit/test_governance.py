@@ -78,8 +78,8 @@ class Net:
         if sequence is None:
             self.sequences[name] += 1
             sequence = self.sequences[name]
-        return make_entry(kind=kind, author=author.node_id, sequence=sequence, parents=(), hlc=Hlc(wall_ms, 0),
-                          body=body, sign=author.sign)
+        return make_entry(network_id=NETWORK, kind=kind, author=author.node_id, sequence=sequence, parents=(),
+                          hlc=Hlc(wall_ms, 0), body=body, sign=author.sign)
 
     def propose(self, name: str = "a", *, version: str = "1.2.0", wall_ms: int = T0, action: str = "upgrade",
                 target: str | None = None, apply: bool = True):
@@ -590,6 +590,16 @@ def test_a_version_already_proposed_is_a_conflict_until_that_proposal_ends():
         net.governance.check_can_propose(second.body, state=net.state, now_ms=T0 + 3)
     assert net.view(first, now_ms=T0 + 3).status == REJECTED         # the validators closed it
     net.governance.check_can_propose(second.body, state=net.state, now_ms=T0 + 3)
+
+
+@pytest.mark.parametrize("first_version, again", [("1.2.0", "1.2.0+build.1"), ("1.2.0+build.1", "1.2.0"),
+                                                    ("1.2.0+a", "1.2.0+b")])
+def test_a_version_differing_only_in_build_metadata_is_already_proposed(first_version, again):
+    # Semver precedence ignores build metadata: 1.2.0+build.1 IS 1.2.0, so it may not run beside it.
+    net = Net(FOUR_EQUAL)
+    net.propose(version=first_version)
+    with pytest.raises(Conflict, match="already proposed"):
+        net.governance.check_can_propose(net.propose("b", version=again, apply=False).body, state=net.state, now_ms=T0 + 1)
 
 
 def test_a_version_not_above_the_current_one_is_refused():
