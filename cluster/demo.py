@@ -183,7 +183,7 @@ def vote_until(demo: Demo, proposal_id: str, voters: Sequence[int], wanted: str)
         document = demo.call(index, "POST", f"/proposals/{quote(proposal_id, safe='')}/vote", {"vote": "approval"})
         tally = document["tally"]
         demo.narrator.say("vote", f"{demo.label(index)} approves: approval {tally['approval_weight']} of "
-                                  f"{tally['total_weight']} reputation -> {document['status']}")
+                                  f"{tally['total_weight']} reputation -> {tally['outcome']}")
     if (document.get("tally") or {}).get("outcome") != wanted and document.get("status") not in (wanted, "ratified", "executed"):
         raise demo_failed(f"the proposal is {document.get('status')!r} after the votes of {', '.join(map(demo.label, voters))}, "
                          f"not {wanted!r}")
