@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from node import api
-from node.core.entries import url_has_userinfo
+from node.core.urls import has_userinfo
 from node.core.governance import PROPOSAL_ID_PATTERN, STATUSES
 from node.core.utc import format_utc_ms
 from node.errors import BadRequest
@@ -115,7 +115,7 @@ async def post_propose_upgrade(request: web.Request) -> web.Response:
     body = check_fields(await _read_body(request), required=PROPOSE_REQUIRED, optional=PROPOSE_OPTIONAL,
                         what="POST /upgrades/propose")
     check_texts(body)
-    if url_has_userinfo(body["package_url"]):
+    if has_userinfo(body["package_url"]):
         # The entry schema refuses it network-wide; here the proposer learns why, and the URL is not echoed.
         raise BadRequest("package_url holds credentials (user:password@ before the host); a proposal's URL is shown to "
                          "every member and on the open GET /proposals and GET /log",

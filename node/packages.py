@@ -57,6 +57,7 @@ from yarl import URL
 
 from node.core.canonical import normalize_sha256
 from node.core.canonical import sha256_hex as digest_of
+from node.core.urls import authority_span
 from node.fsutil import write_atomic
 from node.errors import (
     ConfigError,
@@ -220,21 +221,12 @@ def redact_url(url: str) -> str:
 
 
 def _redact_userinfo(url: str) -> str:
-    # By hand rather than with a URL parser: it must also work on malformed URLs, and hide everything
-    # up to the LAST '@' of the authority, whatever a parser would call user or host.
-    marker = url.find("://")
-    if marker < 0:
-        return url
-    authority_start = marker + 3
-    authority_end = len(url)
-    for delimiter in "/?#":
-        position = url.find(delimiter, authority_start)
-        if position >= 0:
-            authority_end = min(authority_end, position)
-    at = url.rfind("@", authority_start, authority_end)
+    # Everything up to the LAST '@' of the authority, whatever a parser would call user or host.
+    span = authority_span(url)
+    at = url.rfind("@", *span) if span is not None else -1
     if at < 0:
         return url
-    return url[:authority_start] + "***" + url[at:]
+    return url[:span[0]] + "***" + url[at:]
 
 
 def _redact_query(query: str) -> str:

@@ -40,6 +40,7 @@ import msgpack
 from node.core.closing import VOTE_ID_SIZE_BYTES, VOTE_IDS_SIZE_MAX_BYTES
 from node.core.hlc import Hlc
 from node.core.semver import is_valid_version
+from node.core.urls import has_userinfo
 from node.errors import ConfigError, EntryRefused
 
 FORMAT_VERSION = 1
@@ -149,26 +150,10 @@ def _is_vote_ids(value: Any) -> bool:
     return isinstance(value, bytes) and len(value) % VOTE_ID_SIZE_BYTES == 0 and len(value) <= VOTE_IDS_SIZE_MAX_BYTES
 
 
-def url_has_userinfo(url: str) -> bool:
-    """True when `url` names credentials (`scheme://user[:password]@host`): any '@' in the authority,
-    which runs from '://' to the first '/', '?' or '#' (or '\\', which some parsers read as '/').
-    Deliberately wide: an '@' where one parser sees a host and another a user is refused too."""
-    marker = url.find("://")
-    if marker < 0:
-        return False
-    authority_start = marker + 3
-    authority_end = len(url)
-    for delimiter in "/?#\\":
-        position = url.find(delimiter, authority_start)
-        if position >= 0:
-            authority_end = min(authority_end, position)
-    return "@" in url[authority_start:authority_end]
-
-
 def _is_package_url(value: Any) -> bool:
     # A package URL is public: every member fetches it and anyone reads it (GET /proposals, GET /log).
     # Credentials in it would be shown to all, so none are allowed, network-wide.
-    return isinstance(value, str) and 1 <= len(value) <= 2048 and not url_has_userinfo(value)
+    return isinstance(value, str) and 1 <= len(value) <= 2048 and not has_userinfo(value)
 
 
 _PROPOSAL_ID = _text(96, length_min=1)
