@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import click
 
+from node.core.quorum import majority_of
 from node.errors import ClusterError, SynapseError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -228,7 +229,7 @@ def failed_reason(demo: Demo, proposal_id: str, index: int) -> str:
 
 
 def upgrade(demo: Demo, before: list[dict]) -> tuple[str, list[dict]]:
-    proposer, majority = len(demo.cluster.nodes) - 1, len(demo.cluster.nodes) // 2 + 1
+    proposer, majority = len(demo.cluster.nodes) - 1, majority_of(len(demo.cluster.nodes))
     body = {"title": f"Upgrade to v{UPGRADE_VERSION}: Add Feature Flag", "version": UPGRADE_VERSION,
             "description": "Adds new_feature_enabled to every member (examples/wat/feature_flag.wat)", **demo.package}
     created = demo.call(proposer, "POST", "/upgrades/propose", body)
@@ -251,7 +252,7 @@ def upgrade(demo: Demo, before: list[dict]) -> tuple[str, list[dict]]:
 
 def rollback(demo: Demo, upgrade_id: str, before: list[dict]) -> None:
     count = len(demo.cluster.nodes)
-    proposer, voters = 0, range(count - (count // 2 + 1), count)
+    proposer, voters = 0, range(count - majority_of(count), count)
     created = demo.call(proposer, "POST", "/rollbacks/propose", {"target_proposal_id": upgrade_id})
     demo.narrator.say("rollback", f"{demo.label(proposer)} proposes a network-wide rollback to {created['version']}: "
                                   f"{created['proposal_id']}")

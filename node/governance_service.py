@@ -50,11 +50,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node.config import Genesis, Limits, initial_network_state
-from node.core import governance as core_governance
 from node.core.certificates import certificate_statement, verify_certificate
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry, safe_text
-from node.core.governance import CertifiedExecution, Governance, GovernanceRules, ProposalView, ReportView
+from node.core import proposals
+from node.core.governance import CertifiedExecution, Governance, ProposalView, ReportView
+from node.core.proposals import GovernanceRules
+from node.core.quorum import is_majority
 from node.core.ratification import close_body, execute_upgrade_body, validator_todo
 from node.errors import (
     CertificateError,
@@ -70,6 +72,7 @@ from node.identity import Identity, verify_signature
 from node.logging_setup import log_event
 from node.metrics import Metrics
 from node.packages import FetchLimits, PackageCache, PackageFetcher, check_package_url
+from node.presentation import proposal_document, ratification_record_document
 from node.raft import RaftTiming, ValidatorRaft, ValidatorRaftConfig
 from node.sandbox import Sandbox, SandboxLimits
 from node.store import VersionStore
@@ -130,7 +133,7 @@ def divergence_of(reports: Sequence[ReportView], sequence: int | None) -> dict:
     for report in relevant:
         groups.setdefault(report.state_hash, []).append(report.node_id)
     ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
-    majority = ranked[0][0] if ranked and len(ranked[0][1]) * 2 > len(relevant) else None
+    majority = ranked[0][0] if ranked and is_majority(len(ranked[0][1]), len(relevant)) else None
     diverged_nodes = sorted(node for state_hash, nodes in groups.items() if state_hash != majority for node in nodes)
     return {"diverged": len(groups) > 1, "majority_state_hash": majority, "diverged_nodes": diverged_nodes,
             "reports": len(relevant), "state_hashes": {state_hash: sorted(nodes) for state_hash, nodes in ranked}}
@@ -451,7 +454,7 @@ class GovernanceService:
         if package_size is not None and package_size > self._limits.package_size_max_bytes:
             raise PackageSizeError(f"package_size {package_size} bytes is over the network's package size limit of "
                                    f"{self._limits.package_size_max_bytes} bytes")
-        return await self._propose(lambda sequence, now_ms: core_governance.new_proposal_body(
+        return await self._propose(lambda sequence, now_ms: proposals.new_proposal_body(
             action="upgrade", title=title, description=description, version=version, package_url=package_url,
             package_hash=package_hash, package_size=package_size, target_proposal_id=None, author=self.node_id,
             sequence=sequence, now_ms=now_ms, rules=self.governance.rules))
@@ -464,7 +467,7 @@ class GovernanceService:
         title = title if title is not None else f"Roll back {target.version} to {restored_version}"
         description = (description if description is not None
                        else bounded(f"Network-wide rollback of {target_proposal_id} ({target.title})", 4000))
-        return await self._propose(lambda sequence, now_ms: core_governance.new_proposal_body(
+        return await self._propose(lambda sequence, now_ms: proposals.new_proposal_body(
             action="rollback", title=title, description=description, version=restored_version, package_url=None,
             package_hash=None, package_size=None, target_proposal_id=target_proposal_id, author=self.node_id,
             sequence=sequence, now_ms=now_ms, rules=self.governance.rules))
@@ -484,7 +487,7 @@ class GovernanceService:
 
     async def vote(self, proposal_id: str, vote: str) -> tuple[Entry, ProposalView]:
         """Publish this node's VOTE. NotFound for an unknown proposal, Conflict once voting is closed."""
-        body = core_governance.new_vote_body(proposal_id, vote)
+        body = proposals.new_vote_body(proposal_id, vote)
         self.governance.check_can_vote(proposal_id, state=self._state, now_ms=self._now_ms())
         entry = await self._append("VOTE", lambda sequence: body)
         log_event(self._logger, logging.INFO, "vote_cast", proposal_id=proposal_id, vote=vote, entry_id=entry.id)
@@ -498,7 +501,7 @@ class GovernanceService:
     def proposal_document(self, proposal_id: str) -> dict:
         """GET /proposals/{id}: status, tally, votes, ratification, every node's report, divergence."""
         view = self.governance.proposal(proposal_id, state=self._state, now_ms=self._now_ms())
-        document = view.to_dict()
+        document = proposal_document(view)
         sequence = view.execution.sequence if view.execution is not None else None
         divergence = divergence_of(view.reports, sequence)
         document.update(divergence=divergence, diverged=divergence["diverged"],
@@ -512,7 +515,7 @@ class GovernanceService:
             record = self.raft.snapshot().by_proposal(proposal_id)
         except Unavailable:
             return None
-        return record.to_dict() if record is not None else {"proposal_id": proposal_id, "phase": None}
+        return ratification_record_document(record) if record is not None else {"proposal_id": proposal_id, "phase": None}
 
     def upgrade_status(self) -> dict:
         _, manager = self._require_started()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import msgpack
 
+from node.core.quorum import majority_of
 from node.core.semver import is_valid_version
 from node.errors import CertificateError
 
@@ -43,12 +44,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NODE_ID = re.compile(r"^[0-9a-f]{16}$")
 
 Verify = Callable[[bytes, bytes, bytes], bool]
-
-
-def majority_of(validator_count: int) -> int:
-    """The smallest number of validators that is a strict majority of the set."""
-    assert validator_count >= 1, "a validator set is never empty"
-    return validator_count // 2 + 1
 
 
 def _check_fields(network_id: object, proposal_id: object, action: object, package_hash: object,

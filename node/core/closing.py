@@ -29,7 +29,8 @@ from collections.abc import Iterable, Mapping
 
 import msgpack
 
-from node.core.certificates import NETWORK_ID_LENGTH_MAX, PROPOSAL_ID_LENGTH_MAX, majority_of
+from node.core.certificates import NETWORK_ID_LENGTH_MAX, PROPOSAL_ID_LENGTH_MAX
+from node.core.quorum import majority_of
 from node.errors import CertificateError
 
 CLOSE_DOMAIN = "synapse-ng/close/v1"

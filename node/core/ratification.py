@@ -44,10 +44,10 @@ from node.core.certificates import (
     Verify,
     build_certificate,
     certificate_statement,
-    majority_of,
     ratify_statement,
 )
 from node.core.closing import close_statement, counted_votes, pack_vote_ids, unpack_vote_ids, votes_digest
+from node.core.quorum import majority_of
 from node.errors import CertificateError, ConfigError, IntegrityError, InvalidTransition
 
 STATE_FORMAT = 2               # 2: closes and the counted votes
@@ -164,13 +164,6 @@ class RatificationRecord:
     def signed_by(self) -> tuple[str, ...]:
         return tuple(validator_id for validator_id, _ in self.signatures)
 
-    def to_dict(self) -> dict:
-        return {"proposal_id": self.proposal_id, "phase": self.phase, "closed_by": list(self.closed_by),
-                "votes_digest": self.votes_digest,
-                "votes_counted": None if self.vote_ids is None else len(self.vote_ids) // 32, "sequence": self.sequence,
-                "action": self.action, "package_hash": self.package_hash, "version": self.version,
-                "ratified_by": list(self.ratified_by), "signed_by": list(self.signed_by)}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RatificationView:
@@ -187,9 +180,6 @@ class RatificationView:
     def assigned(self) -> tuple[RatificationRecord, ...]:
         """Records with a sequence number, in sequence order."""
         return tuple(sorted((r for r in self.records if r.sequence is not None), key=lambda r: r.sequence))
-
-    def to_dict(self) -> dict:
-        return {"next_sequence": self.next_sequence, "records": [record.to_dict() for record in self.records]}
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit
 from node.core.certificates import certificate_statement
 from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
-from node.core.governance import make_proposal_id
+from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.gossip import Push, Pushed, decode_message
 from node.identity import Identity

@@ -13,7 +13,7 @@ import pytest
 from cluster.addresses import acquire_block
 from cluster.genesis import create_network
 from node.core.entries import make_entry
-from node.core.governance import make_proposal_id
+from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.gossip import PATH_OFFER, PATH_PUSH, PATH_SYNC, PATH_VISIBILITY, Push, Pushed, decode_message
 from node.identity import Identity

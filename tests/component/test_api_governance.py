@@ -21,7 +21,8 @@ from cluster.genesis import create_network
 from node.core.certificates import certificate_statement
 from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
-from node.core.governance import ReportView, make_proposal_id
+from node.core.governance import ReportView
+from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.gossip import Push, Pushed, decode_message
 from node.governance_service import divergence_of

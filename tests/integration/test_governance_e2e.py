@@ -28,7 +28,7 @@ from cluster.local import LocalCluster, NodeApi
 from node.core.certificates import certificate_statement
 from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
-from node.core.governance import make_proposal_id
+from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.fault_points import arm
 from node.gossip import Push, Pushed, decode_message

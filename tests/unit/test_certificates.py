@@ -9,7 +9,6 @@ from node.core.certificates import (
     build_certificate,
     certificate_signers,
     certificate_statement,
-    majority_of,
     ratify_statement,
     verify_certificate,
 )
@@ -42,10 +41,6 @@ def body(*, sequence=1, proposal_id="upgrade_20251003_120000_3fa9c2d1", action="
 
 def check(execute_body, validators=VALIDATOR_KEYS):
     verify_certificate(execute_body, network_id=NETWORK, validators=validators, verify=verify_signature)
-
-
-def test_majority_of_is_a_strict_majority():
-    assert [majority_of(n) for n in (1, 2, 3, 4, 5, 64)] == [1, 2, 2, 3, 3, 33]
 
 
 def test_statement_is_deterministic_and_binds_every_field():
