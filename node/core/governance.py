@@ -32,17 +32,13 @@ from node.core.certificates import VALIDATORS_MAX, Verify, certificate_signers, 
 from node.core.closing import unpack_vote_ids, votes_digest
 from node.core.entries import Entry
 from node.core.lifecycle import APPROVED, EXECUTED, ROLLED_BACK, VOTING, derive_status
-from node.core.proposals import (
-    GovernanceRules,
-    check_rollback_allowed,
-    check_upgrade_allowed,
-    current_version,
-    proposal_refusal,
-)
+from node.core.lifecycle import VERSION_FREE_STATUSES
+from node.core.proposals import GovernanceRules, proposal_refusal
+from node.core.semver import parse_version
 from node.core.quorum import majority_of
 from node.core.tally import Ballot, Tally, VoteRecord, count_votes, reputations_from_state
 from node.core.utc import format_utc_ms
-from node.errors import CertificateError, ConfigError, Conflict, NotFound
+from node.errors import CertificateError, ConfigError, Conflict, NotFound, VersionError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -618,3 +614,48 @@ def _state_hash_notes(reports: Sequence[ReportView]) -> list[str]:
         return []
     shown = "; ".join(f"{state_hash}: {', '.join(nodes)}" for state_hash, nodes in sorted(hashes.items()))
     return [f"nodes that executed this upgrade disagree on the resulting state hash ({shown})"]
+
+
+# --- what a new proposal must meet against the others (the API checks it before writing) ----------
+
+
+def current_version(state: Mapping) -> str | None:
+    global_state = state.get("global") if isinstance(state, Mapping) else None
+    version = global_state.get("version") if isinstance(global_state, Mapping) else None
+    try:
+        parse_version(version)
+    except ValueError:
+        return None
+    return version
+
+
+def check_upgrade_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
+    version = body["version"]
+    if current is not None and not parse_version(version) > parse_version(current):
+        raise VersionError(f"version {version} is not greater than the network's current version {current}")
+    for view in views.values():
+        # Parsed, not as text: versions differing only in build metadata are one version (semver precedence).
+        if view.action == "upgrade" and parse_version(view.version) == parse_version(version) \
+                and view.status not in VERSION_FREE_STATUSES:
+            raise Conflict(f"version {version} is already proposed by {view.proposal_id} (status {view.status})",
+                           hint="vote on that proposal, or propose another version")
+
+
+def check_rollback_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
+    target_id = body["target_proposal_id"]
+    target = views.get(target_id)
+    if target is None:
+        raise NotFound(f"no proposal {target_id!r} is known to this node",
+                       hint="give the id of the executed upgrade to undo (GET /proposals)")
+    if target.action != "upgrade" or target.status != EXECUTED:
+        raise Conflict(f"{target_id} is a {target.action} with status {target.status}: only an executed upgrade can be rolled back")
+    if current is not None and parse_version(target.version) != parse_version(current):
+        raise Conflict(f"only the latest executed upgrade can be rolled back: the network runs {current}, "
+                       f"{target_id} installed {target.version}", hint="roll back the latest upgrade first")
+    if current is not None and not parse_version(body["version"]) < parse_version(current):
+        raise VersionError(f"a rollback must go back to a version older than the current {current}, not {body['version']}",
+                           hint="give the version the network ran before the upgrade")
+    for view in views.values():
+        if view.action == "rollback" and view.target_proposal_id == target_id and view.status not in VERSION_FREE_STATUSES:
+            raise Conflict(f"{view.proposal_id} already proposes to roll back {target_id} (status {view.status})",
+                           hint="vote on that proposal instead")

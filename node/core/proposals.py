@@ -6,26 +6,19 @@ Why it works as it does:
     and its entry sequence (known before signing): nobody can squat another author's id, because the
     fold refuses a proposal whose suffix does not match its own author and sequence.
   * Validation errors here are for users (BadRequest, Conflict, VersionError with what to do).
-  * Versions are compared parsed (semver precedence: build metadata ignored).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from node.core.canonical import normalize_sha256
 from node.core.entries import Entry
-from node.core.lifecycle import EXECUTED, VERSION_FREE_STATUSES
 from node.core.semver import parse_version
 from node.core.utc import utc_parts
-from node.errors import BadRequest, ConfigError, Conflict, HashFormatError, NotFound, VersionError
-
-if TYPE_CHECKING:
-    from node.core.governance import ProposalView
+from node.errors import BadRequest, ConfigError, HashFormatError
 
 ACTIONS = ("upgrade", "rollback")
 PROPOSAL_ID_PATTERN = re.compile(r"^(upgrade|rollback)_(\d{8})_(\d{6})_([0-9a-f]{8})$")
@@ -146,45 +139,3 @@ def proposal_refusal(entry: Entry, rules: GovernanceRules) -> tuple[str, str] | 
     if body["action"] == "rollback" and not (isinstance(target, str) and target.startswith("upgrade_")):
         return ("bad_target", f"rollback proposal {body['proposal_id']} must target an upgrade proposal, not {target!r}")
     return None
-
-
-def current_version(state: Mapping) -> str | None:
-    global_state = state.get("global") if isinstance(state, Mapping) else None
-    version = global_state.get("version") if isinstance(global_state, Mapping) else None
-    try:
-        parse_version(version)
-    except ValueError:
-        return None
-    return version
-
-
-def check_upgrade_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
-    version = body["version"]
-    if current is not None and not parse_version(version) > parse_version(current):
-        raise VersionError(f"version {version} is not greater than the network's current version {current}")
-    for view in views.values():
-        # Parsed, not as text: versions differing only in build metadata are one version (semver precedence).
-        if view.action == "upgrade" and parse_version(view.version) == parse_version(version) \
-                and view.status not in VERSION_FREE_STATUSES:
-            raise Conflict(f"version {version} is already proposed by {view.proposal_id} (status {view.status})",
-                           hint="vote on that proposal, or propose another version")
-
-
-def check_rollback_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
-    target_id = body["target_proposal_id"]
-    target = views.get(target_id)
-    if target is None:
-        raise NotFound(f"no proposal {target_id!r} is known to this node",
-                       hint="give the id of the executed upgrade to undo (GET /proposals)")
-    if target.action != "upgrade" or target.status != EXECUTED:
-        raise Conflict(f"{target_id} is a {target.action} with status {target.status}: only an executed upgrade can be rolled back")
-    if current is not None and parse_version(target.version) != parse_version(current):
-        raise Conflict(f"only the latest executed upgrade can be rolled back: the network runs {current}, "
-                       f"{target_id} installed {target.version}", hint="roll back the latest upgrade first")
-    if current is not None and not parse_version(body["version"]) < parse_version(current):
-        raise VersionError(f"a rollback must go back to a version older than the current {current}, not {body['version']}",
-                           hint="give the version the network ran before the upgrade")
-    for view in views.values():
-        if view.action == "rollback" and view.target_proposal_id == target_id and view.status not in VERSION_FREE_STATUSES:
-            raise Conflict(f"{view.proposal_id} already proposes to roll back {target_id} (status {view.status})",
-                           hint="vote on that proposal instead")

@@ -25,7 +25,7 @@ from node.core.governance import ReportView
 from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.gossip import Push, Pushed, decode_message
-from node.governance_service import divergence_of
+from node.governance_fold import divergence_of
 from node.identity import Identity
 from node.runtime import wall_ms
 from tests.component.node_app import node_test_client
@@ -424,7 +424,7 @@ async def test_an_execute_upgrade_without_a_majority_certificate_is_refused(clie
     second = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2,
                         parents=(first.id,), hlc=Hlc(wall_ms() + 1, 0), body=execute_body(validator, 2), sign=member.sign)
     assert (await push(client, first, second)).added == 2, "well-signed entries of a member enter the log"
-    await client.node.governance.execute_pending()     # what the executor does when woken, run to completion
+    await client.node.executor.execute_pending()     # what the executor does when woken, run to completion
     state = await state_of(client)
     assert (state["version"], state["applied_sequence"]) == ("1.0.0", 0)
     assert entries_of(client, "EXECUTION_REPORT") == []
@@ -476,25 +476,25 @@ async def test_certified_upgrades_apply_in_sequence_order_exactly_once(client, p
     second = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1,
                         parents=(), hlc=Hlc(wall_ms(), 0), body=certified(feature_flag, "1.2.0", 2), sign=member.sign)
     assert (await push(client, second)).added == 1
-    service = client.node.governance
-    await service.execute_pending()
+    executor = client.node.executor
+    await executor.execute_pending()
     assert (await state_of(client))["applied_sequence"] == 0, "sequence 2 waits for sequence 1"
 
     first = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2,
                        parents=(second.id,), hlc=Hlc(wall_ms() + 1, 0), body=certified(panic, "1.1.0", 1),
                        sign=member.sign)
     assert (await push(client, first)).added == 1
-    await service.execute_pending()
+    await executor.execute_pending()
     state = await state_of(client)
     assert (state["applied_sequence"], state["version"]) == (2, "1.2.0")
     reports = [entry.body for entry in entries_of(client, "EXECUTION_REPORT")]
     assert [(r["sequence"], r["success"], r["version"]) for r in reports] == [(1, False, "1.0.0"), (2, True, "1.2.0")]
     assert "WasmTrap" in reports[0]["error"]
 
-    await service.execute_pending()
+    await executor.execute_pending()
     assert len(entries_of(client, "EXECUTION_REPORT")) == 2, "nothing runs or is reported twice"
-    service._reported_sequences.discard(2)          # as after a crash between the commit and the report
-    await service.execute_pending()
+    client.node.fold.reported_sequences.discard(2)          # as after a crash between the commit and the report
+    await executor.execute_pending()
     again = [entry.body for entry in entries_of(client, "EXECUTION_REPORT")]
     assert len(again) == 3 and again[2] == reports[1] and (await state_of(client))["applied_sequence"] == 2
 
