@@ -412,7 +412,7 @@ def run_upgrade(cluster: LocalCluster, package, version: str, number: int, poll_
         reply = decider_api.post(f"/proposals/{proposal_id}/vote", {"vote": "approval"})
         acked_ns = time.time_ns()
         voted = ok(reply, 201, "the deciding vote")
-        if voted["status"] != "approved":
+        if voted["tally"]["outcome"] != "approved":        # decided; the validators' close follows
             raise ClusterError(f"the deciding vote on {proposal_id} left it {voted['status']!r}, not approved: {voted['tally']}")
         wait_executed(cluster, proposal_id)
     finally:

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import click
 
+from node.core.quorum import majority_of
 from node.errors import ClusterError, SynapseError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -183,10 +184,19 @@ def vote_until(demo: Demo, proposal_id: str, voters: Sequence[int], wanted: str)
         document = demo.call(index, "POST", f"/proposals/{quote(proposal_id, safe='')}/vote", {"vote": "approval"})
         tally = document["tally"]
         demo.narrator.say("vote", f"{demo.label(index)} approves: approval {tally['approval_weight']} of "
-                                  f"{tally['total_weight']} reputation -> {document['status']}")
-    if document.get("status") not in (wanted, "ratified", "executed"):
+                                  f"{tally['total_weight']} reputation -> {tally['outcome']}")
+    if (document.get("tally") or {}).get("outcome") != wanted and document.get("status") not in (wanted, "ratified", "executed"):
         raise demo_failed(f"the proposal is {document.get('status')!r} after the votes of {', '.join(map(demo.label, voters))}, "
                          f"not {wanted!r}")
+
+    def closed() -> tuple[dict | None, str]:
+        seen = demo.call(voters[-1], "GET", f"/proposals/{quote(proposal_id, safe='')}")
+        return (seen if seen["status"] in (wanted, "ratified", "executed") else None), f"status {seen['status']}"
+    document = wait_until(closed, "the validators closing voting (Raft fixes which votes count)")
+    closers = {handle.node_id: demo.label(handle.index) for handle in demo.cluster.nodes}
+    demo.narrator.say("close", f"validators closed voting through Raft: {sum(1 for v in document['votes'] if v['counted'])} "
+                               f"votes counted, published by {', '.join(closers.get(v, v) for v in document['closed_by'])}",
+                      timed=True)
     return document
 
 
@@ -219,7 +229,7 @@ def failed_reason(demo: Demo, proposal_id: str, index: int) -> str:
 
 
 def upgrade(demo: Demo, before: list[dict]) -> tuple[str, list[dict]]:
-    proposer, majority = len(demo.cluster.nodes) - 1, len(demo.cluster.nodes) // 2 + 1
+    proposer, majority = len(demo.cluster.nodes) - 1, majority_of(len(demo.cluster.nodes))
     body = {"title": f"Upgrade to v{UPGRADE_VERSION}: Add Feature Flag", "version": UPGRADE_VERSION,
             "description": "Adds new_feature_enabled to every member (examples/wat/feature_flag.wat)", **demo.package}
     created = demo.call(proposer, "POST", "/upgrades/propose", body)
@@ -242,7 +252,7 @@ def upgrade(demo: Demo, before: list[dict]) -> tuple[str, list[dict]]:
 
 def rollback(demo: Demo, upgrade_id: str, before: list[dict]) -> None:
     count = len(demo.cluster.nodes)
-    proposer, voters = 0, range(count - (count // 2 + 1), count)
+    proposer, voters = 0, range(count - majority_of(count), count)
     created = demo.call(proposer, "POST", "/rollbacks/propose", {"target_proposal_id": upgrade_id})
     demo.narrator.say("rollback", f"{demo.label(proposer)} proposes a network-wide rollback to {created['version']}: "
                                   f"{created['proposal_id']}")

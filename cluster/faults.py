@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cluster.scenario import Selector
+from node.core.quorum import majority_of
 from node.errors import ClusterError, FaultInjectionUnavailable
 
 IPTABLES_TIMEOUT_S = 15
@@ -285,12 +286,12 @@ class NodeView:
 
 def majority_indexes(nodes: Sequence[NodeView]) -> list[int]:
     """The lowest-indexed strict majority of all nodes (with the default genesis: the validators first)."""
-    return [node.index for node in nodes][: len(nodes) // 2 + 1]
+    return [node.index for node in nodes][: majority_of(len(nodes))]
 
 
 def minority_indexes(nodes: Sequence[NodeView]) -> list[int]:
     """Everyone not in the majority: the highest-indexed (len - 1) // 2 nodes."""
-    return [node.index for node in nodes][len(nodes) // 2 + 1:]
+    return [node.index for node in nodes][majority_of(len(nodes)):]
 
 
 def resolve(selector: Selector, nodes: Sequence[NodeView], *, leader: Callable[[], int | None], rng: random.Random,

@@ -92,7 +92,8 @@ def create_network(out_dir: Path, *, nodes: int, validators: int, block: Address
                    api_port: int = DEFAULT_API_PORT, raft_port: int = DEFAULT_RAFT_PORT,
                    reputations: Sequence[int] | None = None, governance: Mapping[str, int] | None = None,
                    network_limits: Mapping[str, int] | None = None, config_limits: Mapping[str, int] | None = None,
-                   network_id: str | None = None, ipfs_gateways: Sequence[str] = ()) -> CreatedNetwork:
+                   network_id: str | None = None, ipfs_gateways: Sequence[str] = (),
+                   private_addresses_allowed: bool = True) -> CreatedNetwork:
     """Write out_dir/genesis.json and out_dir/node-<i>/{node_key, config.toml, raft_secret (validators)}.
 
     Members are node-1..node-N at block.host(i); node-1..node-K are the validators."""
@@ -124,7 +125,8 @@ def create_network(out_dir: Path, *, nodes: int, validators: int, block: Address
     for index, member in enumerate(genesis.members, start=1):
         node_dir = out_dir / node_dir_name(index)
         config_text = render_config(data_dir=".", genesis=f"../{GENESIS_FILE_NAME}", api_host=block.host(index), api_port=api_port,
-                                    raft_address=member.raft_address, limits=config_limits, ipfs_gateways=tuple(ipfs_gateways))
+                                    raft_address=member.raft_address, limits=config_limits, ipfs_gateways=tuple(ipfs_gateways),
+                                    private_addresses_allowed=private_addresses_allowed)
         write_atomic(node_dir / CONFIG_FILE_NAME, config_text.encode(), mode=0o644)
         if member.validator:
             write_atomic(node_dir / RAFT_SECRET_FILE_NAME, raft_secret.encode(), mode=0o600)

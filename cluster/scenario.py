@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import LIMIT_RANGES
-from node.core.semver import is_valid_version
+from node.core.semver import VERSION_LENGTH_MAX, is_valid_version
 from node.fault_points import POINTS as FAULT_POINTS
 from node.errors import ScenarioFormatError
 
@@ -101,6 +101,8 @@ class ClusterShape:
     reputations: tuple[int, ...] | None = None
     governance: Mapping[str, int] = field(default_factory=dict)  # genesis governance (voting_period_ms, ...)
     limits: Mapping[str, int] = field(default_factory=dict)      # node limits (config), network ones go to genesis
+    # A local cluster's packages are on loopback: allowed unless the story is about the public-only policy.
+    allow_private_addresses: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.validators <= self.nodes <= NODES_MAX:
@@ -384,7 +386,8 @@ _NODES = {"nodes": _selector}
 _CALL = {"expect_error": _expect_error}
 ACTIONS: Mapping[str, _Schema] = {
     "note": _Schema({"text": _text(TEXT_LENGTH_MAX)}, {"on": _selector, **_CALL}, saves="notes"),
-    "propose": _Schema({"package": _package, "version": _version},
+    # Any text as version: a refused proposal (expect_error) may try an odd one; _parse_step checks the others.
+    "propose": _Schema({"package": _package, "version": _text(VERSION_LENGTH_MAX)},
                        {"on": _one_node, "via": _choice("http", "ipfs"), "title": _text(200), "description": _text(4000),
                         "hash": _text(80), "size": _integer(0, 2**40), **_CALL}, saves="proposal"),
     "propose_rollback": _Schema({"target": _reference("proposal")},
@@ -407,13 +410,14 @@ _ON = {"on": _selector}
 CHECKS: Mapping[str, _Schema] = {
     "healthy": _Schema({}, _ON),
     "crashed": _Schema({"on": _selector}),
-    "proposal_status": _Schema({"proposal": _reference("proposal")}, {**_ON, "equals": _text(40), "one_of": _text_list}),
+    "proposal_status": _Schema({"proposal": _reference("proposal")}, {**_ON, "equals": _text(40), "one_of": _text_list,
+                                                                       "tally": _text(40)}),
     "version": _Schema({"equals": _version}, _ON),
     "state_field": _Schema({"path": _state_path}, {**_ON, "equals": _any_value, "exists": _boolean}),
     "state_hash": _Schema({}, {**_ON, "equals_saved": _reference("state_hash"), "differs_from_saved": _reference("state_hash")},
                           saves="state_hash"),
     "log_contains": _Schema({}, {**_ON, "notes": _reference("notes"), "kind": _entry_kind, "text": _text(TEXT_LENGTH_MAX),
-                                 "count_min": _integer(1, 100_000)}),
+                                 "count_min": _integer(1, 100_000), "count_max": _integer(1, 100_000)}),
     "log_lacks": _Schema({}, {**_ON, "notes": _reference("notes"), "kind": _entry_kind, "text": _text(TEXT_LENGTH_MAX)}),
     "log_converged": _Schema({}, _ON),
     "metric": _Schema({"metric": _metric}, {**_ON, "equals": _number, "at_least": _number, "at_most": _number}),
@@ -497,6 +501,8 @@ def _parse_step(index: int, table: object, context: _Context) -> Step:
         context.saved[params["save_as"]] = schema.saves
     elif do in ("propose", "propose_rollback") and "expect_error" not in table:
         raise ScenarioFormatError(f"{path}: a proposal step needs save_as", hint='add save_as = "up1" so later steps can name it')
+    if do == "propose" and "expect_error" not in table:
+        _validated(f"{path}.version", params["version"], _version, context)
     return Step(index=index, do=do, label=label, params=params)
 
 
@@ -542,7 +548,7 @@ def _parse_cluster(document: Mapping[str, Any]) -> ClusterShape:
     table = document.get("cluster", {})
     if not isinstance(table, dict):
         raise ScenarioFormatError("cluster: must be a table", hint="write [cluster] with nodes = 5, validators = 3")
-    _check_keys("cluster", table, {"nodes", "validators", "reputations", "governance", "limits"})
+    _check_keys("cluster", table, {"nodes", "validators", "reputations", "governance", "limits", "allow_private_addresses"})
     context = _Context(nodes=0, packages=frozenset(), saved={})
     nodes = _validated("cluster.nodes", table.get("nodes", 5), _integer(1, NODES_MAX), context)
     validators = _validated("cluster.validators", table.get("validators", min(3, nodes)), _integer(1, nodes), context)
@@ -552,8 +558,11 @@ def _parse_cluster(document: Mapping[str, Any]) -> ClusterShape:
         raise ScenarioFormatError(f"cluster.reputations: must list {nodes} integers from 0 to 1000000000, one per node")
     governance = _parse_governance(table.get("governance", {}), context)
     limits = _parse_limits(table.get("limits", {}), context)
+    allow_private = table.get("allow_private_addresses", True)
+    if type(allow_private) is not bool:
+        raise ScenarioFormatError("cluster.allow_private_addresses: must be true or false")
     return ClusterShape(nodes=nodes, validators=validators, reputations=tuple(reputations) if reputations else None,
-                        governance=governance, limits=dict(limits))
+                        governance=governance, limits=dict(limits), allow_private_addresses=allow_private)
 
 
 def _parse_limits(table: object, context: _Context) -> dict[str, int]:

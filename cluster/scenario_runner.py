@@ -129,7 +129,7 @@ class ScenarioRun:
             governance=dict(shape.governance) or None, reputations=list(shape.reputations) if shape.reputations else None,
             network_limits={key: value for key, value in shape.limits.items() if key in NETWORK_LIMITS} or None,
             config_limits={key: value for key, value in shape.limits.items() if key not in NETWORK_LIMITS} or None,
-            ipfs_gateways=(packages.gateway_url,) if packages else (),
+            ipfs_gateways=(packages.gateway_url,) if packages else (), private_addresses_allowed=shape.allow_private_addresses,
             extra_env={FAULT_POINTS_VARIABLE: "1"})  # a testbed cluster: `crash_at` steps can arm crash points
         stack.enter_context(cluster)
         self._driver = Driver(scenario=self.scenario, cluster=cluster, rng=self.rng, packages=packages, served=served, log=echo)

@@ -86,6 +86,7 @@ class Driver:
     log: Callable[[str], None] = print
     processes: ProcessFaults = field(init=False)
     _network: NetworkFaults | None = field(init=False, default=None)
+    _deferred: list[Callable[[], None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.processes = ProcessFaults(self.cluster, len(self.cluster.nodes))
@@ -148,8 +149,20 @@ class Driver:
             self._network = NetworkFaults.open(self.block_prefix)
         return self._network
 
+    def defer(self, cleanup: Callable[[], None]) -> None:
+        """For hooks that start something (a server): `cleanup` runs when the run ends, last in first out."""
+        self._deferred.append(cleanup)
+
     def close(self) -> None:
-        """Heal, resume paused nodes, remove the iptables chain (the final checks need every live node)."""
+        """Heal, resume paused nodes, remove the iptables chain (the final checks need every live node),
+        then run what hooks deferred."""
+        try:
+            self._close_faults()
+        finally:
+            while self._deferred:
+                self._deferred.pop()()
+
+    def _close_faults(self) -> None:
         try:
             self.processes.resume_all()
         finally:
@@ -425,8 +438,12 @@ def _check_proposal_status(driver: Driver, step: Step) -> Judgement:
         status = response.data.get("status") if isinstance(response.data, dict) else None
         if response.status != 200:
             return f"GET /proposals/{proposal_id} answered {response.status}: {response.text[:120]}"
+        outcome = (response.data.get("tally") or {}).get("outcome")
+        if "tally" in step.params and outcome != step.params["tally"]:
+            return f"status {status!r}, tally {outcome!r}"
         return None if status in wanted else f"status {status!r}"
-    return _per_node(driver, step, f"proposal {proposal_id} status {' or '.join(wanted)}", judge)
+    shown = f" (tally {step.params['tally']})" if "tally" in step.params else ""
+    return _per_node(driver, step, f"proposal {proposal_id} status {' or '.join(wanted)}{shown}", judge)
 
 
 def _version_of(driver: Driver, index: int) -> str | None:
@@ -525,6 +542,8 @@ def _check_log_contains(driver: Driver, step: Step) -> Judgement:
 
     def judge(index: int) -> str | None:
         found, wanted, missing = count(driver.read_log(index, kind=step.params.get("kind")))
+        if found > step.params.get("count_max", found):
+            return f"{found} entries, more than {step.params['count_max']}"
         if found >= wanted:
             return None
         return f"{found} of {wanted} entries" + (f"; missing {', '.join(entry_id[:16] for entry_id in missing[:SHOWN_MAX])}" if missing else "")

@@ -122,7 +122,12 @@ def require_token(request: web.Request) -> None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise Unauthorized("this operation needs the node's API token")
-    if not hmac.compare_digest(given.strip().encode(), request.app[API_TOKEN].encode()):
+    given = given.strip()
+    # Header bytes outside ASCII reach us as surrogates (or as latin-1 letters): no token holds them,
+    # and compare_digest only takes ASCII text or bytes. Refused before the comparison, not after a crash.
+    if not given.isascii():
+        raise Unauthorized("the API token in the Authorization header holds non-ASCII characters; a token is 64 hex digits")
+    if not hmac.compare_digest(given.encode("ascii"), request.app[API_TOKEN].encode("ascii")):
         raise Unauthorized("wrong API token")
 
 

@@ -21,10 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from node import api
-from node.core.governance import PROPOSAL_ID_PATTERN, STATUSES
+from node.core.lifecycle import STATUSES
+from node.core.proposals import PROPOSAL_ID_PATTERN
+from node.core.urls import has_userinfo
 from node.core.utc import format_utc_ms
 from node.errors import BadRequest
 from node.governance_service import GovernanceService
+from node.presentation import proposal_summary, tally_document
 
 GOVERNANCE = web.AppKey("governance_service", GovernanceService)
 
@@ -114,6 +117,12 @@ async def post_propose_upgrade(request: web.Request) -> web.Response:
     body = check_fields(await _read_body(request), required=PROPOSE_REQUIRED, optional=PROPOSE_OPTIONAL,
                         what="POST /upgrades/propose")
     check_texts(body)
+    if has_userinfo(body["package_url"]):
+        # The entry schema refuses it network-wide; here the proposer learns why, and the URL is not echoed.
+        raise BadRequest("package_url holds credentials (user:password@ before the host); a proposal's URL is shown to "
+                         "every member and on the open GET /proposals and GET /log",
+                         hint="publish the package where every node can fetch it without credentials, "
+                              "or use ipfs://CID through the nodes' IPFS gateways")
     size = body.get("package_size")
     if size is not None and not 1 <= size <= 2**40:
         raise BadRequest(f"package_size must be the package's size in bytes (1 to 2**40), not {size}",
@@ -153,7 +162,7 @@ async def post_vote(request: web.Request) -> web.Response:
                          hint='send {"vote": "approval"} or {"vote": "rejection"}')
     entry, view = await _service(request).vote(proposal_id, body["vote"])
     return web.json_response({"proposal_id": proposal_id, "vote": body["vote"], "voter": entry.author,
-                              "entry_id": entry.id, "status": view.status, "tally": view.tally.to_dict()}, status=201)
+                              "entry_id": entry.id, "status": view.status, "tally": tally_document(view.tally)}, status=201)
 
 
 async def get_proposals(request: web.Request) -> web.Response:
@@ -165,7 +174,7 @@ async def get_proposals(request: web.Request) -> web.Response:
         raise BadRequest(f"unknown status {wanted[:40]!r}", hint=f"status is one of {', '.join(STATUSES)}")
     views = [view for view in _service(request).proposals() if wanted is None or view.status == wanted]
     shown = views[-PROPOSALS_LIST_MAX:]
-    return web.json_response({"proposals": [view.summary() for view in shown], "total": len(views),
+    return web.json_response({"proposals": [proposal_summary(view) for view in shown], "total": len(views),
                               "truncated": len(shown) < len(views)})
 
 

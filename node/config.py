@@ -311,8 +311,10 @@ def parse_config(document: Mapping[str, Any], *, config_path: Path) -> NodeConfi
 
 
 def render_config(*, data_dir: str, genesis: str, api_host: str, api_port: int, raft_address: str,
-                  ipfs_gateways: tuple[str, ...] = (), limits: Mapping[str, int] | None = None) -> str:
-    """The TOML text of a config file (what `synapse genesis create` writes). json.dumps quotes TOML basic strings."""
+                  ipfs_gateways: tuple[str, ...] = (), limits: Mapping[str, int] | None = None,
+                  private_addresses_allowed: bool = True) -> str:
+    """The TOML text of a config file (what `synapse genesis create` writes). json.dumps quotes TOML basic strings.
+    `private_addresses_allowed`: true for a local network (its packages are on loopback addresses)."""
     lines = ["# Synapse-NG node configuration. Relative paths are relative to this file's directory.",
              "[node]", f"data_dir = {json.dumps(data_dir)}", f"genesis = {json.dumps(genesis)}", "",
              "[api]", f"host = {json.dumps(api_host)}", f"port = {int(api_port)}", "",
@@ -320,7 +322,7 @@ def render_config(*, data_dir: str, genesis: str, api_host: str, api_port: int, 
              "[packages]", f"ipfs_gateways = [{', '.join(json.dumps(url) for url in ipfs_gateways)}]",
              "# A local network: packages are served from this machine's loopback addresses. Leave this",
              "# false on a real network unless its package mirror is on a private network.",
-             "allow_private_addresses = true", ""]
+             f"allow_private_addresses = {'true' if private_addresses_allowed else 'false'}", ""]
     if limits:
         lines += ["[limits]"] + [f"{name} = {int(value)}" for name, value in sorted(limits.items())] + [""]
     return "\n".join(lines)
@@ -344,9 +346,11 @@ class GovernanceParams:
     approval_threshold_pct: int = 50  # approval weight must EXCEED this share of the cast weight
     quorum_pct: int = 50              # cast weight must REACH this share of the total reputation
     voting_period_ms: int = 60_000
+    open_proposals_per_author_max: int = 16   # one member's proposals whose voting periods overlap
 
     def __post_init__(self) -> None:
         _check_int("governance.approval_threshold_pct", self.approval_threshold_pct, 0, 99)
+        _check_int("governance.open_proposals_per_author_max", self.open_proposals_per_author_max, 1, 10_000)
         _check_int("governance.quorum_pct", self.quorum_pct, 1, 100)
         _check_int("governance.voting_period_ms", self.voting_period_ms, 1_000, 30 * 86_400_000)
 

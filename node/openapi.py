@@ -83,8 +83,12 @@ _SCHEMAS = {
     "Vote": {"type": "object", "additionalProperties": False, "required": ["vote"], "properties": {
         "vote": {"type": "string", "enum": ["approval", "rejection"]}}},
     "Proposal": {"type": "object", "description": "status (voting, approved, rejected, expired, ratified, executed, "
-                 "failed, rolled_back), tally, votes, ratification, every node's execution report, divergence flags",
+                 "failed, rolled_back), tally, votes, ratification, every node's execution report, divergence flags. "
+                 "The status leaves 'voting' only once a strict majority of validators published the counted votes "
+                 "(closed, votes_digest, closed_by); until then tally.outcome is provisional",
                  "properties": {"proposal_id": {"type": "string"}, "status": {"type": "string"}, "tally": _OBJECT,
+                                "closed": {"type": "boolean"}, "votes_digest": {"type": ["string", "null"]},
+                                "closed_by": {"type": "array", "items": {"type": "string"}},
                                 "votes": {"type": "array", "items": _OBJECT}, "execution": _OBJECT,
                                 "reports": {"type": "array", "items": _OBJECT}, "ratification": _OBJECT,
                                 "diverged": {"type": "boolean"}, "diverged_nodes": {"type": "array", "items": {"type": "string"}}}},

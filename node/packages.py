@@ -12,6 +12,14 @@ Why it works this way:
   The cache is keyed by digest, so a package is downloaded once per node, and a lock per digest makes
   concurrent fetches of one package share one download. The cache re-verifies on every read: a file
   that rotted on disk (or was tampered with) is deleted and downloaded again.
+- A node may be told to fetch from public addresses only. The operator's IPFS gateways are exempt,
+  but only for the URLs the node builds itself for an ipfs:// proposal: same scheme, host, port and
+  path prefix `{gateway path}/ipfs/`. Never by host: a proposer's URL to another port or path on the
+  gateway's host, or a redirect there, is checked like any other URL (else any proposer could make
+  every node fetch internal content, and a hash-mismatch error would report its SHA256). A gateway's
+  own redirect stays exempt only inside that prefix; off it, the hop is under the policy. Exempt
+  requests use a session of their own, so a pooled connection to the gateway's host is never reused
+  for a request the policy would refuse.
 - IPFS goes through HTTP gateways (`GET {gateway}/ipfs/{cid}`), tried in order. The content is
   addressed, so any failure of one gateway (connection, status, timeout, wrong bytes) is that gateway's
   fault: the next one is tried, and if all fail the error lists each gateway's failure.
@@ -49,6 +57,7 @@ from yarl import URL
 
 from node.core.canonical import normalize_sha256
 from node.core.canonical import sha256_hex as digest_of
+from node.core.urls import authority_span
 from node.fsutil import write_atomic
 from node.errors import (
     ConfigError,
@@ -212,21 +221,12 @@ def redact_url(url: str) -> str:
 
 
 def _redact_userinfo(url: str) -> str:
-    # By hand rather than with a URL parser: it must also work on malformed URLs, and hide everything
-    # up to the LAST '@' of the authority, whatever a parser would call user or host.
-    marker = url.find("://")
-    if marker < 0:
-        return url
-    authority_start = marker + 3
-    authority_end = len(url)
-    for delimiter in "/?#":
-        position = url.find(delimiter, authority_start)
-        if position >= 0:
-            authority_end = min(authority_end, position)
-    at = url.rfind("@", authority_start, authority_end)
+    # Everything up to the LAST '@' of the authority, whatever a parser would call user or host.
+    span = authority_span(url)
+    at = url.rfind("@", *span) if span is not None else -1
     if at < 0:
         return url
-    return url[:authority_start] + "***" + url[at:]
+    return url[:span[0]] + "***" + url[at:]
 
 
 def _redact_query(query: str) -> str:
@@ -370,6 +370,40 @@ class _DigestLock:
     users: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _GatewayPrefix:
+    """Where an operator's IPFS gateway serves content-addressed bytes: the only URLs exempt from the
+    public-only policy. Compared as aiohttp will request them (yarl: lowercased host, default port)."""
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str   # the gateway's own path + "/ipfs/"
+
+    @classmethod
+    def of(cls, gateway: str) -> _GatewayPrefix:
+        parsed = URL(gateway)   # checked by _check_gateways: http(s), a host, no query or fragment
+        return cls(scheme=parsed.scheme, host=(parsed.host or "").lower(), port=parsed.port or 0,
+                   path_prefix=parsed.path.rstrip("/") + "/ipfs/")
+
+    def covers(self, url: str) -> bool:
+        try:
+            parsed = URL(url)
+        except ValueError:
+            return False
+        if (parsed.scheme, (parsed.host or "").lower(), parsed.port) != (self.scheme, self.host, self.port):
+            return False
+        # Decoded path, as the gateway will see it: a %2e%2e segment could otherwise climb out of the prefix.
+        segments = parsed.path.split("/")
+        return parsed.path.startswith(self.path_prefix) and "." not in segments and ".." not in segments
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Source:
+    """One place to download a package from; `gateway` is set only for a URL this node built for ipfs://."""
+    url: str
+    gateway: _GatewayPrefix | None
+
+
 class PackageFetcher:
     """Gets a package's bytes: from the cache, else from its URL (or the IPFS gateways), verified."""
 
@@ -380,7 +414,8 @@ class PackageFetcher:
         the system's (a mirror with a private CA); the system's trust store alone when None.
         `private_addresses_allowed=False`: package URLs (and their redirects) may only reach public
         addresses, checked on the addresses actually connected to (no DNS-rebinding gap); the
-        configured IPFS gateways, chosen by the operator, are exempt. A proposer can then no longer
+        configured IPFS gateways, chosen by the operator, are exempt for the URLs this node builds for
+        ipfs:// (their `/ipfs/` prefix), never for their host as a whole. A proposer can then no longer
         make every node probe its internal network (the hash check already stops any use of the bytes)."""
         if not isinstance(limits, FetchLimits):
             raise ConfigError(f"limits must be a FetchLimits, got {type(limits).__name__}")
@@ -390,10 +425,10 @@ class PackageFetcher:
         self._cache = cache
         self._gateways = _check_gateways(ipfs_gateways)
         self._private_allowed = private_addresses_allowed
-        self._exempt_hosts = frozenset((urlsplit(gateway).hostname or "").lower() for gateway in self._gateways)
         self._limits = limits
         self._logger = logger if logger is not None else logging.getLogger(__name__)
-        self._session: aiohttp.ClientSession | None = None
+        # Keyed by "exempt": gateway requests the node built vs. everything else (see _session_for).
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self._closed = False
         self._digest_locks: dict[str, _DigestLock] = {}
         self._download_slots = asyncio.Semaphore(limits.downloads_concurrent_max)
@@ -421,10 +456,10 @@ class PackageFetcher:
             return data
 
     async def close(self) -> None:
-        """Closes the HTTP session. The fetcher cannot be used afterwards."""
+        """Closes the HTTP sessions. The fetcher cannot be used afterwards."""
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await session.close()
 
@@ -441,14 +476,14 @@ class PackageFetcher:
             raise PackageSizeError(f"package_size {package_size} bytes is over this node's package size limit of {maximum} bytes")
         return package_size
 
-    def _sources_for(self, url: str) -> list[str]:
+    def _sources_for(self, url: str) -> list[_Source]:
         if _SCHEME.match(url).group(1).lower() != "ipfs":
-            return [url]
+            return [_Source(url=url, gateway=None)]
         cid, path = parse_ipfs_url(url)
         if not self._gateways:
             raise PackageSourceRefused(f"{redact_url(url)} is an IPFS URL, but this node has no IPFS gateway configured",
                                        hint="set ipfs_gateways in the node configuration (e.g. http://127.0.0.1:8080), or propose an https:// URL")
-        return [f"{gateway}/ipfs/{cid}{path}" for gateway in self._gateways]
+        return [_Source(url=f"{gateway}/ipfs/{cid}{path}", gateway=_GatewayPrefix.of(gateway)) for gateway in self._gateways]
 
     @contextlib.asynccontextmanager
     async def _lock_for(self, digest: str) -> AsyncIterator[None]:
@@ -468,7 +503,8 @@ class PackageFetcher:
 
     # --- download ---
 
-    async def _download_from_sources(self, sources: list[str], digest: str, package_size: int | None, size_cap_bytes: int) -> bytes:
+    async def _download_from_sources(self, sources: list[_Source], digest: str, package_size: int | None,
+                                     size_cap_bytes: int) -> bytes:
         if len(sources) == 1:
             return await self._download_one(sources[0], digest, package_size, size_cap_bytes)
         failures: list[tuple[str, PackageError]] = []
@@ -477,17 +513,17 @@ class PackageFetcher:
                 return await self._download_one(source, digest, package_size, size_cap_bytes)
             except PackageError as error:
                 self._logger.warning("IPFS gateway %d of %d failed: %s", index, len(sources), error.message)
-                failures.append((source, error))
+                failures.append((source.url, error))
         raise _all_gateways_failed(failures)
 
-    async def _download_one(self, url: str, digest: str, package_size: int | None, size_cap_bytes: int) -> bytes:
-        session = self._session_for_loop()
+    async def _download_one(self, source: _Source, digest: str, package_size: int | None, size_cap_bytes: int) -> bytes:
+        url = source.url
         started_s = time.monotonic()
         self._logger.info("downloading package sha256:%s from %s", digest, redact_url(url))
         async with self._download_slots:
             try:
                 async with asyncio.timeout(self._limits.total_timeout_ms / 1000):
-                    data, actual = await self._follow_and_read(session, url, package_size, size_cap_bytes)
+                    data, actual = await self._follow_and_read(source, package_size, size_cap_bytes)
             except aiohttp.ClientError as error:
                 raise _client_error_to_fetch_error(error, url, self._limits) from None
             except TimeoutError:
@@ -501,12 +537,14 @@ class PackageFetcher:
         self._logger.info("downloaded package sha256:%s (%d bytes) from %s in %d ms", digest, len(data), redact_url(url), elapsed_ms)
         return data
 
-    async def _follow_and_read(self, session: aiohttp.ClientSession, url: str, package_size: int | None,
-                               size_cap_bytes: int) -> tuple[bytes, str]:
-        # Redirects are followed by hand so that each hop's scheme is checked and the count is ours.
-        current = url
+    async def _follow_and_read(self, source: _Source, package_size: int | None, size_cap_bytes: int) -> tuple[bytes, str]:
+        # Redirects are followed by hand so that each hop's scheme and address are checked and the count is ours.
+        url = current = source.url
         for _request_index in range(self._limits.redirects_max + 1):
-            self._check_literal_host(current)
+            # Exempt only while the hop stays inside the prefix of the gateway the node built this URL for.
+            exempt = source.gateway is not None and source.gateway.covers(current)
+            self._check_literal_host(current, exempt=exempt)
+            session = self._session_for(exempt=exempt)
             async with session.get(current, allow_redirects=False, headers=_REQUEST_HEADERS) as response:
                 if response.status in _REDIRECT_STATUSES:
                     current = _redirect_target(current, response)
@@ -540,10 +578,10 @@ class PackageFetcher:
         _check_declared_size(len(body), package_size, redact_url(url))
         return bytes(body), hasher.hexdigest()
 
-    def _check_literal_host(self, url: str) -> None:
+    def _check_literal_host(self, url: str, *, exempt: bool) -> None:
         """A host written as an IP address is never resolved, so the resolver's policy cannot see it."""
         host = (urlsplit(url).hostname or "").lower()
-        if self._private_allowed or host in self._exempt_hosts:
+        if self._private_allowed or exempt:
             return
         try:
             address = ipaddress.ip_address(host)
@@ -559,20 +597,26 @@ class PackageFetcher:
         maximum = self._limits.package_size_max_bytes
         return PackageSizeError(f"{redact_url(url)} sends more than this node's package size limit of {maximum} bytes; stopped reading")
 
-    def _session_for_loop(self) -> aiohttp.ClientSession:
+    def _session_for(self, *, exempt: bool) -> aiohttp.ClientSession:
+        """The session for a request: under the public-only policy, or (for an exempt gateway URL) not.
+        Two sessions, two connection pools: a connection the exempt one opened to a private address
+        can never carry a request the policy refuses. When private addresses are allowed, one suffices."""
         if self._closed:
             raise RuntimeError("PackageFetcher.fetch called after close()")
-        if self._session is None:
+        unrestricted = exempt or self._private_allowed
+        key = unrestricted and not self._private_allowed
+        session = self._sessions.get(key)
+        if session is None:
             connect_s = self._limits.connect_timeout_ms / 1000
-            self._session = aiohttp.ClientSession(
+            session = self._sessions[key] = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s),
                 connector=aiohttp.TCPConnector(
                     limit=self._limits.downloads_concurrent_max * 2, ssl=self._ssl_context,
-                    resolver=None if self._private_allowed else _PublicOnlyResolver(self._exempt_hosts)),
+                    resolver=None if unrestricted else _PublicOnlyResolver()),
                 auto_decompress=False,
                 trust_env=False,
             )
-        return self._session
+        return session
 
 
 def _check_gateways(gateways: Sequence[str]) -> tuple[str, ...]:
@@ -632,17 +676,15 @@ class _NonPublicHost(OSError):
 
 
 class _PublicOnlyResolver(AbstractResolver):
-    """DNS as usual, minus every non-public address (unless the host is exempt). The connector connects
-    to what this returns, so a name cannot resolve to a public address here and a private one later."""
+    """DNS as usual, minus every non-public address. The connector connects to what this returns, so a
+    name cannot resolve to a public address here and a private one later. No host is exempt here:
+    exempt gateway requests go through another session (PackageFetcher._session_for)."""
 
-    def __init__(self, exempt_hosts: frozenset[str]) -> None:
+    def __init__(self) -> None:
         self._inner = DefaultResolver()
-        self._exempt_hosts = exempt_hosts
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        if host.lower() in self._exempt_hosts:
-            return results
         public = [result for result in results if _is_public(ipaddress.ip_address(result["host"]))]
         if not public:
             seen = ", ".join(sorted({result["host"] for result in results})[:3])

@@ -29,11 +29,15 @@ Why it works as it does (see NOTES-dependencies.md for the measurements behind e
 How a validator node drives ratification (runtime wiring; every step is idempotent, so run it on
 each on_change event, on each newly visible log entry, and on a slow timer as a safety net):
 
-    approved = {v.proposal_id: (v.action, v.package_hash, v.version)
-                for v in governance.needing_ratification(state=state, now_ms=now_ms, settle_ms=...)}
-    todo = validator_todo(raft.snapshot(), validator_id=me, approved=approved,
-                          published_sequences=governance.certified_sequences())
-    for proposal_id in todo.to_ratify:   await raft.ratify(proposal_id=..., action=..., package_hash=..., version=...)
+    closable = governance.closing_candidates(state=state, now_ms=now_ms)     # {proposal_id: vote ids}
+    approved = {v.proposal_id: (v.action, v.package_hash, v.version, v.votes_digest)
+                for v in governance.needing_ratification(state=state, now_ms=now_ms)}
+    todo = validator_todo(raft.snapshot(), validator_id=me, closable=closable, attested=...,
+                          approved=approved, published_sequences=governance.certified_sequences())
+    for proposal_id in todo.to_close:    await raft.close(proposal_id=..., vote_ids=closable[proposal_id])
+    for record in todo.to_attest:        append a CLOSE entry with close_body(record)
+    for proposal_id in todo.to_ratify:   await raft.ratify(proposal_id=..., action=..., package_hash=..., version=...,
+                                                           votes_digest=...)
     for record in todo.to_certify:       await raft.certify(proposal_id=record.proposal_id, sequence=record.sequence, ...)
     for record in todo.to_publish:       append an EXECUTE_UPGRADE entry with
                                          execute_upgrade_body(record, package_url=..., package_size=...) from the proposal
@@ -53,6 +57,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pysyncobj.syncobj import SyncObjException
 
 from node.core.certificates import Verify, certificate_statement, ratify_statement
+from node.core.closing import close_statement, pack_vote_ids
 from node.core.ratification import Event, RatificationLimits, RatificationMachine, RatificationOutcome, RatificationView
 from node.errors import ConfigError, Unavailable
 from node.raft_transport import (PlainDump, RaftDataRefused, RaftTransportLimits, SecureTransport, TransportIdentity,
@@ -162,10 +167,19 @@ class _ReplicatedRatification(SyncObjConsumer):
         self._on_events = on_events
 
     @replicated
-    def ratify(self, proposal_id, action, package_hash, version, validator_id, signature):
+    def close(self, proposal_id, vote_ids, validator_id, signature):
+        with self._lock:
+            outcome = self._machine.close(proposal_id=proposal_id, vote_ids=vote_ids, validator_id=validator_id,
+                                          signature=signature)
+        self._publish(outcome)
+        return outcome
+
+    @replicated
+    def ratify(self, proposal_id, action, package_hash, version, votes_digest, validator_id, signature):
         with self._lock:
             outcome = self._machine.ratify(proposal_id=proposal_id, action=action, package_hash=package_hash,
-                                           version=version, validator_id=validator_id, signature=signature)
+                                           version=version, votes_digest=votes_digest, validator_id=validator_id,
+                                           signature=signature)
         self._publish(outcome)
         return outcome
 
@@ -326,20 +340,31 @@ class ValidatorRaft:
 
     # --- replicated calls ---------------------------------------------------------------------
 
+    async def close(self, *, proposal_id: str, vote_ids: tuple[str, ...], timeout_s: float = 10.0) -> RatificationOutcome:
+        """Submit this validator's signed close: the votes it received for the proposal (entry ids).
+        Returns the committed outcome ("voting_closed" when this close fixed the counted votes)."""
+        packed = pack_vote_ids(vote_ids)
+        statement = close_statement(self._config.network_id, proposal_id, packed, self._config.validator_id)
+        arguments = (proposal_id, packed, self._config.validator_id, self._sign(statement))
+        return await self._call("close", arguments, timeout_s)
+
     async def ratify(self, *, proposal_id: str, action: str, package_hash: str | None, version: str,
-                     timeout_s: float = 10.0) -> RatificationOutcome:
-        """Submit this validator's signed ratification; returns the committed outcome (which may be a
-        refusal, e.g. "conflicting_ratification"). Raises Unavailable (indefinite) on timeout."""
+                     votes_digest: str, timeout_s: float = 10.0) -> RatificationOutcome:
+        """Submit this validator's signed ratification of the proposal as closed with the counted votes
+        `votes_digest`; returns the committed outcome (which may be a refusal, e.g. "wrong_votes").
+        Raises Unavailable (indefinite) on timeout."""
         statement = ratify_statement(self._config.network_id, proposal_id, action, package_hash, version,
-                                     self._config.validator_id)
-        arguments = (proposal_id, action, package_hash, version, self._config.validator_id, self._sign(statement))
+                                     votes_digest, self._config.validator_id)
+        arguments = (proposal_id, action, package_hash, version, votes_digest, self._config.validator_id,
+                     self._sign(statement))
         return await self._call("ratify", arguments, timeout_s)
 
     async def certify(self, *, proposal_id: str, sequence: int, action: str, package_hash: str | None, version: str,
-                      timeout_s: float = 10.0) -> RatificationOutcome:
+                      votes_digest: str, timeout_s: float = 10.0) -> RatificationOutcome:
         """Sign the certificate statement of an assigned sequence and submit it. The caller passes the
         tuple IT approves; the machine refuses the signature if the assigned tuple differs."""
-        statement = certificate_statement(self._config.network_id, proposal_id, action, package_hash, version, sequence)
+        statement = certificate_statement(self._config.network_id, proposal_id, action, package_hash, version,
+                                          votes_digest, sequence)
         arguments = (proposal_id, sequence, self._config.validator_id, self._sign(statement))
         return await self._call("certify", arguments, timeout_s)
 

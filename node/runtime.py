@@ -12,10 +12,14 @@ Why it works as it does:
 - Every resource and background task has a `cleanup_ctx`, so SIGTERM/SIGINT (or a failure during
   start) unwinds in reverse order: stop gossip, close the log file, close the socket. Shutdown is
   bounded by `limits.shutdown_timeout_ms`. A clean stop logs "stopped" and exits 0.
-- Local entries go through one `LocalAuthor`, which uses Gossip.publish_new: the next sequence and
-  the parents are taken and the entry persisted (fsync) and added under one lock, so two concurrent
-  requests can never sign two entries with one sequence (that would be equivocation, voided by
-  governance). Its hlc is above its parents' (and so above this node's previous entry).
+- Local entries (notes, proposals, votes, closes, certificates, reports) go through one `LocalAuthor`
+  (node/local_author.py): built with the next sequence, published through gossip, rebuilt if another
+  local entry took that sequence, so this node never signs two entries with one sequence (that would
+  be equivocation, voided by governance).
+- Governance is four jobs wired here: the log fold, this node's versions (store, sandbox, fetcher),
+  the upgrade executor, and on validators the ratification driver (Raft); the API calls the
+  API-facing operations (node/governance_service.py). Their cleanup contexts open the store first and
+  close it last.
 - Stored entries are not trusted: they are re-verified through the log at start (Gossip.load).
 """
 
@@ -31,10 +35,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -47,7 +50,15 @@ from node.fsutil import read_private_file
 from node.errors import ConfigError, StoreError, SynapseError
 from node.fault_points import fault_point_for
 from node.gossip import Gossip, GossipSettings
+from node.core.governance import Governance
+from node.core.proposals import GovernanceRules
+from node.governance_fold import GovernanceFold
 from node.governance_service import GovernanceService, GovernanceSettings
+from node.local_author import LocalAuthor
+from node.local_versions import LocalVersions
+from node.raft import ValidatorRaftConfig
+from node.ratification_driver import RAFT_DIR_NAME, RatificationDriver
+from node.upgrade_executor import UpgradeExecutor
 from node.identity import Identity, verify_signature
 from node.logfile import LogFile
 from node.logging_setup import configure_logging, log_event
@@ -189,19 +200,6 @@ def prepare(config_path: Path, *, configure_logs: bool = True) -> Prepared:
 # --- the running node ------------------------------------------------------------------------
 
 
-class LocalAuthor:
-    """Creates this node's entries. Gossip.publish_new takes the next sequence and the parents, signs,
-    persists (fsync) and adds under one lock, so no two local entries ever share a sequence."""
-
-    def __init__(self, *, identity: Identity, publish_new: Callable[..., Awaitable[Entry]]) -> None:
-        self._identity = identity
-        self._publish_new = publish_new
-
-    async def append(self, kind: str, body: Mapping[str, Any]) -> Entry:
-        """Sign the next local entry; returns once it is on disk (fsync) and visible in the log."""
-        return await self._publish_new(kind=kind, body=body, sign=self._identity.sign)
-
-
 class NodeState:
     """What the API reports about the node, and the fan-out of newly visible entries to listeners."""
 
@@ -252,7 +250,7 @@ class Node:
         self.prepared = prepared
         genesis, limits, node_id = prepared.genesis, prepared.limits, prepared.identity.node_id
         self.metrics = Metrics()
-        self.log = CrdtLog(members=genesis.public_keys(), verify=verify_signature, limits=log_limits(limits))
+        self.log = CrdtLog(network_id=genesis.network_id, members=genesis.public_keys(), verify=verify_signature, limits=log_limits(limits))
         self.state = NodeState(genesis=genesis, metrics=self.metrics)
         self.gossip = Gossip(
             log=self.log, logfile=prepared.logfile, self_id=node_id,
@@ -266,12 +264,43 @@ class Node:
             logger=logging.getLogger("synapse.gossip"), local_host=prepared.config.api_host)
         self.state.peers_up_source = self.gossip.peers_up
         self.state.visible_at_ns_source = self.gossip.visible_at_ns
-        self.author = LocalAuthor(identity=prepared.identity, publish_new=self.gossip.publish_new)
-        self.governance = GovernanceService.for_node(prepared, log=self.log, publish=self.gossip.publish, metrics=self.metrics,
-                                                     now_ms=wall_ms, on_version=self.state.set_current_version,
-                                                     settings=governance_settings,
-                                                     fault_point=fault_point_for(prepared.config.data_dir, os.environ))
-        self.state.subscribe(self.governance.on_visible)
+        self.author = LocalAuthor(node_id=node_id, log=self.log, sign=prepared.identity.sign, publish=self.gossip.publish,
+                                  now_ms=wall_ms, append_timeout_ms=governance_settings.append_timeout_ms)
+        self._wire_governance(governance_settings)
+
+    def _wire_governance(self, settings: GovernanceSettings) -> None:
+        """The governance jobs: the log fold, this node's versions, the executor, the ratification driver
+        (validators only) and the API-facing operations."""
+        prepared, genesis, config = self.prepared, self.prepared.genesis, self.prepared.config
+        validators = {member.node_id: member.public_key for member in genesis.validators}
+        fault_point = fault_point_for(config.data_dir, os.environ)
+        self.versions = LocalVersions(genesis=genesis, limits=prepared.limits, data_dir=config.data_dir, metrics=self.metrics,
+                                      now_ms=wall_ms, ipfs_gateways=config.ipfs_gateways, package_ca_file=config.package_ca_file,
+                                      package_private_addresses_allowed=config.package_private_addresses_allowed,
+                                      on_version=self.state.set_current_version, fault_point=fault_point,
+                                      store_open_timeout_ms=settings.store_open_timeout_ms)
+        rules = GovernanceRules(approval_threshold_pct=genesis.governance.approval_threshold_pct,
+                                quorum_pct=genesis.governance.quorum_pct, voting_period_ms=genesis.governance.voting_period_ms,
+                                open_proposals_per_author_max=genesis.governance.open_proposals_per_author_max)
+        governance = Governance(network_id=genesis.network_id, validators=validators, verify=verify_signature,
+                                local_node_id=prepared.identity.node_id, rules=rules)
+        self.fold = GovernanceFold(governance=governance, log=self.log, node_id=prepared.identity.node_id,
+                                   network_id=genesis.network_id, validators=validators, metrics=self.metrics,
+                                   state=self.versions.network_state, now_ms=wall_ms)
+        self.executor = UpgradeExecutor(fold=self.fold, versions=self.versions, author=self.author,
+                                        network_id=genesis.network_id, validators=validators, metrics=self.metrics,
+                                        now_ms=wall_ms, settings=settings, fault_point=fault_point)
+        self.fold.wake(self.executor.wake)
+        self.driver = None
+        if prepared.member.validator:
+            self.driver = RatificationDriver(config=raft_config_for(prepared, settings), identity=prepared.identity,
+                                             fold=self.fold, versions=self.versions, author=self.author,
+                                             network_id=genesis.network_id, now_ms=wall_ms, settings=settings)
+            self.fold.wake(self.driver.wake)
+        self.governance = GovernanceService(node_id=prepared.identity.node_id, limits=prepared.limits, fold=self.fold,
+                                            versions=self.versions, author=self.author, now_ms=wall_ms, settings=settings,
+                                            driver=self.driver)
+        self.state.subscribe(self.fold.on_visible)
 
     def build_app(self) -> web.Application:
         limits = self.prepared.limits
@@ -292,7 +321,10 @@ class Node:
         openapi.add_openapi_route(app)
         app.cleanup_ctx.append(self._logfile_context)
         app.cleanup_ctx.append(self._gossip_context)
-        app.cleanup_ctx.append(self.governance.context)
+        app.cleanup_ctx.append(self.versions.context)
+        if self.driver is not None:
+            app.cleanup_ctx.append(self.driver.context)
+        app.cleanup_ctx.append(self.executor.context)
         return app
 
     async def _logfile_context(self, app: web.Application) -> AsyncIterator[None]:
@@ -310,6 +342,30 @@ class Node:
         await self.gossip.start()
         yield
         await self.gossip.stop()
+
+
+def raft_config_for(prepared: Prepared, settings: GovernanceSettings) -> ValidatorRaftConfig:
+    """This validator's place in the validators' Raft cluster, from genesis."""
+    genesis, config = prepared.genesis, prepared.config
+    partners = tuple(member.raft_address for member in genesis.validators if member.node_id != prepared.identity.node_id)
+    return ValidatorRaftConfig(
+        self_address=prepared.member.raft_address, partner_addresses=partners, data_dir=config.data_dir / RAFT_DIR_NAME,
+        password=read_raft_password(config.data_dir), network_id=genesis.network_id,
+        validator_id=prepared.identity.node_id,
+        validators={member.node_id: member.public_key for member in genesis.validators},
+        validator_addresses={member.node_id: member.raft_address for member in genesis.validators},
+        timing=settings.raft_timing, bind_outgoing=settings.raft_bind_outgoing)
+
+
+def read_raft_password(data_dir: Path) -> str:
+    """The validators' shared Raft secret (prepare() already checked its mode and digest)."""
+    path = Path(data_dir) / RAFT_SECRET_FILE_NAME
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(RAFT_SECRET_SIZE_MAX_BYTES).strip().decode("ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the Raft secret {path}: {error}",
+                          hint="copy raft_secret from the directory 'synapse genesis create' made for this node") from None
 
 
 async def serve(prepared: Prepared, stop: asyncio.Event) -> None:

@@ -10,12 +10,15 @@ import hashlib
 from typing import Any, Iterable, Mapping, Sequence
 
 from node.core.crdt_log import CrdtLog, LogLimits
-from node.core.entries import Entry, make_entry
+import msgpack
+
+from node.core.entries import Entry, make_entry, signing_prefix
 from node.core.hlc import Hlc
 from node.identity import Identity, verify_signature
 
 NOW_MS = 1_700_000_000_000          # a fixed "now" (2023-11-14): tests never read the real clock
 LATE_MS = NOW_MS + 10**9            # a "now" late enough that no test entry is refused as clock_future
+NETWORK_ID = "net-test"           # the network every test log and entry belongs to (signatures cover it)
 HASH_A = "a" * 64
 HASH_B = "b" * 64
 
@@ -49,8 +52,9 @@ class CountingVerify:
         return self._known[key]
 
 
-def new_log(people: Iterable[Identity], *, verify: Any = verify_signature, **limits: int) -> CrdtLog:
-    return CrdtLog(members=members_of(people), verify=verify, limits=LogLimits(**limits))
+def new_log(people: Iterable[Identity], *, verify: Any = verify_signature, network_id: str = NETWORK_ID,
+            **limits: int) -> CrdtLog:
+    return CrdtLog(network_id=network_id, members=members_of(people), verify=verify, limits=LogLimits(**limits))
 
 
 def write(log: CrdtLog, who: Identity, *, kind: str = "NOTE", body: Mapping[str, Any] | None = None,
@@ -64,10 +68,21 @@ def write(log: CrdtLog, who: Identity, *, kind: str = "NOTE", body: Mapping[str,
 
 
 def forge(who: Identity, *, sequence: int, parents: Sequence[str] = (), hlc: Hlc = Hlc(NOW_MS, 0), kind: str = "NOTE",
-          body: Mapping[str, Any] | None = None, author: str | None = None) -> Entry:
-    """An entry with explicit fields, signed by `who` (author defaults to who's id): for breaking rules."""
-    return make_entry(kind=kind, author=author or who.node_id, sequence=sequence, parents=parents, hlc=hlc,
+          body: Mapping[str, Any] | None = None, author: str | None = None, network_id: str = NETWORK_ID) -> Entry:
+    """An entry with explicit fields, signed by `who` (author defaults to who's id) for `network_id`:
+    for breaking rules."""
+    return make_entry(network_id=network_id, kind=kind, author=author or who.node_id, sequence=sequence, parents=parents, hlc=hlc,
                       body=body if body is not None else note_body(), sign=who.sign)
+
+
+def forge_raw(who: Identity, *, kind: str, body: Mapping[str, Any], sequence: int = 1, hlc: Hlc = Hlc(NOW_MS, 0),
+              network_id: str = NETWORK_ID) -> bytes:
+    """The canonical bytes of an entry whose body make_entry would refuse, validly signed by `who`:
+    what a hostile member's own encoder sends. Keys are sorted as the canonical form wants."""
+    fields = [1, kind, who.node_id, sequence, [], [hlc.wall_ms, hlc.logical], {key: body[key] for key in sorted(body)}]
+    unsigned = msgpack.packb(fields, use_bin_type=True)
+    signature = who.sign(signing_prefix(network_id) + unsigned)
+    return bytes((0x98,)) + unsigned[1:] + msgpack.packb(signature, use_bin_type=True)
 
 
 def note_body(text: str = "hello") -> dict:
@@ -102,7 +117,8 @@ def ratify_body(**changes: Any) -> dict:
 
 def execute_body(**changes: Any) -> dict:
     body = {"proposal_id": "upgrade_20251003_120000_3fa9c2d1", "action": "upgrade", "version": "1.2.0",
-            "package_url": "https://example.org/u.wasm", "package_hash": HASH_A, "package_size": 1024, "sequence": 1,
+            "package_url": "https://example.org/u.wasm", "package_hash": HASH_A, "package_size": 1024,
+            "votes_digest": HASH_B, "sequence": 1,
             "certificate": [{"validator_id": "0123456789abcdef", "signature": b"\x02" * 64}]}
     body.update(changes)
     return body
@@ -118,9 +134,16 @@ def local_rollback_body(**changes: Any) -> dict:
             "state_hash": "sha256:" + HASH_B, "reason": "operator request", **changes}
 
 
+def close_body(**changes: Any) -> dict:
+    vote_ids = bytes.fromhex(HASH_A) + bytes.fromhex(HASH_B)
+    return {"proposal_id": "upgrade_20251003_120000_3fa9c2d1", "votes_digest": hashlib.sha256(vote_ids).hexdigest(),
+            "vote_ids": vote_ids, **changes}
+
+
 def sample_bodies() -> dict[str, dict]:
     """One valid body per kind."""
-    return {"PROPOSAL": proposal_body(), "VOTE": vote_body(), "RATIFY": ratify_body(), "EXECUTE_UPGRADE": execute_body(),
+    return {"PROPOSAL": proposal_body(), "VOTE": vote_body(), "CLOSE": close_body(), "RATIFY": ratify_body(),
+            "EXECUTE_UPGRADE": execute_body(),
             "EXECUTION_REPORT": report_body(), "ROLLBACK": local_rollback_body(), "NOTE": note_body()}
 
 

@@ -3,7 +3,8 @@
 Why: an EXECUTE_UPGRADE entry makes every node run code, so no node may trust the validator who
 published it. The entry carries a certificate: signatures of a STRICT MAJORITY of the validator set
 (from genesis) over one canonical statement that binds the network, the proposal, the action, the
-package hash, the version and the upgrade sequence number. Changing any of these fields invalidates
+package hash, the version, the digest of the votes the validators counted when they closed voting
+(node/core/closing.py) and the upgrade sequence number. Changing any of these fields invalidates
 every signature, a signature made for another network or another kind of message never verifies
 (the statement starts with a domain tag), and a minority of colluding validators cannot forge one.
 
@@ -26,11 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import msgpack
 
+from node.core.quorum import majority_of
 from node.core.semver import is_valid_version
 from node.errors import CertificateError
 
-CERTIFICATE_DOMAIN = "synapse-ng/certificate/v1"
-RATIFY_DOMAIN = "synapse-ng/ratify/v1"
+CERTIFICATE_DOMAIN = "synapse-ng/certificate/v2"     # v2: binds the counted votes' digest
+RATIFY_DOMAIN = "synapse-ng/ratify/v2"
 CERTIFICATE_SIGNATURES_MAX = 64   # the EXECUTE_UPGRADE schema bounds its certificate list to 64
 VALIDATORS_MAX = 64               # a certificate must be able to hold a majority of the validator set
 PROPOSAL_ID_LENGTH_MAX = 96
@@ -44,14 +46,8 @@ _NODE_ID = re.compile(r"^[0-9a-f]{16}$")
 Verify = Callable[[bytes, bytes, bytes], bool]
 
 
-def majority_of(validator_count: int) -> int:
-    """The smallest number of validators that is a strict majority of the set."""
-    assert validator_count >= 1, "a validator set is never empty"
-    return validator_count // 2 + 1
-
-
 def _check_fields(network_id: object, proposal_id: object, action: object, package_hash: object,
-                  version: object) -> None:
+                  version: object, votes_digest: object) -> None:
     if not isinstance(network_id, str) or not 0 < len(network_id) <= NETWORK_ID_LENGTH_MAX:
         raise CertificateError(f"network_id must be a non-empty string of at most {NETWORK_ID_LENGTH_MAX} characters")
     if not isinstance(proposal_id, str) or not 0 < len(proposal_id) <= PROPOSAL_ID_LENGTH_MAX:
@@ -64,25 +60,29 @@ def _check_fields(network_id: object, proposal_id: object, action: object, packa
         raise CertificateError("a rollback has no package: its package_hash must be None")
     if not is_valid_version(version):
         raise CertificateError(f"version {version!r} is not a semver string")
+    if not (isinstance(votes_digest, str) and _HEX64.match(votes_digest)):
+        raise CertificateError("votes_digest must be 64 lowercase hex digits (the digest of the counted votes)")
 
 
 def certificate_statement(network_id: str, proposal_id: str, action: str, package_hash: str | None,
-                          version: str, sequence: int) -> bytes:
+                          version: str, votes_digest: str, sequence: int) -> bytes:
     """The exact bytes every validator signs for upgrade number `sequence` (phase 2)."""
-    _check_fields(network_id, proposal_id, action, package_hash, version)
+    _check_fields(network_id, proposal_id, action, package_hash, version, votes_digest)
     if type(sequence) is not int or sequence < 1:
         raise CertificateError(f"sequence must be an integer >= 1, not {sequence!r}")
-    return msgpack.packb([CERTIFICATE_DOMAIN, network_id, proposal_id, action, package_hash, version, sequence],
+    return msgpack.packb([CERTIFICATE_DOMAIN, network_id, proposal_id, action, package_hash, version, votes_digest,
+                          sequence],
                          use_bin_type=True)
 
 
 def ratify_statement(network_id: str, proposal_id: str, action: str, package_hash: str | None,
-                     version: str, validator_id: str) -> bytes:
+                     version: str, votes_digest: str, validator_id: str) -> bytes:
     """The exact bytes a validator signs to ratify a proposal (phase 1; no sequence exists yet)."""
-    _check_fields(network_id, proposal_id, action, package_hash, version)
+    _check_fields(network_id, proposal_id, action, package_hash, version, votes_digest)
     if not isinstance(validator_id, str) or not _NODE_ID.match(validator_id):
         raise CertificateError(f"validator_id must be 16 lowercase hex digits, not {validator_id!r}")
-    return msgpack.packb([RATIFY_DOMAIN, network_id, proposal_id, action, package_hash, version, validator_id],
+    return msgpack.packb([RATIFY_DOMAIN, network_id, proposal_id, action, package_hash, version, votes_digest,
+                          validator_id],
                          use_bin_type=True)
 
 
@@ -110,7 +110,7 @@ def certificate_signers(execute_body: Mapping, *, network_id: str, validators: M
     try:
         statement = certificate_statement(network_id, execute_body["proposal_id"], execute_body["action"],
                                           execute_body["package_hash"], execute_body["version"],
-                                          execute_body["sequence"])
+                                          execute_body["votes_digest"], execute_body["sequence"])
         certificate = execute_body["certificate"]
     except KeyError as missing:
         raise CertificateError(f"the EXECUTE_UPGRADE body has no field {missing}") from None

@@ -72,7 +72,8 @@ from enum import Enum
 from itertools import islice
 from typing import Any, Callable, Iterator, Mapping
 
-from node.core.entries import ENTRY_SIZE_MAX_BYTES, PARENTS_LENGTH_MAX, SEQUENCE_MAX, Entry, is_node_id, make_entry
+from node.core.entries import (ENTRY_SIZE_MAX_BYTES, PARENTS_LENGTH_MAX, SEQUENCE_MAX, Entry, is_node_id, make_entry,
+                                signing_prefix)
 from node.core.hlc import HLC_ZERO, Hlc, hlc_tick
 from node.errors import BadRequest, ConfigError, EntryRefused
 
@@ -157,7 +158,12 @@ def parse_digest(digest: object) -> dict[str, tuple[tuple[int, str | None], ...]
 class CrdtLog:
     """The grow-only, signed, causally ordered log. See the module docstring for the rules."""
 
-    def __init__(self, *, members: Mapping[str, bytes], verify: Verify, limits: LogLimits = LogLimits()) -> None:
+    def __init__(self, *, network_id: str, members: Mapping[str, bytes], verify: Verify,
+                 limits: LogLimits = LogLimits()) -> None:
+        """`network_id`: genesis's; entries are signed for it (entries.signing_prefix), so an entry
+        signed for another network fails the signature check here."""
+        signing_prefix(network_id)  # a bad id is refused now, not at the first entry
+        self._network_id = network_id
         for node_id, public_key in members.items():
             if not isinstance(public_key, bytes) or len(public_key) != 32 or hashlib.sha256(public_key).hexdigest()[:16] != node_id:
                 raise ConfigError(f"member {str(node_id)[:20]!r} does not match its public key",
@@ -256,8 +262,9 @@ class CrdtLog:
     def _check_signature(self, entry: Entry, public_key: bytes) -> None:
         if entry.id in self._signature_checked:
             return
-        if not self._verify(public_key, entry.signing_bytes(), entry.signature):
-            raise self._refuse(entry.id, "bad_signature", f"the signature does not verify with the key of {entry.author}")
+        if not self._verify(public_key, entry.signing_bytes(self._network_id), entry.signature):
+            raise self._refuse(entry.id, "bad_signature", f"the signature does not verify with the key of {entry.author} "
+                                                          f"for network {self._network_id}")
         self._signature_checked[entry.id] = None
         if len(self._signature_checked) > SIGNATURE_MEMORY_MAX:
             self._signature_checked.popitem(last=False)
@@ -424,8 +431,8 @@ class CrdtLog:
         It is NOT added: persist it, then add() it."""
         parents = self.heads(author)
         floor = max([self._entries[p].hlc for p in parents] + [clock or HLC_ZERO])
-        return make_entry(kind=kind, author=author, sequence=self.next_sequence(author), parents=parents,
-                          hlc=hlc_tick(floor, now_ms), body=body, sign=sign)
+        return make_entry(network_id=self._network_id, kind=kind, author=author, sequence=self.next_sequence(author),
+                          parents=parents, hlc=hlc_tick(floor, now_ms), body=body, sign=sign)
 
     # --- anti-entropy -----------------------------------------------------------------------------
 

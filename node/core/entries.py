@@ -11,6 +11,11 @@ Why it works as it does:
 - Never re-serialize. `Entry.raw` is kept, and `signing_bytes()` is sliced from it: the signature
   covers a domain-separated copy of the array without its last element (SIGNING_DOMAIN + 7-element
   array), so an entry signature can never be replayed as any other kind of signature by the same key.
+- A signature is bound to one network: the signed message also holds the network id (from genesis),
+  length-prefixed between the domain tag and the array. A member who reuses its key in another
+  network cannot have its entries there replayed here (they fail the signature check at the door).
+  The network id is NOT in the entry's bytes: ids and the wire format stay as they are, only what is
+  signed changed (hence the domain tag v2: a v1 signature never verifies).
 - Strict types. No floats anywhere (reputation, which is a number with a fraction, is not in entries),
   no ext types, no non-string map keys, bounded lengths on decode before anything is allocated.
 - Every body is validated against its kind's schema when built AND when decoded (unknown or missing
@@ -32,13 +37,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import msgpack
 
+from node.core.closing import VOTE_ID_SIZE_BYTES, VOTE_IDS_SIZE_MAX_BYTES
 from node.core.hlc import Hlc
 from node.core.semver import is_valid_version
-from node.errors import EntryRefused
+from node.core.urls import has_userinfo
+from node.errors import ConfigError, EntryRefused
 
 FORMAT_VERSION = 1
-SIGNING_DOMAIN = b"synapse-ng/entry/v1\x00"
-KINDS = ("PROPOSAL", "VOTE", "RATIFY", "EXECUTE_UPGRADE", "EXECUTION_REPORT", "ROLLBACK", "NOTE")
+SIGNING_DOMAIN = b"synapse-ng/entry/v2\x00"
+KINDS = ("PROPOSAL", "VOTE", "CLOSE", "RATIFY", "EXECUTE_UPGRADE", "EXECUTION_REPORT", "ROLLBACK", "NOTE")
 
 SIGNATURE_LENGTH_BYTES = 64
 ID_LENGTH_BYTES = 32
@@ -47,6 +54,8 @@ SEQUENCE_MAX = 2**53             # far beyond any real author, exact in every JS
 ENTRY_SIZE_MAX_BYTES = 1024 * 1024  # the format's ceiling; nodes configure a smaller limit
 
 _NODE_ID = re.compile(r"^[0-9a-f]{16}$")
+# As genesis allows it (node/config.py): ASCII, so its length in bytes is its length in characters.
+_NETWORK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # The signature is the last array element: bin8 header (0xc4, 64) + 64 bytes.
 _SIGNATURE_TRAILER = bytes((0xC4, SIGNATURE_LENGTH_BYTES))
@@ -137,6 +146,16 @@ def _is_certificate(value: Any) -> bool:
     )
 
 
+def _is_vote_ids(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) % VOTE_ID_SIZE_BYTES == 0 and len(value) <= VOTE_IDS_SIZE_MAX_BYTES
+
+
+def _is_package_url(value: Any) -> bool:
+    # A package URL is public: every member fetches it and anyone reads it (GET /proposals, GET /log).
+    # Credentials in it would be shown to all, so none are allowed, network-wide.
+    return isinstance(value, str) and 1 <= len(value) <= 2048 and not has_userinfo(value)
+
+
 _PROPOSAL_ID = _text(96, length_min=1)
 _VERSION: Check = is_valid_version
 _PACKAGE_SIZE = _integer(1, 2**40)
@@ -145,19 +164,22 @@ _SEQUENCE_FIELD = _integer(1, SEQUENCE_MAX)
 BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
     "PROPOSAL": {
         "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "title": _text(200, human="line"),
-        "description": _text(4000, human="text"), "version": _VERSION, "package_url": _optional(_text(2048, length_min=1)),
+        "description": _text(4000, human="text"), "version": _VERSION, "package_url": _optional(_is_package_url),
         "package_hash": _optional(_is_hex64), "package_size": _optional(_PACKAGE_SIZE),
         "voting_deadline_ms": _integer(0, SEQUENCE_MAX), "target_proposal_id": _optional(_PROPOSAL_ID),
     },
     "VOTE": {"proposal_id": _PROPOSAL_ID, "vote": _one_of("approval", "rejection")},
+    # A validator's attestation of the votes Raft counted when voting closed (node/core/closing.py).
+    "CLOSE": {"proposal_id": _PROPOSAL_ID, "votes_digest": _is_hex64, "vote_ids": _is_vote_ids},
     "RATIFY": {
         "proposal_id": _PROPOSAL_ID, "sequence": _SEQUENCE_FIELD, "statement": _binary(512),
         "signature": _binary(SIGNATURE_LENGTH_BYTES, length_min=SIGNATURE_LENGTH_BYTES),
     },
     "EXECUTE_UPGRADE": {
         "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "version": _VERSION,
-        "package_url": _optional(_text(2048, length_min=1)), "package_hash": _optional(_is_hex64),
-        "package_size": _optional(_PACKAGE_SIZE), "sequence": _SEQUENCE_FIELD, "certificate": _is_certificate,
+        "package_url": _optional(_is_package_url), "package_hash": _optional(_is_hex64),
+        "package_size": _optional(_PACKAGE_SIZE), "votes_digest": _is_hex64, "sequence": _SEQUENCE_FIELD,
+        "certificate": _is_certificate,
     },
     "EXECUTION_REPORT": {
         "proposal_id": _PROPOSAL_ID, "sequence": _SEQUENCE_FIELD, "success": _is_bool, "version": _VERSION,
@@ -274,9 +296,9 @@ class Entry:
         """sha256 hex of the canonical bytes: the entry's name everywhere (parents, gossip, storage)."""
         return self._id
 
-    def signing_bytes(self) -> bytes:
-        """What the author signs: SIGNING_DOMAIN + the canonical 7-element array without the signature."""
-        return signing_bytes_of(self.raw)
+    def signing_bytes(self, network_id: str) -> bytes:
+        """What the author signs for network `network_id` (see signing_bytes_of)."""
+        return signing_bytes_of(self.raw, network_id)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Entry) and other.raw == self.raw
@@ -288,10 +310,21 @@ class Entry:
         return f"Entry({self.kind} {self.author}#{self.sequence} id={self._id[:12]} hlc={self.hlc.wall_ms}.{self.hlc.logical})"
 
 
-def signing_bytes_of(raw: bytes) -> bytes:
-    """The signed message for canonical entry bytes `raw` (sliced, never re-encoded)."""
+def signing_bytes_of(raw: bytes, network_id: str) -> bytes:
+    """The signed message for canonical entry bytes `raw` in network `network_id` (sliced, never
+    re-encoded): SIGNING_DOMAIN + network id prefix + the 7-element array without the signature."""
     assert raw[0] == _ARRAY8_HEADER and raw[-_SIGNATURE_SUFFIX_BYTES:-SIGNATURE_LENGTH_BYTES] == _SIGNATURE_TRAILER
-    return SIGNING_DOMAIN + bytes((_ARRAY7_HEADER,)) + raw[1:-_SIGNATURE_SUFFIX_BYTES]
+    return signing_prefix(network_id) + bytes((_ARRAY7_HEADER,)) + raw[1:-_SIGNATURE_SUFFIX_BYTES]
+
+
+def signing_prefix(network_id: str) -> bytes:
+    """SIGNING_DOMAIN + one length byte + the network id: what precedes the entry in a signed message.
+    The length byte keeps (network id, entry) pairs apart whatever the entry's first bytes."""
+    if not isinstance(network_id, str) or _NETWORK_ID.fullmatch(network_id) is None:
+        raise ConfigError(f"network id {str(network_id)[:80]!r} is not 1-64 letters, digits, '.', '_' or '-'",
+                          hint="entries are signed for the network_id of genesis; pass it unchanged")
+    encoded = network_id.encode("ascii")
+    return SIGNING_DOMAIN + bytes((len(encoded),)) + encoded
 
 
 def _check_fields(entry: Entry) -> None:
@@ -316,11 +349,13 @@ def _check_fields(entry: Entry) -> None:
     validate_body(entry.kind, entry.body)
 
 
-def make_entry(*, kind: str, author: str, sequence: int, parents: Sequence[str], hlc: Hlc, body: Mapping[str, Any],
-               sign: Callable[[bytes], bytes]) -> Entry:
-    """Build and sign an entry. `parents` may come in any order (they are sorted and deduplicated);
-    `body` is copied into canonical form (the caller's dict is not kept). Raises EntryRefused
-    ("unknown_kind", "malformed", "bad_body") when the fields are invalid: nothing is signed then."""
+def make_entry(*, network_id: str, kind: str, author: str, sequence: int, parents: Sequence[str], hlc: Hlc,
+               body: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> Entry:
+    """Build and sign an entry for network `network_id` (genesis's). `parents` may come in any order
+    (they are sorted and deduplicated); `body` is copied into canonical form (the caller's dict is not
+    kept). Raises EntryRefused ("unknown_kind", "malformed", "bad_body") when the fields are invalid,
+    ConfigError for a network id genesis would refuse: nothing is signed then."""
+    prefix = signing_prefix(network_id)
     if kind not in KINDS:
         raise EntryRefused("unknown_kind", f"unknown entry kind {str(kind)[:40]!r}", hint=f"use one of {', '.join(KINDS)}")
     if not all(map(is_entry_id, parents)):
@@ -337,7 +372,7 @@ def make_entry(*, kind: str, author: str, sequence: int, parents: Sequence[str],
     if len(sorted_parents) > PARENTS_LENGTH_MAX:
         raise EntryRefused("malformed", f"an entry has at most {PARENTS_LENGTH_MAX} parents")
     unsigned = _pack(_unsigned_fields(kind, author, sequence, sorted_parents, hlc, canonical_body))
-    signature = sign(SIGNING_DOMAIN + unsigned)
+    signature = sign(prefix + unsigned)
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_LENGTH_BYTES:
         raise EntryRefused("malformed", f"sign() must return {SIGNATURE_LENGTH_BYTES} bytes")
     assert unsigned[0] == _ARRAY7_HEADER

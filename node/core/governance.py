@@ -1,4 +1,5 @@
-"""Proposals, reputation-weighted votes, the tally and the proposal lifecycle, folded from the log.
+"""The governance fold: every PROPOSAL, VOTE, CLOSE, EXECUTE_UPGRADE, EXECUTION_REPORT, ROLLBACK and
+RATIFY entry collected per proposal, and the views the API and the runtime ask for.
 
 Why it works as it does:
   * Every node folds the same signed log entries, so every node must reach the same verdict from the
@@ -6,319 +7,38 @@ Why it works as it does:
     pure function of (the collected entries, the current network state's reputations, now_ms). So the
     result never depends on the order in which entries of different proposals arrived, and votes that
     arrive before their proposal are kept (bounded) until it does.
-  * Votes of one proposal are counted in the log's canonical order (hlc, author, id), which every node
-    computes identically from the same set of entries. One live vote per voter: a vote with a higher
-    author sequence replaces the earlier one. A voter who equivocated (two different entries with the
-    same author and sequence, reported by CrdtLog.equivocations()) loses its vote on that proposal:
-    both entries are void, and falling back to an earlier vote would reward the ambiguity.
-  * Weight is the voter's integer reputation in the CURRENT network state. Votes from keys absent from
-    the state, from zero reputation, or cast (hlc.wall_ms) after the deadline never count: a thousand
-    Sybils with no reputation weigh nothing.
-  * Approval: approval weight EXCEEDS threshold_pct% of the cast weight AND the cast weight reaches
-    quorum_pct% of the total reputation, by the deadline. Early decision: as soon as the outcome can no
-    longer change whatever the voters who have not voted do, the proposal is decided and voting closes
-    (later votes, replacements included, are ignored and shown as "after_decision"). Integer
-    arithmetic only (cross-multiplied percentages): floats could round differently on two nodes.
-  * Lifecycle: voting -> approved | rejected | expired; approved -> ratified (a certified
-    EXECUTE_UPGRADE is in the log) -> executed | failed (THIS node's EXECUTION_REPORT) -> rolled_back.
-    ONE transition table; an impossible transition raises InvalidTransition. Entries are untrusted, so
-    the fold catches those refusals and records them as problems instead of corrupting the status.
+  * WHICH votes count is not decided here: a vote's timestamp is chosen by its voter, so a vote
+    claiming a time before a long-gone deadline proves nothing. The validators close voting through
+    Raft (node/core/closing.py) naming the votes they received in time, and each publishes the counted
+    set in a CLOSE entry; a proposal is closed on a node once a strict majority of validators published
+    the same set. Only then does its status leave "voting": the tally (node/core/tally.py) over the
+    counted votes decides approved, rejected or expired, and ratification and the certificate sign the
+    set's digest. Before that, the tally of the votes this node holds is shown as provisional (and
+    drives the validators' early close). Votes outside the counted set are shown as "not_counted".
+  * The lifecycle is one transition table (node/core/lifecycle.py); entries are untrusted, so the fold
+    records refusals as problems instead of corrupting the status.
   * A certificate signed by a majority of validators is the network's decision: when this node's own
     tally disagrees (its state or clock differ), the proposal is still shown as ratified, with a note.
-  * Proposal ids keep the spec's `upgrade_<date>_<time>` form, plus a suffix derived from the author
-    and its entry sequence (known before signing): nobody can squat another author's id, because the
-    fold refuses a proposal whose suffix does not match its own author and sequence.
+  * Views are plain frozen data; their JSON form is node/presentation.py's job.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from node.core.canonical import normalize_sha256
+from node.core.certificates import VALIDATORS_MAX, Verify, certificate_signers, certificate_statement
+from node.core.closing import unpack_vote_ids, votes_digest
 from node.core.entries import Entry
-from node.core.certificates import VALIDATORS_MAX, Verify, certificate_signers, certificate_statement, majority_of
+from node.core.lifecycle import APPROVED, EXECUTED, ROLLED_BACK, VOTING, derive_status
+from node.core.lifecycle import VERSION_FREE_STATUSES
+from node.core.proposals import GovernanceRules, proposal_refusal
 from node.core.semver import parse_version
-from node.core.utc import format_utc_ms, utc_parts
-from node.errors import (
-    BadRequest,
-    CertificateError,
-    ConfigError,
-    Conflict,
-    HashFormatError,
-    InvalidTransition,
-    NotFound,
-    VersionError,
-)
-
-# --- statuses and the one transition table ----------------------------------------------------
-
-VOTING, APPROVED, REJECTED, EXPIRED = "voting", "approved", "rejected", "expired"
-RATIFIED, EXECUTED, FAILED, ROLLED_BACK = "ratified", "executed", "failed", "rolled_back"
-STATUSES = (VOTING, APPROVED, REJECTED, EXPIRED, RATIFIED, EXECUTED, FAILED, ROLLED_BACK)
-
-TRANSITIONS: dict[tuple[str, str], str] = {
-    (VOTING, "approve"): APPROVED,
-    (VOTING, "reject"): REJECTED,
-    (VOTING, "expire"): EXPIRED,
-    (APPROVED, "ratify"): RATIFIED,
-    (RATIFIED, "execute"): EXECUTED,
-    (RATIFIED, "fail"): FAILED,
-    (EXECUTED, "roll_back"): ROLLED_BACK,
-    (FAILED, "roll_back"): ROLLED_BACK,
-}
-# A version may be proposed again only once every earlier proposal of it ended in one of these.
-VERSION_FREE_STATUSES = (REJECTED, EXPIRED, FAILED, ROLLED_BACK)
-
-
-def next_status(status: str, event: str) -> str:
-    try:
-        return TRANSITIONS[(status, event)]
-    except KeyError:
-        raise InvalidTransition(f"a proposal with status {status!r} cannot take event {event!r}") from None
-
-
-# --- proposal ids and time --------------------------------------------------------------------
-
-ACTIONS = ("upgrade", "rollback")
-PROPOSAL_ID_PATTERN = re.compile(r"^(upgrade|rollback)_(\d{8})_(\d{6})_([0-9a-f]{8})$")
-_NODE_ID = re.compile(r"^[0-9a-f]{16}$")
-_MS_PER_DAY = 86_400_000
-_YEAR_10000_MS = 253_402_300_800_000
-
-
-def proposal_id_suffix(author: str, sequence: int) -> str:
-    """8 hex of sha256('<author>:<sequence>'): unique per (author, entry sequence), known before signing."""
-    return hashlib.sha256(f"{author}:{sequence}".encode()).hexdigest()[:8]
-
-
-def make_proposal_id(action: str, now_ms: int, author: str, sequence: int) -> str:
-    """`upgrade_20251003_120000_3fa9c2d1`: action, UTC date and time of now_ms, author/sequence suffix.
-    `sequence` is the author's log sequence of the PROPOSAL entry that will carry this id."""
-    if action not in ACTIONS:
-        raise BadRequest(f"action must be one of {ACTIONS}, not {action!r}")
-    if type(now_ms) is not int or not 0 <= now_ms < _YEAR_10000_MS:
-        raise BadRequest(f"now_ms must be a Unix time in milliseconds before the year 10000, not {now_ms!r}")
-    if not isinstance(author, str) or not _NODE_ID.match(author) or type(sequence) is not int or sequence < 1:
-        raise BadRequest("author must be a node id (16 lowercase hex) and sequence an integer >= 1")
-    year, month, day, hour, minute, second = utc_parts(now_ms)
-    return f"{action}_{year:04d}{month:02d}{day:02d}_{hour:02d}{minute:02d}{second:02d}_{proposal_id_suffix(author, sequence)}"
-
-
-def proposal_id_matches(proposal_id: str, *, action: str, author: str, sequence: int) -> bool:
-    match = PROPOSAL_ID_PATTERN.match(proposal_id) if isinstance(proposal_id, str) else None
-    return match is not None and match.group(1) == action and match.group(4) == proposal_id_suffix(author, sequence)
-
-
-# --- rules --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GovernanceRules:
-    """Thresholds come from genesis (governance section); limits bound what the fold keeps."""
-    approval_threshold_pct: int = 50
-    quorum_pct: int = 50
-    voting_period_ms: int = 60_000
-    voting_period_max_ms: int = 30 * _MS_PER_DAY     # a proposal's deadline may not lie further out
-    proposals_max: int = 10_000
-    votes_per_proposal_max: int = 100_000
-    orphan_proposals_max: int = 1_000                # ids referenced by votes/reports before the proposal
-    problems_max: int = 1_000
-
-    def __post_init__(self) -> None:
-        for name in ("approval_threshold_pct", "quorum_pct"):
-            value = getattr(self, name)
-            if type(value) is not int or not 0 <= value <= 100:
-                raise ConfigError(f"governance.{name} must be an integer percentage 0..100, not {value!r}")
-        if type(self.voting_period_ms) is not int or not 1 <= self.voting_period_ms <= self.voting_period_max_ms:
-            raise ConfigError(f"governance.voting_period_ms must be 1..{self.voting_period_max_ms}, not {self.voting_period_ms!r}")
-        for name in ("proposals_max", "votes_per_proposal_max", "orphan_proposals_max", "problems_max"):
-            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
-                raise ConfigError(f"governance limit {name} must be an integer >= 1")
-
-
-# --- the tally (pure; tests/unit/test_tally_reference.py compares it with a brute-force twin) ----
-
-
-def tally_outcome(*, approval_weight: int, rejection_weight: int, total_weight: int, threshold_pct: int,
-                  quorum_pct: int, deadline_passed: bool) -> str:
-    """VOTING, APPROVED, REJECTED or EXPIRED for the live votes. `total_weight` is the reputation of
-    every member, voters and non-voters alike; the weight that has not voted may still vote either way
-    (or not at all) until the deadline. Percentages are compared cross-multiplied, in integers."""
-    assert 0 <= approval_weight and 0 <= rejection_weight and approval_weight + rejection_weight <= total_weight
-    cast_weight = approval_weight + rejection_weight
-    remaining_weight = total_weight - cast_weight
-    quorum_reached = cast_weight * 100 >= quorum_pct * total_weight
-    # Certain approval: even if all the remaining weight rejected, approval would still exceed the
-    # threshold; and even if nobody else voted, the quorum is already there.
-    if approval_weight * 100 > threshold_pct * total_weight and quorum_reached:
-        return APPROVED
-    # Certain rejection: even if all the remaining weight approved, it would not exceed the threshold.
-    if (approval_weight + remaining_weight) * 100 <= threshold_pct * total_weight:
-        return REJECTED
-    if not deadline_passed:
-        return VOTING
-    if not quorum_reached:
-        return EXPIRED
-    return APPROVED if approval_weight * 100 > threshold_pct * cast_weight else REJECTED
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Tally:
-    approval_weight: int
-    rejection_weight: int
-    total_weight: int
-    outcome: str
-    decided_early: bool          # decided before the deadline because the outcome could no longer change
-
-    @property
-    def cast_weight(self) -> int:
-        return self.approval_weight + self.rejection_weight
-
-    def to_dict(self) -> dict:
-        return {"approval_weight": self.approval_weight, "rejection_weight": self.rejection_weight,
-                "cast_weight": self.cast_weight, "total_weight": self.total_weight, "outcome": self.outcome,
-                "decided_early": self.decided_early}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ballot:
-    """One VOTE entry, reduced to what counting needs."""
-    voter: str
-    choice: str                  # "approval" | "rejection"
-    author_sequence: int
-    order_key: tuple             # (wall_ms, logical, author, entry_id): the log's canonical order
-    entry_id: str
-
-    @property
-    def wall_ms(self) -> int:
-        return self.order_key[0]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VoteRecord:
-    """One row per voter: the vote that counts, or the latest one with the reason it does not."""
-    voter: str
-    vote: str
-    weight: int
-    counted: bool
-    reason: str | None           # None | after_deadline | unknown_voter | zero_reputation | equivocation | after_decision
-    entry_id: str
-    author_sequence: int
-    cast_ms: int
-
-    def to_dict(self) -> dict:
-        return {"voter": self.voter, "vote": self.vote, "weight": self.weight, "counted": self.counted,
-                "reason": self.reason, "entry_id": self.entry_id, "sequence": self.author_sequence,
-                "cast_ms": self.cast_ms}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VoteCount:
-    tally: Tally
-    votes: tuple[VoteRecord, ...]
-    decided_at_ms: int | None    # hlc wall time of the vote that decided early, or the deadline;
-                                 # None while voting, or when decided before any vote
-
-
-def reputations_from_state(state: Mapping) -> dict[str, int]:
-    """{node_id: reputation} of the members in state["global"]["nodes"]; anything but a non-negative
-    int counts as 0 (a malformed state never gives anyone weight)."""
-    global_state = state.get("global") if isinstance(state, Mapping) else None
-    nodes = global_state.get("nodes") if isinstance(global_state, Mapping) else None
-    if not isinstance(nodes, Mapping):
-        return {}
-    reputations = {}
-    for node_id, info in nodes.items():
-        reputation = info.get("reputation") if isinstance(info, Mapping) else None
-        reputations[str(node_id)] = reputation if type(reputation) is int and reputation > 0 else 0
-    return reputations
-
-
-def _ballot_refusal(ballot: Ballot, reputations: Mapping[str, int], disqualified: set[str],
-                    deadline_ms: int, decided: bool) -> str | None:
-    if ballot.voter in disqualified:
-        return "equivocation"
-    if ballot.wall_ms > deadline_ms:
-        return "after_deadline"
-    if ballot.voter not in reputations:
-        return "unknown_voter"
-    if reputations[ballot.voter] <= 0:
-        return "zero_reputation"
-    return "after_decision" if decided else None
-
-
-def count_votes(ballots: Iterable[Ballot], *, reputations: Mapping[str, int], disqualified: set[str],
-                deadline_ms: int, now_ms: int, threshold_pct: int, quorum_pct: int) -> VoteCount:
-    """Count one proposal's ballots in canonical order, stopping at an early decision."""
-    total_weight = sum(reputations.values())
-    weights = {"approval": 0, "rejection": 0}
-    live: dict[str, Ballot] = {}
-    rows: dict[str, VoteRecord] = {}
-    # Decided before any vote when nothing could pass (e.g. no member has reputation).
-    decided = _outcome(weights, total_weight, threshold_pct, quorum_pct, deadline_passed=False) != VOTING
-    decided_at_ms: int | None = None
-    for ballot in sorted(ballots, key=lambda b: b.order_key):
-        reason = _ballot_refusal(ballot, reputations, disqualified, deadline_ms, decided)
-        previous = live.get(ballot.voter)
-        if reason is None and previous is not None and previous.author_sequence >= ballot.author_sequence:
-            reason = "superseded"
-        weight = reputations.get(ballot.voter, 0)
-        row = VoteRecord(voter=ballot.voter, vote=ballot.choice, weight=weight, counted=reason is None, reason=reason,
-                         entry_id=ballot.entry_id, author_sequence=ballot.author_sequence, cast_ms=ballot.wall_ms)
-        if reason is not None:
-            if ballot.voter not in rows or not rows[ballot.voter].counted:
-                rows[ballot.voter] = row
-            continue
-        if previous is not None:
-            weights[previous.choice] -= weight
-        weights[ballot.choice] += weight
-        live[ballot.voter], rows[ballot.voter] = ballot, row
-        if _outcome(weights, total_weight, threshold_pct, quorum_pct, deadline_passed=False) != VOTING:
-            decided, decided_at_ms = True, ballot.wall_ms
-    outcome = _outcome(weights, total_weight, threshold_pct, quorum_pct, deadline_passed=now_ms > deadline_ms)
-    if decided_at_ms is None and outcome != VOTING and not decided:
-        decided_at_ms = deadline_ms
-    tally = Tally(approval_weight=weights["approval"], rejection_weight=weights["rejection"], total_weight=total_weight,
-                  outcome=outcome, decided_early=decided)
-    return VoteCount(tally=tally, votes=tuple(rows[voter] for voter in sorted(rows)), decided_at_ms=decided_at_ms)
-
-
-def _outcome(weights: Mapping[str, int], total_weight: int, threshold_pct: int, quorum_pct: int, *,
-             deadline_passed: bool) -> str:
-    return tally_outcome(approval_weight=weights["approval"], rejection_weight=weights["rejection"],
-                         total_weight=total_weight, threshold_pct=threshold_pct, quorum_pct=quorum_pct,
-                         deadline_passed=deadline_passed)
-
-
-def derive_status(*, outcome: str, certified: bool, local_report_success: bool | None,
-                  rolled_back: bool) -> tuple[str, tuple[str, ...]]:
-    """The proposal's status by walking the transition table through the facts, and notes about facts
-    that did not fit (untrusted entries never corrupt the status: they become notes)."""
-    notes = []
-    status = VOTING
-    if certified:
-        if outcome != APPROVED:
-            notes.append(f"ratified by a majority of validators although this node's tally says {outcome}")
-        status = next_status(next_status(status, "approve"), "ratify")
-    elif outcome != VOTING:
-        status = next_status(status, {APPROVED: "approve", REJECTED: "reject", EXPIRED: "expire"}[outcome])
-    for present, event, what in ((local_report_success is not None, "execute" if local_report_success else "fail",
-                                  "this node's execution report"),
-                                 (rolled_back, "roll_back", "a rollback")):
-        if not present:
-            continue
-        try:
-            status = next_status(status, event)
-        except InvalidTransition as error:
-            notes.append(f"{what} was ignored: {error.message}")
-    return status, tuple(notes)
-
-
-# --- views returned to the API and the runtime -----------------------------------------------
+from node.core.quorum import majority_of
+from node.core.tally import Ballot, Tally, VoteRecord, count_votes, reputations_from_state
+from node.core.utc import format_utc_ms
+from node.errors import CertificateError, ConfigError, Conflict, NotFound, VersionError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,10 +49,6 @@ class ExecutionView:
     published_by: tuple[str, ...]            # validators who published an identical-sequence entry
     certificate_signers: tuple[str, ...]
     body: dict
-
-    def to_dict(self) -> dict:
-        return {"sequence": self.sequence, "entry_id": self.entry_id, "published_by": list(self.published_by),
-                "certificate_signers": list(self.certificate_signers)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,10 +61,6 @@ class ReportView:
     error: str | None
     entry_id: str
 
-    def to_dict(self) -> dict:
-        return {"node_id": self.node_id, "sequence": self.sequence, "success": self.success, "version": self.version,
-                "state_hash": self.state_hash, "error": self.error, "entry_id": self.entry_id}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RollbackView:
@@ -360,11 +72,6 @@ class RollbackView:
     entry_id: str | None
     rollback_proposal_id: str | None
 
-    def to_dict(self) -> dict:
-        return {"node_id": self.node_id, "restored_version": self.restored_version,
-                "previous_version": self.previous_version, "reason": self.reason, "entry_id": self.entry_id,
-                "rollback_proposal_id": self.rollback_proposal_id}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RatifyAuditView:
@@ -372,10 +79,6 @@ class RatifyAuditView:
     sequence: int
     valid: bool                              # a validator's signature over this proposal's certificate statement
     entry_id: str
-
-    def to_dict(self) -> dict:
-        return {"validator_id": self.validator_id, "sequence": self.sequence, "valid": self.valid,
-                "entry_id": self.entry_id}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -397,27 +100,14 @@ class ProposalView:
     tally: Tally
     decided_at_ms: int | None
     votes: tuple[VoteRecord, ...]
+    closed: bool                             # a strict majority of validators published the counted votes
+    votes_digest: str | None                 # digest of the counted votes, once closed
+    closed_by: tuple[str, ...]               # validators whose CLOSE entry names that set
     execution: ExecutionView | None
     reports: tuple[ReportView, ...]
     rollbacks: tuple[RollbackView, ...]
     ratifications: tuple[RatifyAuditView, ...]
     notes: tuple[str, ...]
-
-    def summary(self) -> dict:
-        return {"proposal_id": self.proposal_id, "action": self.action, "title": self.title, "version": self.version,
-                "status": self.status, "author": self.author, "created_ms": self.created_ms,
-                "voting_deadline_ms": self.voting_deadline_ms, "voting_deadline": format_utc_ms(self.voting_deadline_ms),
-                "target_proposal_id": self.target_proposal_id,
-                "sequence": self.execution.sequence if self.execution else None, "tally": self.tally.to_dict()}
-
-    def to_dict(self) -> dict:
-        return {**self.summary(), "description": self.description, "package_url": self.package_url,
-                "package_hash": self.package_hash, "package_size": self.package_size, "entry_id": self.entry_id,
-                "decided_at_ms": self.decided_at_ms, "votes": [vote.to_dict() for vote in self.votes],
-                "execution": self.execution.to_dict() if self.execution else None,
-                "reports": [report.to_dict() for report in self.reports],
-                "rollbacks": [rollback.to_dict() for rollback in self.rollbacks],
-                "ratifications": [ratify.to_dict() for ratify in self.ratifications], "notes": list(self.notes)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -428,9 +118,6 @@ class Problem:
     entry_id: str | None
     author: str | None
 
-    def to_dict(self) -> dict:
-        return {"reason": self.reason, "message": self.message, "entry_id": self.entry_id, "author": self.author}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertifiedExecution:
@@ -439,53 +126,6 @@ class CertifiedExecution:
     proposal_id: str
     entry_id: str
     body: dict
-
-
-# --- building proposal and vote bodies (the API uses these; validation errors are for users) ----
-
-
-def new_proposal_body(*, action: str, title: str, description: str, version: str, package_url: str | None,
-                      package_hash: str | None, package_size: int | None, target_proposal_id: str | None,
-                      author: str, sequence: int, now_ms: int, rules: GovernanceRules) -> dict:
-    """The PROPOSAL body for a user's request; `sequence` is the author's next log sequence."""
-    _check_text("title", title, 1, 200)
-    _check_text("description", description, 0, 4000)
-    try:
-        parse_version(version)
-    except ValueError as error:
-        raise BadRequest(str(error), hint="give version as MAJOR.MINOR.PATCH, e.g. '1.2.0'") from None
-    if action == "upgrade":
-        _check_text("package_url", package_url, 1, 2048)
-        normalized = normalize_sha256(package_hash) if isinstance(package_hash, str) else None
-        if normalized is None:
-            raise HashFormatError(f"package_hash {str(package_hash)[:80]!r} is not a SHA256 digest")
-        if package_size is not None and (type(package_size) is not int or not 1 <= package_size <= 2**40):
-            raise BadRequest(f"package_size must be an integer number of bytes in 1..2**40, not {package_size!r}")
-        if target_proposal_id is not None:
-            raise BadRequest("an upgrade proposal has no target_proposal_id", hint="omit target_proposal_id")
-        package_hash = normalized
-    elif action == "rollback":
-        if package_url is not None or package_hash is not None or package_size is not None:
-            raise BadRequest("a rollback proposal has no package", hint="omit package_url, package_hash and package_size")
-        _check_text("target_proposal_id", target_proposal_id, 1, 96)
-    else:
-        raise BadRequest(f"action must be 'upgrade' or 'rollback', not {action!r}")
-    return {"proposal_id": make_proposal_id(action, now_ms, author, sequence), "action": action, "title": title,
-            "description": description, "version": version, "package_url": package_url,
-            "package_hash": package_hash, "package_size": package_size,
-            "voting_deadline_ms": now_ms + rules.voting_period_ms, "target_proposal_id": target_proposal_id}
-
-
-def new_vote_body(proposal_id: str, vote: str) -> dict:
-    if vote not in ("approval", "rejection"):
-        raise BadRequest(f"vote must be 'approval' or 'rejection', not {str(vote)[:40]!r}")
-    _check_text("proposal_id", proposal_id, 1, 96)
-    return {"proposal_id": proposal_id, "vote": vote}
-
-
-def _check_text(name: str, value: object, length_min: int, length_max: int) -> None:
-    if not isinstance(value, str) or not length_min <= len(value) <= length_max:
-        raise BadRequest(f"{name} must be a string of {length_min} to {length_max} characters")
 
 
 # --- the fold -----------------------------------------------------------------------------------
@@ -521,6 +161,8 @@ class _Bucket:
     reports: dict[str, Entry] = field(default_factory=dict)     # author -> latest EXECUTION_REPORT
     rollbacks: dict[str, Entry] = field(default_factory=dict)   # author -> latest ROLLBACK audit entry
     ratify_audits: dict[str, _RatifyAudit] = field(default_factory=dict)
+    closes: dict[str, set[str]] = field(default_factory=dict)        # votes digest -> validators who published it
+    close_vote_ids: dict[str, frozenset[str]] = field(default_factory=dict)   # votes digest -> the vote ids
 
 
 class Governance:
@@ -546,11 +188,13 @@ class Governance:
         self._void: set[str] = set()
         self._equivocation_pairs: set[tuple[str, str]] = set()
         self._authors: dict[str, str] = {}                     # entry id -> author, for applied governance entries
+        self._proposals_by_author: dict[str, list[Entry]] = {}
         self._problems: deque[Problem] = deque(maxlen=rules.problems_max)
         self._problem_counts: Counter[str] = Counter()
         self._handlers: dict[str, Callable[[Entry], None]] = {
             "PROPOSAL": self._apply_proposal, "VOTE": self._apply_vote, "EXECUTE_UPGRADE": self._apply_execute,
             "EXECUTION_REPORT": self._apply_report, "ROLLBACK": self._apply_rollback, "RATIFY": self._apply_ratify,
+            "CLOSE": self._apply_close,
         }
 
     @property
@@ -615,7 +259,7 @@ class Governance:
     def _apply_proposal(self, entry: Entry) -> None:
         body = entry.body
         proposal_id = body["proposal_id"]
-        refusal = _proposal_refusal(entry, self._rules)
+        refusal = proposal_refusal(entry, self._rules)
         existing = self._buckets.get(proposal_id)
         if refusal is None and existing is not None and existing.proposal is not None:
             # Only an equivocating author can make two proposals with one id (the id is bound to author
@@ -625,12 +269,29 @@ class Governance:
             self._problem("duplicate_proposal", f"two proposals carry the id {proposal_id}: entry "
                           f"{loser.id[:12]} is ignored", loser.id, loser.author)
             return
+        if refusal is None:
+            refusal = self._open_proposals_refusal(entry)
         if refusal is not None:
             self._problem(refusal[0], refusal[1], entry.id, entry.author)
             return
         bucket = self._bucket(proposal_id, entry)
         if bucket is not None:
             bucket.proposal = entry
+            self._proposals_by_author.setdefault(entry.author, []).append(entry)
+
+    def _open_proposals_refusal(self, entry: Entry) -> tuple[str, str] | None:
+        """One member may not hold more than open_proposals_per_author_max proposals whose voting periods
+        overlap (and so fill proposals_max for everyone). Judged only from the author's own EARLIER
+        proposals (lower sequence): those are its causal ancestors, folded before this entry on every
+        node, so every node reaches the same verdict whatever else has arrived."""
+        created_ms = entry.hlc.wall_ms
+        open_count = sum(1 for earlier in self._proposals_by_author.get(entry.author, ())
+                         if earlier.sequence < entry.sequence and earlier.body["voting_deadline_ms"] >= created_ms
+                         and earlier.id not in self._void)
+        if open_count < self._rules.open_proposals_per_author_max:
+            return None
+        return ("too_many_open_proposals", f"author {entry.author} already has {open_count} proposals open for voting; "
+                f"at most {self._rules.open_proposals_per_author_max} may overlap (proposal {entry.body['proposal_id']})")
 
     def _apply_vote(self, entry: Entry) -> None:
         bucket = self._bucket(entry.body["proposal_id"], entry)
@@ -687,6 +348,40 @@ class Governance:
         bucket.ratify_audits[entry.id] = _RatifyAudit(validator_id=entry.author, sequence=entry.body["sequence"],
                                                       entry_id=entry.id, statement=entry.body["statement"])
 
+    def _apply_close(self, entry: Entry) -> None:
+        """A validator's CLOSE: the votes Raft counted. Kept per digest; a set counts once a strict
+        majority of validators published it (an equivocating validator adds to two digests, and is
+        still only one of the majority each needs)."""
+        body = entry.body
+        if entry.author not in self._validators:
+            self._problem("bad_close", f"CLOSE for {body['proposal_id']!r} by {entry.author}, who is not a validator",
+                          entry.id, entry.author)
+            return
+        try:
+            vote_ids = frozenset(unpack_vote_ids(body["vote_ids"]))
+        except CertificateError as error:
+            self._problem("bad_close", f"CLOSE for {body['proposal_id']!r}: {error.message}", entry.id, entry.author)
+            return
+        if votes_digest(body["vote_ids"]) != body["votes_digest"]:
+            self._problem("bad_close", f"CLOSE for {body['proposal_id']!r}: votes_digest does not match its vote ids",
+                          entry.id, entry.author)
+            return
+        bucket = self._bucket(body["proposal_id"], entry)
+        if bucket is None:
+            return
+        if body["votes_digest"] not in bucket.closes and len(bucket.closes) >= 2 * len(self._validators):
+            return
+        bucket.closes.setdefault(body["votes_digest"], set()).add(entry.author)
+        bucket.close_vote_ids[body["votes_digest"]] = vote_ids
+
+    def _closed(self, bucket: _Bucket) -> tuple[str, frozenset[str], tuple[str, ...]] | None:
+        """(digest, counted vote ids, validators) of the set a strict majority of validators published."""
+        needed = majority_of(len(self._validators))
+        closed = sorted(digest for digest, validators in bucket.closes.items() if len(validators) >= needed)
+        if not closed:
+            return None
+        return closed[0], bucket.close_vote_ids[closed[0]], tuple(sorted(bucket.closes[closed[0]]))
+
     # --- queries ------------------------------------------------------------------------------
 
     def proposals(self, *, state: Mapping, now_ms: int) -> list[ProposalView]:
@@ -709,11 +404,32 @@ class Governance:
             rollback = _executed_rollback(rollbacks)
         return self._evaluate(proposal_id, bucket, reputations, now_ms, rollback)
 
-    def needing_ratification(self, *, state: Mapping, now_ms: int, settle_ms: int = 0) -> list[ProposalView]:
-        """Approved proposals with no certified EXECUTE_UPGRADE yet, oldest first: what a validator
-        should ratify. `settle_ms` waits after the decision so that late votes can still arrive."""
-        return [view for view in self.proposals(state=state, now_ms=now_ms)
-                if view.status == APPROVED and view.decided_at_ms is not None and now_ms >= view.decided_at_ms + settle_ms]
+    def needing_ratification(self, *, state: Mapping, now_ms: int) -> list[ProposalView]:
+        """Proposals whose counted votes approve them, with no certified EXECUTE_UPGRADE yet, oldest
+        first: what a validator should ratify (with the counted votes' digest)."""
+        return [view for view in self.proposals(state=state, now_ms=now_ms) if view.status == APPROVED]
+
+    def closing_candidates(self, *, state: Mapping, now_ms: int) -> dict[str, tuple[str, ...]]:
+        """For a validator: {proposal_id: vote ids to name} of every proposal that is not closed and
+        whose deadline has passed by `now_ms` (this validator's clock) or whose provisional tally is
+        already decided. Each voter's latest vote (highest author sequence, then highest id) is named:
+        the tally counts only that one."""
+        candidates = {}
+        for view in self.proposals(state=state, now_ms=now_ms):
+            if view.closed or not (now_ms > view.voting_deadline_ms or view.tally.outcome != VOTING):
+                continue
+            latest: dict[str, Ballot] = {}
+            for ballot in self._buckets[view.proposal_id].ballots.values():
+                kept = latest.get(ballot.voter)
+                if kept is None or (ballot.author_sequence, ballot.entry_id) > (kept.author_sequence, kept.entry_id):
+                    latest[ballot.voter] = ballot
+            candidates[view.proposal_id] = tuple(sorted(ballot.entry_id for ballot in latest.values()))
+        return candidates
+
+    def closes_published_by(self, validator_id: str) -> set[str]:
+        """Proposal ids for which `validator_id` published a CLOSE entry."""
+        return {proposal_id for proposal_id, bucket in self._buckets.items()
+                if any(validator_id in validators for validators in bucket.closes.values())}
 
     def certified_executions(self) -> list[CertifiedExecution]:
         """Every EXECUTE_UPGRADE with a valid certificate, one per sequence (the first in log order),
@@ -733,15 +449,22 @@ class Governance:
 
     # --- validation rules shared with the API ------------------------------------------------
 
-    def check_can_propose(self, body: Mapping, *, state: Mapping, now_ms: int) -> None:
-        """Raise Conflict / NotFound / VersionError if this PROPOSAL body may not be proposed now."""
+    def check_can_propose(self, body: Mapping, *, state: Mapping, now_ms: int, author: str | None = None) -> None:
+        """Raise Conflict / NotFound / VersionError if this PROPOSAL body may not be proposed now (by
+        `author`, whose open proposals are bounded)."""
+        open_count = sum(1 for earlier in self._proposals_by_author.get(author, ())
+                         if earlier.body["voting_deadline_ms"] >= now_ms and earlier.id not in self._void)
+        if open_count >= self._rules.open_proposals_per_author_max:
+            raise Conflict(f"this node already has {open_count} proposals open for voting; the network allows at most "
+                           f"{self._rules.open_proposals_per_author_max} per member at a time",
+                           hint="wait until one of them reaches its voting deadline (GET /proposals)")
         views = {view.proposal_id: view for view in self.proposals(state=state, now_ms=now_ms)
                  if view.proposal_id != body["proposal_id"]}     # checking an already folded body is harmless
-        current = _current_version(state)
+        current = current_version(state)
         if body["action"] == "upgrade":
-            _check_upgrade_allowed(body, views, current)
+            check_upgrade_allowed(body, views, current)
         else:
-            _check_rollback_allowed(body, views, current)
+            check_rollback_allowed(body, views, current)
 
     def check_can_vote(self, proposal_id: str, *, state: Mapping, now_ms: int) -> ProposalView:
         """Raise NotFound for an unknown proposal, Conflict when voting is closed; else its view."""
@@ -750,9 +473,12 @@ class Governance:
             raise Conflict(f"voting on {proposal_id} closed at its deadline {format_utc_ms(view.voting_deadline_ms)} "
                            f"(voting_deadline_ms={view.voting_deadline_ms})",
                            hint="votes cast after the deadline do not count")
-        if view.status != VOTING:
+        if view.status != VOTING or view.closed:
             raise Conflict(f"voting on {proposal_id} is closed: the proposal is already {view.status}",
-                           hint="the outcome could no longer change; see GET /proposals/" + proposal_id)
+                           hint="the validators closed voting; see GET /proposals/" + proposal_id)
+        if view.tally.outcome != VOTING:
+            raise Conflict(f"voting on {proposal_id} is decided ({view.tally.outcome}): the outcome can no longer change",
+                           hint="the validators are closing voting; see GET /proposals/" + proposal_id)
         return view
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -779,10 +505,23 @@ class Governance:
         entry = bucket.proposal
         body = entry.body
         disqualified = {ballot.voter for ballot in bucket.ballots.values() if ballot.entry_id in self._void}
+        closed = self._closed(bucket)
         count = count_votes(bucket.ballots.values(), reputations=reputations, disqualified=disqualified,
                             deadline_ms=body["voting_deadline_ms"], now_ms=now_ms,
-                            threshold_pct=self._rules.approval_threshold_pct, quorum_pct=self._rules.quorum_pct)
+                            threshold_pct=self._rules.approval_threshold_pct, quorum_pct=self._rules.quorum_pct,
+                            counted_ids=None if closed is None else closed[1])
         execution, notes = _execution_of(body, bucket)
+        outcome = count.tally.outcome
+        if closed is None:
+            outcome = VOTING       # only the validators' close decides; the tally above is provisional
+            if count.tally.outcome != VOTING or now_ms > body["voting_deadline_ms"]:
+                notes.append(f"the provisional tally says {count.tally.outcome}; waiting for the validators to close voting")
+        elif missing := closed[1] - set(bucket.ballots):
+            outcome = VOTING
+            notes.append(f"voting closed with {len(closed[1])} counted votes; {len(missing)} of them have not reached "
+                         "this node yet")
+        if execution is not None and closed is not None and execution.body["votes_digest"] != closed[0]:
+            notes.append("the certified execution names other counted votes than the validators' close")
         reports = tuple(_report_view(report) for _author, report in sorted(bucket.reports.items())
                         if report.id not in self._void)
         local_report = next((report for report in reports if report.node_id == self._local_node_id), None)
@@ -797,7 +536,7 @@ class Governance:
                                        reason=network_rollback.title, entry_id=None,
                                        rollback_proposal_id=network_rollback.proposal_id),)
         locally_rolled_back = any(r.node_id == self._local_node_id for r in rollbacks) or network_rollback is not None
-        status, status_notes = derive_status(outcome=count.tally.outcome, certified=execution is not None,
+        status, status_notes = derive_status(outcome=outcome, certified=execution is not None,
                                              local_report_success=None if local_report is None else local_report.success,
                                              rolled_back=locally_rolled_back)
         notes.extend(status_notes)
@@ -807,39 +546,25 @@ class Governance:
             version=body["version"], package_url=body["package_url"], package_hash=body["package_hash"],
             package_size=body["package_size"], target_proposal_id=body["target_proposal_id"], author=entry.author,
             entry_id=entry.id, created_ms=entry.hlc.wall_ms, voting_deadline_ms=body["voting_deadline_ms"],
-            status=status, tally=count.tally, decided_at_ms=count.decided_at_ms, votes=count.votes, execution=execution,
-            reports=reports, rollbacks=rollbacks, ratifications=self._ratify_views(proposal_id, body, bucket),
+            status=status, tally=count.tally, decided_at_ms=count.decided_at_ms, votes=count.votes,
+            closed=closed is not None, votes_digest=None if closed is None else closed[0],
+            closed_by=() if closed is None else closed[2], execution=execution,
+            reports=reports, rollbacks=rollbacks,
+            ratifications=self._ratify_views(proposal_id, body, bucket, None if closed is None else closed[0]),
             notes=tuple(notes))
 
-    def _ratify_views(self, proposal_id: str, body: Mapping, bucket: _Bucket) -> tuple[RatifyAuditView, ...]:
+    def _ratify_views(self, proposal_id: str, body: Mapping, bucket: _Bucket,
+                      closed_digest: str | None) -> tuple[RatifyAuditView, ...]:
         views = []
         for audit in sorted(bucket.ratify_audits.values(), key=lambda a: (a.sequence, a.validator_id, a.entry_id)):
             try:
                 expected = certificate_statement(self._network_id, proposal_id, body["action"], body["package_hash"],
-                                                 body["version"], audit.sequence)
-            except CertificateError:
+                                                 body["version"], closed_digest, audit.sequence)
+            except CertificateError:       # not closed on this node yet: nothing to compare with
                 expected = None
             views.append(RatifyAuditView(validator_id=audit.validator_id, sequence=audit.sequence,
                                          valid=audit.statement == expected, entry_id=audit.entry_id))
         return tuple(views)
-
-
-def _proposal_refusal(entry: Entry, rules: GovernanceRules) -> tuple[str, str] | None:
-    """(reason, message) when a PROPOSAL entry must be refused, else None. The schema (types, the
-    fields each action needs) was checked by entries.py; these are the rules between entry and body."""
-    body = entry.body
-    if not proposal_id_matches(body["proposal_id"], action=body["action"], author=entry.author, sequence=entry.sequence):
-        return ("proposal_id_mismatch",
-                f"proposal id {body['proposal_id']!r} was not made by author {entry.author} at sequence {entry.sequence} "
-                f"(expected the suffix {proposal_id_suffix(entry.author, entry.sequence)})")
-    period_ms = body["voting_deadline_ms"] - entry.hlc.wall_ms
-    if not 0 < period_ms <= rules.voting_period_max_ms:
-        return ("bad_deadline", f"proposal {body['proposal_id']} has a voting period of {period_ms} ms; "
-                                f"it must be 1..{rules.voting_period_max_ms} ms after the proposal")
-    target = body["target_proposal_id"]
-    if body["action"] == "rollback" and not (isinstance(target, str) and target.startswith("upgrade_")):
-        return ("bad_target", f"rollback proposal {body['proposal_id']} must target an upgrade proposal, not {target!r}")
-    return None
 
 
 def _execution_of(body: Mapping, bucket: _Bucket) -> tuple[ExecutionView | None, list[str]]:
@@ -891,7 +616,10 @@ def _state_hash_notes(reports: Sequence[ReportView]) -> list[str]:
     return [f"nodes that executed this upgrade disagree on the resulting state hash ({shown})"]
 
 
-def _current_version(state: Mapping) -> str | None:
+# --- what a new proposal must meet against the others (the API checks it before writing) ----------
+
+
+def current_version(state: Mapping) -> str | None:
     global_state = state.get("global") if isinstance(state, Mapping) else None
     version = global_state.get("version") if isinstance(global_state, Mapping) else None
     try:
@@ -901,17 +629,19 @@ def _current_version(state: Mapping) -> str | None:
     return version
 
 
-def _check_upgrade_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
+def check_upgrade_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
     version = body["version"]
     if current is not None and not parse_version(version) > parse_version(current):
         raise VersionError(f"version {version} is not greater than the network's current version {current}")
     for view in views.values():
-        if view.action == "upgrade" and view.version == version and view.status not in VERSION_FREE_STATUSES:
+        # Parsed, not as text: versions differing only in build metadata are one version (semver precedence).
+        if view.action == "upgrade" and parse_version(view.version) == parse_version(version) \
+                and view.status not in VERSION_FREE_STATUSES:
             raise Conflict(f"version {version} is already proposed by {view.proposal_id} (status {view.status})",
                            hint="vote on that proposal, or propose another version")
 
 
-def _check_rollback_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
+def check_rollback_allowed(body: Mapping, views: Mapping[str, ProposalView], current: str | None) -> None:
     target_id = body["target_proposal_id"]
     target = views.get(target_id)
     if target is None:
@@ -919,7 +649,7 @@ def _check_rollback_allowed(body: Mapping, views: Mapping[str, ProposalView], cu
                        hint="give the id of the executed upgrade to undo (GET /proposals)")
     if target.action != "upgrade" or target.status != EXECUTED:
         raise Conflict(f"{target_id} is a {target.action} with status {target.status}: only an executed upgrade can be rolled back")
-    if current is not None and target.version != current:
+    if current is not None and parse_version(target.version) != parse_version(current):
         raise Conflict(f"only the latest executed upgrade can be rolled back: the network runs {current}, "
                        f"{target_id} installed {target.version}", hint="roll back the latest upgrade first")
     if current is not None and not parse_version(body["version"]) < parse_version(current):

@@ -7,7 +7,12 @@ Why this shape:
     leader" decides nothing), and every input is checked, because a command that raised inside a
     replicated method would jam PySyncObj's apply loop forever. Bad input returns a refused outcome
     and changes nothing.
-  * Two phases, because an upgrade's sequence number does not exist until a majority agreed:
+  * Voting is closed here first (node/core/closing.py): each validator, at the deadline by its own
+    clock (or once its tally is decided early), submits close(proposal, vote ids, validator,
+    signature) naming the votes it received; the machine fixes the counted set by the strict-majority
+    rule of closing.counted_votes, exactly once, and emits VotingClosed. A voter's own timestamp
+    decides nothing. Ratifications name the counted set's digest and are refused until it is fixed.
+  * Then two phases, because an upgrade's sequence number does not exist until a majority agreed:
       1. ratify(proposal, action, package hash, version, validator, signature): each validator's
          SIGNED consent (certificates.ratify_statement). When a strict majority of the validator set
          ratified the same (proposal, action, hash, version), the machine assigns the next upgrade
@@ -39,27 +44,31 @@ from node.core.certificates import (
     Verify,
     build_certificate,
     certificate_statement,
-    majority_of,
     ratify_statement,
 )
+from node.core.closing import close_statement, counted_votes, pack_vote_ids, unpack_vote_ids, votes_digest
+from node.core.quorum import majority_of
 from node.errors import CertificateError, ConfigError, IntegrityError, InvalidTransition
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2               # 2: closes and the counted votes
 
-COLLECTING = "collecting"      # ratifications arriving, no majority yet
+CLOSING = "closing"            # validators' closes arriving, the counted votes not fixed yet
+COLLECTING = "collecting"      # voting closed; ratifications arriving, no majority yet
 ASSIGNED = "assigned"          # a majority ratified: sequence number assigned, signatures arriving
 CERTIFIED = "certified"        # a majority signed the certificate statement
-PHASES = (COLLECTING, ASSIGNED, CERTIFIED)
+PHASES = (CLOSING, COLLECTING, ASSIGNED, CERTIFIED)
 
 PHASE_TRANSITIONS: dict[tuple[str, str], str] = {
+    (CLOSING, "votes_counted"): COLLECTING,
     (COLLECTING, "majority_ratified"): ASSIGNED,
     (ASSIGNED, "majority_signed"): CERTIFIED,
 }
 
 # Outcome statuses. Accepted ones changed the state or repeated an earlier command exactly.
-ACCEPTED_STATUSES = ("ratification_recorded", "already_ratified", "sequence_assigned",
+ACCEPTED_STATUSES = ("close_recorded", "voting_closed", "already_closed", "ratification_recorded", "already_ratified", "sequence_assigned",
                      "signature_recorded", "already_signed", "certificate_complete")
-REFUSED_STATUSES = ("bad_arguments", "unknown_validator", "bad_signature", "conflicting_ratification",
+REFUSED_STATUSES = ("bad_arguments", "unknown_validator", "bad_signature", "conflicting_close", "not_closed",
+                    "wrong_votes", "conflicting_ratification",
                     "quota_full", "sequences_full", "not_assigned", "wrong_sequence")
 
 
@@ -81,6 +90,14 @@ class RatificationLimits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VotingClosed:
+    """Event: the counted votes of a proposal are fixed; validators publish them (a CLOSE entry)."""
+    proposal_id: str
+    votes_digest: str
+    vote_ids: bytes              # closing.pack_vote_ids form
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SequenceAssigned:
     """Event: a strict majority ratified; validators should now sign the certificate statement."""
     sequence: int
@@ -98,10 +115,11 @@ class CertificateCompleted:
     action: str
     package_hash: str | None
     version: str
+    votes_digest: str
     signatures: tuple[tuple[str, bytes], ...]
 
 
-Event = SequenceAssigned | CertificateCompleted
+Event = VotingClosed | SequenceAssigned | CertificateCompleted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,9 +142,13 @@ class RatificationOutcome:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RatificationRecord:
     """A read-only copy of one proposal's ratification. `action`, `package_hash` and `version` are
-    those of the ratified tuple once assigned (None while collecting: ratifications may disagree)."""
+    those of the ratified tuple once assigned (None while collecting: ratifications may disagree).
+    `vote_ids` / `votes_digest` are the counted votes once voting closed (None while closing)."""
     proposal_id: str
     phase: str
+    closed_by: tuple[str, ...]
+    vote_ids: bytes | None
+    votes_digest: str | None
     sequence: int | None
     action: str | None
     package_hash: str | None
@@ -141,11 +163,6 @@ class RatificationRecord:
     @property
     def signed_by(self) -> tuple[str, ...]:
         return tuple(validator_id for validator_id, _ in self.signatures)
-
-    def to_dict(self) -> dict:
-        return {"proposal_id": self.proposal_id, "phase": self.phase, "sequence": self.sequence,
-                "action": self.action, "package_hash": self.package_hash, "version": self.version,
-                "ratified_by": list(self.ratified_by), "signed_by": list(self.signed_by)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,13 +181,13 @@ class RatificationView:
         """Records with a sequence number, in sequence order."""
         return tuple(sorted((r for r in self.records if r.sequence is not None), key=lambda r: r.sequence))
 
-    def to_dict(self) -> dict:
-        return {"next_sequence": self.next_sequence, "records": [record.to_dict() for record in self.records]}
-
 
 @dataclass(slots=True)
 class _Record:
-    phase: str = COLLECTING
+    phase: str = CLOSING
+    closes: dict[str, bytes] = field(default_factory=dict)       # validator -> packed vote ids it named
+    vote_ids: bytes | None = None                                 # the counted votes, once fixed
+    votes_digest: str | None = None
     ratifications: dict[str, tuple[str, str | None, str, bytes]] = field(default_factory=dict)
     sequence: int | None = None
     ratified: tuple[str, str | None, str] | None = None          # (action, hash, version) once assigned
@@ -198,25 +215,73 @@ class RatificationMachine:
         self._sequences: dict[int, str] = {}
         self._next_sequence = 1
 
+    # --- closing the vote ----------------------------------------------------------------------
+
+    def close(self, *, proposal_id: str, vote_ids: bytes, validator_id: str, signature: bytes) -> RatificationOutcome:
+        """A validator's signed close: the votes it received for `proposal_id` before its deadline (or
+        its early decision). The first close of each validator counts; the counted set is fixed once
+        the closes decide it (closing.counted_votes)."""
+        if not isinstance(validator_id, str) or validator_id not in self._validators:
+            return _refused("unknown_validator", proposal_id, f"{validator_id!r} is not in the validator set")
+        try:
+            statement = close_statement(self._network_id, proposal_id, vote_ids, validator_id)
+        except CertificateError as error:
+            return _refused("bad_arguments", proposal_id, error.message)
+        if not self._signature_valid(validator_id, statement, signature):
+            return _refused("bad_signature", proposal_id, f"the close signature of {validator_id} does not verify")
+        record = self._records.get(proposal_id)
+        if record is not None and validator_id in record.closes:
+            if record.closes[validator_id] != vote_ids:
+                return _refused("conflicting_close", proposal_id,
+                                f"{validator_id} already closed {proposal_id} naming other votes", record.sequence)
+            return RatificationOutcome(status="already_closed", proposal_id=proposal_id, sequence=record.sequence,
+                                       message=f"{validator_id} had already closed {proposal_id}")
+        if record is not None and record.phase != CLOSING:
+            return RatificationOutcome(status="already_closed", proposal_id=proposal_id, sequence=record.sequence,
+                                       message=f"voting on {proposal_id} was already closed")
+        if self._pending_count(validator_id) >= self._limits.pending_per_validator_max:
+            return _refused("quota_full", proposal_id, f"{validator_id} already has "
+                            f"{self._limits.pending_per_validator_max} closes or ratifications waiting for a majority")
+        if record is None:
+            record = self._records[proposal_id] = _Record()
+        record.closes[validator_id] = vote_ids
+        counted = counted_votes({v: frozenset(unpack_vote_ids(packed)) for v, packed in record.closes.items()},
+                                len(self._validators))
+        if counted is None:
+            return RatificationOutcome(status="close_recorded", proposal_id=proposal_id, sequence=None,
+                                       message=f"{validator_id} closed {proposal_id} "
+                                               f"({len(record.closes)} of {len(self._validators)} closes)")
+        record.phase = next_phase(record.phase, "votes_counted")
+        record.vote_ids = pack_vote_ids(counted)
+        record.votes_digest = votes_digest(record.vote_ids)
+        event = VotingClosed(proposal_id=proposal_id, votes_digest=record.votes_digest, vote_ids=record.vote_ids)
+        return RatificationOutcome(status="voting_closed", proposal_id=proposal_id, sequence=None,
+                                   message=f"voting on {proposal_id} closed with {len(counted)} counted votes",
+                                   events=(event,))
+
     # --- phase 1 -----------------------------------------------------------------------------
 
-    def ratify(self, *, proposal_id: str, action: str, package_hash: str | None, version: str,
+    def ratify(self, *, proposal_id: str, action: str, package_hash: str | None, version: str, votes_digest: str,
                validator_id: str, signature: bytes) -> RatificationOutcome:
         if not isinstance(validator_id, str) or validator_id not in self._validators:
             return _refused("unknown_validator", proposal_id, f"{validator_id!r} is not in the validator set")
         try:
-            statement = ratify_statement(self._network_id, proposal_id, action, package_hash, version, validator_id)
+            statement = ratify_statement(self._network_id, proposal_id, action, package_hash, version, votes_digest,
+                                         validator_id)
         except CertificateError as error:
             return _refused("bad_arguments", proposal_id, error.message)
         if not self._signature_valid(validator_id, statement, signature):
             return _refused("bad_signature", proposal_id, f"the ratify signature of {validator_id} does not verify")
         ratified = (action, package_hash, version)
         record = self._records.get(proposal_id)
+        if record is None or record.phase == CLOSING:
+            return _refused("not_closed", proposal_id, f"voting on {proposal_id} is not closed yet: close it first")
+        if votes_digest != record.votes_digest:
+            return _refused("wrong_votes", proposal_id, f"{proposal_id} closed with the votes {record.votes_digest[:12]}, "
+                            f"not {votes_digest[:12]}", record.sequence)
         refusal = self._ratify_refusal(proposal_id, record, ratified, validator_id)
         if refusal is not None:
             return refusal
-        if record is None:
-            record = self._records[proposal_id] = _Record()
         record.ratifications[validator_id] = (*ratified, signature)
         agreeing = sum(1 for value in record.ratifications.values() if value[:3] == ratified)
         if record.phase != COLLECTING or agreeing < self._majority:
@@ -243,8 +308,8 @@ class RatificationMachine:
         collecting = record is None or record.phase == COLLECTING
         if collecting and self._pending_count(validator_id) >= self._limits.pending_per_validator_max:
             return _refused("quota_full", proposal_id,
-                            f"{validator_id} already has {self._limits.pending_per_validator_max} ratifications "
-                            "waiting for a majority")
+                            f"{validator_id} already has {self._limits.pending_per_validator_max} closes or "
+                            "ratifications waiting for a majority")
         if collecting and len(self._sequences) >= self._limits.sequences_max:
             return _refused("sequences_full", proposal_id, f"all {self._limits.sequences_max} upgrade sequences are used")
         return None
@@ -262,7 +327,8 @@ class RatificationMachine:
 
     def _pending_count(self, validator_id: str) -> int:
         return sum(1 for record in self._records.values()
-                   if record.phase == COLLECTING and validator_id in record.ratifications)
+                   if (record.phase == CLOSING and validator_id in record.closes)
+                   or (record.phase == COLLECTING and validator_id in record.ratifications))
 
     # --- phase 2 -----------------------------------------------------------------------------
 
@@ -279,7 +345,8 @@ class RatificationMachine:
             return RatificationOutcome(status="already_signed", proposal_id=proposal_id, sequence=sequence,
                                        message=f"{validator_id} had already signed sequence {sequence}")
         action, package_hash, version = record.ratified
-        statement = certificate_statement(self._network_id, proposal_id, action, package_hash, version, sequence)
+        statement = certificate_statement(self._network_id, proposal_id, action, package_hash, version,
+                                          record.votes_digest, sequence)
         if not self._signature_valid(validator_id, statement, signature):
             return _refused("bad_signature", proposal_id,
                             f"the certificate signature of {validator_id} for sequence {sequence} does not verify", sequence)
@@ -290,7 +357,7 @@ class RatificationMachine:
                                                f"({len(record.signatures)} of {len(self._validators)})")
         record.phase = next_phase(record.phase, "majority_signed")
         event = CertificateCompleted(sequence=sequence, proposal_id=proposal_id, action=action,
-                                     package_hash=package_hash, version=version,
+                                     package_hash=package_hash, version=version, votes_digest=record.votes_digest,
                                      signatures=tuple(sorted(record.signatures.items())))
         return RatificationOutcome(status="certificate_complete", proposal_id=proposal_id, sequence=sequence,
                                    message=f"the certificate of sequence {sequence} is complete", events=(event,))
@@ -315,7 +382,9 @@ class RatificationMachine:
                 "records": [[proposal_id, record.phase, record.sequence,
                              list(record.ratified) if record.ratified else None,
                              [[validator_id, *value] for validator_id, value in record.ratifications.items()],
-                             [[validator_id, sig] for validator_id, sig in record.signatures.items()]]
+                             [[validator_id, sig] for validator_id, sig in record.signatures.items()],
+                             [[validator_id, packed] for validator_id, packed in record.closes.items()],
+                             record.vote_ids]
                             for proposal_id, record in self._records.items()]}
 
     @classmethod
@@ -325,17 +394,22 @@ class RatificationMachine:
         machine = cls(network_id=network_id, validators=validators, verify=verify, limits=limits)
         try:
             machine._load(data)
-        except (TypeError, ValueError, KeyError) as error:
+        except (TypeError, ValueError, KeyError, CertificateError) as error:
             raise IntegrityError(f"the ratification dump is malformed: {error!r}") from None
         return machine
 
     def _load(self, data: object) -> None:
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
             raise ValueError("unknown dump format")
-        for proposal_id, phase, sequence, ratified, ratifications, signatures in data["records"]:
-            if phase not in PHASES or (phase == COLLECTING) != (sequence is None) or not isinstance(proposal_id, str):
+        for proposal_id, phase, sequence, ratified, ratifications, signatures, closes, vote_ids in data["records"]:
+            if (phase not in PHASES or (phase in (CLOSING, COLLECTING)) != (sequence is None)
+                    or (phase == CLOSING) != (vote_ids is None) or not isinstance(proposal_id, str)):
                 raise ValueError(f"record {proposal_id!r} is inconsistent")
             record = _Record(phase=phase, sequence=sequence, ratified=tuple(ratified) if ratified else None)
+            record.closes = {validator_id: packed for validator_id, packed in closes}
+            if vote_ids is not None:
+                unpack_vote_ids(vote_ids)
+                record.vote_ids, record.votes_digest = vote_ids, votes_digest(vote_ids)
             record.ratifications = {v: (a, h, ver, sig) for v, a, h, ver, sig in ratifications}
             record.signatures = {validator_id: sig for validator_id, sig in signatures}
             self._records[proposal_id] = record
@@ -351,7 +425,8 @@ class RatificationMachine:
 def _record_view(proposal_id: str, record: _Record) -> RatificationRecord:
     action, package_hash, version = record.ratified if record.ratified else (None, None, None)
     return RatificationRecord(
-        proposal_id=proposal_id, phase=record.phase, sequence=record.sequence, action=action,
+        proposal_id=proposal_id, phase=record.phase, closed_by=tuple(sorted(record.closes)), vote_ids=record.vote_ids,
+        votes_digest=record.votes_digest, sequence=record.sequence, action=action,
         package_hash=package_hash, version=version,
         ratifications=tuple((v, a, h, ver) for v, (a, h, ver, _sig) in sorted(record.ratifications.items())),
         signatures=tuple(sorted(record.signatures.items())))
@@ -362,30 +437,53 @@ def _record_view(proposal_id: str, record: _Record) -> RatificationRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValidatorTodo:
+    to_close: tuple[str, ...]                       # proposal ids this validator should close (Raft)
+    to_attest: tuple[RatificationRecord, ...]       # closed votes this validator should publish (CLOSE entry)
     to_ratify: tuple[str, ...]                      # proposal ids this validator should ratify
     to_certify: tuple[RatificationRecord, ...]      # assigned sequences it should sign
     to_publish: tuple[RatificationRecord, ...]      # complete certificates not yet in the log
 
 
-def validator_todo(view: RatificationView, *, validator_id: str,
-                   approved: Mapping[str, tuple[str, str | None, str]],
+def validator_todo(view: RatificationView, *, validator_id: str, closable: Iterable[str],
+                   attested: Iterable[str], approved: Mapping[str, tuple[str, str | None, str, str]],
                    published_sequences: Iterable[int]) -> ValidatorTodo:
-    """Compare what this validator's governance view approved ({proposal_id: (action, hash, version)})
-    with the replicated state. A validator signs a sequence only for a tuple it approves itself: it
-    never signs on the word of the majority alone. Safe to call repeatedly; every action is idempotent."""
-    published = set(published_sequences)
+    """Compare this validator's governance view with the replicated state: `closable` are the
+    proposals whose deadline passed by its clock or whose tally is decided; `attested` the proposals
+    whose CLOSE entry it already published; `approved` what its tally over the COUNTED votes approved
+    ({proposal_id: (action, hash, version, votes_digest)}). A validator signs a sequence only for a
+    tuple it approves itself: it never signs on the word of the majority alone. Safe to call
+    repeatedly; every action is idempotent."""
+    published, attested_ids = set(published_sequences), set(attested)
+    to_close = []
+    for proposal_id in sorted(set(closable)):
+        record = view.by_proposal(proposal_id)
+        if record is None or (record.phase == CLOSING and validator_id not in record.closed_by):
+            to_close.append(proposal_id)
+    to_attest = tuple(record for record in view.records
+                      if record.phase != CLOSING and record.proposal_id not in attested_ids)
     to_ratify, to_certify, to_publish = [], [], []
     for proposal_id in sorted(approved):
         record = view.by_proposal(proposal_id)
-        if record is None or (record.phase == COLLECTING and validator_id not in record.ratified_by):
+        if (record is not None and record.phase == COLLECTING and validator_id not in record.ratified_by
+                and record.votes_digest == approved[proposal_id][3]):
             to_ratify.append(proposal_id)
     for record in view.assigned():
-        agrees = approved.get(record.proposal_id) == (record.action, record.package_hash, record.version)
+        agrees = approved.get(record.proposal_id) == (record.action, record.package_hash, record.version,
+                                                     record.votes_digest)
         if record.phase == ASSIGNED and agrees and validator_id not in record.signed_by:
             to_certify.append(record)
         if record.phase == CERTIFIED and record.sequence not in published:
             to_publish.append(record)
-    return ValidatorTodo(to_ratify=tuple(to_ratify), to_certify=tuple(to_certify), to_publish=tuple(to_publish))
+    return ValidatorTodo(to_close=tuple(to_close), to_attest=to_attest, to_ratify=tuple(to_ratify),
+                         to_certify=tuple(to_certify), to_publish=tuple(to_publish))
+
+
+def close_body(record: RatificationRecord) -> dict:
+    """The CLOSE entry body for a record whose votes are counted (what a validator attests)."""
+    if record.phase == CLOSING or record.vote_ids is None:
+        raise InvalidTransition(f"voting on {record.proposal_id} is not closed yet",
+                                hint="wait for the VotingClosed event before publishing")
+    return {"proposal_id": record.proposal_id, "votes_digest": record.votes_digest, "vote_ids": record.vote_ids}
 
 
 def execute_upgrade_body(record: RatificationRecord, *, package_url: str | None,
@@ -397,5 +495,5 @@ def execute_upgrade_body(record: RatificationRecord, *, package_url: str | None,
                                 hint="wait for the CertificateCompleted event before publishing")
     return {"proposal_id": record.proposal_id, "action": record.action, "version": record.version,
             "package_url": package_url, "package_hash": record.package_hash, "package_size": package_size,
-            "sequence": record.sequence, "certificate": build_certificate(dict(record.signatures))}
-
+            "votes_digest": record.votes_digest, "sequence": record.sequence,
+            "certificate": build_certificate(dict(record.signatures))}

@@ -17,24 +17,33 @@ Why it works as it does:
   What every node then does with it is asserted by the scenario itself (the /metrics refusal counters,
   versions, state hashes), from the outside.
 
+- `bad_token` speaks raw HTTP over a socket: a client library would encode a header as UTF-8, and the
+  attack is the single latin-1 byte a hostile or broken client sends.
+
 Use from a scenario:  do = "hook", hook = "hooks.attacks:forge_votes", args = { proposal = "up", on = "node-3" }
 """
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 import urllib.request
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from node.core.certificates import certificate_statement
+from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
-from node.core.governance import make_proposal_id
+from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.gossip import Push, Pushed, decode_message
 from node.identity import Identity
 
 PUSH_TIMEOUT_S = 10
+RAW_REPLY_BYTES_MAX = 64 * 1024
+MUTATING_PATHS = ("/upgrades/propose", "/rollbacks/propose", "/log/notes", "/proposals/{proposal}/vote",
+                  "/upgrades/{proposal}/test", "/upgrades/{proposal}/rollback")
 FORGED_VOTES_MAX = 100
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -86,8 +95,8 @@ def _chained_entry(driver: Any, index: int, identity: Identity, kind: str, body:
     else:
         sequence, parents = latest["sequence"] + 1, (latest["id"],)
         wall_ms = max(_wall_ms(), latest["hlc"]["wall_ms"] + 1)
-    return make_entry(kind=kind, author=identity.node_id, sequence=sequence, parents=parents, hlc=Hlc(wall_ms, 0),
-                      body=body, sign=identity.sign)
+    return make_entry(network_id=driver.cluster.network_id, kind=kind, author=identity.node_id, sequence=sequence,
+                      parents=parents, hlc=Hlc(wall_ms, 0), body=body, sign=identity.sign)
 
 
 def forge_votes(driver: Any, proposal: str, on: Any = "node-1", strangers: int = 5, impersonate: Any = "all",
@@ -102,13 +111,13 @@ def forge_votes(driver: Any, proposal: str, on: Any = "node-1", strangers: int =
     entries = []
     for _ in range(strangers):
         stranger = Identity.generate()
-        entries.append(make_entry(kind="VOTE", author=stranger.node_id, sequence=1, parents=(), hlc=Hlc(_wall_ms(), 0),
-                                  body=body, sign=stranger.sign))
+        entries.append(make_entry(network_id=driver.cluster.network_id, kind="VOTE", author=stranger.node_id, sequence=1,
+                                  parents=(), hlc=Hlc(_wall_ms(), 0), body=body, sign=stranger.sign))
     impersonated = driver.resolve(impersonate) if impersonate else []
     for victim in impersonated:
         thief = Identity.generate()
-        entries.append(make_entry(kind="VOTE", author=driver.handle(victim).node_id, sequence=1, parents=(),
-                                  hlc=Hlc(_wall_ms(), 0), body=body, sign=thief.sign))
+        entries.append(make_entry(network_id=driver.cluster.network_id, kind="VOTE", author=driver.handle(victim).node_id,
+                                  sequence=1, parents=(), hlc=Hlc(_wall_ms(), 0), body=body, sign=thief.sign))
     outcome = push(driver, index, entries)
     if outcome.added or outcome.refused != len(entries):
         raise AssertionError(f"{driver.label(index)} took {outcome.added} of {len(entries)} forged votes "
@@ -139,7 +148,8 @@ def forge_execute(driver: Any, version: str, package: str, certificate: str = "m
     if sequence is None:
         state = driver.read_state(target) or {}
         sequence = int(state.get("applied_sequence", 0)) + 1
-    statement = certificate_statement(driver.cluster.network_id, proposal_id, "upgrade", served.sha256, version, sequence)
+    statement = certificate_statement(driver.cluster.network_id, proposal_id, "upgrade", served.sha256, version,
+                                      EMPTY_VOTES_DIGEST, sequence)
     if certificate == "minority":
         items = [{"validator_id": driver.handle(index).node_id, "signature": member_key(driver, index).sign(statement)}
                  for index in driver.resolve(signers)]
@@ -152,7 +162,8 @@ def forge_execute(driver: Any, version: str, package: str, certificate: str = "m
     else:
         raise AssertionError(f"certificate must be 'minority' or 'forged', not {certificate!r}")
     body = {"proposal_id": proposal_id, "action": "upgrade", "version": version, "package_url": served.http_url,
-            "package_hash": served.sha256, "package_size": served.size, "sequence": sequence, "certificate": items}
+            "package_hash": served.sha256, "package_size": served.size, "votes_digest": EMPTY_VOTES_DIGEST,
+            "sequence": sequence, "certificate": items}
     entry = _chained_entry(driver, target, identity, "EXECUTE_UPGRADE", body)
     outcome = push(driver, target, [entry])
     if stranger:
@@ -165,3 +176,72 @@ def forge_execute(driver: Any, version: str, package: str, certificate: str = "m
                              f"(added {outcome.added}, refused {outcome.refused}, duplicate {outcome.duplicate})")
     return (f"EXECUTE_UPGRADE {entry.id[:16]} signed by {driver.label(author_index)}, {certificate} certificate "
             f"({len(items)} signature(s)) for sequence {sequence} of {quote(proposal_id)}, pushed to {driver.label(target)}")
+
+
+def backdated_vote(driver: Any, proposal: str, voter: Any = "node-5", push_to: Any = None, vote: str = "approval") -> str:
+    """After voting closed, a member signs a vote with its OWN key whose clock claims it was cast one tick
+    after the proposal (long before the deadline), its parents being its latest entry and the proposal,
+    and pushes it to a node (default: its own). The vote is well signed, so the door takes it (it is
+    kept as evidence); the scenario asserts that it never changes the closed outcome."""
+    voter_index = _one(driver, voter)
+    target = _one(driver, push_to) if push_to is not None else voter_index
+    identity = member_key(driver, voter_index)
+    proposal_id = driver.saved[proposal]
+    entries = driver.read_log(target)
+    proposed = next((entry for entry in entries if entry["kind"] == "PROPOSAL"
+                     and entry["body"].get("proposal_id") == proposal_id), None)
+    if proposed is None:
+        raise AssertionError(f"{driver.label(target)} has no PROPOSAL {proposal_id} to backdate a vote against")
+    latest = _latest_of(driver, target, identity.node_id)
+    clock = (proposed["hlc"]["wall_ms"], proposed["hlc"]["logical"] + 1)
+    if latest is not None and (latest["hlc"]["wall_ms"], latest["hlc"]["logical"]) >= clock:
+        raise AssertionError(f"{driver.label(voter_index)} wrote entries after the proposal: pick a voter who did not")
+    parents = (proposed["id"],) + ((latest["id"],) if latest is not None else ())
+    entry = make_entry(network_id=driver.cluster.network_id, kind="VOTE", author=identity.node_id,
+                       sequence=(latest["sequence"] + 1) if latest else 1,
+                       parents=parents, hlc=Hlc(*clock), body={"proposal_id": proposal_id, "vote": vote},
+                       sign=identity.sign)
+    outcome = push(driver, target, [entry])
+    if outcome.added != 1:
+        raise AssertionError(f"{driver.label(target)} did not take the member-signed backdated vote into its log "
+                             f"(added {outcome.added}, refused {outcome.refused}, duplicate {outcome.duplicate})")
+    return (f"{driver.label(voter_index)} signed a {vote} vote {entry.id[:16]} dated {clock[0]}.{clock[1]} (one tick after "
+            f"the proposal) and pushed it to {driver.label(target)} after voting closed")
+
+
+def _raw_post(host: str, port: int, path: str, authorization: bytes) -> tuple[int, bytes]:
+    request = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n"
+               b"Content-Type: application/json\r\nAuthorization: " + authorization + b"\r\nContent-Length: 2\r\n\r\n{}")
+    with socket.create_connection((host, port), timeout=PUSH_TIMEOUT_S) as connection:
+        connection.sendall(request)
+        reply = b""
+        while len(reply) < RAW_REPLY_BYTES_MAX:
+            chunk = connection.recv(RAW_REPLY_BYTES_MAX)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    parts = status_line.split()
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0), rest.partition(b"\r\n\r\n")[2]
+
+
+def bad_token(driver: Any, on: Any = "node-1", token_hex: str = "e9", proposal: str | None = None) -> str:
+    """POST every mutating route with `Authorization: Bearer <the bytes of token_hex>` (default: one
+    latin-1 byte, 0xe9): each must answer 401 with the API's JSON error, never a 500."""
+    token = bytes.fromhex(token_hex)
+    proposal_id = driver.saved[proposal] if proposal else "upgrade_20251003_120000_3fa9c2d1"
+    answered = 0
+    for index in driver.resolve(on):
+        split = urlsplit(driver.handle(index).api_url)
+        for template in MUTATING_PATHS:
+            path = template.replace("{proposal}", quote(proposal_id, safe=""))
+            status, body = _raw_post(split.hostname, split.port, path, b"Bearer " + token)
+            try:
+                document = json.loads(body)
+            except ValueError:
+                document = None
+            if status != 401 or not isinstance(document, dict) or not document.get("hint"):
+                raise AssertionError(f"{driver.label(index)}: POST {path} with a bearer token of bytes {token_hex} answered "
+                                     f"{status}: {body[:200]!r}, not a 401 with the API's JSON error")
+            answered += 1
+    return f"{answered} mutating call(s) with a non-ASCII token: each a 401"

@@ -111,7 +111,7 @@ def _handshake(driver: Any, target: int, *, key_of: int, claim: int, claim_addre
     import msgpack
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from node.governance_service import read_raft_password
+    from node.runtime import read_raft_password
     from node.raft_transport import _HEADER, _Hello, _Session, _session_keys, handshake_statement, pack_message
 
     sock = _connect(driver, target, timeout_s=ATTACK_WAIT_S)
@@ -143,7 +143,7 @@ def secret_pickle(driver: Any, on: Any, secret_of: Any = "node-1") -> str:
     from pysyncobj.encryptor import getEncryptor
     from pysyncobj.monotonic import monotonic
 
-    from node.governance_service import read_raft_password
+    from node.runtime import read_raft_password
 
     target, holder = _one(driver, on), _one(driver, secret_of)
     marker = _marker(driver, f"secret-{target}")

@@ -19,11 +19,13 @@ from aiohttp import web
 from cluster.addresses import acquire_block
 from cluster.genesis import create_network
 from node.core.certificates import certificate_statement
+from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
-from node.core.governance import ReportView, make_proposal_id
+from node.core.governance import ReportView
+from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.gossip import Push, Pushed, decode_message
-from node.governance_service import divergence_of
+from node.governance_fold import divergence_of
 from node.identity import Identity
 from node.runtime import wall_ms
 from tests.component.node_app import node_test_client
@@ -266,11 +268,13 @@ async def test_a_vote_after_the_deadline_is_refused(client, network):
     body = {"proposal_id": make_proposal_id("upgrade", created_ms, member.node_id, 1), "action": "upgrade",
             "title": "late", "description": "", "version": "1.5.0", "package_url": "https://example.org/l.wasm",
             "package_hash": "cd" * 32, "package_size": None, "voting_deadline_ms": created_ms + 5_000, "target_proposal_id": None}
-    entry = make_entry(kind="PROPOSAL", author=member.node_id, sequence=1, parents=(), hlc=Hlc(created_ms, 0), body=body,
-                       sign=member.sign)
+    entry = make_entry(network_id=network.genesis.network_id, kind="PROPOSAL", author=member.node_id, sequence=1,
+                       parents=(), hlc=Hlc(created_ms, 0), body=body, sign=member.sign)
     assert (await push(client, entry)).added == 1
-    document = await json_of(await client.get(f"/proposals/{body['proposal_id']}"), 200)
-    assert document["status"] == "expired"
+    refusal = await error_of(await vote(client, body["proposal_id"]), 409)      # refused before and after the close
+    assert "closed at its deadline" in refusal["message"]
+    document = await wait_status(client, body["proposal_id"], {"expired"})      # the validator closed voting
+    assert document["closed"] is True and document["closed_by"] == [network.nodes[0].node_id]
     refusal = await error_of(await vote(client, body["proposal_id"]), 409)
     assert "closed at its deadline" in refusal["message"]
     assert entries_of(client, "VOTE") == []
@@ -281,10 +285,10 @@ async def test_forged_votes_are_refused_at_the_door(client, network):
     stranger = Identity.generate()
     member = member_identity(network, 1)
     vote_body = {"proposal_id": proposal_id, "vote": "rejection"}
-    unknown_key = make_entry(kind="VOTE", author=stranger.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                             body=vote_body, sign=stranger.sign)
-    bad_signature = make_entry(kind="VOTE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                               body=vote_body, sign=stranger.sign)
+    unknown_key = make_entry(network_id=network.genesis.network_id, kind="VOTE", author=stranger.node_id, sequence=1,
+                             parents=(), hlc=Hlc(wall_ms(), 0), body=vote_body, sign=stranger.sign)
+    bad_signature = make_entry(network_id=network.genesis.network_id, kind="VOTE", author=member.node_id, sequence=1,
+                               parents=(), hlc=Hlc(wall_ms(), 0), body=vote_body, sign=stranger.sign)
     pushed = await push(client, unknown_key, bad_signature)
     assert (pushed.added, pushed.refused) == (0, 2)
     document = await json_of(await client.get(f"/proposals/{proposal_id}"), 200)
@@ -308,7 +312,8 @@ async def test_an_approved_upgrade_is_ratified_executed_and_then_rolled_back_net
     assert await state_of(client) == genesis_state, "a dry run changes nothing"
 
     voted = await json_of(await vote(client, proposal_id), 201)
-    assert voted["status"] in ("approved", "ratified", "executed") and voted["tally"]["approval_weight"] == 300
+    assert voted["status"] in ("voting", "approved", "ratified", "executed") and voted["tally"]["outcome"] == "approved"
+    assert voted["tally"]["approval_weight"] == 300
     document = await wait_status(client, proposal_id, {"executed"})
     me = network.nodes[0].node_id
     assert [(r["node_id"], r["success"], r["version"]) for r in document["reports"]] == [(me, True, "1.2.0")]
@@ -407,17 +412,19 @@ async def test_an_execute_upgrade_without_a_majority_certificate_is_refused(clie
     digest = package["package_hash"].removeprefix("sha256:")
 
     def execute_body(signer, signed_sequence):
-        statement = certificate_statement(network_id, proposal_id, "upgrade", digest, "1.2.0", signed_sequence)
+        statement = certificate_statement(network_id, proposal_id, "upgrade", digest, "1.2.0", EMPTY_VOTES_DIGEST,
+                                          signed_sequence)
         return {"proposal_id": proposal_id, "action": "upgrade", "version": "1.2.0", "package_url": package["package_url"],
-                "package_hash": digest, "package_size": package["package_size"], "sequence": 1,
+                "package_hash": digest, "package_size": package["package_size"], "votes_digest": EMPTY_VOTES_DIGEST,
+                "sequence": 1,
                 "certificate": [{"validator_id": signer.node_id, "signature": signer.sign(statement)}]}
 
-    first = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                       body=execute_body(member, 1), sign=member.sign)
-    second = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2, parents=(first.id,),
-                        hlc=Hlc(wall_ms() + 1, 0), body=execute_body(validator, 2), sign=member.sign)
+    first = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1,
+                       parents=(), hlc=Hlc(wall_ms(), 0), body=execute_body(member, 1), sign=member.sign)
+    second = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2,
+                        parents=(first.id,), hlc=Hlc(wall_ms() + 1, 0), body=execute_body(validator, 2), sign=member.sign)
     assert (await push(client, first, second)).added == 2, "well-signed entries of a member enter the log"
-    await client.node.governance.execute_pending()     # what the executor does when woken, run to completion
+    await client.node.executor.execute_pending()     # what the executor does when woken, run to completion
     state = await state_of(client)
     assert (state["version"], state["applied_sequence"]) == ("1.0.0", 0)
     assert entries_of(client, "EXECUTION_REPORT") == []
@@ -459,32 +466,35 @@ async def test_certified_upgrades_apply_in_sequence_order_exactly_once(client, p
     def certified(package: dict, version: str, sequence: int) -> dict:
         proposal_id = make_proposal_id("upgrade", wall_ms(), member.node_id, 100 + sequence)
         digest = package["package_hash"].removeprefix("sha256:")
-        statement = certificate_statement(network.genesis.network_id, proposal_id, "upgrade", digest, version, sequence)
+        statement = certificate_statement(network.genesis.network_id, proposal_id, "upgrade", digest, version,
+                                          EMPTY_VOTES_DIGEST, sequence)
         return {"proposal_id": proposal_id, "action": "upgrade", "version": version, "package_url": package["package_url"],
-                "package_hash": digest, "package_size": package["package_size"], "sequence": sequence,
+                "package_hash": digest, "package_size": package["package_size"], "votes_digest": EMPTY_VOTES_DIGEST,
+                "sequence": sequence,
                 "certificate": [{"validator_id": validator.node_id, "signature": validator.sign(statement)}]}
 
-    second = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                        body=certified(feature_flag, "1.2.0", 2), sign=member.sign)
+    second = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1,
+                        parents=(), hlc=Hlc(wall_ms(), 0), body=certified(feature_flag, "1.2.0", 2), sign=member.sign)
     assert (await push(client, second)).added == 1
-    service = client.node.governance
-    await service.execute_pending()
+    executor = client.node.executor
+    await executor.execute_pending()
     assert (await state_of(client))["applied_sequence"] == 0, "sequence 2 waits for sequence 1"
 
-    first = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2, parents=(second.id,),
-                       hlc=Hlc(wall_ms() + 1, 0), body=certified(panic, "1.1.0", 1), sign=member.sign)
+    first = make_entry(network_id=network.genesis.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=2,
+                       parents=(second.id,), hlc=Hlc(wall_ms() + 1, 0), body=certified(panic, "1.1.0", 1),
+                       sign=member.sign)
     assert (await push(client, first)).added == 1
-    await service.execute_pending()
+    await executor.execute_pending()
     state = await state_of(client)
     assert (state["applied_sequence"], state["version"]) == (2, "1.2.0")
     reports = [entry.body for entry in entries_of(client, "EXECUTION_REPORT")]
     assert [(r["sequence"], r["success"], r["version"]) for r in reports] == [(1, False, "1.0.0"), (2, True, "1.2.0")]
     assert "WasmTrap" in reports[0]["error"]
 
-    await service.execute_pending()
+    await executor.execute_pending()
     assert len(entries_of(client, "EXECUTION_REPORT")) == 2, "nothing runs or is reported twice"
-    service._reported_sequences.discard(2)          # as after a crash between the commit and the report
-    await service.execute_pending()
+    client.node.fold.reported_sequences.discard(2)          # as after a crash between the commit and the report
+    await executor.execute_pending()
     again = [entry.body for entry in entries_of(client, "EXECUTION_REPORT")]
     assert len(again) == 3 and again[2] == reports[1] and (await state_of(client))["applied_sequence"] == 2
 

@@ -209,7 +209,7 @@ async def test_metrics_are_prometheus_text(node_client):
 
 def test_entry_json_shows_bytes_as_hex():
     identity = Identity.generate()
-    entry = make_entry(kind="RATIFY", author=identity.node_id, sequence=1, parents=(), hlc=Hlc(5, 0),
+    entry = make_entry(network_id="net-test", kind="RATIFY", author=identity.node_id, sequence=1, parents=(), hlc=Hlc(5, 0),
                        body={"proposal_id": "p", "sequence": 1, "statement": b"\x01\x02", "signature": b"\xaa" * 64},
                        sign=identity.sign)
     document = api.entry_to_json(entry, position=4)

@@ -512,6 +512,136 @@ async def test_the_operators_own_ipfs_gateway_may_be_local_under_the_policy(make
     assert gateway.total_hits == 1
 
 
+# --- the gateway exemption covers only what the node builds for ipfs:// ----------------------------
+#
+# The operator's gateway may be local (127.0.0.1:8080). Its exemption must not open its HOST to
+# proposers: another port there (an admin API, a metrics page), another path on its port, or a
+# redirect to either would let any proposer make every node fetch internal content, and the
+# hash-mismatch error of POST /upgrades/{id}/test would hand back that content's SHA256.
+
+SECRET = b"internal: database password is hunter2"
+SECRET_DIGEST = hashlib.sha256(SECRET).hexdigest()
+PUBLIC_LOOKING_HOST = "127.0.0.2"   # counted as public in these tests: stands in for any public server
+
+
+class Secret:
+    """Internal content; `served` counts the times any route handed it out."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    async def handler(self, request: web.Request) -> web.Response:
+        self.served += 1
+        return web.Response(body=SECRET, content_type="application/octet-stream")
+
+    def assert_kept(self, error) -> None:
+        text = f"{error.message} {error.hint}"
+        assert self.served == 0
+        assert SECRET_DIGEST not in text and "hunter2" not in text
+
+
+def serve_redirect(location: str, status: int = 302):
+    async def handler(request: web.Request) -> web.Response:
+        raise web.HTTPFound(location) if status == 302 else web.HTTPTemporaryRedirect(location)
+
+    return handler
+
+
+@pytest.fixture
+def secret() -> Secret:
+    return Secret()
+
+
+@pytest.fixture
+async def internal_base(start_site, secret) -> str:
+    """An internal service on the gateway's host (127.0.0.1, another port) holding the secret at /secret."""
+    _site, base = await start_site({"/secret": secret.handler})
+    return base
+
+
+@pytest.fixture
+def public_looking(monkeypatch):
+    """Makes PUBLIC_LOOKING_HOST count as a public address, so a server there passes the policy."""
+    import node.packages as packages
+
+    real_is_public = packages._is_public
+    monkeypatch.setattr(packages, "_is_public",
+                        lambda address: str(address) == PUBLIC_LOOKING_HOST or real_is_public(address))
+
+
+async def test_another_port_on_the_gateways_host_is_not_exempt(make_fetcher, start_site, secret, internal_base, cache_dir):
+    _gateway, gateway_base = await start_site({f"/ipfs/{CID}": serve_bytes(PACKAGE)})
+    fetcher = make_fetcher(ipfs_gateways=[gateway_base], private_addresses_allowed=False)
+    with pytest.raises(PackageHostRefused, match="non-public address") as refused:
+        await fetcher.fetch(f"{internal_base}/secret", DIGEST)
+    secret.assert_kept(refused.value)
+    assert cache_files(cache_dir) == []
+
+
+@pytest.mark.parametrize("path", ["/secret", "/api/v0/config", f"/ipfs/{CID}"])
+async def test_a_proposers_url_on_the_gateways_own_port_is_not_exempt(make_fetcher, start_site, secret, path):
+    # Even the exact URL the node would build: the exemption is for what the node builds, not for look-alikes.
+    _gateway, gateway_base = await start_site({"/secret": secret.handler, "/api/v0/config": secret.handler,
+                                               f"/ipfs/{CID}": secret.handler})
+    fetcher = make_fetcher(ipfs_gateways=[gateway_base], private_addresses_allowed=False)
+    with pytest.raises(PackageHostRefused) as refused:
+        await fetcher.fetch(f"{gateway_base}{path}", DIGEST)
+    secret.assert_kept(refused.value)
+
+
+@pytest.mark.parametrize("target", ["internal", "gateway_secret", "gateway_ipfs"])
+async def test_a_redirect_from_a_public_server_to_the_gateways_host_is_refused(make_fetcher, start_site, aiohttp_server, secret,
+                                                                               internal_base, public_looking, target):
+    _gateway, gateway_base = await start_site({"/secret": secret.handler, f"/ipfs/{CID}": secret.handler})
+    location = {"internal": f"{internal_base}/secret", "gateway_secret": f"{gateway_base}/secret",
+                "gateway_ipfs": f"{gateway_base}/ipfs/{CID}"}[target]
+    public = Site()
+    public.route("/pkg.wasm", serve_redirect(location))
+    public_server = await aiohttp_server(public.app, host=PUBLIC_LOOKING_HOST)
+    fetcher = make_fetcher(ipfs_gateways=[gateway_base], private_addresses_allowed=False)
+    with pytest.raises(PackageHostRefused) as refused:
+        await fetcher.fetch(str(public_server.make_url("/pkg.wasm")), DIGEST)
+    assert public.total_hits == 1
+    secret.assert_kept(refused.value)
+
+
+async def test_a_public_looking_server_is_fetched_under_the_policy(make_fetcher, aiohttp_server, public_looking):
+    """Guards the tests above: the stand-in public server really passes the policy."""
+    public = Site()
+    public.route("/pkg.wasm", serve_bytes(PACKAGE))
+    server = await aiohttp_server(public.app, host=PUBLIC_LOOKING_HOST)
+    fetcher = make_fetcher(private_addresses_allowed=False)
+    assert await fetcher.fetch(str(server.make_url("/pkg.wasm")), DIGEST) == PACKAGE
+
+
+async def test_the_gateways_redirect_stays_exempt_only_inside_its_ipfs_prefix(make_fetcher, start_site, secret, internal_base):
+    # Inside the gateway's /ipfs/ prefix (a trailing slash, a file in the CID's directory) it is still the
+    # gateway serving content-addressed bytes; anywhere else it is a URL like any other, under the policy.
+    _gateway, gateway_base = await start_site({
+        f"/ipfs/{CID}/pkg.wasm": serve_redirect(f"/ipfs/{CID}/v1/pkg.wasm", status=307),
+        f"/ipfs/{CID}/v1/pkg.wasm": serve_bytes(PACKAGE),
+        f"/ipfs/{CID}/other.wasm": serve_redirect(f"{internal_base}/secret"),
+        f"/ipfs/{CID}/admin.wasm": serve_redirect("/secret"),
+        f"/ipfs/{CID}/dots.wasm": serve_redirect(f"/ipfs/{CID}/%2e%2e/%2e%2e/secret"),
+        "/secret": secret.handler})
+    fetcher = make_fetcher(ipfs_gateways=[gateway_base], private_addresses_allowed=False)
+    for name in ("other.wasm", "admin.wasm", "dots.wasm"):
+        with pytest.raises(PackageHostRefused) as refused:
+            await fetcher.fetch(f"ipfs://{CID}/{name}", DIGEST)
+        secret.assert_kept(refused.value)
+    assert await fetcher.fetch(f"ipfs://{CID}/pkg.wasm", DIGEST) == PACKAGE   # last: a cached package needs no fetch
+
+
+async def test_a_gateway_under_a_path_is_exempt_only_under_its_own_ipfs_prefix(make_fetcher, start_site, secret):
+    gateway, gateway_base = await start_site({f"/gw/ipfs/{CID}": serve_redirect(f"/ipfs/{CID}"),
+                                              f"/ipfs/{CID}": secret.handler})
+    fetcher = make_fetcher(ipfs_gateways=[f"{gateway_base}/gw"], private_addresses_allowed=False)
+    with pytest.raises(PackageHostRefused) as refused:
+        await fetcher.fetch(f"ipfs://{CID}", DIGEST)
+    assert gateway.hits[f"/gw/ipfs/{CID}"] == 1
+    secret.assert_kept(refused.value)
+
+
 # --- ipfs through gateways -----------------------------------------------------------------------
 
 

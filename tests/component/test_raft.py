@@ -13,7 +13,16 @@ import pytest
 
 from cluster.addresses import acquire_block
 from node.core.certificates import verify_certificate
-from node.core.ratification import CERTIFIED, COLLECTING, CertificateCompleted, SequenceAssigned, execute_upgrade_body
+from node.core.closing import EMPTY_VOTES_DIGEST
+from node.core.ratification import (
+    CERTIFIED,
+    CLOSING,
+    COLLECTING,
+    CertificateCompleted,
+    SequenceAssigned,
+    VotingClosed,
+    execute_upgrade_body,
+)
 from node.errors import ConfigError, Unavailable
 from node.identity import Identity, verify_signature
 from node.raft import DUMP_FILE_NAME, ValidatorRaft, ValidatorRaftConfig
@@ -84,13 +93,24 @@ class Cluster:
     async def wait_for_leader(self) -> None:
         await self.wait_for(lambda: all(m.has_leader() for m in self.members.values()), "a leader on every member")
 
+    async def close_voting(self, index: int, proposal_id: str, timeout_s: float = WAIT_S) -> None:
+        """Validator `index`, then the others, close voting (no votes) until the close is decided."""
+        for closer in [index, *(other for other in sorted(self.members) if other != index)]:
+            outcome = await self.members[closer].close(proposal_id=proposal_id, vote_ids=(), timeout_s=timeout_s)
+            if outcome.status == "voting_closed":
+                return
+
     async def ratify(self, index: int, proposal_id: str, version: str = "1.2.0", timeout_s: float = WAIT_S):
+        record = self.members[index].snapshot().by_proposal(proposal_id)
+        if record is None or record.phase == CLOSING:
+            await self.close_voting(index, proposal_id, timeout_s)
         return await self.members[index].ratify(proposal_id=proposal_id, action="upgrade", package_hash=HASH,
-                                                version=version, timeout_s=timeout_s)
+                                                version=version, votes_digest=EMPTY_VOTES_DIGEST, timeout_s=timeout_s)
 
     async def certify(self, index: int, proposal_id: str, sequence: int, version: str = "1.2.0"):
         return await self.members[index].certify(proposal_id=proposal_id, sequence=sequence, action="upgrade",
-                                                 package_hash=HASH, version=version, timeout_s=WAIT_S)
+                                                 package_hash=HASH, version=version, votes_digest=EMPTY_VOTES_DIGEST,
+                                                 timeout_s=WAIT_S)
 
 
 def _raft_threads() -> int:

@@ -39,7 +39,8 @@ def test_synapse_demo_upgrades_and_rolls_back_every_node_and_says_so(tmp_path):
     assert result.returncode == 0, f"exit {result.returncode}\n{output}\n{result.stderr}"
     for narrated in ("build    examples/wat/feature_flag.wat", "5 node processes healthy (3 validators)",
                      "validators elected a leader: node-", "proposes 'Upgrade to v1.2.0: Add Feature Flag'",
-                     "approval 300 of 500 reputation -> approved", "validators ratified through Raft: upgrade sequence 1",
+                     "approval 300 of 500 reputation -> approved", "validators closed voting through Raft: 3 votes counted",
+                     "validators ratified through Raft: upgrade sequence 1",
                      "executed on 5/5 nodes", "every node on 1.2.0, one new state hash",
                      "proposes a network-wide rollback to 1.0.0", "validators ratified through Raft: upgrade sequence 2",
                      "every node back on 1.0.0 with the state hash it had before the upgrade", "stopped 5 nodes",

@@ -26,8 +26,9 @@ import pytest
 
 from cluster.local import LocalCluster, NodeApi
 from node.core.certificates import certificate_statement
+from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
-from node.core.governance import make_proposal_id
+from node.core.proposals import make_proposal_id
 from node.core.hlc import Hlc
 from node.fault_points import arm
 from node.gossip import Push, Pushed, decode_message
@@ -206,10 +207,10 @@ def test_a_rejected_proposal_never_executes_and_forged_votes_never_count(cluster
 
     stranger, member = Identity.generate(), key_of(cluster, 4)
     forged = {"proposal_id": rejected_id, "vote": "approval"}
-    unknown_key = make_entry(kind="VOTE", author=stranger.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                             body=forged, sign=stranger.sign)
-    bad_signature = make_entry(kind="VOTE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                               body=forged, sign=stranger.sign)
+    unknown_key = make_entry(network_id=cluster.network_id, kind="VOTE", author=stranger.node_id, sequence=1,
+                             parents=(), hlc=Hlc(wall_ms(), 0), body=forged, sign=stranger.sign)
+    bad_signature = make_entry(network_id=cluster.network_id, kind="VOTE", author=member.node_id, sequence=1,
+                               parents=(), hlc=Hlc(wall_ms(), 0), body=forged, sign=stranger.sign)
     pushed = push(cluster.api(2), unknown_key, bad_signature)
     assert (pushed.added, pushed.refused) == (0, 2)
     assert metric(cluster.api(2), 'synapse_entries_refused_total{reason="bad_signature"}') == 1
@@ -241,12 +242,13 @@ def test_a_forged_execute_upgrade_and_malicious_packages_fail_everywhere_with_th
     member, validator = key_of(cluster, 4), key_of(cluster, 0)
     proposal_id = make_proposal_id("upgrade", wall_ms(), member.node_id, 7)
     digest = feature_flag["package_hash"].removeprefix("sha256:")
-    statement = certificate_statement(cluster.network_id, proposal_id, "upgrade", digest, "1.2.0", 1)
+    statement = certificate_statement(cluster.network_id, proposal_id, "upgrade", digest, "1.2.0", EMPTY_VOTES_DIGEST, 1)
     body = {"proposal_id": proposal_id, "action": "upgrade", "version": "1.2.0", "package_url": feature_flag["package_url"],
-            "package_hash": digest, "package_size": feature_flag["package_size"], "sequence": 1,
+            "package_hash": digest, "package_size": feature_flag["package_size"], "votes_digest": EMPTY_VOTES_DIGEST,
+            "sequence": 1,
             "certificate": [{"validator_id": validator.node_id, "signature": validator.sign(statement)}]}
-    forged = make_entry(kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1, parents=(), hlc=Hlc(wall_ms(), 0),
-                        body=body, sign=member.sign)
+    forged = make_entry(network_id=cluster.network_id, kind="EXECUTE_UPGRADE", author=member.node_id, sequence=1,
+                        parents=(), hlc=Hlc(wall_ms(), 0), body=body, sign=member.sign)
     assert push(cluster.api(4), forged).added == 1
     cluster.wait_for(lambda: all(metric(cluster.api(i), 'synapse_execute_refused_total{reason="bad_certificate"}') == 1
                                  for i in ALL), WITHIN_S, "every node to refuse the forged EXECUTE_UPGRADE")

@@ -34,9 +34,9 @@ SUMMARY_SHOWN_MAX_CHARACTERS = 20_000
 SHIPPED = {
     "happy_path", "rejected_proposal", "quorum_not_reached", "hash_mismatch", "endless_loop_package",
     "memory_bomb_package", "wasi_import_package", "garbage_output_package", "sybil_voters",
-    "forged_votes_and_execute", "colluding_validator_minority", "leader_killed_during_ratification",
+    "forged_votes_and_execute", "colluding_validator_minority", "backdated_vote", "leader_killed_during_ratification",
     "validator_partition_heals", "crash_mid_upgrade", "auto_rollback", "manual_rollback",
-    "chained_upgrades_rollback", "partition_heal_log", "crash_pause_catch_up",
+    "chained_upgrades_rollback", "partition_heal_log", "crash_pause_catch_up", "ssrf_gateway_host", "odd_versions",
     # issue 8: the validators' Raft transport
     "compromised_validator_raft", "raft_stranger_flood", "raft_fd_exhaustion",
 }

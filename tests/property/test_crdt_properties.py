@@ -21,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 
 from node.core.crdt_log import AddStatus, CrdtLog, order_key
 from node.core.entries import Entry, make_entry
-from tests.logtools import LATE_MS, NOW_MS, CountingVerify, identities, log_state, new_log, note_body
+from tests.logtools import NETWORK_ID, LATE_MS, NOW_MS, CountingVerify, identities, log_state, new_log, note_body
 
 AUTHORS = identities(4)
 VERIFY = CountingVerify()  # memoized: every replica checks signatures, the cost is paid once per entry
@@ -50,8 +50,8 @@ def universe(seed: int, steps: int, twin_percent: int) -> tuple[Entry, ...]:
             continue
         latest = view.latest_of(author.node_id)
         if roll < 30 + twin_percent and latest is not None:  # equivocate: a twin of its latest entry
-            entry = make_entry(kind="NOTE", author=author.node_id, sequence=latest.sequence, parents=latest.parents,
-                               hlc=latest.hlc, body=note_body(f"twin {step}"), sign=author.sign)
+            entry = make_entry(network_id=NETWORK_ID, kind="NOTE", author=author.node_id, sequence=latest.sequence,
+                               parents=latest.parents, hlc=latest.hlc, body=note_body(f"twin {step}"), sign=author.sign)
         else:
             entry = view.new_entry(kind="NOTE", author=author.node_id, body=note_body(f"{index}/{step}"),
                                    sign=author.sign, now_ms=clocks[index])

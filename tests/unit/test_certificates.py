@@ -9,7 +9,6 @@ from node.core.certificates import (
     build_certificate,
     certificate_signers,
     certificate_statement,
-    majority_of,
     ratify_statement,
     verify_certificate,
 )
@@ -18,6 +17,7 @@ from node.identity import Identity, verify_signature
 
 NETWORK = "net-test"
 HASH = "ab" * 32
+DIGEST = "cd" * 32        # the counted votes' digest
 
 
 def identity(seed: str) -> Identity:
@@ -31,46 +31,46 @@ OUTSIDER = identity("outsider")
 
 def body(*, sequence=1, proposal_id="upgrade_20251003_120000_3fa9c2d1", action="upgrade", package_hash=HASH,
          version="1.2.0", signers=(), network=NETWORK, certificate=None):
-    statement = certificate_statement(network, proposal_id, action, package_hash, version, sequence)
+    statement = certificate_statement(network, proposal_id, action, package_hash, version, DIGEST, sequence)
     if certificate is None:
         certificate = build_certificate({signer.node_id: signer.sign(statement) for signer in signers})
     return {"proposal_id": proposal_id, "action": action, "version": version, "package_url": "https://x/p.wasm",
-            "package_hash": package_hash, "package_size": 10, "sequence": sequence, "certificate": certificate}
+            "package_hash": package_hash, "package_size": 10, "votes_digest": DIGEST, "sequence": sequence,
+            "certificate": certificate}
 
 
 def check(execute_body, validators=VALIDATOR_KEYS):
     verify_certificate(execute_body, network_id=NETWORK, validators=validators, verify=verify_signature)
 
 
-def test_majority_of_is_a_strict_majority():
-    assert [majority_of(n) for n in (1, 2, 3, 4, 5, 64)] == [1, 2, 2, 3, 3, 33]
-
-
 def test_statement_is_deterministic_and_binds_every_field():
-    base = ("n", "upgrade_1", "upgrade", HASH, "1.2.0", 1)
+    base = ("n", "upgrade_1", "upgrade", HASH, "1.2.0", DIGEST, 1)
     assert certificate_statement(*base) == certificate_statement(*base)
     variants = [("m", *base[1:]), (base[0], "upgrade_2", *base[2:]), (*base[:3], "cd" * 32, *base[4:]),
-                (*base[:4], "1.2.1", 1), (*base[:5], 2), ("n", "upgrade_1", "rollback", None, "1.2.0", 1)]
+                (*base[:4], "1.2.1", DIGEST, 1), (*base[:5], "ef" * 32, 1), (*base[:6], 2),
+                ("n", "upgrade_1", "rollback", None, "1.2.0", DIGEST, 1)]
     statements = {certificate_statement(*variant) for variant in variants}
     assert len(statements) == len(variants) and certificate_statement(*base) not in statements
 
 
 def test_ratify_and_certificate_statements_are_domain_separated():
-    ratify = ratify_statement("n", "p", "upgrade", HASH, "1.2.0", VALIDATORS[0].node_id)
-    assert b"synapse-ng/ratify/v1" in ratify
-    assert b"synapse-ng/certificate/v1" in certificate_statement("n", "p", "upgrade", HASH, "1.2.0", 1)
+    ratify = ratify_statement("n", "p", "upgrade", HASH, "1.2.0", DIGEST, VALIDATORS[0].node_id)
+    assert b"synapse-ng/ratify/v2" in ratify
+    assert b"synapse-ng/certificate/v2" in certificate_statement("n", "p", "upgrade", HASH, "1.2.0", DIGEST, 1)
 
 
 @pytest.mark.parametrize("fields", [
-    ("n", "p", "upgrade", HASH, "1.2.0", 0),
-    ("n", "p", "upgrade", HASH, "1.2.0", True),
-    ("n", "p", "upgrade", "AB" * 32, "1.2.0", 1),
-    ("n", "p", "upgrade", None, "1.2.0", 1),
-    ("n", "p", "rollback", HASH, "1.2.0", 1),
-    ("n", "p", "delete", HASH, "1.2.0", 1),
-    ("n", "p", "upgrade", HASH, "1.2", 1),
-    ("", "p", "upgrade", HASH, "1.2.0", 1),
-    ("n", "p" * 97, "upgrade", HASH, "1.2.0", 1),
+    ("n", "p", "upgrade", HASH, "1.2.0", DIGEST, 0),
+    ("n", "p", "upgrade", HASH, "1.2.0", DIGEST, True),
+    ("n", "p", "upgrade", "AB" * 32, "1.2.0", DIGEST, 1),
+    ("n", "p", "upgrade", None, "1.2.0", DIGEST, 1),
+    ("n", "p", "rollback", HASH, "1.2.0", DIGEST, 1),
+    ("n", "p", "delete", HASH, "1.2.0", DIGEST, 1),
+    ("n", "p", "upgrade", HASH, "1.2", DIGEST, 1),
+    ("", "p", "upgrade", HASH, "1.2.0", DIGEST, 1),
+    ("n", "p" * 97, "upgrade", HASH, "1.2.0", DIGEST, 1),
+    ("n", "p", "upgrade", HASH, "1.2.0", None, 1),
+    ("n", "p", "upgrade", HASH, "1.2.0", "CD" * 32, 1),
 ])
 def test_statement_refuses_bad_fields(fields):
     with pytest.raises(CertificateError):
@@ -109,7 +109,7 @@ def test_forged_signature_is_refused():
 
 
 def test_signature_by_another_key_under_a_validator_id_is_refused():
-    statement = certificate_statement(NETWORK, "upgrade_20251003_120000_3fa9c2d1", "upgrade", HASH, "1.2.0", 1)
+    statement = certificate_statement(NETWORK, "upgrade_20251003_120000_3fa9c2d1", "upgrade", HASH, "1.2.0", DIGEST, 1)
     certificate = [{"validator_id": VALIDATORS[0].node_id, "signature": VALIDATORS[0].sign(statement)},
                    {"validator_id": VALIDATORS[1].node_id, "signature": OUTSIDER.sign(statement)}]
     with pytest.raises(CertificateError):
@@ -123,7 +123,7 @@ def test_duplicate_signer_counts_once():
 
 
 def test_non_validator_signatures_are_ignored():
-    statement = certificate_statement(NETWORK, "upgrade_20251003_120000_3fa9c2d1", "upgrade", HASH, "1.2.0", 1)
+    statement = certificate_statement(NETWORK, "upgrade_20251003_120000_3fa9c2d1", "upgrade", HASH, "1.2.0", DIGEST, 1)
     outsiders = [identity(f"sybil-{i}") for i in range(10)]
     certificate = [{"validator_id": VALIDATORS[0].node_id, "signature": VALIDATORS[0].sign(statement)}]
     certificate += [{"validator_id": sybil.node_id, "signature": sybil.sign(statement)} for sybil in outsiders]
@@ -132,7 +132,7 @@ def test_non_validator_signatures_are_ignored():
 
 
 @pytest.mark.parametrize("change", [
-    {"sequence": 2}, {"version": "1.2.1"}, {"package_hash": "cd" * 32},
+    {"sequence": 2}, {"version": "1.2.1"}, {"package_hash": "cd" * 32}, {"votes_digest": "ef" * 32},
     {"proposal_id": "upgrade_20251003_120000_00000000"}, {"action": "rollback", "package_hash": None},
 ])
 def test_changing_any_signed_field_invalidates_the_certificate(change):
@@ -149,7 +149,7 @@ def test_certificate_for_another_network_is_refused():
 def test_ratify_signature_cannot_stand_in_for_a_certificate_signature():
     proposal_id = "upgrade_20251003_120000_3fa9c2d1"
     certificate = [{"validator_id": v.node_id,
-                    "signature": v.sign(ratify_statement(NETWORK, proposal_id, "upgrade", HASH, "1.2.0", v.node_id))}
+                    "signature": v.sign(ratify_statement(NETWORK, proposal_id, "upgrade", HASH, "1.2.0", DIGEST, v.node_id))}
                    for v in VALIDATORS]
     with pytest.raises(CertificateError):
         check(body(certificate=certificate))
@@ -161,7 +161,7 @@ def test_unsigned_fields_may_differ_but_the_package_is_bound_by_its_hash():
 
 
 def test_oversized_or_malformed_certificates_are_refused():
-    statement = certificate_statement(NETWORK, "upgrade_20251003_120000_3fa9c2d1", "upgrade", HASH, "1.2.0", 1)
+    statement = certificate_statement(NETWORK, "upgrade_20251003_120000_3fa9c2d1", "upgrade", HASH, "1.2.0", DIGEST, 1)
     signature = VALIDATORS[0].sign(statement)
     too_long = [{"validator_id": VALIDATORS[0].node_id, "signature": signature}] * 65
     for certificate in (too_long, "not a list", [{"validator_id": 7, "signature": signature}], [["a", "b"]]):

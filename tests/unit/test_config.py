@@ -86,6 +86,9 @@ def test_render_config_round_trips(tmp_path):
     assert config.limits.gossip_fanout == 3
     assert config.ipfs_gateways == ("https://ipfs.io",)
     assert config.package_private_addresses_allowed is True   # a local network serves packages on loopback
+    public_only = render_config(data_dir=".", genesis="../genesis.json", api_host="127.1.2.3", api_port=7000,
+                                raft_address="127.1.2.3:7100", private_addresses_allowed=False)
+    assert load_config(write(tmp_path, public_only)).package_private_addresses_allowed is False
 
 
 @pytest.mark.parametrize("extra, expected", [

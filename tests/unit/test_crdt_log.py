@@ -11,6 +11,7 @@ from node.core.hlc import Hlc
 from node.errors import BadRequest, ConfigError, EntryRefused
 from node.identity import Identity
 from tests.logtools import (
+    NETWORK_ID,
     LATE_MS, NOW_MS, CountingVerify, forge, identities, log_state, members_of, new_log, note_body, write,
 )
 
@@ -99,10 +100,22 @@ def test_bad_signature_from_another_key_or_tampered_bytes():
     log = new_log(PEOPLE)
     assert refused(log, forge(BOB, sequence=1, author=ALICE.node_id)) == "bad_signature"
     genuine = forge(ALICE, sequence=1)
-    tampered = make_entry(kind="NOTE", author=ALICE.node_id, sequence=1, parents=(), hlc=genuine.hlc,
-                          body=note_body("changed"), sign=lambda message: genuine.signature)
+    tampered = make_entry(network_id=NETWORK_ID, kind="NOTE", author=ALICE.node_id, sequence=1, parents=(),
+                          hlc=genuine.hlc, body=note_body("changed"), sign=lambda message: genuine.signature)
     assert refused(log, tampered) == "bad_signature"
     assert log.add(genuine, now_ms=NOW_MS).status is AddStatus.ADDED
+
+
+def test_an_entry_signed_for_another_network_is_refused_at_the_door_and_valid_at_home():
+    # A member that reuses its key in network "other-net": what it signs there is no entry here.
+    elsewhere = forge(ALICE, sequence=1, network_id="other-net")
+    assert refused(new_log(PEOPLE), elsewhere) == "bad_signature"
+    assert new_log(PEOPLE, network_id="other-net").add(elsewhere, now_ms=NOW_MS).status is AddStatus.ADDED
+    # ... and a log of this network signs its own entries for this network.
+    home = new_log(PEOPLE)
+    entry = home.new_entry(kind="NOTE", author=ALICE.node_id, body=note_body(), sign=ALICE.sign, now_ms=NOW_MS)
+    assert home.add(entry, now_ms=NOW_MS).status is AddStatus.ADDED
+    assert refused(new_log(PEOPLE, network_id="other-net"), entry) == "bad_signature"
 
 
 def test_clock_too_far_in_the_future_is_refused_but_not_remembered():
@@ -479,4 +492,4 @@ def test_limits_and_members_are_validated():
     members = members_of(PEOPLE)
     members[ALICE.node_id] = BOB.public_key
     with pytest.raises(ConfigError, match="does not match"):
-        CrdtLog(members=members, verify=lambda *_: True)
+        CrdtLog(network_id=NETWORK_ID, members=members, verify=lambda *_: True)

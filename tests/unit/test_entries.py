@@ -11,12 +11,13 @@ import msgpack
 import pytest
 
 from node.core.entries import (
-    KINDS, SIGNING_DOMAIN, Entry, decode_entry, make_entry, safe_text, signing_bytes_of, unsafe_character,
+    KINDS, SIGNING_DOMAIN, Entry, decode_entry, make_entry, safe_text, signing_bytes_of, signing_prefix, unsafe_character,
 )
 from node.core.hlc import LOGICAL_MAX, WALL_MS_MAX, Hlc, hlc_receive, hlc_tick
-from node.errors import EntryRefused
+from node.errors import ConfigError, EntryRefused
 from node.identity import verify_signature
 from tests.logtools import (
+    NETWORK_ID, forge_raw,
     NOW_MS, execute_body, forge, identity, note_body, proposal_body, ratify_body, report_body, rollback_proposal_body,
     sample_bodies, vote_body,
 )
@@ -45,7 +46,7 @@ def assemble(pieces: list[bytes], *, sign_with=ALICE, signature: bytes | None = 
     """An 8-element entry array from 7 already-encoded pieces, signed over exactly those bytes, as an
     attacker with a member key would do for a non-canonical spelling."""
     unsigned = bytes((0x97,)) + b"".join(pieces)
-    signature = signature if signature is not None else sign_with.sign(SIGNING_DOMAIN + unsigned)
+    signature = signature if signature is not None else sign_with.sign(signing_prefix(NETWORK_ID) + unsigned)
     return bytes((0x98,)) + b"".join(pieces) + msgpack.packb(signature, use_bin_type=True)
 
 
@@ -59,32 +60,51 @@ def canonical_pieces(*, sequence: int = 2, parents=(PARENT_1, PARENT_2), body=No
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_round_trips_byte_for_byte_and_verifies(kind):
-    entry = make_entry(kind=kind, author=ALICE.node_id, sequence=3, parents=(PARENT_2, PARENT_1), hlc=Hlc(NOW_MS, 7),
-                       body=sample_bodies()[kind], sign=ALICE.sign)
+    entry = make_entry(network_id=NETWORK_ID, kind=kind, author=ALICE.node_id, sequence=3, parents=(PARENT_2, PARENT_1),
+                       hlc=Hlc(NOW_MS, 7), body=sample_bodies()[kind], sign=ALICE.sign)
     decoded = decode(entry.raw)
     assert decoded == entry and decoded.raw == entry.raw and decoded.id == entry.id
     assert (decoded.kind, decoded.author, decoded.sequence, decoded.hlc) == (kind, ALICE.node_id, 3, Hlc(NOW_MS, 7))
     assert decoded.parents == (PARENT_1, PARENT_2)  # sorted
     assert decoded.body == entry.body == sample_bodies()[kind]
     assert entry.id == hashlib.sha256(entry.raw).hexdigest()
-    assert verify_signature(ALICE.public_key, decoded.signing_bytes(), decoded.signature)
+    assert verify_signature(ALICE.public_key, decoded.signing_bytes(NETWORK_ID), decoded.signature)
 
 
-def test_signing_bytes_are_domain_separated_and_exclude_the_signature():
+def test_signing_bytes_are_domain_separated_bound_to_the_network_and_exclude_the_signature():
     entry = forge(ALICE, sequence=1)
-    message = entry.signing_bytes()
-    assert message.startswith(SIGNING_DOMAIN)
+    message = entry.signing_bytes(NETWORK_ID)
+    prefix = SIGNING_DOMAIN + bytes((len(NETWORK_ID),)) + NETWORK_ID.encode()
+    assert message.startswith(prefix) and signing_prefix(NETWORK_ID) == prefix
     assert entry.signature not in message
-    assert msgpack.unpackb(message[len(SIGNING_DOMAIN):]) == msgpack.unpackb(entry.raw)[:7]
-    assert signing_bytes_of(entry.raw) == message
-    # The bare array (without the domain) is not what was signed.
-    assert not verify_signature(ALICE.public_key, message[len(SIGNING_DOMAIN):], entry.signature)
+    assert msgpack.unpackb(message[len(prefix):]) == msgpack.unpackb(entry.raw)[:7]
+    assert signing_bytes_of(entry.raw, NETWORK_ID) == message
+    # Neither the bare array nor the array with only the domain is what was signed.
+    assert not verify_signature(ALICE.public_key, message[len(prefix):], entry.signature)
+    assert not verify_signature(ALICE.public_key, SIGNING_DOMAIN + message[len(prefix):], entry.signature)
+
+
+def test_an_entry_signed_for_one_network_verifies_there_and_nowhere_else():
+    # The same key, the same entry bytes (ids do not change with the network), two networks.
+    for_a = forge(ALICE, sequence=1, network_id="net-a")
+    for_b = forge(ALICE, sequence=1, network_id="net-b")
+    assert for_a.id != for_b.id and for_a.raw[:-64] == for_b.raw[:-64]   # only the signature differs
+    assert verify_signature(ALICE.public_key, for_a.signing_bytes("net-a"), for_a.signature)
+    assert not verify_signature(ALICE.public_key, for_a.signing_bytes("net-b"), for_a.signature)
+    # The length byte keeps ("net-a", entry) apart from ("net-", "a" + entry) and the like.
+    assert signing_prefix("net-a") + b"x" != signing_prefix("net-") + b"ax"
+
+
+@pytest.mark.parametrize("bad", ["", "net a", "n\u00e9t", "x" * 65, None, "-net", "net\n"])
+def test_a_network_id_genesis_would_refuse_signs_nothing(bad):
+    with pytest.raises(ConfigError, match="network id"):
+        forge(ALICE, sequence=1, network_id=bad)
 
 
 def test_one_entry_has_one_encoding_whatever_the_input_order_or_container():
-    first = make_entry(kind="PROPOSAL", author=ALICE.node_id, sequence=1, parents=[PARENT_2, PARENT_1, PARENT_2],
+    first = make_entry(network_id=NETWORK_ID, kind="PROPOSAL", author=ALICE.node_id, sequence=1, parents=[PARENT_2, PARENT_1, PARENT_2],
                        hlc=Hlc(NOW_MS, 0), body=dict(reversed(list(proposal_body().items()))), sign=ALICE.sign)
-    second = make_entry(kind="PROPOSAL", author=ALICE.node_id, sequence=1, parents=(PARENT_1, PARENT_2),
+    second = make_entry(network_id=NETWORK_ID, kind="PROPOSAL", author=ALICE.node_id, sequence=1, parents=(PARENT_1, PARENT_2),
                         hlc=Hlc(NOW_MS, 0), body=proposal_body(), sign=ALICE.sign)
     assert first.raw == second.raw and first.parents == (PARENT_1, PARENT_2)
     certificate_as_tuple = execute_body(certificate=(dict(reversed(list(execute_body()["certificate"][0].items()))),))
@@ -124,7 +144,7 @@ def test_the_hand_assembled_canonical_form_is_accepted():
     """Guards the tests below: the assembly itself is right, so only the one change makes them fail."""
     raw = assemble(canonical_pieces())
     entry = decode(raw)
-    assert verify_signature(ALICE.public_key, entry.signing_bytes(), entry.signature)
+    assert verify_signature(ALICE.public_key, entry.signing_bytes(NETWORK_ID), entry.signature)
 
 
 def test_body_keys_out_of_order_are_non_canonical():
@@ -257,7 +277,7 @@ def test_an_unknown_kind_is_refused_by_name():
     pieces[1] = msgpack.packb("TRANSFER_FUNDS")
     assert refusal(assemble(pieces)) == "unknown_kind"
     with pytest.raises(EntryRefused) as caught:
-        make_entry(kind="TRANSFER_FUNDS", author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0),
+        make_entry(network_id=NETWORK_ID, kind="TRANSFER_FUNDS", author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0),
                    body={}, sign=ALICE.sign)
     assert caught.value.reason == "unknown_kind" and "TRANSFER_FUNDS" in caught.value.message
 
@@ -268,8 +288,8 @@ def test_an_unknown_kind_is_refused_by_name():
 def body_refusal(kind: str, body: dict) -> EntryRefused:
     signed = []
     with pytest.raises(EntryRefused) as caught:
-        make_entry(kind=kind, author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0), body=body,
-                   sign=lambda message: signed.append(message) or ALICE.sign(message))
+        make_entry(network_id=NETWORK_ID, kind=kind, author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0),
+                   body=body, sign=lambda message: signed.append(message) or ALICE.sign(message))
     assert signed == [], "nothing is signed when the body is refused"
     # The same body arriving from the wire is refused too.
     pieces = canonical_pieces(sequence=1, parents=())
@@ -339,7 +359,8 @@ def test_valid_edge_bodies_are_accepted():
 def test_a_body_that_is_not_a_map_is_a_bad_body():
     for body in (None, ["text", "x"], "text"):
         with pytest.raises(EntryRefused) as caught:
-            make_entry(kind="NOTE", author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0), body=body, sign=ALICE.sign)
+            make_entry(network_id=NETWORK_ID, kind="NOTE", author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0),
+                       body=body, sign=ALICE.sign)
         assert caught.value.reason == "bad_body"
 
 
@@ -354,7 +375,7 @@ def test_make_entry_refuses_bad_fields_before_signing():
         arguments = dict(kind="NOTE", author=ALICE.node_id, sequence=1, parents=(), hlc=Hlc(NOW_MS, 0), body=note_body())
         arguments.update(fields)
         with pytest.raises(EntryRefused) as caught:
-            make_entry(**arguments, sign=lambda message: pytest.fail("signed a bad entry"))
+            make_entry(network_id=NETWORK_ID, **arguments, sign=lambda message: pytest.fail("signed a bad entry"))
         assert caught.value.reason == "malformed"
 
 
@@ -395,3 +416,24 @@ def test_unsafe_characters_are_located_and_replaced():
     assert unsafe_character("abc\x1b[2J", one_line=False) == "U+001B at position 3"
     assert safe_text("trap in \x1b]0;x\x07 at \u202efn") == "trap in \ufffd]0;x\ufffd at \ufffdfn"
     assert safe_text("line\n\tindented") == "line\n\tindented"
+
+
+# --- package URLs carry no credentials ------------------------------------------------------------------
+
+USERINFO_URLS = ["https://user:secret@example.org/u.wasm", "https://token@example.org/u.wasm", "http://@example.org/u.wasm",
+                 "https://a@b@example.org/u.wasm", "https://example.org@evil.example/u.wasm",
+                 "https://user:pw@example.org?x=/@", "HTTPS://u:p@example.org"]
+
+
+@pytest.mark.parametrize("url", USERINFO_URLS)
+@pytest.mark.parametrize("kind, make_body", [("PROPOSAL", proposal_body), ("EXECUTE_UPGRADE", execute_body)])
+def test_a_package_url_with_credentials_is_refused_in_every_entry_that_carries_one(url, kind, make_body):
+    # A proposal is shown to anyone (GET /proposals, GET /log): a secret in its URL would be public.
+    assert body_refusal(kind, make_body(package_url=url)).reason == "bad_body"
+    assert refusal(forge_raw(ALICE, kind=kind, body=make_body(package_url=url))) == "bad_body"
+
+
+@pytest.mark.parametrize("url", ["https://example.org/u.wasm", "https://example.org/a@b.wasm", "https://example.org/u?who=a@b",
+                                 "https://example.org/u#a@b", "https://example.org:8443/u.wasm", "ipfs://" + "b" * 59])
+def test_an_at_sign_outside_the_authority_is_no_credential(url):
+    decode(forge_raw(ALICE, kind="PROPOSAL", body=proposal_body(package_url=url)))

@@ -10,8 +10,10 @@ from datetime import datetime, timezone
 import pytest
 
 from node.core.certificates import build_certificate, certificate_statement
+from node.core.closing import EMPTY_VOTES_DIGEST, pack_vote_ids, votes_digest
 from node.core.entries import make_entry
-from node.core.governance import (
+from node.core.governance import Governance
+from node.core.lifecycle import (
     APPROVED,
     EXECUTED,
     EXPIRED,
@@ -22,18 +24,18 @@ from node.core.governance import (
     STATUSES,
     TRANSITIONS,
     VOTING,
-    Governance,
-    GovernanceRules,
     derive_status,
-    format_utc_ms,
+    next_status,
+)
+from node.core.proposals import (
+    GovernanceRules,
     make_proposal_id,
     new_proposal_body,
     new_vote_body,
-    next_status,
     proposal_id_matches,
-    reputations_from_state,
-    utc_parts,
 )
+from node.core.tally import reputations_from_state
+from node.core.utc import format_utc_ms, utc_parts
 from node.core.hlc import Hlc
 from node.errors import BadRequest, ConfigError, Conflict, HashFormatError, InvalidTransition, NotFound, VersionError
 from node.identity import Identity, verify_signature
@@ -77,8 +79,8 @@ class Net:
         if sequence is None:
             self.sequences[name] += 1
             sequence = self.sequences[name]
-        return make_entry(kind=kind, author=author.node_id, sequence=sequence, parents=(), hlc=Hlc(wall_ms, 0),
-                          body=body, sign=author.sign)
+        return make_entry(network_id=NETWORK, kind=kind, author=author.node_id, sequence=sequence, parents=(),
+                          hlc=Hlc(wall_ms, 0), body=body, sign=author.sign)
 
     def propose(self, name: str = "a", *, version: str = "1.2.0", wall_ms: int = T0, action: str = "upgrade",
                 target: str | None = None, apply: bool = True):
@@ -102,13 +104,31 @@ class Net:
             self.governance.apply(entry)
         return entry
 
+    def close(self, proposal, *, now_ms: int = T0 + 2, vote_ids=None, closers=("val0", "val1")):
+        """The validators close voting as Raft fixed it: by default on the votes this node holds at
+        now_ms (what honest validators who saw the same log name), if the close is due then."""
+        proposal_id = proposal.body["proposal_id"]
+        if vote_ids is None:
+            candidates = self.governance.closing_candidates(state=self.state, now_ms=now_ms)
+            if proposal_id not in candidates:
+                return None
+            vote_ids = candidates[proposal_id]
+        packed = pack_vote_ids(vote_ids)
+        body = {"proposal_id": proposal_id, "votes_digest": votes_digest(packed), "vote_ids": packed}
+        for name in closers:
+            self.governance.apply(self.entry(name, "CLOSE", body, now_ms))
+        return body["votes_digest"]
+
     def execute(self, proposal, *, sequence: int = 1, signers=None, publisher: str = "val0", wall_ms: int = T0 + 5000,
                 body_changes=None, apply=True):
         body = {key: proposal.body[key] for key in ("proposal_id", "action", "version", "package_url",
                                                     "package_hash", "package_size")}
+        closed = self.governance.proposal(proposal.body["proposal_id"], state=self.state, now_ms=wall_ms).votes_digest \
+            if proposal.body["proposal_id"] in {v.proposal_id for v in self.governance.proposals(state=self.state, now_ms=wall_ms)} else None
+        body["votes_digest"] = closed or EMPTY_VOTES_DIGEST
         body.update(body_changes or {})
         statement = certificate_statement(NETWORK, body["proposal_id"], body["action"], body["package_hash"],
-                                          body["version"], sequence)
+                                          body["version"], body["votes_digest"], sequence)
         signers = self.validators[:2] if signers is None else signers
         body.update(sequence=sequence, certificate=build_certificate({s.node_id: s.sign(statement) for s in signers}))
         entry = self.entry(publisher, "EXECUTE_UPGRADE", body, wall_ms)
@@ -125,7 +145,13 @@ class Net:
             self.governance.apply(entry)
         return entry
 
-    def view(self, proposal, now_ms: int = T0 + 2):
+    def view(self, proposal, now_ms: int = T0 + 2, *, close: bool = True):
+        """The proposal as this node shows it at now_ms; with `close`, the validators first close
+        voting if it is due by then (they hold the same votes as this node)."""
+        if close:
+            view = self.governance.proposal(proposal.body["proposal_id"], state=self.state, now_ms=now_ms)
+            if not view.closed:
+                self.close(proposal, now_ms=now_ms)
         return self.governance.proposal(proposal.body["proposal_id"], state=self.state, now_ms=now_ms)
 
 
@@ -224,9 +250,13 @@ def test_votes_cast_after_the_deadline_do_not_count_and_are_refused():
     net.vote("a", proposal, wall_ms=DEADLINE + 1)
     net.vote("b", proposal, wall_ms=DEADLINE + 2)
     net.vote("c", proposal, wall_ms=DEADLINE + 3)
+    provisional = net.view(proposal, now_ms=DEADLINE + 10, close=False)
+    assert provisional.status == VOTING and {row.reason for row in provisional.votes} == {"after_deadline"}
+    assert any("waiting for the validators" in note for note in provisional.notes)
+    net.close(proposal, now_ms=DEADLINE + 10, vote_ids=())         # the validators received none of them in time
     view = net.view(proposal, now_ms=DEADLINE + 10)
-    assert view.status == EXPIRED and view.tally.cast_weight == 0
-    assert {row.reason for row in view.votes} == {"after_deadline"}
+    assert view.status == EXPIRED and view.tally.cast_weight == 0 and view.closed
+    assert {row.reason for row in view.votes} == {"not_counted"}
     with pytest.raises(Conflict) as closed:
         net.governance.check_can_vote(view.proposal_id, state=net.state, now_ms=DEADLINE + 10)
     assert "2025-10-03T12:00:10Z" in str(closed.value) and str(DEADLINE) in str(closed.value)
@@ -318,10 +348,10 @@ def test_fold_is_insensitive_to_delivery_order():
                                 verify=verify_signature, local_node_id=net.id("b"), rules=net.rules)
         governance.apply_all(entries + entries[:3])                 # duplicates are harmless
         views = governance.proposals(state=net.state, now_ms=DEADLINE + 1)
-        results.add(repr([view.to_dict() for view in views]))
+        results.add(repr(views))
     assert len(results) == 1
     (summary,) = results
-    assert "'status': 'executed'" in summary
+    assert "status='executed'" in summary
 
 
 # --- proposals refused at fold time -----------------------------------------------------------------
@@ -402,9 +432,10 @@ def approved_net(local: str = "a") -> tuple[Net, object]:
 
 def test_approved_proposals_need_ratification_until_certified():
     net, proposal = approved_net()
+    assert net.governance.needing_ratification(state=net.state, now_ms=T0 + 2) == []    # decided, not closed
+    digest = net.close(proposal)
     waiting = net.governance.needing_ratification(state=net.state, now_ms=T0 + 2)
-    assert [view.proposal_id for view in waiting] == [proposal.body["proposal_id"]]
-    assert net.governance.needing_ratification(state=net.state, now_ms=T0 + 2, settle_ms=5) == []
+    assert [(view.proposal_id, view.votes_digest) for view in waiting] == [(proposal.body["proposal_id"], digest)]
     net.execute(proposal)
     assert net.governance.needing_ratification(state=net.state, now_ms=T0 + 2) == []
     view = net.view(proposal)
@@ -488,8 +519,9 @@ def test_certified_executions_are_deduplicated_by_sequence():
 def test_ratify_audit_entries_are_checked_against_the_proposal():
     net, proposal = approved_net()
     validator = net.validators[0]
-    good = certificate_statement(NETWORK, proposal.body["proposal_id"], "upgrade", HASH, "1.2.0", 1)
-    wrong = certificate_statement(NETWORK, proposal.body["proposal_id"], "upgrade", HASH, "1.2.0", 2)
+    digest = net.close(proposal)
+    good = certificate_statement(NETWORK, proposal.body["proposal_id"], "upgrade", HASH, "1.2.0", digest, 1)
+    wrong = certificate_statement(NETWORK, proposal.body["proposal_id"], "upgrade", HASH, "1.2.0", digest, 2)
     for statement, sequence in ((good, 1), (wrong, 1)):
         body = {"proposal_id": proposal.body["proposal_id"], "sequence": sequence, "statement": statement,
                 "signature": validator.sign(statement)}
@@ -555,7 +587,20 @@ def test_a_version_already_proposed_is_a_conflict_until_that_proposal_ends():
         net.governance.check_can_propose(second.body, state=net.state, now_ms=T0 + 1)
     net.vote("a", first, "rejection")
     net.vote("b", first, "rejection", wall_ms=T0 + 2)
-    net.governance.check_can_propose(second.body, state=net.state, now_ms=T0 + 3)   # first was rejected
+    with pytest.raises(Conflict, match="already proposed"):          # decided, but not closed yet
+        net.governance.check_can_propose(second.body, state=net.state, now_ms=T0 + 3)
+    assert net.view(first, now_ms=T0 + 3).status == REJECTED         # the validators closed it
+    net.governance.check_can_propose(second.body, state=net.state, now_ms=T0 + 3)
+
+
+@pytest.mark.parametrize("first_version, again", [("1.2.0", "1.2.0+build.1"), ("1.2.0+build.1", "1.2.0"),
+                                                    ("1.2.0+a", "1.2.0+b")])
+def test_a_version_differing_only_in_build_metadata_is_already_proposed(first_version, again):
+    # Semver precedence ignores build metadata: 1.2.0+build.1 IS 1.2.0, so it may not run beside it.
+    net = Net(FOUR_EQUAL)
+    net.propose(version=first_version)
+    with pytest.raises(Conflict, match="already proposed"):
+        net.governance.check_can_propose(net.propose("b", version=again, apply=False).body, state=net.state, now_ms=T0 + 1)
 
 
 def test_a_version_not_above_the_current_one_is_refused():
@@ -615,3 +660,88 @@ def test_rules_are_validated():
         GovernanceRules(approval_threshold_pct=101)
     with pytest.raises(ConfigError):
         GovernanceRules(voting_period_ms=0)
+
+
+# --- the deadline is the validators' close, not the voter's clock (trust holes, item 1) -----------------
+
+FIVE_EQUAL = {"a": 10, "b": 10, "c": 10, "d": 10, "e": 10}
+
+
+def test_a_backdated_vote_cannot_revive_an_expired_proposal():
+    """2 of 5 equal members approve (below the 50% quorum); the validators close at the deadline. Then a
+    member signs a vote whose clock says "one tick after the proposal": it is kept, never counted."""
+    net = Net(FIVE_EQUAL)
+    proposal = net.propose()
+    net.vote("a", proposal, wall_ms=T0 + 1)
+    net.vote("b", proposal, wall_ms=T0 + 2)
+    assert net.view(proposal, now_ms=DEADLINE + 1).status == EXPIRED
+    backdated = net.vote("c", proposal, wall_ms=T0 + 1)          # arrives long after the close
+    view = net.view(proposal, now_ms=DEADLINE + 60_000)
+    assert view.status == EXPIRED and view.tally.approval_weight == 20
+    row = next(row for row in view.votes if row.entry_id == backdated.id)
+    assert row.reason == "not_counted" and not row.counted
+    assert net.governance.needing_ratification(state=net.state, now_ms=DEADLINE + 60_000) == []
+
+
+def test_only_a_set_published_by_a_majority_of_validators_closes_a_proposal():
+    net = Net(FIVE_EQUAL)
+    proposal = net.propose()
+    votes = [net.vote(name, proposal, wall_ms=T0 + 1) for name in "abc"]
+    # One compromised validator publishes a set with the backdated vote; alone it closes nothing.
+    net.close(proposal, now_ms=DEADLINE + 1, vote_ids=[v.id for v in votes], closers=("val2",))
+    assert not net.view(proposal, now_ms=DEADLINE + 1, close=False).closed
+    net.close(proposal, now_ms=DEADLINE + 1, vote_ids=[v.id for v in votes[:2]], closers=("val0", "val1"))
+    view = net.view(proposal, now_ms=DEADLINE + 1, close=False)
+    assert view.closed and view.status == EXPIRED and view.closed_by == tuple(sorted(
+        net.id(name) for name in ("val0", "val1")))
+    # A CLOSE by a non-validator, or whose digest does not match its ids, is refused as evidence.
+    body = {"proposal_id": proposal.body["proposal_id"], "votes_digest": "ab" * 32, "vote_ids": b""}
+    net.governance.apply(net.entry("val0", "CLOSE", body, DEADLINE + 2))
+    net.governance.apply(net.entry("a", "CLOSE", {**body, "votes_digest": EMPTY_VOTES_DIGEST}, DEADLINE + 2))
+    assert [p.reason for p in net.governance.problems()[-2:]] == ["bad_close", "bad_close"]
+
+
+def test_a_counted_vote_this_node_lacks_keeps_the_proposal_voting_until_it_arrives():
+    net = Net(FIVE_EQUAL)
+    proposal = net.propose()
+    late = net.vote("a", proposal, wall_ms=T0 + 1, apply=False)
+    net.vote("b", proposal, wall_ms=T0 + 1)
+    net.vote("c", proposal, wall_ms=T0 + 1)
+    ids = sorted(entry_id for entry_id in [late.id, *net.governance.closing_candidates(
+        state=net.state, now_ms=DEADLINE + 1)[proposal.body["proposal_id"]]])
+    net.close(proposal, now_ms=DEADLINE + 1, vote_ids=ids)
+    waiting = net.view(proposal, now_ms=DEADLINE + 1, close=False)
+    assert waiting.status == VOTING and any("have not reached this node" in note for note in waiting.notes)
+    net.governance.apply(late)
+    assert net.view(proposal, now_ms=DEADLINE + 1, close=False).status == APPROVED
+
+
+def test_validators_close_early_once_the_tally_is_decided_and_name_each_voters_latest_vote():
+    net = Net(FOUR_EQUAL)
+    proposal = net.propose()
+    net.vote("a", proposal, "rejection", wall_ms=T0 + 1)
+    latest = net.vote("a", proposal, "approval", wall_ms=T0 + 2)
+    assert net.governance.closing_candidates(state=net.state, now_ms=T0 + 3) == {}       # not decided yet
+    second, third = net.vote("b", proposal, wall_ms=T0 + 3), net.vote("c", proposal, wall_ms=T0 + 4)
+    candidates = net.governance.closing_candidates(state=net.state, now_ms=T0 + 5)
+    assert candidates == {proposal.body["proposal_id"]: tuple(sorted((latest.id, second.id, third.id)))}
+
+
+# --- one member cannot fill the proposal table (trust holes, found by reading) --------------------------
+
+
+def test_one_member_holds_a_bounded_number_of_open_proposals():
+    rules = GovernanceRules(voting_period_ms=PERIOD_MS, open_proposals_per_author_max=2)
+    net = Net(FOUR_EQUAL, rules=rules)
+    first, second = net.propose(version="1.2.0"), net.propose(version="1.3.0", wall_ms=T0 + 1)
+    third = net.propose(version="1.4.0", wall_ms=T0 + 2, apply=False)
+    with pytest.raises(Conflict, match="at most 2 per member"):
+        net.governance.check_can_propose(third.body, state=net.state, now_ms=T0 + 2, author=net.id("a"))
+    net.governance.apply(third)                                  # pushed by gossip all the same
+    assert net.governance.problems()[-1].reason == "too_many_open_proposals"
+    with pytest.raises(NotFound):
+        net.view(third)
+    net.propose("b", version="1.5.0", wall_ms=T0 + 2)           # another member is not affected
+    later = net.propose(version="1.6.0", wall_ms=DEADLINE + 5)   # once the first two closed, a slot is free
+    assert net.view(later, now_ms=DEADLINE + 6, close=False).status == VOTING
+    assert {net.view(p, now_ms=DEADLINE + 6).status for p in (first, second)} == {EXPIRED}

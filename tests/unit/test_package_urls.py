@@ -4,6 +4,7 @@ import pytest
 
 from node.errors import ConfigError, HashFormatError, PackageSourceRefused
 from node.packages import FetchLimits, check_package_url, parse_ipfs_url, parse_package_hash, redact_url
+from node.core.urls import has_userinfo
 
 CID_V0 = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
 CID_V1 = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
@@ -217,3 +218,10 @@ def test_fetch_limits_are_frozen_and_keyword_only():
         limits.redirects_max = 3
     with pytest.raises(TypeError):
         FetchLimits(1000)
+
+
+def test_credentials_are_found_wherever_a_parser_could_see_them():
+    assert has_userinfo("https://user:pw@example.org/p.wasm")
+    assert has_userinfo("http://a\\b:pw@host/p.wasm")          # RFC 3986 parsers read 'a\b:pw' as a user
+    assert not has_userinfo("https://example.org/p@1.wasm") and not has_userinfo("https://example.org/?a=@b")
+    assert not has_userinfo("not a url")

@@ -10,6 +10,7 @@ import random
 import pytest
 
 from node.core.certificates import certificate_statement, ratify_statement, verify_certificate
+from node.core.closing import EMPTY_VOTES_DIGEST, close_statement, pack_vote_ids
 from node.core.ratification import (
     ASSIGNED,
     CERTIFIED,
@@ -18,6 +19,7 @@ from node.core.ratification import (
     RatificationLimits,
     RatificationMachine,
     SequenceAssigned,
+    VotingClosed,
     execute_upgrade_body,
     next_phase,
     validator_todo,
@@ -44,16 +46,34 @@ def machine(**limits) -> RatificationMachine:
                                limits=RatificationLimits(**limits))
 
 
-def ratify(m, validator, proposal_id="p1", *, action="upgrade", package_hash=HASH, version="1.2.0", signer=None,
-           validator_id=None):
+def close(m, validator, proposal_id="p1", vote_ids=(), *, signer=None, validator_id=None):
     validator_id = validator_id or validator.node_id
-    statement = ratify_statement(NETWORK, proposal_id, action, package_hash, version, validator_id)
+    packed = pack_vote_ids(vote_ids)
+    statement = close_statement(NETWORK, proposal_id, packed, validator_id)
+    return m.close(proposal_id=proposal_id, vote_ids=packed, validator_id=validator_id,
+                   signature=(signer or validator).sign(statement))
+
+
+def closed(m, proposal_id="p1"):
+    """Voting on `proposal_id` closed with no votes (two validators' closes), as ratification needs."""
+    record = m.view().by_proposal(proposal_id)
+    if record is None or record.phase == "closing":
+        close(m, B, proposal_id)
+        close(m, C, proposal_id)
+
+
+def ratify(m, validator, proposal_id="p1", *, action="upgrade", package_hash=HASH, version="1.2.0", signer=None,
+           validator_id=None, votes_digest=EMPTY_VOTES_DIGEST, close_first=True):
+    if close_first:
+        closed(m, proposal_id)
+    validator_id = validator_id or validator.node_id
+    statement = ratify_statement(NETWORK, proposal_id, action, package_hash, version, votes_digest, validator_id)
     return m.ratify(proposal_id=proposal_id, action=action, package_hash=package_hash, version=version,
-                    validator_id=validator_id, signature=(signer or validator).sign(statement))
+                    votes_digest=votes_digest, validator_id=validator_id, signature=(signer or validator).sign(statement))
 
 
 def certify(m, validator, proposal_id="p1", sequence=1, *, version="1.2.0", package_hash=HASH, action="upgrade"):
-    statement = certificate_statement(NETWORK, proposal_id, action, package_hash, version, sequence)
+    statement = certificate_statement(NETWORK, proposal_id, action, package_hash, version, EMPTY_VOTES_DIGEST, sequence)
     return m.certify(proposal_id=proposal_id, sequence=sequence, validator_id=validator.node_id,
                      signature=validator.sign(statement))
 
@@ -105,21 +125,26 @@ def test_one_validator_cannot_ratify_in_the_name_of_others():
 def test_outsiders_and_garbage_are_refused_without_raising():
     m = machine()
     before = m.to_plain()
-    assert ratify(m, OUTSIDER).status == "unknown_validator"
+    assert ratify(m, OUTSIDER, close_first=False).status == "unknown_validator"
+    ratify_arguments = dict(action="upgrade", package_hash=HASH, version="1.2.0", votes_digest=EMPTY_VOTES_DIGEST)
     refused = [
-        m.ratify(proposal_id=["unhashable"], action="upgrade", package_hash=HASH, version="1.2.0",
-                 validator_id=A.node_id, signature=b"x" * 64),
-        m.ratify(proposal_id="p1", action="upgrade", package_hash="not-hex", version="1.2.0",
-                 validator_id=A.node_id, signature=b"x" * 64),
-        m.ratify(proposal_id="p1", action="upgrade", package_hash=HASH, version="1.2.0",
-                 validator_id={"a": 1}, signature=b"x" * 64),
-        m.ratify(proposal_id="p1", action="upgrade", package_hash=HASH, version="1.2.0",
-                 validator_id=A.node_id, signature="not bytes"),
+        m.ratify(**{**ratify_arguments, "proposal_id": ["unhashable"]}, validator_id=A.node_id, signature=b"x" * 64),
+        m.ratify(**{**ratify_arguments, "package_hash": "not-hex"}, proposal_id="p1", validator_id=A.node_id,
+                 signature=b"x" * 64),
+        m.ratify(**ratify_arguments, proposal_id="p1", validator_id={"a": 1}, signature=b"x" * 64),
+        m.ratify(**ratify_arguments, proposal_id="p1", validator_id=A.node_id, signature="not bytes"),
         m.certify(proposal_id={}, sequence=1, validator_id=A.node_id, signature=b"x" * 64),
         m.certify(proposal_id="p1", sequence=1, validator_id=[1], signature=b"x" * 64),
+        m.close(proposal_id="p1", vote_ids=b"x" * 31, validator_id=A.node_id, signature=b"x" * 64),
+        m.close(proposal_id="p1", vote_ids=b"\x02" * 32 + b"\x01" * 32, validator_id=A.node_id, signature=b"x" * 64),
+        m.close(proposal_id="p1", vote_ids=b"", validator_id=OUTSIDER.node_id, signature=b"x" * 64),
+        m.close(proposal_id="p1", vote_ids=b"", validator_id=A.node_id, signature=b"x" * 64),
+        ratify(m, A, close_first=False),
     ]
     assert [outcome.status for outcome in refused] == ["bad_arguments", "bad_arguments", "unknown_validator",
-                                                       "bad_signature", "not_assigned", "unknown_validator"]
+                                                       "bad_signature", "not_assigned", "unknown_validator",
+                                                       "bad_arguments", "bad_arguments", "unknown_validator",
+                                                       "bad_signature", "not_closed"]
     assert not any(outcome.accepted for outcome in refused)
     assert m.to_plain() == before
 
@@ -151,7 +176,7 @@ def test_pending_quota_bounds_what_one_validator_can_fill():
     ratify(m, A, "p1")
     ratify(m, A, "p2")
     full = ratify(m, A, "p3")
-    assert full.status == "quota_full" and m.view().by_proposal("p3") is None
+    assert full.status == "quota_full" and m.view().by_proposal("p3").ratified_by == ()
     assert ratify(m, B, "p3").status == "ratification_recorded"    # another validator's quota is separate
     ratify(m, B, "p1")                                              # p1 assigned: A's slot frees up
     assert ratify(m, A, "p3").status == "sequence_assigned"
@@ -162,7 +187,7 @@ def test_sequences_are_bounded():
     ratify(m, A, "p1")
     ratify(m, B, "p1")
     assert ratify(m, A, "p2").status == "sequences_full"
-    assert m.view().by_proposal("p2") is None and m.view().next_sequence == 2
+    assert m.view().by_proposal("p2").ratified_by == () and m.view().next_sequence == 2
 
 
 def test_certificate_completes_once_at_a_majority_and_verifies():
@@ -191,11 +216,11 @@ def test_certify_refuses_unassigned_wrong_sequence_and_bad_signatures():
     ratify(m, A)
     ratify(m, B)
     assert certify(m, A, sequence=2).status == "wrong_sequence"
-    signature = A.sign(certificate_statement(NETWORK, "p1", "upgrade", HASH, "1.2.0", 1))
+    signature = A.sign(certificate_statement(NETWORK, "p1", "upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST, 1))
     assert m.certify(proposal_id="p1", sequence=True, validator_id=A.node_id, signature=signature).status == "wrong_sequence"
     assert certify(m, A, version="9.9.9").status == "bad_signature"      # signed another statement
     forged = m.certify(proposal_id="p1", sequence=1, validator_id=B.node_id,
-                       signature=A.sign(certificate_statement(NETWORK, "p1", "upgrade", HASH, "1.2.0", 1)))
+                       signature=A.sign(certificate_statement(NETWORK, "p1", "upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST, 1)))
     assert forged.status == "bad_signature"
     assert m.view().by_sequence(1).signatures == ()
 
@@ -232,38 +257,61 @@ def test_dump_round_trip_and_malformed_dumps():
             RatificationMachine.from_plain(dump, network_id=NETWORK, validators=KEYS, verify=verify_signature)
 
 
-def test_validator_todo_plans_ratify_certify_publish():
+def todo_of(m, validator, approved, *, closable=(), attested=(), published_sequences=()):
+    return validator_todo(m.view(), validator_id=validator.node_id, closable=closable, attested=attested,
+                          approved=approved, published_sequences=published_sequences)
+
+
+def test_validator_todo_plans_close_attest_ratify_certify_publish():
     m = machine()
-    approved = {"p1": ("upgrade", HASH, "1.2.0"), "p2": ("upgrade", HASH, "1.3.0")}
-    todo = validator_todo(m.view(), validator_id=A.node_id, approved=approved, published_sequences=())
-    assert todo.to_ratify == ("p1", "p2") and todo.to_certify == () and todo.to_publish == ()
+    approved = {"p1": ("upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST), "p2": ("upgrade", HASH, "1.3.0", EMPTY_VOTES_DIGEST)}
+    todo = todo_of(m, A, approved, closable=("p1", "p2"))
+    assert todo.to_close == ("p1", "p2") and todo.to_ratify == () and todo.to_attest == ()
+    close(m, A, "p1")
+    assert todo_of(m, A, approved, closable=("p1", "p2")).to_close == ("p2",)       # A closed p1 once
+    close(m, B, "p1")
+    todo = todo_of(m, A, approved, closable=("p2",))
+    assert [r.proposal_id for r in todo.to_attest] == ["p1"] and todo.to_ratify == ("p1",)
+    assert todo_of(m, A, approved, attested=("p1",)).to_attest == ()
+    # An approval computed over other votes than the counted ones ratifies nothing.
+    assert todo_of(m, A, {"p1": ("upgrade", HASH, "1.2.0", "ef" * 32)}).to_ratify == ()
     ratify(m, A)
     ratify(m, B)
-    todo = validator_todo(m.view(), validator_id=A.node_id, approved=approved, published_sequences=())
+    ratify(m, C, "p2", version="1.3.0")
+    todo = todo_of(m, A, approved)
     assert todo.to_ratify == ("p2",) and [r.sequence for r in todo.to_certify] == [1]
     # A validator that does not approve the assigned tuple does not sign it.
-    disagreeing = validator_todo(m.view(), validator_id=C.node_id, approved={"p1": ("upgrade", OTHER_HASH, "1.2.0")},
-                                 published_sequences=())
-    assert disagreeing.to_certify == ()
+    assert todo_of(m, C, {"p1": ("upgrade", OTHER_HASH, "1.2.0", EMPTY_VOTES_DIGEST)}).to_certify == ()
     certify(m, A)
     certify(m, B)
-    todo = validator_todo(m.view(), validator_id=C.node_id, approved=approved, published_sequences=())
+    todo = todo_of(m, C, approved)
     assert todo.to_certify == () and [r.sequence for r in todo.to_publish] == [1]
-    assert validator_todo(m.view(), validator_id=C.node_id, approved=approved, published_sequences={1}).to_publish == ()
+    assert todo_of(m, C, approved, published_sequences={1}).to_publish == ()
+
+
+VOTES = ["1" * 64, "2" * 64, "3" * 64]
+VOTES_DIGEST = hashlib.sha256(bytes.fromhex("1" * 64)).hexdigest()
 
 
 def random_command(rng, proposals):
     validator = rng.choice((A, B, C, OUTSIDER))
     proposal_id = rng.choice(proposals)
+    signer = validator if rng.random() < 0.9 else rng.choice((A, B, C))
+    digest = EMPTY_VOTES_DIGEST if rng.random() < 0.8 else VOTES_DIGEST
+    if rng.random() < 0.3:
+        packed = pack_vote_ids(rng.sample(VOTES, rng.randint(0, len(VOTES))))
+        statement = close_statement(NETWORK, proposal_id, packed, validator.node_id)
+        return ("close", dict(proposal_id=proposal_id, vote_ids=packed, validator_id=validator.node_id,
+                              signature=signer.sign(statement)))
     if rng.random() < 0.5:
         version = rng.choice(("1.2.0", "1.2.0", "1.3.0"))
-        signer = validator if rng.random() < 0.9 else rng.choice((A, B, C))
         validator_id = validator.node_id
-        statement = ratify_statement(NETWORK, proposal_id, "upgrade", HASH, version, validator_id)
+        statement = ratify_statement(NETWORK, proposal_id, "upgrade", HASH, version, digest, validator_id)
         return ("ratify", dict(proposal_id=proposal_id, action="upgrade", package_hash=HASH, version=version,
-                               validator_id=validator_id, signature=signer.sign(statement)))
+                               votes_digest=digest, validator_id=validator_id, signature=signer.sign(statement)))
     sequence = rng.randint(1, 4)
-    statement = certificate_statement(NETWORK, proposal_id, "upgrade", HASH, rng.choice(("1.2.0", "1.3.0")), sequence)
+    statement = certificate_statement(NETWORK, proposal_id, "upgrade", HASH, rng.choice(("1.2.0", "1.3.0")), digest,
+                                      sequence)
     return ("certify", dict(proposal_id=proposal_id, sequence=sequence, validator_id=validator.node_id,
                             signature=validator.sign(statement)))
 
@@ -288,3 +336,39 @@ def test_random_command_sequences_keep_the_invariants_and_replicas_agree():
                         if tuple(tuple_) == (record.action, record.package_hash, record.version)]
             assert len(agreeing) >= 2
             assert (record.phase == CERTIFIED) == (len(record.signatures) >= 2)
+
+
+def test_voting_closes_once_at_a_majority_of_closes_and_ratification_names_the_counted_votes():
+    m = machine()
+    assert ratify(m, A, close_first=False).status == "not_closed"
+    vote, backdated = "1" * 64, "2" * 64
+    assert close(m, A, "p1", [vote, backdated]).status == "close_recorded"       # A claims a backdated vote
+    assert close(m, A, "p1", [vote]).status == "conflicting_close"               # the first close of A counts
+    assert close(m, A, "p1", [vote, backdated]).status == "already_closed"
+    assert close(m, B, "p1", [vote]).status == "close_recorded"         # C could still name the backdated vote
+    decided = close(m, C, "p1", [vote])
+    counted = pack_vote_ids([vote])
+    assert decided.status == "voting_closed" and decided.events == (
+        VotingClosed(proposal_id="p1", votes_digest=hashlib.sha256(counted).hexdigest(), vote_ids=counted),)
+    record = m.view().by_proposal("p1")
+    assert (record.phase, record.vote_ids, record.closed_by) == (COLLECTING, counted, tuple(sorted(KEYS)))
+    m2 = machine()
+    close(m2, A, "p1", [vote])
+    assert close(m2, B, "p1", [vote]).status == "voting_closed"                    # two who agree decide
+    assert close(m2, C, "p1", [vote, backdated]).status == "already_closed"        # a closed vote stays closed
+    assert ratify(m, A, votes_digest=EMPTY_VOTES_DIGEST, close_first=False).status == "wrong_votes"
+    digest = hashlib.sha256(counted).hexdigest()
+    assert ratify(m, A, votes_digest=digest, close_first=False).status == "ratification_recorded"
+    assert ratify(m, B, votes_digest=digest, close_first=False).status == "sequence_assigned"
+    restored = RatificationMachine.from_plain(copy.deepcopy(m.to_plain()), network_id=NETWORK, validators=KEYS,
+                                              verify=verify_signature)
+    assert restored.view() == m.view()
+
+
+def test_open_closes_count_against_the_closing_validators_quota():
+    m = machine(pending_per_validator_max=2)
+    close(m, A, "p1")
+    close(m, A, "p2")
+    assert close(m, A, "p3").status == "quota_full" and m.view().by_proposal("p3") is None
+    close(m, B, "p1")                                                              # p1 closed: A's slot frees up
+    assert close(m, A, "p3").status == "close_recorded"

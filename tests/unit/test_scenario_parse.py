@@ -128,6 +128,9 @@ def test_bad_durations_are_refused_in_place(text):
     ('[[steps]]\ndo = "crash_at"\npoint = "committed"\n', "steps[0]", "missing key 'nodes'"),
     ('[[steps]]\ndo = "assert"\ncheck = "crashed"\n', "steps[0]", "missing key 'on'"),
     ('[[steps]]\ndo = "note"\ntext = "a"\nexpect_error = 200\n', "steps[0].expect_error", "400 to 599"),
+    ('[[steps]]\ndo = "propose"\npackage = "flag"\nversion = "1.2.0\\n"\nsave_as = "p"\n', "steps[0].version", "not a semantic version"),
+    ('[[steps]]\ndo = "propose"\npackage = "flag"\nversion = "' + "1" * 65 + '"\nexpect_error = 400\n', "steps[0].version", "at most 64"),
+    ('[[steps]]\ndo = "assert"\ncheck = "log_contains"\nkind = "NOTE"\ncount_max = 0\n', "steps[0].count_max", "1"),
 ])
 def test_each_mistake_names_its_toml_path(steps, where, says):
     error = error_of(steps)
@@ -160,6 +163,7 @@ def test_a_name_saved_twice_or_of_the_wrong_kind_is_refused():
     ('[scenario]\nname = "x"\n[[packages]]\nname = "p"\n', "packages[0]"),
     ('[scenario]\nname = "x"\n[[packages]]\nname = "p"\nsource = "a.wat"\n[[packages]]\nname = "p"\nsource = "b.wat"\n', "packages[1].name"),
     ('[scenario]\nname = "x"\n[extras]\n', "extras"),
+    ('[scenario]\nname = "x"\n[cluster]\nallow_private_addresses = "no"\n', "cluster.allow_private_addresses"),
     ('[cluster]\nnodes = 3\n', "[scenario]"),
 ])
 def test_header_cluster_and_package_mistakes_are_named(header, where):
@@ -222,3 +226,11 @@ def test_defaults_are_what_the_docs_say():
     (step,) = scenario.steps
     assert step.within_ms == 0 and step.during_ms == 0 and step.label == "assert healthy"
     assert parse_scenario(tomllib.loads('[scenario]\nname = "x"\n[[steps]]\ndo = "heal"\n')).cluster.validators == 3
+    assert scenario.cluster.allow_private_addresses is True   # a local cluster's packages are on loopback
+
+
+def test_a_refused_proposal_may_carry_an_odd_version_and_the_policy_may_be_public_only():
+    header = HEADER.replace("validators = 3\n", "validators = 3\nallow_private_addresses = false\n")
+    scenario = parse_scenario(tomllib.loads(header + '[[steps]]\ndo = "propose"\npackage = "flag"\nversion = "3.1.0\\n"\n'
+                                                     'expect_error = 400\n'), base_dirs=(REPOSITORY,))
+    assert scenario.steps[0].params["version"] == "3.1.0\n" and scenario.cluster.allow_private_addresses is False

@@ -23,6 +23,7 @@ from node.core.certificates import certificate_statement
 from node.identity import Identity, verify_signature
 
 NETWORK = "synapse-test"
+DIGEST = "cd" * 32          # the counted votes' digest
 VALIDATORS = [Identity.generate() for _ in range(3)]
 VALIDATOR_KEYS = {identity.node_id: identity.public_key for identity in VALIDATORS}
 HASH = "ab" * 32
@@ -39,10 +40,10 @@ def snapshot(label: str, entries: list[dict], version: str | None = "1.0.0", sta
 
 
 def execute_entry(entry_id: str, signers: list[Identity], *, proposal_id: str = "p1", sequence: int = 1) -> dict:
-    statement = certificate_statement(NETWORK, proposal_id, "upgrade", HASH, "1.2.0", sequence)
+    statement = certificate_statement(NETWORK, proposal_id, "upgrade", HASH, "1.2.0", DIGEST, sequence)
     certificate = [{"validator_id": signer.node_id, "signature": signer.sign(statement).hex()} for signer in signers]
     return entry(entry_id, "EXECUTE_UPGRADE", proposal_id=proposal_id, action="upgrade", version="1.2.0", package_url="http://x/p.wasm",
-                 package_hash=HASH, package_size=10, sequence=sequence, certificate=certificate)
+                 package_hash=HASH, package_size=10, votes_digest=DIGEST, sequence=sequence, certificate=certificate)
 
 
 def report(entry_id: str, author: str, *, proposal_id: str = "p1", sequence: int = 1, success: bool = True) -> dict:

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from node.core.canonical import (JSON_DEPTH_MAX, canonical_json, json_depth_within, json_nesting_depth, normalize_sha256,
                                  state_hash)
-from node.core.semver import parse_version
+from node.core.semver import is_valid_version, parse_version
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,19 @@ def test_nesting_past_the_limit_is_seen_in_linear_time_and_strings_do_not_count(
     assert json_depth_within(b'{"a":"' + b"[" * 100_000 + b'"}')
     assert json_nesting_depth(b"[" * 1_000_000) == 1_000_000      # unterminated: what a parser would read
     assert json_nesting_depth(b'"\\\\"' + b"[[") == 2                 # an escaped backslash ends no string early
+
+
+# A version names a directory, decides which upgrade is newer and whether one is "already proposed":
+# it is ASCII semver, matched whole. Python's \d and $ would let each of these through.
+@pytest.mark.parametrize("odd", ["3.1.0\n", "1\u0663.0.0", "\u0661.0.0", "1.0.0-\u0663", "1.0.0+b\u0663", "3.1.0\r",
+                                 "\uff11.0.0", "3.1.0 ", " 3.1.0", "3.1.0\x00"])
+def test_versions_are_ascii_semver_matched_whole(odd):
+    with pytest.raises(ValueError, match="not semver"):
+        parse_version(odd)
+    assert not is_valid_version(odd)
+
+
+def test_build_metadata_is_parsed_but_never_part_of_equality():
+    assert parse_version("3.1.0+build.1") == parse_version("3.1.0+other") == parse_version("3.1.0")
+    assert not parse_version("3.1.0+build.1") > parse_version("3.1.0")
+    assert parse_version("3.1.0-rc.1+x") != parse_version("3.1.0")

@@ -11,15 +11,8 @@ import os
 import random
 from fractions import Fraction
 
-from node.core.governance import (
-    APPROVED,
-    EXPIRED,
-    REJECTED,
-    VOTING,
-    Ballot,
-    count_votes,
-    tally_outcome,
-)
+from node.core.lifecycle import APPROVED, EXPIRED, REJECTED, VOTING
+from node.core.tally import Ballot, count_votes, tally_outcome
 
 CASES = 3000
 SCAN_CASES = 1500
