@@ -74,6 +74,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
 from cluster.addresses import acquire_block  # noqa: E402
+from node.core.closing import EMPTY_VOTES_DIGEST  # noqa: E402
 from node.core.ratification import (  # noqa: E402
     CertificateCompleted,
     RatificationLimits,
@@ -248,10 +249,23 @@ class BenchMember:
     async def ping(self) -> dict:
         return {}
 
+    async def close(self, proposal_id: str) -> dict:
+        """This validator closes voting on the proposal with no votes (voting must be closed by a
+        majority of validators before anyone can ratify)."""
+        started = time.perf_counter()
+        outcome = await self._raft.close(proposal_id=proposal_id, vote_ids=(), timeout_s=CALL_TIMEOUT_S)
+        return {"status": outcome.status, "ms": (time.perf_counter() - started) * 1000}
+
+    async def close_series(self, prefix: str, count: int) -> dict:
+        statuses = Counter()
+        for number in range(count):
+            statuses[(await self.close(f"{prefix}-{number:06d}"))["status"]] += 1
+        return {"statuses": dict(statuses)}
+
     async def ratify(self, proposal_id: str) -> dict:
         started = time.perf_counter()
         outcome = await self._raft.ratify(proposal_id=proposal_id, action="upgrade", package_hash=PACKAGE_HASH,
-                                          version=VERSION, timeout_s=CALL_TIMEOUT_S)
+                                          version=VERSION, votes_digest=EMPTY_VOTES_DIGEST, timeout_s=CALL_TIMEOUT_S)
         if outcome.sequence is not None:
             self._assigned.setdefault(proposal_id, outcome.sequence)
         return {"status": outcome.status, "sequence": outcome.sequence, "ms": (time.perf_counter() - started) * 1000}
@@ -259,7 +273,8 @@ class BenchMember:
     async def certify(self, proposal_id: str, sequence: int) -> dict:
         started = time.perf_counter()
         outcome = await self._raft.certify(proposal_id=proposal_id, sequence=sequence, action="upgrade",
-                                           package_hash=PACKAGE_HASH, version=VERSION, timeout_s=CALL_TIMEOUT_S)
+                                           package_hash=PACKAGE_HASH, version=VERSION, votes_digest=EMPTY_VOTES_DIGEST,
+                                           timeout_s=CALL_TIMEOUT_S)
         if outcome.status == "certificate_complete":
             self._completed_ns.setdefault(proposal_id, monotonic_ns())
         return {"status": outcome.status, "sequence": outcome.sequence, "ms": (time.perf_counter() - started) * 1000}
@@ -283,7 +298,8 @@ class BenchMember:
         return {"complete_ns": self._completed_ns[proposal_id], "statuses": [ratified["status"], certified["status"]]}
 
 
-OPERATIONS = ("start", "stop", "status", "ping", "ratify", "certify", "ratify_series", "two_phase")
+OPERATIONS = ("start", "stop", "status", "ping", "close", "close_series", "ratify", "certify", "ratify_series",
+              "two_phase")
 
 
 async def run_operation(member: BenchMember, command: dict) -> dict:
@@ -419,9 +435,20 @@ async def wait_for_leader(members: list, timeout_s: float = LEADER_TIMEOUT_S) ->
         await asyncio.sleep(0.02)
 
 
+async def closed(members: list, prefix: str, count: int | None = None) -> None:
+    """Voting closed (untimed: not part of what is measured) on `prefix` (count None) or on the series
+    `prefix-000000`..., by two validators at once: a majority of three."""
+    if count is None:
+        await asyncio.gather(*(member.call({"op": "close", "proposal_id": prefix}) for member in members[:2]))
+    else:
+        await asyncio.gather(*(member.call({"op": "close_series", "prefix": prefix, "count": count}) for member in members[:2]))
+
+
 async def two_phase_sequential(members: list, leader: int, follower: int, proposal_id: str) -> tuple[float, list[str]]:
     """Ratify on the leader then the follower (the follower's call assigns the sequence), certify on the
-    leader then the follower (the follower's completes the certificate). Wall time in ms, statuses."""
+    leader then the follower (the follower's completes the certificate). Wall time in ms, statuses.
+    Voting is closed first, untimed."""
+    await closed(members, proposal_id)
     started = time.perf_counter()
     first = await members[leader].call({"op": "ratify", "proposal_id": proposal_id})
     second = await members[follower].call({"op": "ratify", "proposal_id": proposal_id})
@@ -433,7 +460,9 @@ async def two_phase_sequential(members: list, leader: int, follower: int, propos
 
 
 async def two_phase_concurrent(members: list, proposal_id: str) -> tuple[float, float, list[str]]:
-    """All validators run the driver flow at once: ms to the first and to the last complete certificate."""
+    """All validators run the driver flow at once: ms to the first and to the last complete certificate
+    (voting closed first, untimed)."""
+    await closed(members, proposal_id)
     started_ns = monotonic_ns()
     results = await asyncio.gather(*(member.call({"op": "two_phase", "proposal_id": proposal_id}) for member in members))
     stamps = [result["complete_ns"] for result in results]
@@ -461,8 +490,10 @@ async def measure_cluster(members: list, calls: int, two_phase_calls: int, prefi
     leader, statuses = await wait_for_leader(members)
     result = {"leader_elected_s": round(time.perf_counter() - started, 3), "leader": leader}
     follower = next(i for i in range(MEMBERS) if i != leader)
+    await closed(members, f"{prefix}-warm", WARMUP_CALLS)
     await members[leader].call({"op": "ratify_series", "prefix": f"{prefix}-warm", "count": WARMUP_CALLS})
     for role, index in (("leader", leader), ("follower", follower)):
+        await closed(members, f"{prefix}-{role}", calls)
         series = await members[index].call({"op": "ratify_series", "prefix": f"{prefix}-{role}", "count": calls})
         result[f"ratify_{role}_ms"], result[f"ratify_{role}_statuses"] = series["latencies_ms"], series["statuses"]
     pings = []
@@ -488,6 +519,7 @@ async def measure_failover(members: list, leader: int, prefix: str) -> dict:
     names another leader, and until a ratify submitted through a survivor right after the kill returns
     (its retries wait for the new leader). The killed member is not restarted: the cluster is torn down."""
     survivors = [i for i in range(MEMBERS) if i != leader]
+    await closed(members, f"{prefix}-failover")
     old = (await members[survivors[0]].call({"op": "status"}))["leader"]
     killed_at = time.perf_counter()
     os.kill(members[leader].pid, signal.SIGKILL)
@@ -537,16 +569,19 @@ def apply_cost(records_held: int, calls: int) -> float:
     signature = b"\x01" * 64
     records = [[f"held-{n:06d}", "certified", n + 1, ["upgrade", PACKAGE_HASH, VERSION],
                 [[v, "upgrade", PACKAGE_HASH, VERSION, signature] for v in list(validators)[:2]],
-                [[v, signature] for v in list(validators)[:2]]] for n in range(records_held)]
+                [[v, signature] for v in list(validators)[:2]], [[v, b""] for v in list(validators)[:2]], b""]
+               for n in range(records_held)]
     machine = RatificationMachine.from_plain(
-        {"format": 1, "next_sequence": records_held + 1, "records": records}, network_id=NETWORK_ID,
+        {"format": 2, "next_sequence": records_held + 1, "records": records}, network_id=NETWORK_ID,
         validators=validators, verify=lambda *_: True, limits=RatificationLimits(pending_per_validator_max=PENDING_MAX_FOR_BENCH))
     validator_id = identities[0].node_id
     durations = []
     for number in range(calls):
+        for closer in list(validators)[:2]:       # voting closed first (not timed)
+            machine.close(proposal_id=f"new-{number:06d}", vote_ids=b"", validator_id=closer, signature=signature)
         started = time.perf_counter()
         machine.ratify(proposal_id=f"new-{number:06d}", action="upgrade", package_hash=PACKAGE_HASH, version=VERSION,
-                       validator_id=validator_id, signature=signature)
+                       votes_digest=EMPTY_VOTES_DIGEST, validator_id=validator_id, signature=signature)
         durations.append(time.perf_counter() - started)
     return statistics.median(durations) * 1e6
 
