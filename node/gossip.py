@@ -378,6 +378,9 @@ class Gossip:
     async def _call(self, effect: Send) -> None:
         """POST one message to a peer, decode its reply, hand either to the core."""
         message, path = effect.message, PATHS[type(effect.message)]
+        if self._session is None:  # not started yet: anti-entropy will carry it
+            self._execute(self._core.call_failed(effect.call_id, self._now_ms(), self._rng, dropped=True))
+            return
         try:
             reply = await self._post(self._urls[effect.peer_id] + path, message)
         except _Busy:
@@ -389,8 +392,7 @@ class Gossip:
             self._execute(self._core.receive_reply(effect.call_id, reply, self._now_ms(), self._rng))
 
     async def _post(self, url: str, message: Any) -> Any:
-        if self._session is None:
-            raise _PeerCallFailed("gossip is stopped")
+        assert self._session is not None, "calls start only while the session is open"
         body = message.encode()
         message_type = type(message).__name__.lower()
         self._metrics.inc("gossip_messages_sent_total", type=message_type)

@@ -79,7 +79,7 @@ class Ingested:
     newly_visible: list[Entry] = field(default_factory=list)
 
 
-Then = Callable[[int, "Random"], None]                    # continue a flow (now_ms, rng)
+Then = Callable[[], None]            # what a flow does next, once a step is done or failed
 
 
 @dataclass(slots=True)
@@ -111,7 +111,7 @@ class _Call:
 
     peer_id: str
     on_reply: Callable[[Any, int, Random], None]
-    on_failure: Callable[[int, Random], None]
+    on_failure: Then
 
 
 class GossipCore:
@@ -151,7 +151,7 @@ class GossipCore:
         return self._next_id
 
     def _send(self, peer_id: str, message: Any, on_reply: Callable[[Any, int, Random], None],
-              on_failure: Callable[[int, Random], None]) -> None:
+              on_failure: Then) -> None:
         call_id = self._new_id()
         self._calls[call_id] = _Call(peer_id, on_reply, on_failure)
         self._out.append(Send(call_id=call_id, peer_id=peer_id, message=message))
@@ -164,7 +164,7 @@ class GossipCore:
         self._flows += 1
         return True
 
-    def _end_flow(self, now_ms: int = 0, rng: Random | None = None) -> None:
+    def _end_flow(self) -> None:
         self._flows -= 1
 
     def array_length_max(self) -> int:
@@ -418,7 +418,7 @@ class GossipCore:
 
     def _push_batches(self, peer_id: str, batches: list[list[Entry]], then: Then) -> None:
         if not batches:
-            then(0, None)  # flows that end here need neither time nor randomness
+            then()
             return
         batch, rest = batches[0], batches[1:]
 
@@ -441,18 +441,21 @@ class GossipCore:
         call.on_reply(message, now_ms, rng)
         return self._take()
 
-    def call_failed(self, call_id: int, now_ms: int, rng: Random, *, busy: bool = False, error_type: str = "",
-                    detail: str = "", path: str = "") -> list[Effect]:
-        """The Send `call_id` failed (`busy`: the peer answered 429/503, alive but loaded: no backoff).
-        `error_type`, `detail` and `path` only describe the failure in the log."""
+    def call_failed(self, call_id: int, now_ms: int, rng: Random, *, busy: bool = False, dropped: bool = False,
+                    error_type: str = "", detail: str = "", path: str = "") -> list[Effect]:
+        """The Send `call_id` failed. `busy`: the peer answered 429/503 (alive but loaded: no backoff);
+        `dropped`: the transport never sent it (stopped). `error_type`, `detail` and `path` only
+        describe the failure in the log."""
         call = self._calls.pop(call_id, None)
         if call is None:
             return []
-        if busy:
+        if dropped:
+            self._out.append(count("gossip_sends_dropped_total"))
+        elif busy:
             self._out.append(count("gossip_calls_busy_total"))
         else:
             self._peer_failed(call.peer_id, now_ms, rng, error_type=error_type, detail=detail, path=path)
-        call.on_failure(now_ms, rng)
+        call.on_failure()
         return self._take()
 
     def _peer_ok(self, peer_id: str) -> None:
@@ -516,7 +519,7 @@ class GossipCore:
         message = Sync(sender=self.self_id, digest_hash=digest_hash_of(self.log.digest()), digest=None, want=want)
         answered = lambda reply, now, rng_: self._round_answered(round_, reply, now, rng_)  # noqa: E731
         self._send(peer_id, message, self._live(round_, answered),
-                   self._live(round_, lambda now_ms, rng: self._end_round(round_, "failed")))
+                   self._live(round_, lambda: self._end_round(round_, "failed")))
 
     @staticmethod
     def _live(round_: _Round, step: Callable[..., None]) -> Callable[..., None]:
@@ -560,7 +563,7 @@ class GossipCore:
         self._note_digest(round_.theirs)
         lacking = self.log.entries_missing_from(reply.digest, limit=self.settings.batch_entries_max)
         round_.lacking = bool(lacking)
-        self._push(round_.peer_id, lacking, lambda now, rng_: self._round_pushed(round_) if not round_.over else None)
+        self._push(round_.peer_id, lacking, self._live(round_, lambda: self._round_pushed(round_)))
 
     def _round_pushed(self, round_: _Round) -> None:
         """Exchange (2) done: pull if the peer's digest shows entries this node lacks."""
@@ -590,7 +593,7 @@ class GossipCore:
             self._ingest(reply.raws, round_.peer_id, now_ms, rng, done=ingested,
                          failed=lambda error: self._round_failed(round_, error))
         self._send(round_.peer_id, message, self._live(round_, pulled),
-                   self._live(round_, lambda now_ms, rng: self._end_round(round_, "pulled")))
+                   self._live(round_, lambda: self._end_round(round_, "pulled")))
 
     # --- inbound requests --------------------------------------------------------------------------
 
