@@ -36,6 +36,7 @@ Why it works as it does:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from node.core.crdt_log import AddStatus, CrdtLog, parse_digest
@@ -95,11 +96,29 @@ class _Ingestion:
     local: bool = False                 # this node's own entry: added by `done`, never forwarded
 
 
+class RoundPhase(Enum):
+    ASKED = "asked"        # (1) my digest's hash sent
+    TAKING = "taking"      # the answer carried entries: on their way to disk
+    PUSHING = "pushing"    # (2) pushing what the peer's digest lacks
+    PULLING = "pulling"    # (3) pulling batches while the peer has more
+    OVER = "over"          # a result was counted; late answers are ignored
+
+
+# The one table of an anti-entropy round; any phase may also end (OVER) on failure or timeout.
+ROUND_TRANSITIONS: Mapping[RoundPhase, frozenset[RoundPhase]] = {
+    RoundPhase.ASKED: frozenset({RoundPhase.TAKING, RoundPhase.PUSHING, RoundPhase.OVER}),
+    RoundPhase.TAKING: frozenset({RoundPhase.PUSHING, RoundPhase.OVER}),
+    RoundPhase.PUSHING: frozenset({RoundPhase.PULLING, RoundPhase.OVER}),
+    RoundPhase.PULLING: frozenset({RoundPhase.PULLING, RoundPhase.OVER}),
+    RoundPhase.OVER: frozenset(),
+}
+
+
 @dataclass(slots=True)
 class _Round:
     peer_id: str
     deadline_ms: int
-    over: bool = False
+    phase: RoundPhase = RoundPhase.ASKED
     lacking: bool = False
     theirs: Mapping[str, tuple] | None = None
     pulls_left: int = PULL_BATCHES_PER_ROUND_MAX
@@ -525,14 +544,20 @@ class GossipCore:
     def _live(round_: _Round, step: Callable[..., None]) -> Callable[..., None]:
         """A continuation of `round_` that does nothing once the round is over (timed out)."""
         def guarded(*arguments: Any) -> None:
-            if not round_.over:
+            if round_.phase is not RoundPhase.OVER:
                 step(*arguments)
         return guarded
 
+    @staticmethod
+    def _enter(round_: _Round, phase: RoundPhase) -> None:
+        if phase not in ROUND_TRANSITIONS[round_.phase]:  # a bug in this file, never the peer's doing
+            raise AssertionError(f"an anti-entropy round cannot go from {round_.phase.value} to {phase.value}")
+        round_.phase = phase
+
     def _end_round(self, round_: _Round, result: str) -> None:
-        if round_.over:
+        if round_.phase is RoundPhase.OVER:
             return
-        round_.over = True
+        self._enter(round_, RoundPhase.OVER)
         del self._rounds[round_.peer_id]
         self.peers[round_.peer_id].syncing = False
         self._flows -= 1
@@ -542,7 +567,7 @@ class GossipCore:
 
     def _round_failed(self, round_: _Round, error: SynapseError) -> None:
         """Our side failed (the disk, a full inbox): the round ends; the next one retries."""
-        if not round_.over:
+        if round_.phase is not RoundPhase.OVER:
             self._out.append(event("warning", "gossip_round_failed", peer=round_.peer_id, error=error.one_line()))
             self._end_round(round_, "error")
 
@@ -551,14 +576,16 @@ class GossipCore:
         if not reply.raws:
             self._round_compare(round_, reply, now_ms, rng)
             return
+        self._enter(round_, RoundPhase.TAKING)
         self._ingest(reply.raws, round_.peer_id, now_ms, rng,
-                     done=lambda _, now, rng_: self._round_compare(round_, reply, now, rng_) if not round_.over else None,
+                     done=self._live(round_, lambda _, now, rng_: self._round_compare(round_, reply, now, rng_)),
                      failed=lambda error: self._round_failed(round_, error))
 
     def _round_compare(self, round_: _Round, reply: Synced, now_ms: int, rng: Random) -> None:
         if reply.digest is None:  # our digests were equal: nothing of ours is missing
             self._end_round(round_, "in_sync" if not reply.raws else "pulled")
             return
+        self._enter(round_, RoundPhase.PUSHING)
         round_.theirs = parse_digest(reply.digest)
         self._note_digest(round_.theirs)
         lacking = self.log.entries_missing_from(reply.digest, limit=self.settings.batch_entries_max)
@@ -574,6 +601,7 @@ class GossipCore:
 
     def _round_pull(self, round_: _Round) -> None:
         """Exchange (3): send my digest and pull a bounded batch; repeat while there is more."""
+        self._enter(round_, RoundPhase.PULLING)
         round_.pulls_left -= 1
         digest = self.log.digest()
         message = Sync(sender=self.self_id, digest_hash=digest_hash_of(digest), digest=digest, want=())
@@ -584,13 +612,11 @@ class GossipCore:
                 return
 
             def ingested(result: Ingested, now: int, rng_: Random) -> None:
-                if round_.over:
-                    return
                 if not reply.more or result.added + result.pending == 0 or round_.pulls_left <= 0:
                     self._end_round(round_, "pulled")
                 else:
                     self._round_pull(round_)
-            self._ingest(reply.raws, round_.peer_id, now_ms, rng, done=ingested,
+            self._ingest(reply.raws, round_.peer_id, now_ms, rng, done=self._live(round_, ingested),
                          failed=lambda error: self._round_failed(round_, error))
         self._send(round_.peer_id, message, self._live(round_, pulled),
                    self._live(round_, lambda: self._end_round(round_, "pulled")))

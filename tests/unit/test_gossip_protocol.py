@@ -168,3 +168,16 @@ def test_a_failed_disk_makes_nothing_visible_and_refuses_the_push() -> None:
     assert [type(effect) for effect in effects] == [Refuse] and entry.id not in core.log
     retry = core.receive("", Push(sender="", raws=(entry.raw,)), NOW_MS, rng, request_id=2)
     assert len(of(retry, Persist)) == 1  # not mistaken for a duplicate afterwards
+
+
+def test_a_round_moves_only_along_its_table_and_ignores_answers_once_over() -> None:
+    from node.core.gossip_protocol import ROUND_TRANSITIONS, RoundPhase, _Round
+    assert all(RoundPhase.OVER in targets for phase, targets in ROUND_TRANSITIONS.items() if phase is not RoundPhase.OVER)
+    with pytest.raises(AssertionError, match="cannot go from over to pulling"):
+        GossipCore._enter(_Round("0123456789abcdef", 0, RoundPhase.OVER), RoundPhase.PULLING)
+    core, rng = make_core(0, count=2), random.Random(11)
+    send = of(core.tick(NOW_MS, rng), Send)[0]
+    timed_out = core.tick(NOW_MS + SETTINGS.call_timeout_ms * 67, rng)   # the round's deadline passed
+    assert counted(timed_out, "gossip_rounds_total", result="timeout") == 1
+    late = core.receive_reply(send.call_id, Synced(digest={}, raws=(), more=False), NOW_MS, rng)
+    assert of(late, Send) == [] and counted(late, "gossip_rounds_total", result="in_sync") == 0
