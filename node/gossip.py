@@ -48,9 +48,8 @@ from aiohttp import web
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry, is_entry_id, is_node_id
 from node.core.gossip_effects import Count, Effect, Event, Gauge, Persist, Refuse, Reply, Send, Visible
-from node.core.gossip_messages import (  # noqa: F401  (re-exported: the node-facing names of gossip)
-    DIGEST_HASH_BYTES, ID_BYTES, IDS_PER_MESSAGE_MAX, MESSAGE_TYPES, Offer, Push, Pushed, Sync, Synced, Want,
-    decode_message, digest_hash_of,
+from node.core.gossip_messages import (  # noqa: F401  (re-exported: tests, bench and peers' tools import them from here)
+    DIGEST_HASH_BYTES, Offer, Push, Pushed, Sync, Synced, Want, decode_message, digest_hash_of,
 )
 from node.core.gossip_protocol import GossipCore
 from node.core.gossip_rules import BoundedMap
