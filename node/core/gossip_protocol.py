@@ -1,0 +1,692 @@
+"""The gossip protocol of the signed log, as a pure state machine: messages and time in, effects out.
+
+Why it works as it does:
+
+- Two mechanisms, as in Demers et al. (1987). *Eager push* makes a new entry visible everywhere in a
+  few network round trips; *anti-entropy* (one random peer per `interval_ms`) repairs whatever push
+  missed: a lost message, a node that was down, a partition that healed.
+
+- Eager push, bounded. The author pushes a new entry in full to `fanout` random peers (ceil(ln N) + 1
+  by default: with fan-out f the chance that a node is missed by every forwarder is about e^-f, and
+  anti-entropy catches those). Every node forwards an entry exactly once: when it first becomes
+  visible there (never a pending or refused entry, never on a duplicate), and never to the peer it
+  came from or to peers known to hold it. Forwarding is *offer/want*: the ids first, the full bytes
+  only to a peer that lacks them, so each node receives an entry's bytes about once. A peer that
+  answered "want" for an id answers "have" to other offers of it until `call_timeout_ms` passes.
+
+- Anti-entropy in at most three small exchanges. (1) I send my digest's hash and the ids of parents I
+  miss; a peer with the same digest answers "in sync" in a few bytes. (2) Otherwise it answers its
+  full digest and I push what it lacks (one bounded batch). (3) If its digest shows something I lack,
+  I send my digest and pull in bounded batches until it says there is no more. A node that wanted an
+  offered entry within the last period skips its next round (once): that round would meet the entry
+  in flight and pay for full digests and a second copy.
+
+- Persist before anything else. An entry is verified at the door (`CrdtLog.check`), then a `Persist`
+  effect is emitted, and only once the transport confirms it (`persisted`) is the entry added to the
+  log, reported `Visible` and forwarded. A refused entry is never persisted or forwarded.
+
+- Sans-IO: no clock, no randomness, no sockets here. `now_ms` and a seeded `random.Random` are
+  parameters; every multi-step exchange (offer -> want -> push, a sync round) is a continuation kept
+  in `_calls` under the call id of its `Send`, resumed by `receive_reply` or `call_failed`. Limits on
+  everything: background flows (`outbound_tasks_max`), rounds at once, entries being processed
+  (`inbox_max`), remembered ids (LRU maps). Messages come from gossip_messages.py, effects from
+  gossip_effects.py; the transports only execute effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+from node.core.crdt_log import AddStatus, CrdtLog, parse_digest
+from node.core.entries import ENTRY_SIZE_MAX_BYTES, Entry, decode_entry
+from node.core.gossip_effects import Effect, Persist, Refuse, Reply, Send, Visible, count, event, Gauge
+from node.core.gossip_messages import IDS_PER_MESSAGE_MAX, Offer, Push, Pushed, Sync, Synced, Want, digest_hash_of, pack
+from node.core.gossip_rules import BoundedMap, batches_by_size, remote_may_have_more
+from node.core.gossip_settings import GossipSettings, fanout_for
+from node.core.hlc import WALL_MS_MAX
+from node.errors import BadRequest, Conflict, EntryRefused, SynapseError, Unavailable
+
+HOLDERS_MEMORY_MAX = 4_096           # entries for which we remember which peers hold them
+PULL_BATCHES_PER_ROUND_MAX = 64      # a restarted node catches up with up to 64 batches per round
+ROUNDS_RUNNING_MAX = 4               # anti-entropy rounds at once (a slow peer never blocks the others)
+MESSAGE_ENVELOPE_BYTES = 1_024       # room left in a request for everything but entry bytes
+
+
+class Random(Protocol):
+    """What the core needs of random.Random (passed in, seeded by the caller)."""
+
+    def random(self) -> float: ...
+    def choice(self, seq: Sequence[Any]) -> Any: ...
+    def sample(self, population: Sequence[Any], k: int) -> list: ...
+
+
+@dataclass(slots=True)
+class PeerState:
+    node_id: str
+    up: bool = False               # the last call succeeded
+    failures: int = 0              # consecutive failed calls
+    retry_at_ms: int = 0           # in backoff until then
+    syncing: bool = False          # an anti-entropy round with it is running
+
+
+@dataclass(slots=True)
+class Ingested:
+    added: int = 0
+    duplicate: int = 0
+    refused: int = 0
+    pending: int = 0
+    newly_visible: list[Entry] = field(default_factory=list)
+
+
+Then = Callable[[], None]            # what a flow does next, once a step is done or failed
+
+
+@dataclass(slots=True)
+class _Ingestion:
+    """Entries of one message waiting for their Persist; then `done` or `failed` continues."""
+
+    sender_id: str | None
+    raws_count: int
+    fresh: list[Entry]
+    result: Ingested
+    done: Callable[[Ingested, int, Random], None]
+    failed: Callable[[SynapseError], None]
+    local: bool = False                 # this node's own entry: added by `done`, never forwarded
+
+
+class RoundPhase(Enum):
+    ASKED = "asked"        # (1) my digest's hash sent
+    TAKING = "taking"      # the answer carried entries: on their way to disk
+    PUSHING = "pushing"    # (2) pushing what the peer's digest lacks
+    PULLING = "pulling"    # (3) pulling batches while the peer has more
+    OVER = "over"          # a result was counted; late answers are ignored
+
+
+# The one table of an anti-entropy round; any phase may also end (OVER) on failure or timeout.
+ROUND_TRANSITIONS: Mapping[RoundPhase, frozenset[RoundPhase]] = {
+    RoundPhase.ASKED: frozenset({RoundPhase.TAKING, RoundPhase.PUSHING, RoundPhase.OVER}),
+    RoundPhase.TAKING: frozenset({RoundPhase.PUSHING, RoundPhase.OVER}),
+    RoundPhase.PUSHING: frozenset({RoundPhase.PULLING, RoundPhase.OVER}),
+    RoundPhase.PULLING: frozenset({RoundPhase.PULLING, RoundPhase.OVER}),
+    RoundPhase.OVER: frozenset(),
+}
+
+
+@dataclass(slots=True)
+class _Round:
+    peer_id: str
+    deadline_ms: int
+    phase: RoundPhase = RoundPhase.ASKED
+    lacking: bool = False
+    theirs: Mapping[str, tuple] | None = None
+    pulls_left: int = PULL_BATCHES_PER_ROUND_MAX
+
+
+@dataclass(slots=True)
+class _Call:
+    """An outbound call in flight and what to do with its reply (`on_reply`) or failure (`on_failure`)."""
+
+    peer_id: str
+    on_reply: Callable[[Any, int, Random], None]
+    on_failure: Then
+
+
+class GossipCore:
+    """The gossip protocol of one node. Every public method returns the effects to execute, in order."""
+
+    def __init__(self, *, log: CrdtLog, self_id: str, peer_ids: Iterable[str], settings: GossipSettings) -> None:
+        self.log = log
+        self.self_id = self_id
+        self.settings = settings
+        self.peers = {node_id: PeerState(node_id) for node_id in sorted(peer_ids)}
+        self.fanout = fanout_for(len(self.peers), settings.fanout)
+        self._out: list[Effect] = []
+        self._next_id = 0
+        self._calls: dict[int, _Call] = {}
+        self._ingestions: dict[int, _Ingestion] = {}
+        self._rounds: dict[str, _Round] = {}
+        self._flows = 0                      # background exchanges running (bounded by outbound_tasks_max)
+        self._inbox_entries = 0
+        self._persisting: set[str] = set()
+        self.local_writes_broken: str | None = None
+        self.write_gate_deadline_ms: int | None = None
+        self.heard_digest = not self.peers
+        self.own_sequence_claimed = 0
+        self._last_wanted_ms = -1 << 62      # when this node last asked for an offered entry (one is on its way)
+        self._skipped_round = False
+        self._expected = BoundedMap(settings.inbox_max)          # id -> deadline_ms (answered "want")
+        self._holders = BoundedMap(HOLDERS_MEMORY_MAX)           # id -> set of peer ids known to hold it
+
+    # --- plumbing ----------------------------------------------------------------------------------
+
+    def _take(self) -> list[Effect]:
+        out, self._out = self._out, []
+        return out
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _send(self, peer_id: str, message: Any, on_reply: Callable[[Any, int, Random], None],
+              on_failure: Then) -> None:
+        call_id = self._new_id()
+        self._calls[call_id] = _Call(peer_id, on_reply, on_failure)
+        self._out.append(Send(call_id=call_id, peer_id=peer_id, message=message))
+
+    def _begin_flow(self) -> bool:
+        """A background exchange may start unless outbound_tasks_max run already (anti-entropy repairs)."""
+        if self._flows >= self.settings.outbound_tasks_max:
+            self._out.append(count("gossip_sends_dropped_total"))
+            return False
+        self._flows += 1
+        return True
+
+    def _end_flow(self) -> None:
+        self._flows -= 1
+
+    def array_length_max(self) -> int:
+        return max(self.settings.batch_entries_max, self.settings.want_ids_max, IDS_PER_MESSAGE_MAX)
+
+    def peers_up(self) -> int:
+        return sum(1 for peer in self.peers.values() if peer.up)
+
+    def next_tick_delay_ms(self, rng: Random) -> float:
+        """When to call tick() next: about interval_ms, jittered so nodes' rounds do not synchronize."""
+        return self.settings.interval_ms * (0.75 + rng.random() / 2)
+
+    # --- start-up, stored entries, the write gate --------------------------------------------------
+
+    def start(self, now_ms: int, rng: Random) -> list[Effect]:
+        """Open the write gate's wait and start a first anti-entropy round with a random peer."""
+        self.write_gate_deadline_ms = now_ms + self.settings.first_write_wait_ms
+        if self.peers:
+            self._request_sync(rng.choice(list(self.peers)), now_ms, rng)
+        return self._take()
+
+    def load(self, raws: Sequence[bytes]) -> tuple[int, list[Effect]]:
+        """Re-verify stored entries through CrdtLog.add (nothing on disk is trusted), without the clock
+        rule: that is a rule about the present at the door, which these entries passed; applying it
+        again after this host's clock stepped back would drop this node's own entries and let it
+        reuse their sequence numbers. Returns how many were accepted."""
+        accepted = 0
+        for raw in raws:
+            try:
+                outcome = self.log.add(decode_entry(raw, entry_size_max_bytes=ENTRY_SIZE_MAX_BYTES), now_ms=WALL_MS_MAX)
+            except EntryRefused as refusal:
+                self._out.append(count("log_load_refused_total", reason=refusal.reason))
+                self._out.append(event("warning", "gossip_load_refused", reason=refusal.reason, message=refusal.message))
+                continue
+            if outcome.status is not AddStatus.DUPLICATE:
+                accepted += 1
+            for _, reason in outcome.refused:
+                self._out.append(count("log_load_refused_total", reason=reason))
+        self._out.append(event("info", "gossip_loaded", stored=len(raws), accepted=accepted))
+        return accepted, self._take()
+
+    def behind_own_entries(self) -> bool:
+        return not self.heard_digest or self.log.next_sequence(self.self_id) <= self.own_sequence_claimed
+
+    def close_write_gate(self) -> list[Effect]:
+        """The first local write after start goes ahead (in sync, or after first_write_wait_ms): say so
+        if this node may still be behind its own entries (digests are unauthenticated, and a node must
+        be able to write with every peer down, so the wait is bounded)."""
+        if self.write_gate_deadline_ms is None:
+            return []
+        self.write_gate_deadline_ms = None
+        if not self.heard_digest:
+            self._out.append(event(
+                "warning", "gossip_first_write_unsynced", waited_ms=self.settings.first_write_wait_ms,
+                hint="no peer answered an anti-entropy round since start: if this node's data dir was wiped or "
+                     "restored, its next entries may reuse sequence numbers of entries its peers hold"))
+        elif self.behind_own_entries():
+            self._out.append(event(
+                "warning", "gossip_own_entries_missing", holds=self.log.next_sequence(self.self_id) - 1,
+                peers_claim=self.own_sequence_claimed,
+                hint="a peer claims more entries of this node than it could pull in time; its next entries may "
+                     "reuse their sequence numbers (equivocation)"))
+        return self._take()
+
+    def _note_digest(self, digest: Mapping[str, tuple] | None) -> None:
+        """Remember the highest sequence of this node's own entries that a peer's digest names."""
+        if digest is not None:
+            own = max((sequence for sequence, _ in digest.get(self.self_id, ())), default=0)
+            self.own_sequence_claimed = max(self.own_sequence_claimed, own)
+
+    # --- local entries -----------------------------------------------------------------------------
+
+    def publish(self, entry: Entry, now_ms: int, rng: Random, *, request_id: int) -> list[Effect]:
+        """A LOCAL entry: check it, persist it, then add it and push it to `fanout` peers. Answers
+        `request_id` with Reply (done, visible here) or Refuse (Conflict when it is not this node's next
+        entry, BadRequest for another author, EntryRefused, Unavailable once local writes stopped)."""
+        refusal = self._local_refusal(entry)
+        if refusal is not None:
+            self._out.append(Refuse(request_id=request_id, error=refusal, reason=""))
+            return self._take()
+        if entry.id in self.log:
+            self._out.append(Reply(request_id=request_id, message=None))
+            return self._take()
+        try:
+            self.log.check(entry, now_ms=now_ms)
+        except EntryRefused as refused:
+            self._out.append(count("entries_refused_total", reason=refused.reason))
+            self._out.append(Refuse(request_id=request_id, error=refused, reason=""))
+            return self._take()
+        batch_id = self._new_id()
+        self._ingestions[batch_id] = _Ingestion(
+            None, 0, [entry], Ingested(), done=lambda _, now, rng_: self._published(entry, request_id, now, rng_),
+            failed=lambda error: self._out.append(Refuse(request_id=request_id, error=error, reason="")), local=True)
+        self._out.append(Persist(batch_id=batch_id, raws=(entry.raw,)))
+        return self._take()
+
+    def _local_refusal(self, entry: Entry) -> SynapseError | None:
+        if self.local_writes_broken is not None:
+            return Unavailable(f"this node stopped writing local entries: {self.local_writes_broken}",
+                               hint="restart the node: it re-reads its log file and continues after its last entry")
+        if entry.author != self.self_id:
+            return BadRequest(f"publish() takes entries of this node ({self.self_id}), not of {entry.author}",
+                              hint="entries of other nodes arrive through gossip")
+        expected_sequence = self.log.next_sequence(self.self_id)
+        if entry.id not in self.log and entry.sequence != expected_sequence:
+            return Conflict(f"local entry has sequence {entry.sequence}, but this node's next sequence is {expected_sequence}",
+                            hint="build the entry with CrdtLog.new_entry right before publishing, or use Gossip.publish_new")
+        return None
+
+    def _published(self, entry: Entry, request_id: int, now_ms: int, rng: Random) -> None:
+        try:
+            outcome = self.log.add(entry, now_ms=now_ms)
+        except EntryRefused as refusal:  # e.g. log_full reached while persisting: the entry is on disk
+            # Its sequence number is taken (on disk); writing another entry now would reuse it.
+            self.local_writes_broken = f"entry #{entry.sequence} is on disk but the log refused it ({refusal.reason})"
+            self._out.append(count("entries_refused_total", reason=refusal.reason))
+            self._out.append(Refuse(request_id=request_id, error=refusal, reason=""))
+            return
+        self._out.append(count("gossip_entries_published_total"))
+        if outcome.newly_visible:
+            self._out.append(Visible(entries=tuple(outcome.newly_visible)))
+        self._out.append(Reply(request_id=request_id, message=None))
+        for peer_id in self._choose_peers(self.fanout, exclude=set(), now_ms=now_ms, rng=rng):
+            if self._begin_flow():
+                self._push(peer_id, [entry], self._end_flow)
+
+    # --- persistence results -----------------------------------------------------------------------
+
+    def persisted(self, batch_id: int, now_ms: int, rng: Random) -> list[Effect]:
+        """The transport wrote and fsynced the batch `batch_id`: add its entries, then go on."""
+        ingestion = self._ingestions.pop(batch_id)
+        self._out.append(count("gossip_entries_persisted_total", len(ingestion.fresh)))
+        if ingestion.local:
+            ingestion.done(ingestion.result, now_ms, rng)
+        else:
+            self._finish_ingestion(ingestion, now_ms, rng)
+        return self._take()
+
+    def persist_failed(self, batch_id: int, error: SynapseError) -> list[Effect]:
+        """The disk failed or was too slow: nothing of the batch is added or forwarded."""
+        ingestion = self._ingestions.pop(batch_id)
+        self._persisting.difference_update(entry.id for entry in ingestion.fresh)
+        self._inbox_entries -= ingestion.raws_count
+        ingestion.failed(error)
+        return self._take()
+
+    # --- receiving entries -------------------------------------------------------------------------
+
+    def _ingest(self, raws: Sequence[bytes], sender_id: str | None, now_ms: int, rng: Random,
+                done: Callable[[Ingested, int, Random], None], failed: Callable[[SynapseError], None]) -> None:
+        """Verify, persist (a Persist effect), add; then forward what became visible and call `done`."""
+        if self._inbox_entries + len(raws) > self.settings.inbox_max:
+            self._out.append(count("gossip_requests_refused_total", reason="inbox_full"))
+            failed(Unavailable(f"this node is processing {self._inbox_entries} entries already (inbox_max "
+                               f"{self.settings.inbox_max})", hint="retry later"))
+            return
+        self._inbox_entries += len(raws)
+        ingestion = _Ingestion(sender_id, len(raws), [], Ingested(), done, failed)
+        ingestion.fresh = self._admit(raws, sender_id, ingestion.result, now_ms)
+        if not ingestion.fresh:
+            self._finish_ingestion(ingestion, now_ms, rng)
+            return
+        batch_id = self._new_id()
+        self._ingestions[batch_id] = ingestion
+        self._out.append(Persist(batch_id=batch_id, raws=tuple(entry.raw for entry in ingestion.fresh)))
+
+    def _admit(self, raws: Sequence[bytes], sender_id: str | None, result: Ingested, now_ms: int) -> list[Entry]:
+        fresh: list[Entry] = []
+        for raw in raws:
+            try:
+                entry = decode_entry(raw, entry_size_max_bytes=ENTRY_SIZE_MAX_BYTES)
+                if sender_id is not None:
+                    self._note_holder(entry.id, sender_id)
+                if entry.id in self._persisting or self.log.check(entry, now_ms=now_ms) is AddStatus.DUPLICATE:
+                    result.duplicate += 1
+                    continue
+            except EntryRefused as refusal:
+                result.refused += 1
+                self._out.append(count("entries_refused_total", reason=refusal.reason))
+                continue
+            self._persisting.add(entry.id)
+            fresh.append(entry)
+        return fresh
+
+    def _finish_ingestion(self, ingestion: _Ingestion, now_ms: int, rng: Random) -> None:
+        result = ingestion.result
+        for entry in ingestion.fresh:
+            self._persisting.discard(entry.id)
+            self._expected.pop(entry.id, None)
+            try:
+                outcome = self.log.add(entry, now_ms=now_ms)
+            except EntryRefused as refusal:  # state changed while persisting (e.g. pending_full): on disk, not kept
+                result.refused += 1
+                self._out.append(count("entries_refused_total", reason=refusal.reason))
+                continue
+            status = outcome.status
+            result.added += status is AddStatus.ADDED
+            result.pending += status is AddStatus.PENDING
+            result.duplicate += status is AddStatus.DUPLICATE
+            result.newly_visible.extend(outcome.newly_visible)
+            for _, reason in outcome.refused:
+                self._out.append(count("entries_refused_total", reason=reason))
+        for status in ("added", "pending", "duplicate"):
+            self._out.append(count("gossip_entries_received_total", getattr(result, status), status=status))
+        if result.newly_visible:
+            self._out.append(Visible(entries=tuple(result.newly_visible)))
+            self._forward(result.newly_visible, ingestion.sender_id, now_ms, rng)
+        self._inbox_entries -= ingestion.raws_count
+        ingestion.done(result, now_ms, rng)
+
+    def _note_holder(self, entry_id: str, peer_id: str) -> None:
+        holders = self._holders.get(entry_id)
+        if holders is None:
+            self._holders.put(entry_id, {peer_id})
+        else:
+            holders.add(peer_id)
+
+    # --- eager push --------------------------------------------------------------------------------
+
+    def _forward(self, entries: list[Entry], sender_id: str | None, now_ms: int, rng: Random) -> None:
+        """Offer newly visible entries to `fanout` peers (first receipt only). A large burst (a node
+        catching up) is not forwarded: the others most likely have it, and anti-entropy covers them."""
+        if len(entries) > self.settings.batch_entries_max:
+            return
+        ids = [entry.id for entry in entries]
+        exclude = {sender_id} if sender_id is not None else set()
+        exclude.update(peer_id for peer_id in self.peers
+                       if all(peer_id in self._holders.get(entry_id, ()) for entry_id in ids))
+        for peer_id in self._choose_peers(self.fanout, exclude=exclude, now_ms=now_ms, rng=rng):
+            if self._begin_flow():
+                self._offer(peer_id, entries)
+
+    def _choose_peers(self, count_max: int, *, exclude: set[str], now_ms: int, rng: Random) -> list[str]:
+        eligible = [peer.node_id for peer in self.peers.values() if peer.node_id not in exclude and peer.retry_at_ms <= now_ms]
+        return rng.sample(eligible, min(count_max, len(eligible)))
+
+    def _offer(self, peer_id: str, entries: list[Entry]) -> None:
+        def wanted(reply: Want, now_ms: int, rng: Random) -> None:
+            wanted_ids = set(reply.ids)
+            for entry in entries:
+                if entry.id not in wanted_ids:
+                    self._note_holder(entry.id, peer_id)
+            self._push(peer_id, [entry for entry in entries if entry.id in wanted_ids], self._end_flow)
+        self._send(peer_id, Offer(sender=self.self_id, ids=tuple(entry.id for entry in entries)), wanted, self._end_flow)
+
+    def _push(self, peer_id: str, entries: list[Entry], then: Then) -> None:
+        """Push entries in batches, one call after the other; `then` once done or a call failed."""
+        size_max_bytes = self.settings.request_body_max_bytes - MESSAGE_ENVELOPE_BYTES
+        batches = batches_by_size(entries, count_max=self.settings.batch_entries_max, size_max_bytes=size_max_bytes)
+        self._push_batches(peer_id, batches, then)
+
+    def _push_batches(self, peer_id: str, batches: list[list[Entry]], then: Then) -> None:
+        if not batches:
+            then()
+            return
+        batch, rest = batches[0], batches[1:]
+
+        def pushed(_: Pushed, now_ms: int, rng: Random) -> None:
+            self._out.append(count("gossip_entries_sent_total", len(batch)))
+            for entry in batch:
+                self._note_holder(entry.id, peer_id)
+            self._push_batches(peer_id, rest, then)
+        self._send(peer_id, Push(sender=self.self_id, raws=tuple(entry.raw for entry in batch)), pushed, then)
+
+    # --- outbound call results ---------------------------------------------------------------------
+
+    def receive_reply(self, call_id: int, message: Any, now_ms: int, rng: Random) -> list[Effect]:
+        """The reply to the Send `call_id` (already decoded as the type its request expects). A reply
+        to a call this core no longer waits for (a duplicate, or its round timed out) is ignored."""
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return []
+        self._peer_ok(call.peer_id)
+        call.on_reply(message, now_ms, rng)
+        return self._take()
+
+    def call_failed(self, call_id: int, now_ms: int, rng: Random, *, busy: bool = False, dropped: bool = False,
+                    error_type: str = "", detail: str = "", path: str = "") -> list[Effect]:
+        """The Send `call_id` failed. `busy`: the peer answered 429/503 (alive but loaded: no backoff);
+        `dropped`: the transport never sent it (stopped). `error_type`, `detail` and `path` only
+        describe the failure in the log."""
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return []
+        if dropped:
+            self._out.append(count("gossip_sends_dropped_total"))
+        elif busy:
+            self._out.append(count("gossip_calls_busy_total"))
+        else:
+            self._peer_failed(call.peer_id, now_ms, rng, error_type=error_type, detail=detail, path=path)
+        call.on_failure()
+        return self._take()
+
+    def _peer_ok(self, peer_id: str) -> None:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return
+        if not peer.up:
+            self._out.append(event("info", "gossip_peer_up", peer=peer_id))
+        peer.up, peer.failures, peer.retry_at_ms = True, 0, 0
+        self._out.append(Gauge(name="gossip_peers_up", value=self.peers_up()))
+
+    def _peer_failed(self, peer_id: str, now_ms: int, rng: Random, *, error_type: str, detail: str, path: str) -> None:
+        """Exponential backoff with jitter; the peer no longer counts in peers_up()."""
+        peer = self.peers[peer_id]
+        peer.failures += 1
+        delay_ms = min(self.settings.backoff_max_ms, self.settings.backoff_base_ms * 2 ** min(peer.failures - 1, 30))
+        peer.retry_at_ms = now_ms + int(delay_ms * (0.5 + rng.random() / 2))
+        if peer.up or peer.failures == 1:
+            self._out.append(event("warning", "gossip_peer_down", peer=peer_id, path=path, error=error_type,
+                                   detail=detail[:200], retry_in_ms=delay_ms))
+        peer.up = False
+        self._out.append(count("gossip_call_failures_total"))
+        self._out.append(Gauge(name="gossip_peers_up", value=self.peers_up()))
+
+    # --- anti-entropy ------------------------------------------------------------------------------
+
+    def tick(self, now_ms: int, rng: Random) -> list[Effect]:
+        """One anti-entropy period passed: end rounds past their deadline, then start a round with a
+        random peer that is not in backoff, unless the skip-a-round rule applies."""
+        for round_ in [round_ for round_ in self._rounds.values() if round_.deadline_ms <= now_ms]:
+            self._end_round(round_, "timeout")
+        # An entry is on its way to this node (it wanted one within the last period): a round now
+        # would only meet it in flight and pay for full digests and a second copy. Skip ONE round;
+        # the next runs whatever happens, so steady traffic never starves repair.
+        if not self._skipped_round and now_ms - self._last_wanted_ms < self.settings.interval_ms:
+            self._skipped_round = True
+            self._out.append(count("gossip_rounds_total", result="skipped_in_flight"))
+            return self._take()
+        self._skipped_round = False
+        candidates = [peer for peer in self.peers.values() if peer.retry_at_ms <= now_ms and not peer.syncing]
+        if candidates:
+            self._request_sync(rng.choice(candidates).node_id, now_ms, rng)
+        return self._take()
+
+    def request_sync(self, peer_id: str, now_ms: int, rng: Random) -> list[Effect]:
+        """Start an anti-entropy round with one peer now (e.g. after it sent entries with missing
+        parents): at most ROUNDS_RUNNING_MAX at once, one per peer, none with a peer in backoff."""
+        self._request_sync(peer_id, now_ms, rng)
+        return self._take()
+
+    def _request_sync(self, peer_id: str, now_ms: int, rng: Random) -> None:
+        peer = self.peers.get(peer_id)
+        if (peer is None or peer.syncing or peer.retry_at_ms > now_ms or len(self._rounds) >= ROUNDS_RUNNING_MAX
+                or not self._begin_flow()):
+            return
+        peer.syncing = True
+        round_ = _Round(peer_id, now_ms + self.settings.call_timeout_ms * (PULL_BATCHES_PER_ROUND_MAX + 3))
+        self._rounds[peer_id] = round_
+        missing = sorted(self.log.missing_parents())
+        want = tuple(rng.sample(missing, min(len(missing), self.settings.want_ids_max)))
+        message = Sync(sender=self.self_id, digest_hash=digest_hash_of(self.log.digest()), digest=None, want=want)
+        answered = lambda reply, now, rng_: self._round_answered(round_, reply, now, rng_)  # noqa: E731
+        self._send(peer_id, message, self._live(round_, answered),
+                   self._live(round_, lambda: self._end_round(round_, "failed")))
+
+    @staticmethod
+    def _live(round_: _Round, step: Callable[..., None]) -> Callable[..., None]:
+        """A continuation of `round_` that does nothing once the round is over (timed out)."""
+        def guarded(*arguments: Any) -> None:
+            if round_.phase is not RoundPhase.OVER:
+                step(*arguments)
+        return guarded
+
+    @staticmethod
+    def _enter(round_: _Round, phase: RoundPhase) -> None:
+        if phase not in ROUND_TRANSITIONS[round_.phase]:  # a bug in this file, never the peer's doing
+            raise AssertionError(f"an anti-entropy round cannot go from {round_.phase.value} to {phase.value}")
+        round_.phase = phase
+
+    def _end_round(self, round_: _Round, result: str) -> None:
+        if round_.phase is RoundPhase.OVER:
+            return
+        self._enter(round_, RoundPhase.OVER)
+        del self._rounds[round_.peer_id]
+        self.peers[round_.peer_id].syncing = False
+        self._flows -= 1
+        if result in ("in_sync", "pulled", "pushed"):
+            self.heard_digest = True  # a peer's digest was compared with ours (its claims on our entries noted)
+        self._out.append(count("gossip_rounds_total", result=result))
+
+    def _round_failed(self, round_: _Round, error: SynapseError) -> None:
+        """Our side failed (the disk, a full inbox): the round ends; the next one retries."""
+        if round_.phase is not RoundPhase.OVER:
+            self._out.append(event("warning", "gossip_round_failed", peer=round_.peer_id, error=error.one_line()))
+            self._end_round(round_, "error")
+
+    def _round_answered(self, round_: _Round, reply: Synced, now_ms: int, rng: Random) -> None:
+        """Exchange (1) answered: take the entries it carried, then compare digests."""
+        if not reply.raws:
+            self._round_compare(round_, reply, now_ms, rng)
+            return
+        self._enter(round_, RoundPhase.TAKING)
+        self._ingest(reply.raws, round_.peer_id, now_ms, rng,
+                     done=self._live(round_, lambda _, now, rng_: self._round_compare(round_, reply, now, rng_)),
+                     failed=lambda error: self._round_failed(round_, error))
+
+    def _round_compare(self, round_: _Round, reply: Synced, now_ms: int, rng: Random) -> None:
+        if reply.digest is None:  # our digests were equal: nothing of ours is missing
+            self._end_round(round_, "in_sync" if not reply.raws else "pulled")
+            return
+        self._enter(round_, RoundPhase.PUSHING)
+        round_.theirs = parse_digest(reply.digest)
+        self._note_digest(round_.theirs)
+        lacking = self.log.entries_missing_from(reply.digest, limit=self.settings.batch_entries_max)
+        round_.lacking = bool(lacking)
+        self._push(round_.peer_id, lacking, self._live(round_, lambda: self._round_pushed(round_)))
+
+    def _round_pushed(self, round_: _Round) -> None:
+        """Exchange (2) done: pull if the peer's digest shows entries this node lacks."""
+        if remote_may_have_more(self.log.digest(), round_.theirs):
+            self._round_pull(round_)
+        else:
+            self._end_round(round_, "pushed" if round_.lacking else "in_sync")
+
+    def _round_pull(self, round_: _Round) -> None:
+        """Exchange (3): send my digest and pull a bounded batch; repeat while there is more."""
+        self._enter(round_, RoundPhase.PULLING)
+        round_.pulls_left -= 1
+        digest = self.log.digest()
+        message = Sync(sender=self.self_id, digest_hash=digest_hash_of(digest), digest=digest, want=())
+
+        def pulled(reply: Synced, now_ms: int, rng: Random) -> None:
+            if not reply.raws:
+                self._end_round(round_, "pulled")
+                return
+
+            def ingested(result: Ingested, now: int, rng_: Random) -> None:
+                if not reply.more or result.added + result.pending == 0 or round_.pulls_left <= 0:
+                    self._end_round(round_, "pulled")
+                else:
+                    self._round_pull(round_)
+            self._ingest(reply.raws, round_.peer_id, now_ms, rng, done=self._live(round_, ingested),
+                         failed=lambda error: self._round_failed(round_, error))
+        self._send(round_.peer_id, message, self._live(round_, pulled),
+                   self._live(round_, lambda: self._end_round(round_, "pulled")))
+
+    # --- inbound requests --------------------------------------------------------------------------
+
+    def receive(self, source: str, message: Any, now_ms: int, rng: Random, *, request_id: int) -> list[Effect]:
+        """An inbound request (Offer, Push or Sync) from `source` (the sender's node id, or "" if
+        unknown), answered later or at once by Reply / Refuse with `request_id`."""
+        try:
+            if type(message) is Offer:
+                self._out.append(Reply(request_id=request_id, message=self._answer_offer(source, message, now_ms)))
+            elif type(message) is Push:
+                self._answer_push(source, message, now_ms, rng, request_id)
+            elif type(message) is Sync:
+                self._out.append(Reply(request_id=request_id, message=self._answer_sync(message)))
+            else:
+                raise BadRequest(f"a {type(message).__name__} is a reply, not a request",
+                                 hint="send offer, push or sync messages to a node's /gossip routes")
+        except BadRequest as error:
+            self._out.append(Refuse(request_id=request_id, error=error, reason="malformed"))
+        return self._take()
+
+    def _answer_offer(self, source: str, offer: Offer, now_ms: int) -> Want:
+        if len(offer.ids) > self.settings.batch_entries_max:
+            raise BadRequest(f"an offer names at most {self.settings.batch_entries_max} entries, got {len(offer.ids)}",
+                             hint="split offers into batches of batch_entries_max")
+        known_sender = source in self.peers
+        wanted = []
+        for entry_id in dict.fromkeys(offer.ids):
+            if known_sender:
+                self._note_holder(entry_id, source)
+            if entry_id in self.log or entry_id in self._persisting or self._expected.get(entry_id, 0) > now_ms:
+                continue
+            wanted.append(entry_id)
+            self._expected.put(entry_id, now_ms + self.settings.call_timeout_ms)
+            self._last_wanted_ms = now_ms
+        return Want(ids=tuple(wanted))
+
+    def _answer_push(self, source: str, push: Push, now_ms: int, rng: Random, request_id: int) -> None:
+        if len(push.raws) > self.settings.batch_entries_max:
+            raise BadRequest(f"a push carries at most {self.settings.batch_entries_max} entries, got {len(push.raws)}",
+                             hint="split pushes into batches of batch_entries_max")
+        sender_id = source if source in self.peers else None
+
+        def done(result: Ingested, now: int, rng_: Random) -> None:
+            if result.pending and sender_id is not None:
+                self._request_sync(sender_id, now, rng_)  # pull the missing parents from the one who has the children
+            pushed = Pushed(added=result.added + result.pending, duplicate=result.duplicate, refused=result.refused)
+            self._out.append(Reply(request_id=request_id, message=pushed))
+        self._ingest(push.raws, sender_id, now_ms, rng, done,
+                     failed=lambda error: self._out.append(Refuse(request_id=request_id, error=error, reason="unavailable")))
+
+    def _answer_sync(self, sync: Sync) -> Synced:
+        settings = self.settings
+        if len(sync.want) > max(settings.want_ids_max, settings.batch_entries_max):
+            raise BadRequest(f"a sync asks for at most {settings.want_ids_max} ids, got {len(sync.want)}",
+                             hint="ask for missing parents in batches of want_ids_max")
+        digest = self.log.digest()
+        entries = [entry for entry in map(self.log.get, dict.fromkeys(sync.want)) if entry is not None]
+        more = False
+        if sync.digest is not None:
+            self._note_digest(parse_digest(sync.digest))
+            missing = self.log.entries_missing_from(sync.digest, limit=settings.batch_entries_max + 1)
+            more = len(missing) > settings.batch_entries_max
+            entries.extend(missing[: settings.batch_entries_max])
+        size_max_bytes = settings.request_body_max_bytes - MESSAGE_ENVELOPE_BYTES - len(pack(digest))
+        batches = batches_by_size(entries, count_max=settings.batch_entries_max, size_max_bytes=size_max_bytes)
+        chosen = batches[0] if batches else []
+        more = more or len(batches) > 1
+        self._out.append(count("gossip_entries_sent_total", len(chosen)))
+        send_digest = sync.digest is None and sync.digest_hash != digest_hash_of(digest)
+        return Synced(digest=digest if send_digest else None, raws=tuple(entry.raw for entry in chosen), more=more)

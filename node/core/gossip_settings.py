@@ -1,0 +1,61 @@
+"""Gossip settings and the fan-out rule: pure values the protocol core, the transports and the
+node's config share.
+
+Why: every limit of gossip is here, validated once when the settings are built (a bad value is a
+ConfigError that names the setting and its range), so neither the core nor a transport re-checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from node.core.gossip_messages import IDS_PER_MESSAGE_MAX
+from node.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipSettings:
+    fanout: int | None = None            # None -> ceil(ln N) + 1, N = cluster size
+    interval_ms: int = 200               # anti-entropy period (one random peer per period)
+    batch_entries_max: int = 256         # entries per push / sync reply
+    request_body_max_bytes: int = 4 * 1024 * 1024
+    call_timeout_ms: int = 2_000         # every outbound call, and reading an inbound body
+    backoff_base_ms: int = 500
+    backoff_max_ms: int = 10_000
+    inbox_max: int = 10_000              # entries being processed at once, over all requests
+    inbound_requests_max: int = 64       # gossip requests handled at once (503 beyond)
+    inbound_per_source_max: int = 16     # ... from one source address (429 beyond)
+    outbound_tasks_max: int = 256        # background sends at once (extra forwards are dropped)
+    connections_max: int = 64            # the shared ClientSession's connection pool
+    want_ids_max: int = 64               # missing parents asked for per anti-entropy round
+    persist_timeout_ms: int = 30_000     # LogFile.append + fsync
+    first_write_wait_ms: int = 3_000     # after start, local writes wait up to this long to learn this node's own entries from a peer
+
+    def __post_init__(self) -> None:
+        bounds = {
+            "interval_ms": (10, 600_000), "batch_entries_max": (1, IDS_PER_MESSAGE_MAX),
+            "request_body_max_bytes": (2048, 256 * 1024 * 1024), "call_timeout_ms": (10, 600_000),
+            "backoff_base_ms": (1, 600_000), "backoff_max_ms": (1, 3_600_000), "inbox_max": (1, 10_000_000),
+            "inbound_requests_max": (1, 100_000), "inbound_per_source_max": (1, 100_000),
+            "outbound_tasks_max": (1, 100_000), "connections_max": (1, 100_000), "want_ids_max": (0, IDS_PER_MESSAGE_MAX),
+            "persist_timeout_ms": (100, 3_600_000), "first_write_wait_ms": (0, 600_000),
+        }
+        for name, (minimum, maximum) in bounds.items():
+            value = getattr(self, name)
+            if type(value) is not int or not minimum <= value <= maximum:
+                raise ConfigError(f"gossip setting {name} must be an int in {minimum}..{maximum}, got {value!r}")
+        if self.fanout is not None and (type(self.fanout) is not int or not 1 <= self.fanout <= 1_000):
+            raise ConfigError(f"gossip setting fanout must be None (automatic) or an int in 1..1000, got {self.fanout!r}")
+        if self.backoff_max_ms < self.backoff_base_ms:
+            raise ConfigError("gossip setting backoff_max_ms must be >= backoff_base_ms")
+        if self.inbox_max < self.batch_entries_max:
+            raise ConfigError("gossip setting inbox_max must be >= batch_entries_max (one full batch must fit)")
+
+
+def fanout_for(peer_count: int, fanout: int | None) -> int:
+    """Peers an entry is pushed to: `fanout`, or ceil(ln N) + 1 for a cluster of N = peers + self."""
+    if peer_count <= 0:
+        return 0
+    chosen = fanout if fanout is not None else math.ceil(math.log(peer_count + 1)) + 1
+    return min(peer_count, chosen)
