@@ -60,8 +60,8 @@ from node.core.certificates import Verify, certificate_statement, ratify_stateme
 from node.core.closing import close_statement, pack_vote_ids
 from node.core.ratification import Event, RatificationLimits, RatificationMachine, RatificationOutcome, RatificationView
 from node.errors import ConfigError, Unavailable
-from node.raft_transport import (PlainDump, RaftDataRefused, RaftTransportLimits, SecureTransport, TransportIdentity,
-                                 install_plain_data_codecs)
+from node.raft_plain_data import PlainDump, RaftDataRefused, install_plain_data_codecs
+from node.raft_transport import RaftTransportLimits, SecureTransport, TransportIdentity
 
 logger = logging.getLogger(__name__)
 

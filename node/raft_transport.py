@@ -45,55 +45,40 @@ and closes the holes where PySyncObj decodes data:
   * The listener notices a failed accept, logs it, closes the pending unauthenticated connections (the
     likely cause of EMFILE), and rebinds from the tick (every listener_rebind_delay_s until it works);
     status() reports it for GET /health.
+
+The job is split by seam: node/raft_plain_data.py (the codecs: no-globals pickles, msgpack messages,
+the dump), node/raft_handshake.py (the handshake's values and the session crypto), node/raft_listener.py
+(the listening socket) and this module (the connection's state machine and PySyncObj's transport glue).
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import hashlib
-import io
 import logging
 import os
-import pickle
 import socket
-import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import msgpack
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, set_keepalive
 from pysyncobj.transport import TCPTransport
 
-from node.errors import ConfigError, SynapseError
+from node.errors import ConfigError
+from node.raft_handshake import (FRAME_HEADER, NONCE_BYTES, ROLE_INITIATOR, ROLE_RESPONDER, HandshakeRefused, Hello,
+                                 Session, handshake_statement, hello_fields, session_keys)
+from node.raft_listener import GuardedListener
+from node.raft_plain_data import RaftDataRefused, pack_message, refuse_extension, unpack_message
 
 logger = logging.getLogger(__name__)
 
-HANDSHAKE_DOMAIN = b"synapse-ng/raft-handshake/v1"
-SESSION_KEY_INFO = b"synapse-ng/raft-session/v1"
-PICKLE_PROTOCOL = 4
-_HEADER = struct.Struct(">I")
-_NONCE_BYTES = 32
-_KEY_BYTES = 32
-_SIGNATURE_BYTES = 64
-_ROLE_INITIATOR = "initiator"
-_ROLE_RESPONDER = "responder"
 _REFUSAL_LOG_INTERVAL_S = 5.0
-
-
-class RaftDataRefused(SynapseError):
-    """Data that came from Raft (a peer, the log, the journal, the dump) is not plain data."""
-
-    default_hint = ("a validator or a file sent something other than plain data: it was NOT executed; "
-                    "find which validator sent it (the log names it) and check that validator's host")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,170 +130,6 @@ class TransportIdentity:
         return None
 
 
-# --- plain data: the codecs ----------------------------------------------------------------------
-
-
-class _NoGlobalsUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        legacy = (" (this is how PySyncObj's protocol-2 pickles wrote bytes: a journal written before the "
-                  "plain-data transport; it cannot be replayed)") if (module, name) == ("_codecs", "encode") else ""
-        raise RaftDataRefused(f"a pickle from Raft refers to the global {module}.{name}: refused (Raft carries "
-                              f"plain data only; nothing was executed){legacy}")
-
-    def persistent_load(self, pid: object) -> object:
-        raise RaftDataRefused("a pickle from Raft uses a persistent id: refused (plain data only)")
-
-
-def plain_loads(data: bytes | str) -> object:
-    """Decode a pickle that may only hold plain data (None, bool, int, float, str, bytes, tuple, list,
-    dict, set). Raises RaftDataRefused for anything that refers to a global (every class or function)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    try:
-        return _NoGlobalsUnpickler(io.BytesIO(data)).load()
-    except RaftDataRefused:
-        raise
-    except Exception as error:  # noqa: BLE001 - any malformed pickle is refused the same way
-        raise RaftDataRefused(f"a pickle from Raft is malformed: {type(error).__name__}") from None
-
-
-def plain_load(file: object) -> object:
-    return plain_loads(file.read())
-
-
-def plain_dumps(obj: object, protocol: object = None) -> bytes:
-    return pickle.dumps(obj, PICKLE_PROTOCOL)
-
-
-def plain_dump(obj: object, file: object, protocol: object = None) -> None:
-    file.write(plain_dumps(obj))
-
-
-_install_lock = threading.Lock()
-
-
-def install_plain_data_codecs() -> None:
-    """Make PySyncObj read its pickles (commands, journal meta, large entries) with the no-globals
-    unpickler and write protocol 4. Process-wide and idempotent: PySyncObj calls its module-level
-    `pysyncobj.pickle` functions (and journal.py imported two of them by name) with no per-instance hook."""
-    import pysyncobj.journal as journal
-    import pysyncobj.pickle as pysyncobj_pickle
-    import pysyncobj.serializer as serializer
-    import pysyncobj.tcp_connection as tcp_connection
-
-    with _install_lock:
-        for module in (pysyncobj_pickle,):
-            module.loads, module.load, module.dumps, module.dump = plain_loads, plain_load, plain_dumps, plain_dump
-        journal.loads, journal.dumps = plain_loads, plain_dumps
-        # serializer.py and tcp_connection.py call pysyncobj.pickle.<name> at call time: covered above.
-        assert serializer.pickle is pysyncobj_pickle and tcp_connection.pickle is pysyncobj_pickle
-
-
-def pack_message(message: object) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
-
-
-def _refuse_extension(code: int, data: bytes) -> object:
-    raise RaftDataRefused(f"a Raft message holds msgpack extension type {code}: refused (plain data only)")
-
-
-def unpack_message(data: bytes, *, max_bytes: int) -> dict:
-    """A PySyncObj message: a map with a string "type". Arrays decode as tuples (as pickle gave them)."""
-    try:
-        message = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=True, ext_hook=_refuse_extension, timestamp=0)
-    except RaftDataRefused:
-        raise
-    except Exception as error:  # noqa: BLE001 - malformed input from a peer
-        raise RaftDataRefused(f"a Raft message is not valid msgpack: {type(error).__name__}") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise RaftDataRefused("a Raft message must be a map with a string 'type'")
-    return message
-
-
-# --- the handshake ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Hello:
-    network_id: str
-    node_id: str
-    address: str
-    nonce: bytes
-    ephemeral_key: bytes
-    signature: bytes | None = None
-
-    def to_frame(self) -> bytes:
-        body = {"t": "hello", "network": self.network_id, "node": self.node_id, "address": self.address,
-                "nonce": self.nonce, "key": self.ephemeral_key}
-        if self.signature is not None:
-            body["signature"] = self.signature
-        return pack_message(body)
-
-    @classmethod
-    def from_body(cls, body: object, *, signed: bool) -> "_Hello":
-        if not isinstance(body, dict) or body.get("t") != "hello":
-            raise _HandshakeRefused("the first frame is not a handshake hello")
-        fields = dict(network_id=body.get("network"), node_id=body.get("node"), address=body.get("address"),
-                      nonce=body.get("nonce"), ephemeral_key=body.get("key"), signature=body.get("signature"))
-        for name in ("network_id", "node_id", "address"):
-            if not isinstance(fields[name], str) or len(fields[name]) > 200:
-                raise _HandshakeRefused(f"the hello's {name} is not a short string")
-        if not isinstance(fields["nonce"], bytes) or len(fields["nonce"]) != _NONCE_BYTES:
-            raise _HandshakeRefused("the hello's nonce is not 32 bytes")
-        if not isinstance(fields["ephemeral_key"], bytes) or len(fields["ephemeral_key"]) != _KEY_BYTES:
-            raise _HandshakeRefused("the hello's ephemeral key is not 32 bytes")
-        if signed != isinstance(fields["signature"], bytes) or (signed and len(fields["signature"]) != _SIGNATURE_BYTES):
-            raise _HandshakeRefused("the hello's signature is missing or malformed")
-        return cls(**fields)
-
-
-class _HandshakeRefused(Exception):
-    """A peer failed the handshake; the message names what it claimed, `reason` is the counter's name."""
-
-    def __init__(self, message: str, reason: str = "handshake_malformed") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def handshake_statement(role: str, initiator: _Hello, responder: _Hello) -> bytes:
-    """What each side signs: the domain, the network, both hellos (nonces, ephemeral keys, node ids,
-    raft addresses) and the signer's role, so a signature can be replayed in no other session or role."""
-    return HANDSHAKE_DOMAIN + pack_message([
-        role, initiator.network_id, initiator.nonce, responder.nonce, initiator.ephemeral_key, responder.ephemeral_key,
-        initiator.node_id, initiator.address, responder.node_id, responder.address])
-
-
-def _session_keys(private_key: X25519PrivateKey, peer_key: bytes, password: str, initiator: _Hello,
-                  responder: _Hello) -> tuple[bytes, bytes]:
-    """(initiator -> responder key, responder -> initiator key)."""
-    shared = private_key.exchange(X25519PublicKey.from_public_bytes(peer_key))
-    transcript = hashlib.sha256(handshake_statement("keys", initiator, responder)).digest()
-    material = HKDF(algorithm=hashes.SHA256(), length=64, salt=hashlib.sha256(password.encode()).digest(),
-                    info=SESSION_KEY_INFO + transcript).derive(shared)
-    return material[:32], material[32:]
-
-
-class _Session:
-    """ChaCha20-Poly1305 per frame; the nonce is a per-direction counter, the frame header is the AAD."""
-
-    __slots__ = ("_send", "_receive", "_send_counter", "_receive_counter")
-
-    def __init__(self, send_key: bytes, receive_key: bytes) -> None:
-        self._send, self._receive = ChaCha20Poly1305(send_key), ChaCha20Poly1305(receive_key)
-        self._send_counter = self._receive_counter = 0
-
-    def seal(self, plain: bytes) -> bytes:
-        header = _HEADER.pack(len(plain) + 16)
-        nonce = b"\0\0\0\0" + self._send_counter.to_bytes(8, "big")
-        self._send_counter += 1
-        return header + self._send.encrypt(nonce, plain, header)
-
-    def open(self, header: bytes, sealed: bytes) -> bytes:
-        nonce = b"\0\0\0\0" + self._receive_counter.to_bytes(8, "big")
-        self._receive_counter += 1
-        return self._receive.decrypt(nonce, sealed, header)
-
-
 # --- one connection ----------------------------------------------------------------------------------
 
 
@@ -329,10 +150,10 @@ class SecureConnection:
         self._write = bytearray()
         self._state = CONNECTION_STATE.DISCONNECTED
         self._authenticated = False
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._private_key: X25519PrivateKey | None = None
-        self._own_hello: _Hello | None = None
-        self._peer_hello: _Hello | None = None
+        self._own_hello: Hello | None = None
+        self._peer_hello: Hello | None = None
         self._initiator = sock is None
         self._expected_node = expected_node       # outgoing: the validator we dialed
         self.peer_label = peer_label
@@ -508,7 +329,7 @@ class SecureConnection:
     def _deliver_frames(self) -> bool:
         """Deliver every complete frame in the buffer; False once the connection is closed."""
         while len(self._read) >= 4:
-            (length,) = _HEADER.unpack_from(self._read)
+            (length,) = FRAME_HEADER.unpack_from(self._read)
             if length > self._frame_limit():
                 self._transport.refuse(self, "frame_too_large",
                                        f"declared a {length}-byte frame, over the {self._frame_limit()}-byte limit")
@@ -542,9 +363,9 @@ class SecureConnection:
                     return False
             return self._state != CONNECTION_STATE.DISCONNECTED
         try:
-            body_data = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_extension)
+            body_data = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=refuse_extension)
             self._handshake_step(body_data)
-        except _HandshakeRefused as refused:
+        except HandshakeRefused as refused:
             self._transport.refuse(self, refused.reason, str(refused))
             return False
         except RaftDataRefused as refused:
@@ -557,74 +378,74 @@ class SecureConnection:
         return self._state != CONNECTION_STATE.DISCONNECTED
 
     # the handshake, one step per frame
-    def _send_hello(self, *, signature_for: _Hello | None) -> None:
+    def _send_hello(self, *, signature_for: Hello | None) -> None:
         identity = self._identity
         self._private_key = X25519PrivateKey.generate()
-        hello = _Hello(network_id=identity.network_id, node_id=identity.node_id, address=identity.address,
-                       nonce=os.urandom(_NONCE_BYTES), ephemeral_key=self._private_key.public_key().public_bytes_raw())
+        hello = Hello(network_id=identity.network_id, node_id=identity.node_id, address=identity.address,
+                       nonce=os.urandom(NONCE_BYTES), ephemeral_key=self._private_key.public_key().public_bytes_raw())
         if signature_for is not None:             # the responder signs at once: it has both hellos
-            statement = handshake_statement(_ROLE_RESPONDER, signature_for, hello)
-            hello = _Hello(**{**_hello_fields(hello), "signature": identity.sign(statement)})
+            statement = handshake_statement(ROLE_RESPONDER, signature_for, hello)
+            hello = Hello(**{**hello_fields(hello), "signature": identity.sign(statement)})
         self._own_hello = hello
         self._write_frame(hello.to_frame())
 
     def _write_frame(self, body: bytes) -> None:
-        self._write += _HEADER.pack(len(body)) + body
+        self._write += FRAME_HEADER.pack(len(body)) + body
         self._flush()
 
     def _handshake_step(self, body: object) -> None:
         if not self._initiator and self._peer_hello is None:
-            initiator = _Hello.from_body(body, signed=False)
+            initiator = Hello.from_body(body, signed=False)
             self._check_claim(initiator)
             self._peer_hello = initiator
             self._send_hello(signature_for=initiator)
             return
         if self._initiator and self._peer_hello is None:
-            responder = _Hello.from_body(body, signed=True)
+            responder = Hello.from_body(body, signed=True)
             self._check_claim(responder)
             if responder.node_id != self._expected_node:
-                raise _HandshakeRefused(f"answered as validator {responder.node_id} at {responder.address}, "
+                raise HandshakeRefused(f"answered as validator {responder.node_id} at {responder.address}, "
                                         f"but we dialed validator {self._expected_node}", "unexpected_peer")
-            self._check_signature(responder, handshake_statement(_ROLE_RESPONDER, self._own_hello, responder))
+            self._check_signature(responder, handshake_statement(ROLE_RESPONDER, self._own_hello, responder))
             self._peer_hello = responder
-            statement = handshake_statement(_ROLE_INITIATOR, self._own_hello, responder)
+            statement = handshake_statement(ROLE_INITIATOR, self._own_hello, responder)
             self._write_frame(pack_message({"t": "auth", "signature": self._identity.sign(statement)}))
             self._authenticate(self._own_hello, responder)
             return
         if not self._initiator and not self._authenticated:
             if not isinstance(body, dict) or body.get("t") != "auth" or not isinstance(body.get("signature"), bytes):
-                raise _HandshakeRefused("the second frame is not the handshake's auth")
-            signed = _Hello(**{**_hello_fields(self._peer_hello), "signature": body["signature"]})
-            self._check_signature(signed, handshake_statement(_ROLE_INITIATOR, self._peer_hello, self._own_hello))
+                raise HandshakeRefused("the second frame is not the handshake's auth")
+            signed = Hello(**{**hello_fields(self._peer_hello), "signature": body["signature"]})
+            self._check_signature(signed, handshake_statement(ROLE_INITIATOR, self._peer_hello, self._own_hello))
             self._authenticate(self._peer_hello, self._own_hello)
             return
-        raise _HandshakeRefused("sent a handshake frame after the handshake")
+        raise HandshakeRefused("sent a handshake frame after the handshake")
 
-    def _check_claim(self, hello: _Hello) -> None:
+    def _check_claim(self, hello: Hello) -> None:
         identity = self._identity
         claim = f"claims to be validator {hello.node_id} at {hello.address} on network {hello.network_id!r}"
         self.peer_node, self.peer_address = hello.node_id, hello.address
         if hello.network_id != identity.network_id:
-            raise _HandshakeRefused(f"{claim}: not this network ({identity.network_id!r})", "wrong_network")
+            raise HandshakeRefused(f"{claim}: not this network ({identity.network_id!r})", "wrong_network")
         if hello.node_id not in identity.validator_keys or hello.node_id == identity.node_id:
-            raise _HandshakeRefused(f"{claim}: not another validator of this network", "not_a_validator")
+            raise HandshakeRefused(f"{claim}: not another validator of this network", "not_a_validator")
         if identity.validator_addresses.get(hello.node_id) != hello.address:
-            raise _HandshakeRefused(f"{claim}: genesis gives that validator the raft address "
+            raise HandshakeRefused(f"{claim}: genesis gives that validator the raft address "
                                     f"{identity.validator_addresses.get(hello.node_id)}", "wrong_address")
 
-    def _check_signature(self, hello: _Hello, statement: bytes) -> None:
+    def _check_signature(self, hello: Hello, statement: bytes) -> None:
         key = self._identity.validator_keys[hello.node_id]
         if not self._identity.verify(key, statement, hello.signature):
-            raise _HandshakeRefused(f"claims to be validator {hello.node_id} at {hello.address}, but its handshake "
+            raise HandshakeRefused(f"claims to be validator {hello.node_id} at {hello.address}, but its handshake "
                                     "signature does not verify with that validator's key (impersonation, or a "
                                     "replaced node key)", "impersonation")
 
-    def _authenticate(self, initiator: _Hello, responder: _Hello) -> None:
+    def _authenticate(self, initiator: Hello, responder: Hello) -> None:
         peer = responder if self._initiator else initiator
-        to_responder, to_initiator = _session_keys(self._private_key, peer.ephemeral_key, self._identity.password,
+        to_responder, to_initiator = session_keys(self._private_key, peer.ephemeral_key, self._identity.password,
                                                    initiator, responder)
         send_key, receive_key = (to_responder, to_initiator) if self._initiator else (to_initiator, to_responder)
-        self._session = _Session(send_key, receive_key)
+        self._session = Session(send_key, receive_key)
         self._private_key = None
         self._state = CONNECTION_STATE.CONNECTED
         self._authenticated = True
@@ -637,102 +458,6 @@ class SecureConnection:
             self._transport.incoming_authenticated(self)
 
 
-def _hello_fields(hello: _Hello) -> dict:
-    return dict(network_id=hello.network_id, node_id=hello.node_id, address=hello.address, nonce=hello.nonce,
-                ephemeral_key=hello.ephemeral_key, signature=hello.signature)
-
-
-# --- the listener -----------------------------------------------------------------------------------
-
-
-class GuardedListener:
-    """PySyncObj's TcpServer, with a bounded accept loop, a cap on connections in handshake, and a
-    rebind after a failed accept (TcpServer unbinds and never binds again)."""
-
-    def __init__(self, transport: "SecureTransport", host: str, port: int) -> None:
-        self._transport = transport
-        self._host, self._port = host, int(port)
-        self._socket: socket.socket | None = None
-        self._fileno: int | None = None
-        self.listening = False
-        self.failures = 0
-        self.rebinds = 0
-        self.last_error: str | None = None
-        self._rebind_at: float | None = None
-        self._rebind_delay_s = transport.limits.listener_rebind_delay_s
-
-    def bind(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setblocking(False)
-            sock.bind((self._host, self._port))
-            sock.listen(16)
-        except OSError:
-            sock.close()
-            raise
-        self._socket, self._fileno = sock, sock.fileno()
-        self._transport.poller.subscribe(self._fileno, self._on_event, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
-        self.listening = True
-
-    def unbind(self) -> None:
-        self.listening = False
-        if self._fileno is not None:
-            self._transport.poller.unsubscribe(self._fileno)
-            self._fileno = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
-    def accept(self) -> tuple[socket.socket, tuple]:
-        """One accept (a method of its own so a test can make it fail with EMFILE)."""
-        return self._socket.accept()
-
-    def _on_event(self, descriptor: int, event: int) -> None:
-        if event & POLL_EVENT_TYPE.ERROR:
-            self._failed("the listening socket reported an error")
-            return
-        for _ in range(self._transport.limits.accepts_per_event_max):
-            try:
-                sock, peer = self.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                self._failed(f"accept failed: {errno.errorcode.get(error.errno, error.errno)} ({error.strerror})")
-                return
-            self._transport.incoming_socket(sock, peer)
-
-    def _failed(self, reason: str) -> None:
-        self.failures += 1
-        self.last_error = reason
-        closed = self._transport.close_unauthenticated()
-        self.unbind()
-        self._rebind_at = monotonic_time() + self._rebind_delay_s
-        logger.error("raft listener on %s:%s stopped: %s; closed %d unauthenticated connections, rebinding in %.1f s",
-                     self._host, self._port, reason, closed, self._rebind_delay_s)
-
-    def stop_rebinding(self) -> None:
-        self._rebind_at = None
-
-    def maintain(self) -> None:
-        """From the tick: rebind if a failure unbound the listener."""
-        if self.listening or self._rebind_at is None or monotonic_time() < self._rebind_at:
-            return
-        try:
-            self.bind()
-        except OSError as error:
-            self._rebind_delay_s = min(self._rebind_delay_s * 2, self._transport.limits.listener_rebind_delay_max_s)
-            self._rebind_at = monotonic_time() + self._rebind_delay_s
-            self.last_error = f"rebind failed: {error.strerror}"
-            logger.error("raft listener on %s:%s could not rebind (%s); next try in %.1f s", self._host, self._port,
-                         error.strerror, self._rebind_delay_s)
-            return
-        self.rebinds += 1
-        self._rebind_at = None
-        self._rebind_delay_s = self._transport.limits.listener_rebind_delay_s
-        logger.warning("raft listener on %s:%s is listening again (rebind %d after %d failures)", self._host,
-                       self._port, self.rebinds, self.failures)
 
 
 # --- the transport ----------------------------------------------------------------------------------
@@ -879,60 +604,3 @@ class SecureTransport(TCPTransport):
                 "listener_rebinds": server.rebinds if server else 0,
                 "listener_last_error": server.last_error if server else None,
                 "unauthenticated_connections": len(self._handshaking), "refusals": refusals}
-
-
-# --- the full dump -----------------------------------------------------------------------------------
-
-DUMP_MAGIC = b"SYNAPSE-RAFT-DUMP/1\n"
-
-
-class PlainDump:
-    """PySyncObj's serializer/deserializer hooks (SyncObjConf(serializer=..., deserializer=...)): the
-    dump is DUMP_MAGIC + msgpack of the machine's plain data and PySyncObj's two last applied log
-    entries. With these hooks PySyncObj stores no state of its own in the dump, so the machine's state
-    is read and restored here, on the tick thread, at the moment PySyncObj asks (consistent with the
-    entries it passes). A dump a leader sends to a lagging follower is this same file, read by the
-    same code: it can hold nothing but plain data."""
-
-    def __init__(self, *, state_to_plain: Callable[[], object], state_from_plain: Callable[[object], None],
-                 dump_max_bytes: int) -> None:
-        self._state_to_plain = state_to_plain
-        self._state_from_plain = state_from_plain
-        self._dump_max_bytes = dump_max_bytes
-
-    def serialize(self, file_name: str, data: tuple) -> None:
-        applied, before, cluster = data
-        body = pack_message({"state": self._state_to_plain(), "applied": list(applied), "before": list(before),
-                             "cluster": sorted(getattr(node, "address", str(node)) for node in cluster)})
-        with open(file_name, "wb") as file:
-            file.write(DUMP_MAGIC + body)
-            file.flush()
-            os.fsync(file.fileno())
-
-    def deserialize(self, file_name: str) -> tuple:
-        with open(file_name, "rb") as file:
-            raw = file.read(self._dump_max_bytes + 1)
-        if len(raw) > self._dump_max_bytes:
-            raise RaftDataRefused(f"the Raft dump {file_name} is over {self._dump_max_bytes} bytes: refused")
-        if not raw.startswith(DUMP_MAGIC):
-            raise RaftDataRefused(f"the Raft dump {file_name} is not in Synapse's plain format (an old pickled dump, "
-                                  "or a file sent by a misbehaving leader): refused, nothing loaded",
-                                  hint="move the file away and restart: the validator catches up from the leader")
-        try:
-            body = msgpack.unpackb(raw[len(DUMP_MAGIC):], raw=False, strict_map_key=True, ext_hook=_refuse_extension, timestamp=0)
-            applied, before = _entry(body["applied"]), _entry(body["before"])
-            cluster = tuple(str(address) for address in body["cluster"])
-            state = body["state"]
-        except RaftDataRefused:
-            raise
-        except Exception as error:  # noqa: BLE001 - a malformed file
-            raise RaftDataRefused(f"the Raft dump {file_name} is malformed ({type(error).__name__}): refused") from None
-        self._state_from_plain(state)
-        return applied, before, cluster
-
-
-def _entry(value: object) -> tuple[bytes, int, int]:
-    command, index, term = value
-    if not (isinstance(command, bytes) and type(index) is int and type(term) is int):
-        raise ValueError("a log entry is (bytes, int, int)")
-    return command, index, term

@@ -7,7 +7,7 @@ Why it works as it does:
   of that disk would (the cluster runs locally).
 - A pickle attack carries a payload that would create a marker file beside the cluster's data dirs:
   the hook asserts the marker never appears and the node closes the connection.
-- The handshake is played with the transport's own message types (node.raft_transport), so the only
+- The handshake is played with the transport's own message types (node.raft_handshake), so the only
   thing wrong with an attack is what it is about: another validator's key, a wrong address, a pickle.
 - What the node logs is read from its structured node.log (refusals name the claimed validator).
 - What the rest of the network does meanwhile (ratify, execute, stay healthy) is asserted by the
@@ -112,26 +112,27 @@ def _handshake(driver: Any, target: int, *, key_of: int, claim: int, claim_addre
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from node.runtime import read_raft_password
-    from node.raft_transport import _HEADER, _Hello, _Session, _session_keys, handshake_statement, pack_message
+    from node.raft_handshake import FRAME_HEADER, Hello, Session, handshake_statement, session_keys
+    from node.raft_plain_data import pack_message
 
     sock = _connect(driver, target, timeout_s=ATTACK_WAIT_S)
     private = X25519PrivateKey.generate()
-    hello = _Hello(network_id=driver.cluster.network_id, node_id=driver.handle(claim).node_id,
+    hello = Hello(network_id=driver.cluster.network_id, node_id=driver.handle(claim).node_id,
                    address=claim_address or driver.handle(claim).raft_address, nonce=os.urandom(32),
                    ephemeral_key=private.public_key().public_bytes_raw())
     body = hello.to_frame()
-    sock.sendall(_HEADER.pack(len(body)) + body)
+    sock.sendall(FRAME_HEADER.pack(len(body)) + body)
     header = sock.recv(4, socket.MSG_WAITALL)
     if len(header) < 4:
         return sock, None
-    answer = sock.recv(_HEADER.unpack(header)[0], socket.MSG_WAITALL)
-    responder = _Hello.from_body(msgpack.unpackb(answer, raw=False), signed=True)
+    answer = sock.recv(FRAME_HEADER.unpack(header)[0], socket.MSG_WAITALL)
+    responder = Hello.from_body(msgpack.unpackb(answer, raw=False), signed=True)
     signature = _key(driver, key_of).sign(handshake_statement("initiator", hello, responder))
     auth = pack_message({"t": "auth", "signature": signature})
-    sock.sendall(_HEADER.pack(len(auth)) + auth)
+    sock.sendall(FRAME_HEADER.pack(len(auth)) + auth)
     password = read_raft_password(driver.handle(key_of).data_dir)
-    to_responder, to_initiator = _session_keys(private, responder.ephemeral_key, password, hello, responder)
-    return sock, _Session(to_responder, to_initiator)
+    to_responder, to_initiator = session_keys(private, responder.ephemeral_key, password, hello, responder)
+    return sock, Session(to_responder, to_initiator)
 
 
 # --- hooks ------------------------------------------------------------------------------------------

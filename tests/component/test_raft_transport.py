@@ -136,32 +136,33 @@ def _attacker_handshake(cluster: Cluster, target: int, *, key_of: int, claim: in
     import msgpack
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from node.raft_transport import _HEADER, _Hello, _Session, _session_keys, handshake_statement, pack_message
+    from node.raft_handshake import FRAME_HEADER, Hello, Session, handshake_statement, session_keys
+    from node.raft_plain_data import pack_message
 
     def send_frame(sock, body):
-        sock.sendall(_HEADER.pack(len(body)) + body)
+        sock.sendall(FRAME_HEADER.pack(len(body)) + body)
 
     def read_frame(sock):
         header = sock.recv(4, socket.MSG_WAITALL)
         if len(header) < 4:
             return None
-        (length,) = _HEADER.unpack(header)
+        (length,) = FRAME_HEADER.unpack(header)
         return sock.recv(length, socket.MSG_WAITALL)
 
     sock = connect(cluster, target, timeout_s=ATTACK_WAIT_S)
     private = X25519PrivateKey.generate()
-    hello = _Hello(network_id=NETWORK, node_id=cluster.identities[claim].node_id,
+    hello = Hello(network_id=NETWORK, node_id=cluster.identities[claim].node_id,
                    address=claim_address or cluster.addresses[claim], nonce=os.urandom(32),
                    ephemeral_key=private.public_key().public_bytes_raw())
     send_frame(sock, hello.to_frame())
     body = read_frame(sock)
     if not body:
         return sock, None
-    responder = _Hello.from_body(msgpack.unpackb(body, raw=False), signed=True)
+    responder = Hello.from_body(msgpack.unpackb(body, raw=False), signed=True)
     signature = cluster.identities[key_of].sign(handshake_statement("initiator", hello, responder))
     send_frame(sock, pack_message({"t": "auth", "signature": signature}))
-    to_responder, to_initiator = _session_keys(private, responder.ephemeral_key, PASSWORD, hello, responder)
-    return sock, _Session(to_responder, to_initiator)
+    to_responder, to_initiator = session_keys(private, responder.ephemeral_key, PASSWORD, hello, responder)
+    return sock, Session(to_responder, to_initiator)
 
 
 async def test_a_validator_key_cannot_impersonate_another_validator(cluster, caplog):
@@ -235,7 +236,7 @@ def test_pickles_and_dumps_that_name_a_global_are_refused(tmp_path):
     import gzip
 
     from node.errors import SynapseError
-    from node.raft_transport import PlainDump, RaftDataRefused, plain_dumps, plain_loads
+    from node.raft_plain_data import PlainDump, RaftDataRefused, plain_dumps, plain_loads
 
     marker = tmp_path / "pwned-by-file"
     for protocol in (2, 4):
