@@ -30,7 +30,7 @@ from node.governance_fold import GovernanceFold, divergence_of
 from node.local_author import LocalAuthor
 from node.local_versions import LocalVersions
 from node.logging_setup import log_event
-from node.packages import check_package_url
+from node.package_urls import check_package_url
 from node.presentation import proposal_document, ratification_record_document
 from node.raft import RaftTiming
 from node.ratification_driver import RatificationDriver

@@ -24,7 +24,8 @@ Why it works as it does:
 - Compiling is the slow part (~1 s for a 5 MB Rust module), so compiled modules are cached by digest:
   in memory (bounded LRU) and on disk. `Module.deserialize` runs native code, so a disk artifact is
   trusted only if it carries this node's HMAC (key made on first use, mode 0600), under a name bound to
-  sha256(wasm) + wasmtime version + engine config; anything else is recompiled and overwritten.
+  sha256(wasm) + wasmtime version + engine config; anything else is recompiled and overwritten
+  (node/sandbox_disk_cache.py).
 - Calls are blocking (wasmtime releases the GIL while wasm runs); `run_upgrade_async` runs them in the
   loop's executor so the event loop never blocks.
 """
@@ -34,13 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hashlib
-import hmac
 import importlib.metadata
 import json
 import platform
 import re
-import secrets
 import struct
 import threading
 from collections import OrderedDict
@@ -50,7 +48,7 @@ from pathlib import Path
 import wasmtime
 
 from node import errors
-from node.fsutil import write_atomic
+from node.sandbox_disk_cache import DiskCache
 from node.core.canonical import JSON_DEPTH_MAX, canonical_json, json_depth_within, json_nesting_depth, sha256_hex
 
 ABI_WASM_BINDGEN = 1
@@ -62,7 +60,6 @@ ADDRESS_SPACE_BYTES = 4 * 1024 * 1024 * 1024  # wasm32
 EPOCH_TICK_MS = 10
 WASM_STACK_MAX_BYTES = 1024 * 1024
 MEMORY_CACHE_ENTRIES_MAX = 16
-DISK_CACHE_ENTRIES_MAX = 64
 RUNS_CONCURRENT_MAX = 2
 TABLE_ELEMENTS_MAX = 1_000_000
 REFUSALS_SHOWN_MAX = 3  # in an error message; inspect() lists them all
@@ -70,9 +67,6 @@ COMPILE_ALLOWANCE_MS = 120_000  # added to the wall timeout of an async call: co
 ALLOCATION_FAILURE_FUNCTIONS = ("__rust_alloc_error_handler", "__rg_oom", "__rdl_oom", "rust_oom", "handle_alloc_error")
 RUST_PANIC_FUNCTIONS = ("rust_panic", "__rust_start_panic", "rust_begin_unwind")
 MEMORY_NEAR_LIMIT_MIN_BYTES = 1024 * 1024  # a trap this close to the memory limit counts as running out of it
-_ARTIFACT_MAGIC = b"SYNAPSE-CWASM-1\n"
-_CACHE_KEY_FILE = "cache.key"
-_CACHE_KEY_BYTES = 32
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -288,66 +282,6 @@ def _one_line(text: str, length_max: int = 300) -> str:
     return cause if len(cause) <= length_max else cause[:length_max - 3] + "..."
 
 
-class _DiskCache:
-    """Compiled artifacts on disk, each authenticated with this node's key before it is deserialized."""
-
-    def __init__(self, directory: Path, fingerprint: str) -> None:
-        self._directory = directory
-        self._fingerprint = fingerprint
-        try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._key = self._load_or_make_key()
-        except OSError as error:
-            raise errors.ConfigError(f"compiled module cache directory {directory} is not usable: {error.strerror or error}",
-                                     hint="give the node a writable data directory") from None
-
-    def _load_or_make_key(self) -> bytes:
-        path = self._directory / _CACHE_KEY_FILE
-        with contextlib.suppress(FileNotFoundError):
-            key = path.read_bytes()
-            if len(key) == _CACHE_KEY_BYTES:
-                return key
-        key = secrets.token_bytes(_CACHE_KEY_BYTES)
-        write_atomic(path, key, mode=0o600)
-        return key
-
-    def path_for(self, sha256: str) -> Path:
-        return self._directory / f"{sha256}-{self._fingerprint}.cwasm"
-
-    def _mac(self, sha256: str, payload: bytes) -> bytes:
-        message = self._fingerprint.encode() + b"\0" + sha256.encode() + b"\0"
-        signer = hmac.new(self._key, message, hashlib.sha256)
-        signer.update(payload)
-        return signer.digest()
-
-    def load(self, sha256: str) -> tuple[bytes | None, bool]:
-        """The artifact's payload if present and authentic; the flag says one was present but refused."""
-        try:
-            blob = self.path_for(sha256).read_bytes()
-        except OSError:
-            return None, False
-        header_size = len(_ARTIFACT_MAGIC) + hashlib.sha256().digest_size
-        if len(blob) <= header_size or not blob.startswith(_ARTIFACT_MAGIC):
-            return None, True
-        mac, payload = blob[len(_ARTIFACT_MAGIC):header_size], blob[header_size:]
-        if not hmac.compare_digest(mac, self._mac(sha256, payload)):
-            return None, True
-        return payload, False
-
-    def store(self, sha256: str, payload: bytes) -> bool:
-        try:
-            write_atomic(self.path_for(sha256), _ARTIFACT_MAGIC + self._mac(sha256, payload) + payload, mode=0o600)
-            self._prune()
-        except OSError:
-            return False  # a cache that cannot be written only costs a recompile next time
-        return True
-
-    def _prune(self) -> None:
-        artifacts = sorted(self._directory.glob("*.cwasm"), key=lambda path: path.stat().st_mtime)
-        for path in artifacts[:max(0, len(artifacts) - DISK_CACHE_ENTRIES_MAX)]:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
 
 class _EpochTicker:
     """Advances the engine's epoch every tick while at least one call runs; idle, no thread exists."""
@@ -434,7 +368,7 @@ class Sandbox:
         self._engine = wasmtime.Engine(config)
         wasmtime_version = importlib.metadata.version("wasmtime")
         self._fingerprint = sha256_hex(f"wasmtime={wasmtime_version};{described};{platform.machine()}".encode())[:20]
-        self._disk = None if compiled_cache_dir is None else _DiskCache(Path(compiled_cache_dir), self._fingerprint)
+        self._disk = None if compiled_cache_dir is None else DiskCache(Path(compiled_cache_dir), self._fingerprint)
         self._memory_cache: OrderedDict[str, _Compiled] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._run_slots = threading.BoundedSemaphore(RUNS_CONCURRENT_MAX)

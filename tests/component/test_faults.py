@@ -32,7 +32,8 @@ from cluster.faults import (
 from cluster.package_server import PackageServer, build_package, cid_for
 from cluster.scenario import Selector
 from node.errors import ClusterError, FaultInjectionUnavailable, HashMismatchError, PackageFetchError
-from node.packages import PackageCache, PackageFetcher, parse_ipfs_url
+from node.package_urls import parse_ipfs_url
+from node.packages import PackageCache, PackageFetcher
 
 PORT = 7300
 CUT_TIMEOUT_S = 0.6

@@ -3,7 +3,8 @@
 import pytest
 
 from node.errors import ConfigError, HashFormatError, PackageSourceRefused
-from node.packages import FetchLimits, check_package_url, parse_ipfs_url, parse_package_hash, redact_url
+from node.package_urls import check_package_url, parse_ipfs_url, parse_package_hash, redact_url
+from node.packages import FetchLimits
 from node.core.urls import has_userinfo
 
 CID_V0 = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
