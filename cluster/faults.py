@@ -250,10 +250,6 @@ class NetworkFaults:
                 pairs.append((match.group(1), match.group(2)))
         return pairs
 
-    @property
-    def active(self) -> bool:
-        return bool(self._rules)
-
     def close(self) -> None:
         """Remove the chain and its jump. Safe to call twice."""
         if self._open:

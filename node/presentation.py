@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from node.core.governance import ExecutionView, ProposalView, RatifyAuditView, ReportView, RollbackView
 from node.core.closing import VOTE_ID_SIZE_BYTES
-from node.core.ratification import RatificationRecord, RatificationView
+from node.core.ratification import RatificationRecord
 from node.core.tally import Tally, VoteRecord
 from node.core.utc import format_utc_ms
 
@@ -77,7 +77,3 @@ def ratification_record_document(record: RatificationRecord) -> dict:
             "sequence": record.sequence, "action": record.action, "package_hash": record.package_hash,
             "version": record.version, "ratified_by": list(record.ratified_by), "signed_by": list(record.signed_by)}
 
-
-def ratification_document(view: RatificationView) -> dict:
-    return {"next_sequence": view.next_sequence,
-            "records": [ratification_record_document(record) for record in view.records]}

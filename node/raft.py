@@ -484,8 +484,3 @@ def _settle(future: asyncio.Future, result: object, error: int) -> None:
         future.set_result(result)
     else:
         future.set_exception(_CallFailed(error))
-
-
-def raft_files(data_dir: Path) -> tuple[Path, ...]:
-    """The files PySyncObj keeps for this validator (journal, its meta file, the full dump)."""
-    return (data_dir / JOURNAL_FILE_NAME, data_dir / f"{JOURNAL_FILE_NAME}.meta", data_dir / DUMP_FILE_NAME)

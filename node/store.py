@@ -71,7 +71,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.core import pipeline
-from node.core.canonical import canonical_json, sha256_hex, state_hash as compute_state_hash
+from node.core.canonical import canonical_json, sha256_hex
 from node.core.semver import is_valid_version, parse_version
 from node.fsutil import TEMP_MARKER, fsync_directory, write_atomic
 from node.errors import ConfigError, IntegrityError, StoreError
@@ -321,12 +321,6 @@ class VersionStore:
     def upgrades_total(self) -> int:
         return self._manifest["upgrades_total"]
 
-    def live_state(self) -> dict:
-        return json.loads(self._live_bytes)
-
-    def live_state_json(self) -> bytes:
-        return self._live_bytes
-
     def state_hash(self) -> str:
         return self._manifest["state_hash"]
 
@@ -546,8 +540,3 @@ def _encode_state(state: object, version: str) -> bytes:
     if len(data) > STATE_SIZE_MAX_BYTES:
         raise StoreError(f"the new state is {len(data)} bytes, more than {STATE_SIZE_MAX_BYTES}")
     return data
-
-
-def state_hash_of(state: dict) -> str:
-    """Re-exported so callers need one import for hashes that match the store's."""
-    return compute_state_hash(state)

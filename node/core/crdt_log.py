@@ -403,10 +403,6 @@ class CrdtLog:
     def next_sequence(self, author: str) -> int:
         return len(self._chains.get(author, ())) + 1
 
-    def max_sequences(self) -> dict[str, int]:
-        """author -> highest visible sequence (for display and metrics; gossip uses digest())."""
-        return {author: len(chain) for author, chain in self._chains.items()}
-
     def latest_of(self, author: str) -> Entry | None:
         """The author's visible entry with the highest sequence (the smallest id among twins)."""
         chain = self._chains.get(author)

@@ -212,10 +212,6 @@ class Governance:
         self._authors[entry.id] = entry.author
         handler(entry)
 
-    def apply_all(self, entries: Iterable[Entry]) -> None:
-        for entry in entries:
-            self.apply(entry)
-
     def note_equivocations(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Void both entries of each pair (same author and sequence, different content)."""
         for first, second in pairs:
@@ -425,11 +421,6 @@ class Governance:
                     latest[ballot.voter] = ballot
             candidates[view.proposal_id] = tuple(sorted(ballot.entry_id for ballot in latest.values()))
         return candidates
-
-    def closes_published_by(self, validator_id: str) -> set[str]:
-        """Proposal ids for which `validator_id` published a CLOSE entry."""
-        return {proposal_id for proposal_id, bucket in self._buckets.items()
-                if any(validator_id in validators for validators in bucket.closes.values())}
 
     def certified_executions(self) -> list[CertifiedExecution]:
         """Every EXECUTE_UPGRADE with a valid certificate, one per sequence (the first in log order),

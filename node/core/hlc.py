@@ -53,15 +53,3 @@ def hlc_tick(previous: Hlc, now_ms: int) -> Hlc:
         return Hlc(now_ms, 0)
     return _after(previous.wall_ms, previous.logical + 1)
 
-
-def hlc_receive(previous: Hlc, remote: Hlc, now_ms: int) -> Hlc:
-    """The clock after receiving `remote`: strictly greater than both `previous` and `remote`."""
-    _check_now(now_ms)
-    wall_ms = max(previous.wall_ms, remote.wall_ms, now_ms)
-    if wall_ms == previous.wall_ms == remote.wall_ms:
-        return _after(wall_ms, max(previous.logical, remote.logical) + 1)
-    if wall_ms == previous.wall_ms:
-        return _after(wall_ms, previous.logical + 1)
-    if wall_ms == remote.wall_ms:
-        return _after(wall_ms, remote.logical + 1)
-    return Hlc(wall_ms, 0)

@@ -74,8 +74,8 @@ def reopen(data_dir: Path) -> VersionStore:
 def test_first_open_creates_the_spec_layout_from_genesis(data_dir):
     with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
         assert store.current_version == "1.0.0" and store.applied_sequence == 0
-        assert store.live_state() == GENESIS and store.state_hash() == state_hash(GENESIS)
-        assert store.live_state_json() == canonical_json(GENESIS)
+        assert json.loads(store.snapshot()[2]) == GENESIS and store.state_hash() == state_hash(GENESIS)
+        assert store.snapshot()[2] == canonical_json(GENESIS)
         assert store.history() == [] and store.versions() == ["1.0.0"]
     upgrades = data_dir / "upgrades"
     assert (upgrades / "current_version.txt").read_text() == "1.0.0\n"
@@ -92,13 +92,6 @@ def test_reopening_an_intact_store_repairs_nothing_and_changes_no_file(data_dir)
     with reopen(data_dir) as store:
         assert store.repairs == []
     assert snapshot_files(data_dir) == before
-
-
-def test_live_state_is_a_fresh_copy_each_time(data_dir):
-    with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
-        copy = store.live_state()
-        copy["global"]["nodes"].clear()
-        assert store.live_state() == GENESIS
 
 
 def test_a_second_store_on_the_same_data_dir_is_refused(data_dir):
@@ -136,7 +129,7 @@ def test_an_upgrade_commits_state_version_history_and_sequence_and_survives_a_re
         assert store.current_version == "1.1.0" and store.applied_sequence == 1 and store.upgrades_total == 1
     with reopen(data_dir) as store:
         assert store.repairs == []
-        assert store.live_state() == state_of("1.1.0", feature=True)
+        assert json.loads(store.snapshot()[2]) == state_of("1.1.0", feature=True)
         assert store.state_hash() == state_hash(state_of("1.1.0", feature=True))
         assert store.versions() == ["1.0.0", "1.1.0"]
         assert store.version_state("1.0.0") == GENESIS
@@ -153,11 +146,11 @@ def test_a_rollback_restores_the_previous_state_exactly(data_dir):
         restored, previous = store.commit_rollback(proposal_id="p2", sequence=None,
                                                    record=rollback_record("1.1.0", "1.2.0", "p2"))
         assert (restored, previous) == ("1.1.0", "1.2.0")
-        assert store.live_state() == state_of("1.1.0") and store.applied_sequence == 2, "a local rollback consumes no sequence"
+        assert json.loads(store.snapshot()[2]) == state_of("1.1.0") and store.applied_sequence == 2, "a local rollback consumes no sequence"
         assert store.versions() == ["1.0.0", "1.1.0"]
     assert not (data_dir / "upgrades" / "versions" / "1.2.0").exists(), "the undone version's backup is removed"
     with reopen(data_dir) as store:
-        assert store.current_version == "1.1.0" and store.live_state() == state_of("1.1.0")
+        assert store.current_version == "1.1.0" and json.loads(store.snapshot()[2]) == state_of("1.1.0")
         assert [record["event"] for record in store.history()] == ["upgrade", "upgrade", "rollback"]
 
 
@@ -165,7 +158,7 @@ def test_a_network_rollback_consumes_its_sequence(data_dir):
     with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
         upgrade(store, "1.1.0", 1)
         store.commit_rollback(proposal_id="r2", sequence=2, record=rollback_record("1.0.0", "1.1.0", "r2", 2))
-        assert store.applied_sequence == 2 and store.current_version == "1.0.0" and store.live_state() == GENESIS
+        assert store.applied_sequence == 2 and store.current_version == "1.0.0" and json.loads(store.snapshot()[2]) == GENESIS
 
 
 def test_upgrading_again_after_a_rollback_replaces_the_old_backup_of_that_version(data_dir):
@@ -174,7 +167,7 @@ def test_upgrading_again_after_a_rollback_replaces_the_old_backup_of_that_versio
         store.commit_rollback(proposal_id="p1", sequence=None, record=rollback_record("1.0.0", "1.1.0", "p1"))
         upgrade(store, "1.1.0", 2, attempt=2)
     with reopen(data_dir) as store:
-        assert store.live_state() == state_of("1.1.0", attempt=2) and store.version_state("1.1.0") == state_of("1.1.0", attempt=2)
+        assert json.loads(store.snapshot()[2]) == state_of("1.1.0", attempt=2) and store.version_state("1.1.0") == state_of("1.1.0", attempt=2)
 
 
 def test_rollback_past_the_first_version_is_refused_and_changes_nothing(data_dir):
@@ -208,11 +201,11 @@ def test_a_refused_commit_changes_no_file_and_no_memory(data_dir, kwargs, error,
 
 def test_a_verdict_failure_consumes_its_sequence_and_a_local_one_does_not(data_dir):
     with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
-        live_before = store.live_state_json()
+        live_before = store.snapshot()[2]
         store.record_failure(failure_record(1, consumed=False))
         assert store.applied_sequence == 0
         store.commit_failure(sequence=1, record=failure_record(1, consumed=True))
-        assert store.applied_sequence == 1 and store.live_state_json() == live_before and store.current_version == "1.0.0"
+        assert store.applied_sequence == 1 and store.snapshot()[2] == live_before and store.current_version == "1.0.0"
     with reopen(data_dir) as store:
         assert [record["sequence_consumed"] for record in store.history()] == [False, True]
 
@@ -274,7 +267,7 @@ def test_a_flipped_byte_in_the_live_state_is_repaired_from_the_verified_version_
     flip_byte(live, 20)
     with reopen(upgraded_dir) as store:
         assert any("live state" in repair for repair in store.repairs)
-        assert store.live_state() == state_of("1.1.0", feature=True)
+        assert json.loads(store.snapshot()[2]) == state_of("1.1.0", feature=True)
     assert "sha256:" + hashlib.sha256(live.read_bytes()).hexdigest() == state_hash(state_of("1.1.0", feature=True))
 
 
@@ -291,7 +284,7 @@ def test_a_live_state_whose_copy_is_damaged_too_is_an_integrity_error(upgraded_d
 def test_a_missing_live_state_is_restored(upgraded_dir):
     (upgraded_dir / "state" / "network_state.json").unlink()
     with reopen(upgraded_dir) as store:
-        assert store.live_state() == state_of("1.1.0", feature=True) and store.repairs
+        assert json.loads(store.snapshot()[2]) == state_of("1.1.0", feature=True) and store.repairs
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage", "edited"])
@@ -396,7 +389,7 @@ def test_a_damaged_backup_of_the_current_version_is_rewritten_by_the_backup_step
         assert "sha256:" + hashlib.sha256(backup.read_bytes()).hexdigest() == store.state_hash()
         upgrade(store, "1.2.0", 2)
         store.commit_rollback(proposal_id="p2", sequence=None, record=rollback_record("1.1.0", "1.2.0", "p2"))
-        assert store.live_state() == state_of("1.1.0", feature=True)
+        assert json.loads(store.snapshot()[2]) == state_of("1.1.0", feature=True)
 
 
 def test_an_upgrade_itself_repairs_a_damaged_backup_before_committing(upgraded_dir):
@@ -404,4 +397,4 @@ def test_an_upgrade_itself_repairs_a_damaged_backup_before_committing(upgraded_d
     with reopen(upgraded_dir) as store:
         upgrade(store, "1.2.0", 2)
         restored, _ = store.commit_rollback(proposal_id="p2", sequence=None, record=rollback_record("1.1.0", "1.2.0", "p2"))
-        assert restored == "1.1.0" and store.live_state() == state_of("1.1.0", feature=True)
+        assert restored == "1.1.0" and json.loads(store.snapshot()[2]) == state_of("1.1.0", feature=True)

@@ -9,6 +9,7 @@ and still let the next upgrade run.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ class Node:
                 if path.is_file() and "cache" not in path.parts and path.name != ".lock"}
 
     def snapshot(self) -> tuple:
-        return (self.store.current_version, self.store.state_hash(), self.store.live_state_json(), self.store.applied_sequence)
+        return (self.store.current_version, self.store.state_hash(), self.store.snapshot()[2], self.store.applied_sequence)
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ async def test_an_upgrade_runs_the_package_and_commits_the_new_state(node):
     assert result == UpgradeResult(success=True, version="1.1.0", state_hash=state_hash(state_at("1.1.0")), error=None,
                                    sequence=1, proposal_id="up-1", fuel_consumed=result.fuel_consumed)
     assert result.fuel_consumed > 0
-    assert node.store.live_state() == state_at("1.1.0") and node.store.current_version == "1.1.0"
+    assert json.loads(node.store.snapshot()[2]) == state_at("1.1.0") and node.store.current_version == "1.1.0"
     assert node.store.state_hash() == result.state_hash and node.store.applied_sequence == 1
     [record] = node.manager.history()
     assert {key: record[key] for key in ("version", "executed_at", "proposal_id", "success", "event", "sequence")} == {
@@ -174,11 +175,11 @@ VERDICTS = [
 
 @pytest.mark.parametrize("package, version, error_name, step, words", VERDICTS, ids=[v[2] + "-" + v[3] + f"-{i}" for i, v in enumerate(VERDICTS)])
 async def test_a_failed_upgrade_is_recorded_leaves_the_state_untouched_and_lets_the_next_one_run(node, package, version, error_name, step, words):
-    before_state, before_hash = node.store.live_state_json(), node.store.state_hash()
+    before_state, before_hash = node.store.snapshot()[2], node.store.state_hash()
     result = await node.upgrade(version, 1, wasm=wasm_from(package))
     assert result.success is False and result.error.startswith(error_name) and words in result.error
     assert (result.version, result.state_hash) == ("1.0.0", before_hash), "a result carries the node's unchanged state"
-    assert node.store.live_state_json() == before_state and node.store.current_version == "1.0.0"
+    assert node.store.snapshot()[2] == before_state and node.store.current_version == "1.0.0"
     assert (node.data_dir / "state" / "network_state.json").read_bytes() == before_state
     [record] = node.manager.history()
     assert (record["event"], record["success"], record["failed_step"], record["sequence"], record["sequence_consumed"]) == (
@@ -186,7 +187,7 @@ async def test_a_failed_upgrade_is_recorded_leaves_the_state_untouched_and_lets_
     assert words in record["error"] and record["state_hash"] == before_hash
     assert node.store.applied_sequence == 1
     following = await node.upgrade("1.1.0", 2)
-    assert following.success and node.store.live_state() == state_at("1.1.0")
+    assert following.success and json.loads(node.store.snapshot()[2]) == state_at("1.1.0")
 
 
 async def test_running_out_of_fuel_is_a_verdict(tmp_path):
@@ -289,7 +290,7 @@ async def test_a_package_downloaded_over_http_is_verified_cached_and_applied(nod
     package_server.body = wasm
     result = await node.manager.execute(proposal_id="up-1", version="1.1.0", package_url=package_server.url,
                                         package_hash=digest_of(wasm), package_size=len(wasm), sequence=1)
-    assert result.success and node.store.live_state() == state_at("1.1.0")
+    assert result.success and json.loads(node.store.snapshot()[2]) == state_at("1.1.0")
     assert package_server.requests == 1 and node.cache.get(hashlib.sha256(wasm).hexdigest()) == wasm
 
 
@@ -339,12 +340,12 @@ async def test_a_local_rollback_restores_the_previous_version_of_the_chain(node)
     response = await node.manager.rollback(proposal_id="up-2")
     assert {key: response[key] for key in ("message", "restored_version", "previous_version")} == {
         "message": "Rollback completed", "restored_version": "1.1.0", "previous_version": "1.2.0"}
-    assert node.store.live_state() == state_at("1.1.0") and response["state_hash"] == state_hash(state_at("1.1.0"))
+    assert json.loads(node.store.snapshot()[2]) == state_at("1.1.0") and response["state_hash"] == state_hash(state_at("1.1.0"))
     assert node.store.applied_sequence == 2
     record = node.manager.history()[-1]
     assert (record["event"], record["version"], record["from_version"]) == ("rollback", "1.1.0", "1.2.0")
     await node.manager.rollback(proposal_id="up-1")
-    assert node.store.live_state() == GENESIS
+    assert json.loads(node.store.snapshot()[2]) == GENESIS
 
 
 async def test_a_refused_local_rollback_changes_and_records_nothing(node):
@@ -393,7 +394,7 @@ async def test_a_network_rollback_the_operator_already_did_here_is_a_successful_
     files_before = node.files()
     response = await node.manager.rollback(proposal_id="rb-2", sequence=2, target_proposal_id="up-1", version="1.0.0")
     assert (response["message"], response["restored_version"]) == ("Rollback already in effect", "1.0.0")
-    assert response["state_hash"] == state_hash(GENESIS) and node.store.live_state() == GENESIS
+    assert response["state_hash"] == state_hash(GENESIS) and json.loads(node.store.snapshot()[2]) == GENESIS
     assert node.store.applied_sequence == 2
     record = node.manager.history()[-1]
     assert (record["event"], record["success"], record["sequence"]) == ("rollback", True, 2)

@@ -39,6 +39,11 @@ def chain(who: Identity, length: int, *, start_ms: int = NOW_MS) -> list:
     return entries
 
 
+def highest_sequences(log: CrdtLog) -> dict[str, int]:
+    """author -> highest visible sequence: the plain digest of older peers, from the log's public API."""
+    return {who.node_id: log.next_sequence(who.node_id) - 1 for who in PEOPLE if log.next_sequence(who.node_id) > 1}
+
+
 # --- adding and reading ----------------------------------------------------------------------------
 
 
@@ -51,7 +56,7 @@ def test_local_entries_chain_and_become_visible_in_order():
     assert third.sequence == 2 and first.id in third.parents and second.id in third.parents
     assert third.hlc > second.hlc > first.hlc
     assert log.heads() == (third.id,) and log.next_sequence(ALICE.node_id) == 3 and log.next_sequence(CAROL.node_id) == 1
-    assert log.max_sequences() == {ALICE.node_id: 2, BOB.node_id: 1}
+    assert highest_sequences(log) == {ALICE.node_id: 2, BOB.node_id: 1}
     assert len(log) == log.visible_count() == 3 and log.pending_count() == 0
     assert log.get(first.id) == first and first.id in log and "0" * 64 not in log
     for garbage in ([], {}, None, 5, b"id"):  # hostile ids from a parsed request never raise
@@ -380,7 +385,7 @@ def test_entries_missing_from_sends_exactly_what_is_missing_in_causal_order_and_
     assert partial.entries_missing_from(full.digest(), limit=100) == []
     assert full.entries_missing_from({}, limit=100) == full.visible()
     # A plain highest-sequence digest (older peers) also works.
-    assert full.entries_missing_from(partial.max_sequences(), limit=100) == missing
+    assert full.entries_missing_from(highest_sequences(partial), limit=100) == missing
 
 
 def test_a_twin_of_a_sequence_the_remote_already_has_is_sent():
@@ -392,7 +397,7 @@ def test_a_twin_of_a_sequence_the_remote_already_has_is_sent():
         left.add(entry, now_ms=NOW_MS)
     for entry in (first, twin_a):
         right.add(entry, now_ms=NOW_MS)
-    assert left.max_sequences() == right.max_sequences()  # a highest-sequence digest would see no difference
+    assert highest_sequences(left) == highest_sequences(right)  # a highest-sequence digest would see no difference
     assert left.entries_missing_from(right.digest(), limit=10) == [twin_b]
     assert right.entries_missing_from(left.digest(), limit=10) == []
 

@@ -13,7 +13,7 @@ import pytest
 from node.core.entries import (
     KINDS, SIGNING_DOMAIN, Entry, decode_entry, make_entry, safe_text, signing_bytes_of, signing_prefix, unsafe_character,
 )
-from node.core.hlc import LOGICAL_MAX, WALL_MS_MAX, Hlc, hlc_receive, hlc_tick
+from node.core.hlc import LOGICAL_MAX, WALL_MS_MAX, Hlc, hlc_tick
 from node.errors import ConfigError, EntryRefused
 from node.identity import verify_signature
 from tests.logtools import (
@@ -388,17 +388,8 @@ def test_tick_follows_the_wall_clock_and_never_goes_back():
     assert hlc_tick(Hlc(100, 5), 50) == Hlc(100, 6)  # the wall clock went backwards: the hlc did not
 
 
-def test_receive_is_above_both_clocks():
-    assert hlc_receive(Hlc(100, 1), Hlc(90, 7), 120) == Hlc(120, 0)
-    assert hlc_receive(Hlc(100, 1), Hlc(100, 7), 50) == Hlc(100, 8)
-    assert hlc_receive(Hlc(100, 9), Hlc(100, 7), 50) == Hlc(100, 10)
-    assert hlc_receive(Hlc(100, 9), Hlc(150, 2), 120) == Hlc(150, 3)
-    assert hlc_receive(Hlc(160, 4), Hlc(150, 2), 120) == Hlc(160, 5)
-
-
 def test_a_full_logical_counter_moves_to_the_next_millisecond():
     assert hlc_tick(Hlc(100, LOGICAL_MAX), 100) == Hlc(101, 0)
-    assert hlc_receive(Hlc(100, 0), Hlc(100, LOGICAL_MAX), 100) == Hlc(101, 0)
 
 
 def test_hlc_orders_by_wall_then_logical_and_validates():

@@ -346,7 +346,8 @@ def test_fold_is_insensitive_to_delivery_order():
         rng.shuffle(entries)
         governance = Governance(network_id=NETWORK, validators={v.node_id: v.public_key for v in net.validators},
                                 verify=verify_signature, local_node_id=net.id("b"), rules=net.rules)
-        governance.apply_all(entries + entries[:3])                 # duplicates are harmless
+        for entry in entries + entries[:3]:                         # duplicates are harmless
+            governance.apply(entry)
         views = governance.proposals(state=net.state, now_ms=DEADLINE + 1)
         results.add(repr(views))
     assert len(results) == 1
@@ -390,7 +391,8 @@ def test_equivocating_proposals_are_both_void():
     for order in ([one, two], [two, one]):      # before the log reports the pair: the first in log order wins
         governance = Governance(network_id=NETWORK, validators={v.node_id: v.public_key for v in net.validators},
                                 verify=verify_signature, local_node_id=net.id("a"), rules=net.rules)
-        governance.apply_all(order)
+        for entry in order:
+            governance.apply(entry)
         titles.update(view.title for view in governance.proposals(state=net.state, now_ms=T0 + 2))
         assert [p.reason for p in governance.problems()] == ["duplicate_proposal"]
     assert titles == {"to 1.2.0"}
