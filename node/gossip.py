@@ -300,6 +300,10 @@ class Gossip:
         deadline_ms = self._core.write_gate_deadline_ms
         if deadline_ms is None:
             return
+        if self._core.behind_own_entries() and self._now_ms() < deadline_ms:
+            # Counted as the wait begins: an operator sees writes held after a restart (and a test can
+            # wait for this moment instead of sleeping).
+            self._metrics.inc("gossip_writes_held_total")
         while (self._core.behind_own_entries() and self._now_ms() < deadline_ms
                and self._core.write_gate_deadline_ms is not None):
             await asyncio.sleep(WRITE_GATE_POLL_S)

@@ -8,7 +8,6 @@ never runs, but the test holds its key, so it can forge what a hostile member wo
 approval alone decides a vote (300 of 400), so a whole upgrade goes from proposal to execution here.
 """
 
-import asyncio
 import hashlib
 import json
 import re
@@ -29,6 +28,7 @@ from node.governance_fold import divergence_of
 from node.identity import Identity
 from node.runtime import wall_ms
 from tests.component.node_app import node_test_client
+from tests.polling import poll_until_async
 from tests.wasm_build import REPOSITORY, TEST_PACKAGES, wat_to_wasm
 
 # PySyncObj 0.3.17 never closes its journal's .meta file (see tests/component/test_raft.py).
@@ -114,16 +114,18 @@ async def error_of(response, status: int) -> dict:
 
 
 async def wait_status(client, proposal_id: str, wanted: set[str], timeout_s: float = WAIT_S) -> dict:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        document = await json_of(await client.get(f"/proposals/{proposal_id}"), 200)
-        if document["status"] in wanted:
-            return document
-        if loop.time() > deadline:
-            raise AssertionError(f"{proposal_id} is {document['status']!r} after {timeout_s} s, not {wanted}; "
-                                 f"notes {document['notes']}; status {await (await client.get('/upgrades/status')).json()}")
-        await asyncio.sleep(0.05)
+    last: dict = {}
+
+    async def reached() -> dict | None:
+        last.update(await json_of(await client.get(f"/proposals/{proposal_id}"), 200))
+        return dict(last) if last["status"] in wanted else None
+
+    async def seen() -> str:
+        upgrades = await (await client.get("/upgrades/status")).json()
+        return f"{proposal_id} is {last.get('status')!r}; notes {last.get('notes')}; upgrades status {upgrades}"
+
+    return await poll_until_async(reached, what=f"{proposal_id} to reach one of {sorted(wanted)}", timeout_s=timeout_s,
+                                  interval_s=0.05, describe=seen)
 
 
 async def push(client, *entries) -> Pushed:
@@ -519,11 +521,12 @@ async def test_health_says_whether_this_node_validates_and_who_leads_raft(client
     async def health() -> dict:
         return await json_of(await client.get("/health"), 200)
 
-    for _ in range(100):            # a single-validator Raft elects itself within a second
+    async def elected() -> dict | None:
         document = await health()
-        if document["raft_leader"]:
-            break
-        await asyncio.sleep(0.05)
+        return document if document["raft_leader"] else None
+
+    # A single-validator Raft elects itself within a second.
+    document = await poll_until_async(elected, what="the single validator to lead Raft", timeout_s=WAIT_S, interval_s=0.05)
     me = network.nodes[0]
     assert document["validator"] is True
     assert document["raft_leader"] == me.raft_address

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import aiohttp
 import msgpack
@@ -34,23 +34,19 @@ from node.identity import Identity
 from node.logfile import LogFile
 from node.metrics import Metrics
 from tests.logtools import forge, identities, new_log
+from tests.polling import poll_until_async
 
 pytestmark = pytest.mark.timeout(90)
 
 FAST = dict(interval_ms=50, call_timeout_ms=1_000, backoff_base_ms=50, backoff_max_ms=200)
 QUIET = dict(FAST, interval_ms=600_000)  # anti-entropy effectively off: only eager push moves entries
+WAIT_S = 15.0
 
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def eventually(check: Callable[[], bool], *, what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for: {what}")
-        await asyncio.sleep(0.01)
 
 
 class RecordingLogFile:
@@ -180,7 +176,7 @@ class Net:
         def check() -> bool:
             orders = {tuple(node.visible_ids()) for node in self.running()}
             return len(orders) == 1 and len(next(iter(orders))) == count
-        await eventually(check, what=what or f"every running node to show the same {count} visible entries", timeout_s=timeout_s)
+        await poll_until_async(check, what=what or f"every running node to show the same {count} visible entries", timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -275,7 +271,7 @@ async def test_entries_written_on_different_nodes_converge_to_one_order(make_net
     for node in net.nodes:
         assert {entry.raw for entry in written} <= set(node.logfile.appended), f"node {node.index} lost entries on disk"
         assert node.log.pending_count() == 0 and node.log.equivocations() == []
-    await eventually(lambda: all(node.gossip.peers_up() == 4 for node in net.nodes), what="every peer counted as up")
+    await poll_until_async(lambda: all(node.gossip.peers_up() == 4 for node in net.nodes), what="every peer counted as up", timeout_s=WAIT_S)
 
 
 async def test_eager_push_forwards_across_nodes_the_author_cannot_reach(make_net) -> None:
@@ -283,7 +279,7 @@ async def test_eager_push_forwards_across_nodes_the_author_cannot_reach(make_net
     net = make_net(5, settings=dict(QUIET, fanout=1), topology={i: [i + 1] for i in range(4)})
     await net.start()
     entry = await net.publish(0)
-    await eventually(lambda: all(node.log.is_visible(entry.id) for node in net.nodes), what="the entry on every node")
+    await poll_until_async(lambda: all(node.log.is_visible(entry.id) for node in net.nodes), what="the entry on every node", timeout_s=WAIT_S)
     for node in net.nodes[1:]:
         assert node.metric("gossip_entries_received_total", status="added") == 1
     for node in net.nodes[2:]:  # forwarded by offer/want: the full entry crossed each link once
@@ -307,12 +303,12 @@ async def test_anti_entropy_catches_up_a_node_that_was_down(make_net) -> None:
     await net.start(0, 1, 2, 3)
     written = [await net.publish(index % 4, f"while node 4 is down {index}") for index in range(30)]
     await net.converged(30, what="the four running nodes")
-    await eventually(lambda: net.nodes[0].metric("gossip_call_failures_total") >= 1, what="a call to node 4 to fail")
-    await eventually(lambda: net.nodes[0].gossip.peers_up() == 3, what="node 4 counted as down, the others as up")
+    await poll_until_async(lambda: net.nodes[0].metric("gossip_call_failures_total") >= 1, what="a call to node 4 to fail", timeout_s=WAIT_S)
+    await poll_until_async(lambda: net.nodes[0].gossip.peers_up() == 3, what="node 4 counted as down, the others as up", timeout_s=WAIT_S)
     await net.start(4)
     await net.converged(30, what="node 4 to catch up")
     assert set(net.nodes[4].visible_ids()) == {entry.id for entry in written}
-    await eventually(lambda: net.nodes[0].gossip.peers_up() == 4, what="node 4 counted as up again")
+    await poll_until_async(lambda: net.nodes[0].gossip.peers_up() == 4, what="node 4 counted as up again", timeout_s=WAIT_S)
 
 
 async def test_a_restarted_node_keeps_what_it_acknowledged_and_catches_up(make_net) -> None:
@@ -442,8 +438,8 @@ async def test_a_failing_disk_refuses_entries_instead_of_showing_them(make_net) 
     await net.start()
     net.nodes[1].logfile.failing = True
     entry = await net.publish(0)  # node 0 pushes it to node 1, whose disk fails
-    await eventually(lambda: net.nodes[1].metric("gossip_requests_refused_total", reason="unavailable") == 1,
-                     what="node 1 to refuse node 0's push")
+    await poll_until_async(lambda: net.nodes[1].metric("gossip_requests_refused_total", reason="unavailable") == 1,
+                     what="node 1 to refuse node 0's push", timeout_s=WAIT_S)
     with pytest.raises(Unavailable):
         await net.publish(1)
     status, body = await post(net.nodes[1].url + "/gossip/push", Push(sender="", raws=(entry.raw,)).encode())
@@ -461,12 +457,21 @@ async def test_in_sync_anti_entropy_rounds_are_a_few_bytes(make_net) -> None:
         await net.publish(number % 3)
     await net.converged(5)
     node = net.nodes[0]
-    await asyncio.sleep(0.3)
+
+    def in_sync_rounds() -> float:
+        return node.metric("gossip_rounds_total", result="in_sync")
+
+    # A node runs at most one round per peer: two in-sync rounds per peer after convergence, and the
+    # rounds that were in flight when the logs converged are over.
+    at_convergence = in_sync_rounds()
+    await poll_until_async(lambda: in_sync_rounds() >= at_convergence + 4, what="node 0's rounds in flight at "
+                           "convergence to end (four in-sync rounds)", timeout_s=WAIT_S)
     before = (node.metric("gossip_messages_sent_total", type="sync"), node.metric("gossip_bytes_sent_total", type="sync"),
-              node.metric("gossip_rounds_total", result="in_sync"))
-    await asyncio.sleep(1.0)
+              in_sync_rounds())
+    await poll_until_async(lambda: in_sync_rounds() - before[2] >= 5, what="five more in-sync rounds from node 0",
+                           timeout_s=WAIT_S)
     sent = node.metric("gossip_messages_sent_total", type="sync") - before[0]
-    assert sent >= 5 and node.metric("gossip_rounds_total", result="in_sync") - before[2] >= 5
+    assert sent >= 5
     assert (node.metric("gossip_bytes_sent_total", type="sync") - before[1]) / sent < 64
 
 
@@ -591,13 +596,22 @@ async def test_a_flood_of_orphans_keeps_pending_bounded(make_net) -> None:
     assert target.metric("entries_refused_total", reason="pending_full") == 190
     assert target.metric("gossip_entries_received_total", status="pending") == 10
     await _still_healthy(net, 1, only_honest_authors=False)  # the pending orphans are held, by design
-    await asyncio.sleep(0.3)  # anti-entropy rounds ask peers for the missing parents; nobody has them
+
+    def rounds_answered(node: GossipNode) -> float:
+        return sum(node.metric("gossip_rounds_total", result=result) for result in ("in_sync", "pulled", "pushed"))
+
+    # Anti-entropy rounds ask peers for the missing parents (nobody has them) and peers pull from the
+    # target: two answered rounds per node (one per peer at a time) give each a chance to forward.
+    before = [rounds_answered(node) for node in net.nodes]
+    await poll_until_async(lambda: all(rounds_answered(node) >= count + 2 for node, count in zip(net.nodes, before)),
+                           what="two more answered anti-entropy rounds on every honest node", timeout_s=WAIT_S)
     assert all(node.log.pending_count() == 0 for node in net.nodes[1:]), "pending entries were forwarded"
     assert target.log.pending_count() == 10
 
 
 async def test_a_slow_sender_cannot_hold_a_node(make_net) -> None:
-    net = await _hostile_net(make_net, settings=dict(FAST, inbound_per_source_max=2, call_timeout_ms=600))
+    # QUIET: no anti-entropy, so the honest peers (also on 127.0.0.1) send nothing while the slow bodies are held.
+    net = await _hostile_net(make_net, settings=dict(QUIET, inbound_per_source_max=2, call_timeout_ms=600))
     target = net.nodes[0]
     release = asyncio.Event()
 
@@ -610,7 +624,9 @@ async def test_a_slow_sender_cannot_hold_a_node(make_net) -> None:
         return await post(target.url + "/gossip/push", trickle())
 
     slow = [asyncio.create_task(slow_post()) for _ in range(2)]
-    await asyncio.sleep(0.2)
+    # The transport's per-source count (private: no API exposes it, and none should just for a test).
+    await poll_until_async(lambda: target.gossip._inbound_by_source.get("127.0.0.1", 0) == 2,
+                           what="both slow pushes to be held by the target", timeout_s=WAIT_S)
     status, reply = await post(target.url + "/gossip/offer", Offer(sender="", ids=()).encode())
     assert status == 429 and b"too many concurrent" in reply
     results = await asyncio.gather(*slow)

@@ -3,7 +3,6 @@
 the cluster survives losing its leader, and a restart from journal + dump keeps what was assigned.
 Every SyncObj is destroyed at the end, even when a test fails."""
 
-import asyncio
 import dataclasses
 import hashlib
 import socket
@@ -26,6 +25,7 @@ from node.core.ratification import (
 from node.errors import ConfigError, Unavailable
 from node.identity import Identity, verify_signature
 from node.raft import DUMP_FILE_NAME, ValidatorRaft, ValidatorRaftConfig
+from tests.polling import poll_until_async
 
 # PySyncObj 0.3.17 reads its journal's .meta file with open(...).read() and never closes it
 # (pysyncobj/journal.py, MetaStorer.getMeta): a ResourceWarning on every restart. Ignore exactly that one.
@@ -83,12 +83,8 @@ class Cluster:
             await self.stop(index)
 
     async def wait_for(self, predicate, what: str, timeout_s: float = WAIT_S) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not predicate():
-            if asyncio.get_running_loop().time() > deadline:
-                statuses = {i: m.status() for i, m in self.members.items()}
-                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; raft status: {statuses}")
-            await asyncio.sleep(0.05)
+        await poll_until_async(predicate, what=what, timeout_s=timeout_s, interval_s=0.05,
+                               describe=lambda: f"raft status: { {i: m.status() for i, m in self.members.items()} }")
 
     async def wait_for_leader(self) -> None:
         await self.wait_for(lambda: all(m.has_leader() for m in self.members.values()), "a leader on every member")
@@ -224,7 +220,14 @@ async def test_a_member_with_the_wrong_password_learns_nothing(cluster):
     await cluster.wait_for(lambda: cluster.members[0].has_leader() and cluster.members[1].has_leader(), "a leader")
     await cluster.ratify(0, "upgrade_a")
     assert (await cluster.ratify(1, "upgrade_a")).sequence == 1
-    await asyncio.sleep(1.0)
+
+    def unreadable_frames() -> int:
+        return sum(((member.status().get("transport") or {}).get("refusals") or {}).get("frame_not_authentic", 0)
+                   for member in cluster.members.values())
+
+    # The stranger passes the handshake (its node key is genuine) but its session keys differ: each side
+    # refuses the other's frames. Twice means it came back after a refusal and still learned nothing.
+    await cluster.wait_for(lambda: unreadable_frames() >= 2, "the stranger's frames refused twice (frame_not_authentic)")
     assert stranger.snapshot().next_sequence == 1 and not stranger.has_leader()
     with pytest.raises(Unavailable):
         await cluster.ratify(2, "upgrade_b", timeout_s=1.5)

@@ -17,6 +17,7 @@ from node import errors
 from node.core.canonical import canonical_json
 from node.core.pipeline import check_migration_output
 from node.sandbox import ABI_PLAIN, ABI_WASM_BINDGEN, Sandbox, SandboxLimits
+from tests.polling import poll_until
 from tests.wasm_build import EXAMPLES, TEST_PACKAGES, wat_to_wasm
 
 STATE = json.loads((EXAMPLES / "state.json").read_text())
@@ -491,7 +492,5 @@ def test_concurrent_calls_from_threads_give_the_same_result():
 
 def test_the_epoch_thread_stops_when_no_call_runs():
     Sandbox(FAST).run_upgrade(FEATURE_FLAG, STATE_JSON)
-    deadline = time.monotonic() + 5
-    while any(thread.name == "sandbox-epoch" for thread in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not any(thread.name == "sandbox-epoch" for thread in threading.enumerate())
+    poll_until(lambda: not any(thread.name == "sandbox-epoch" for thread in threading.enumerate()),
+               what="the sandbox's epoch thread to stop", timeout_s=5)

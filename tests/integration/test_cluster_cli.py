@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from xml.etree import ElementTree
@@ -20,6 +21,7 @@ from xml.etree import ElementTree
 import pytest
 
 from cluster.faults import chain_name, network_capability, synapse_chains
+from tests.polling import poll_until
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 240
@@ -91,13 +93,30 @@ def test_cluster_up_leaves_nodes_running_and_status_logs_down_work_from_its_file
         follower = subprocess.Popen([sys.executable, "-c", "from cluster.cli import main; main()", "cluster", "logs", "--follow",
                                      "-n", "0", "--data-dir", str(cluster_dir)], cwd=REPOSITORY, stdout=subprocess.PIPE, text=True,
                                     env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+        printed: list[str] = []
+        reader = threading.Thread(target=lambda: printed.extend(line for line in follower.stdout), daemon=True)
+        reader.start()
         try:
-            time.sleep(1.0)  # let it reach the end of the files before the nodes write their last lines
+            # The follower is past the old lines once it prints a line appended after it started: append
+            # a marker line on each poll (one appended before it opened the files is never printed).
+            node_log = Path(document["nodes"][0]["data_dir"]) / "node.log"
+
+            def follower_printed_a_marker() -> bool:
+                with open(node_log, "a") as handle:
+                    handle.write(json.dumps({"ts": "", "level": "info", "event": "test_follow_marker", "fields": {}}) + "\n")
+                return any("test_follow_marker" in line for line in printed)
+
+            poll_until(follower_printed_a_marker, what="logs --follow to print a line appended after it started",
+                       timeout_s=30, interval_s=0.2)
             stopped = synapse("cluster", "down", "--data-dir", str(cluster_dir), tmp=tmp_path)
-            time.sleep(1.0)
+            poll_until(lambda: all(any(f" node-{index} stopped" in line for line in printed) for index in (1, 2, 3)),
+                       what="logs --follow to print each node's last line", timeout_s=30)
         finally:
             follower.terminate()
-            followed, _ = follower.communicate(timeout=10)
+            follower.wait(timeout=10)
+            reader.join(timeout=10)
+            follower.stdout.close()
+        followed = "".join(printed)
         assert stopped.returncode == 0 and stopped.stdout.count(": stopped") == 3, stopped.stdout
         assert all(f" node-{index} stopped" in followed for index in (1, 2, 3)), "--follow prints lines written after it started"
         assert " started " not in followed, "-n 0 shows no old lines"

@@ -23,6 +23,7 @@ from node.core.hlc import Hlc
 from node.gossip import Push, Pushed, Sync, Synced, decode_message
 from node.identity import Identity
 from tests.logtools import forge
+from tests.polling import poll_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -125,7 +126,9 @@ def test_a_node_whose_log_was_wiped_never_reuses_its_sequence_numbers(tmp_path: 
         cluster.restart(2)
         with ThreadPoolExecutor(1) as pool:
             posted = pool.submit(cluster.api(2).post, "/log/notes", {"text": "after the wipe"})
-            time.sleep(0.3)  # the write waits for a peer (at most limits.gossip_first_write_wait_ms, 3 s) ...
+            # The write waits for a peer (at most limits.gossip_first_write_wait_ms, 3 s) ...
+            poll_until(lambda: metrics_of(cluster.api(2)).get(("synapse_gossip_writes_held_total", ""), 0) >= 1,
+                       what="node 2 to hold the write until a peer tells it of its own entries", timeout_s=10)
             cluster.resume(0)
             cluster.resume(1)
             after = posted.result(timeout=30)

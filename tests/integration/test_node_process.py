@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from cluster.local import API_PORT, RAFT_PORT, LocalCluster, NodeApi
 from node.errors import ClusterError
 from node.identity import Identity
 from tests.conftest import SESSION_ENV, find_session_node_processes
+from tests.polling import poll_until
 
 pytestmark = pytest.mark.slow
 REFUSAL_PREFIX = "synapse-node: refusing to start: "
@@ -38,14 +38,9 @@ def is_alive(pid: int) -> bool:
     return status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def wait_dead(pids, timeout_s: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if is_alive(pid)]
-        if not alive:
-            return []
-        time.sleep(0.05)
-    return [pid for pid in pids if is_alive(pid)]
+def wait_dead(pids, timeout_s: float = 15.0) -> None:
+    poll_until(lambda: not any(is_alive(pid) for pid in pids), what=f"processes {list(pids)} to exit",
+               timeout_s=timeout_s, interval_s=0.05, describe=lambda: f"alive: {[pid for pid in pids if is_alive(pid)]}")
 
 
 @pytest.fixture
@@ -234,7 +229,7 @@ def test_local_cluster_cleans_up_when_the_test_body_raises(tmp_path):
             lock_path = cluster._lease.lock_path
             cluster.pause(1)  # a stopped node must be stopped too
             raise RuntimeError("boom")
-    assert wait_dead(pids, timeout_s=1) == []  # already reaped by close()
+    wait_dead(pids, timeout_s=1)  # already reaped by close()
     descriptor = os.open(lock_path, os.O_RDWR)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the block is free again
@@ -268,7 +263,7 @@ def test_nodes_die_with_their_launcher_even_on_kill_9(tmp_path):
         launcher.kill()
         launcher.wait(timeout=10)
         launcher.stdout.close()
-    assert wait_dead(pids) == []
+    wait_dead(pids)
 
 
 def test_the_leak_check_finds_a_node_process_of_this_session():
@@ -276,11 +271,8 @@ def test_the_leak_check_finds_a_node_process_of_this_session():
     fake_node = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "node"],
                                  env={**os.environ, SESSION_ENV: session_id}, stdin=subprocess.DEVNULL)
     try:
-        found = []
-        deadline = time.monotonic() + 10
-        while not found and time.monotonic() < deadline:
-            found = find_session_node_processes(session_id)
-            time.sleep(0.02)
+        found = poll_until(lambda: find_session_node_processes(session_id), what="the fake node among the session's "
+                           "processes", timeout_s=10)
         assert [pid for pid, _ in found] == [fake_node.pid]
         assert find_session_node_processes("another-session") == []
     finally:
