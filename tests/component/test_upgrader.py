@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from aiohttp import web
 
+from cluster.package_server import PackageServer
 from node import errors
 from node.core.canonical import state_hash
 from node.packages import FetchLimits, PackageCache, PackageFetcher
@@ -260,45 +260,27 @@ async def test_a_disk_error_at_commit_is_local_and_changes_nothing(node, monkeyp
 # --- through a real HTTP server ------------------------------------------------------------------
 
 
-class PackageServer:
-    """Serves one package body at /package.wasm; counts requests; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.body = b""
-        self.status = 200
-        self.requests = 0
-
-    async def handle(self, _request: web.Request) -> web.Response:
-        self.requests += 1
-        if self.status != 200:
-            return web.Response(status=self.status, text="unavailable")
-        return web.Response(body=self.body, content_type="application/wasm")
-
-
 @pytest.fixture
-async def package_server(aiohttp_server):
-    served = PackageServer()
-    app = web.Application()
-    app.router.add_get("/package.wasm", served.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    served.url = str(server.make_url("/package.wasm"))
-    return served
+def package_server():
+    """The testbed's package server (cluster/package_server.py): the one tests and scenarios share."""
+    with PackageServer() as server:
+        yield server
 
 
 async def test_a_package_downloaded_over_http_is_verified_cached_and_applied(node, package_server):
     wasm = wasm_from(set_version_wat("1.1.0"))
-    package_server.body = wasm
-    result = await node.manager.execute(proposal_id="up-1", version="1.1.0", package_url=package_server.url,
+    package = package_server.add("upgrade", wasm)
+    result = await node.manager.execute(proposal_id="up-1", version="1.1.0", package_url=package.http_url,
                                         package_hash=digest_of(wasm), package_size=len(wasm), sequence=1)
     assert result.success and json.loads(node.store.snapshot()[2]) == state_at("1.1.0")
-    assert package_server.requests == 1 and node.cache.get(hashlib.sha256(wasm).hexdigest()) == wasm
+    assert package_server.requests("upgrade") == 1 and node.cache.get(hashlib.sha256(wasm).hexdigest()) == wasm
 
 
 async def test_a_hash_mismatch_from_the_server_is_a_recorded_verdict_and_nothing_is_cached(node, package_server):
     proposed = wasm_from(set_version_wat("1.1.0"))
-    package_server.body = wasm_from("delete_members.wat")  # what an attacker put at the URL
+    package = package_server.add("upgrade", wasm_from("delete_members.wat"))  # what an attacker put at the URL
     before = node.snapshot()
-    result = await node.manager.execute(proposal_id="up-1", version="1.1.0", package_url=package_server.url,
+    result = await node.manager.execute(proposal_id="up-1", version="1.1.0", package_url=package.http_url,
                                         package_hash=digest_of(proposed), package_size=None, sequence=1)
     assert not result.success and result.error.startswith("HashMismatchError")
     assert hashlib.sha256(proposed).hexdigest() in result.error
@@ -309,8 +291,9 @@ async def test_a_hash_mismatch_from_the_server_is_a_recorded_verdict_and_nothing
 
 async def test_an_unreachable_package_is_retried_without_losing_the_sequence(node, package_server):
     wasm = wasm_from(set_version_wat("1.1.0"))
-    package_server.body, package_server.status = wasm, 503
-    arguments = dict(proposal_id="up-1", version="1.1.0", package_url=package_server.url, package_hash=digest_of(wasm),
+    package = package_server.add("upgrade", wasm)
+    package_server.set_available("upgrade", False)  # it answers 503
+    arguments = dict(proposal_id="up-1", version="1.1.0", package_url=package.http_url, package_hash=digest_of(wasm),
                      package_size=None, sequence=1)
     for _attempt in range(3):
         with pytest.raises(errors.PackageFetchError, match="503"):
@@ -318,17 +301,18 @@ async def test_an_unreachable_package_is_retried_without_losing_the_sequence(nod
     assert node.store.applied_sequence == 0 and node.store.current_version == "1.0.0"
     [attempt] = node.manager.history()  # three attempts, one record: retries cannot flood history
     assert (attempt["sequence_consumed"], attempt["failed_step"]) == (False, "download")
-    package_server.status = 200
+    package_server.set_available("upgrade", True)
     result = await node.manager.execute(**arguments)
     assert result.success and node.store.applied_sequence == 1
     assert [record["event"] for record in node.manager.history()] == ["failed", "upgrade"]
 
 
 async def test_a_version_not_greater_is_refused_before_any_download(node, package_server):
-    package_server.body = wasm_from(set_version_wat("1.0.0"))
-    result = await node.manager.execute(proposal_id="up-1", version="1.0.0", package_url=package_server.url,
-                                        package_hash=digest_of(package_server.body), package_size=None, sequence=1)
-    assert not result.success and result.error.startswith("VersionError") and package_server.requests == 0
+    wasm = wasm_from(set_version_wat("1.0.0"))
+    package = package_server.add("upgrade", wasm)
+    result = await node.manager.execute(proposal_id="up-1", version="1.0.0", package_url=package.http_url,
+                                        package_hash=digest_of(wasm), package_size=None, sequence=1)
+    assert not result.success and result.error.startswith("VersionError") and package_server.requests("upgrade") == 0
 
 
 # --- rollback ------------------------------------------------------------------------------------

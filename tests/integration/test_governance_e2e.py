@@ -7,24 +7,23 @@ What a user checks, through each node's HTTP API:
   - a member's EXECUTE_UPGRADE with a minority certificate is refused by every node, and malicious
     packages (an endless loop, a trap) fail on every node with the state untouched;
   - the validators' Raft leader killed with SIGKILL during ratification does not stop the upgrade.
-Packages are built from WAT sources at test time and served by a small HTTP server on 127.0.0.1.
+Packages are built from WAT sources at test time and served by the testbed's package server on 127.0.0.1.
 Every wait is a deadline on a condition; no sleep is an assertion.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from cluster.local import LocalCluster, NodeApi
+from cluster.package_server import PackageServer as ClusterPackageServer
 from node.core.certificates import certificate_statement
 from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
@@ -47,37 +46,17 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class PackageServer:
-    """GET /<name> -> the bytes added under that name (stdlib HTTP server in one thread, on 127.0.0.1)."""
+    """The testbed's package server (cluster/package_server.py), answering with the fields a proposal names."""
 
     def __init__(self) -> None:
-        packages: dict[str, bytes] = {}
-        self.packages = packages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                data = packages.get(self.path.lstrip("/"))
-                self.send_response(200 if data is not None else 404)
-                self.send_header("Content-Length", str(len(data or b"")))
-                self.end_headers()
-                self.wfile.write(data or b"")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="package-server", daemon=True)
-        self._thread.start()
+        self._server = ClusterPackageServer()
 
     def add(self, name: str, wasm: bytes) -> dict:
-        self.packages[name] = wasm
-        host, port = self._server.server_address[:2]
-        return {"package_url": f"http://{host}:{port}/{name}", "package_hash": "sha256:" + hashlib.sha256(wasm).hexdigest(),
-                "package_size": len(wasm)}
+        package = self._server.add(Path(name).stem, wasm)
+        return {"package_url": package.http_url, "package_hash": "sha256:" + package.sha256, "package_size": package.size}
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._server.close()
 
 
 @pytest.fixture
