@@ -8,7 +8,6 @@ bodies to /gossip is refused (and counted in /metrics) while the other nodes sta
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 import urllib.error
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.local import LocalCluster, NodeApi
 from node.core.hlc import Hlc
@@ -27,20 +27,15 @@ from tests.polling import poll_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-_SAMPLE = re.compile(r'^(synapse_[a-z_]+)(?:\{([^}]*)\})? (\S+)$')
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def metrics_of(api: NodeApi) -> dict[tuple[str, str], float]:
-    """GET /metrics parsed: (name, 'label="value",...') -> value."""
+    """GET /metrics parsed by prometheus_client: (name, 'label="value",...' sorted by label) -> value."""
     response = api.get("/metrics")
     assert response.status == 200, response.text
-    samples = {}
-    for line in response.text.splitlines():
-        match = _SAMPLE.match(line)
-        if match:
-            samples[(match.group(1), match.group(2) or "")] = float(match.group(3))
-    return samples
+    return {(sample.name, ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
 
 
 def visible_ids(api: NodeApi) -> list[str]:
