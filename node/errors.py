@@ -187,10 +187,12 @@ class Conflict(SynapseError):
 
 
 class Unavailable(SynapseError):
+    """Indefinite by default (a timeout may hide a success); definite=True for a refusal made before
+    anything was done (a full queue)."""
     http_status = 503
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint, definite=False)
+    def __init__(self, message: str, *, hint: str | None = None, definite: bool = False) -> None:
+        super().__init__(message, hint=hint, definite=definite)
 
 
 # --- state machines (governance, ratification) -----------------------------------------------

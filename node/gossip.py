@@ -116,20 +116,38 @@ def make_client_session(settings: GossipSettings, *, local_host: str | None = No
 
 class _GroupWriter:
     """LogFile.append on one dedicated thread (LogFile is not thread-safe and fsync blocks); callers
-    waiting at the same time share one append + fsync (group commit)."""
+    waiting at the same time share one append + fsync (group commit).
 
-    def __init__(self, logfile: AppendOnlyFile, timeout_ms: int) -> None:
+    The queue is bounded in bytes (entry bytes waiting or being written): a disk slower than the
+    entries arriving would otherwise grow it without limit, each waiter holding its entries in memory
+    until its timeout. Past the bound a write is refused at once (backpressure, not buffering)."""
+
+    def __init__(self, logfile: AppendOnlyFile, timeout_ms: int, queue_max_bytes: int) -> None:
         self._logfile = logfile
         self._timeout_s = timeout_ms / 1000
+        self._queue_max_bytes = queue_max_bytes
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gossip-logfile")
         self._queue: list[tuple[list[bytes], asyncio.Future]] = []
+        self._queued_bytes = 0                    # in _queue and in the append running now
         self._writer: asyncio.Task | None = None
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
     async def append(self, raws: list[bytes]) -> None:
-        """Return once `raws` are on disk; raise Unavailable if the disk is failing or too slow."""
+        """Return once `raws` are on disk; raise Unavailable if the disk is failing or too slow, or if
+        the queue is full (nothing was written: a definite refusal)."""
+        size_bytes = sum(len(raw) for raw in raws)
+        if self._queued_bytes + size_bytes > self._queue_max_bytes:
+            raise Unavailable(f"the log file's write queue is full: {self._queued_bytes} bytes wait for the disk, and "
+                              f"{size_bytes} more would pass its limit of {self._queue_max_bytes} bytes; nothing was written",
+                              hint="retry later (peers do, by anti-entropy); if this lasts, check the node's disk (slow or failing)",
+                              definite=True)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self._queue.append((raws, done))
+        self._queued_bytes += size_bytes
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._drain())
         try:
@@ -149,6 +167,8 @@ class _GroupWriter:
                 error: BaseException | None = None
             except Exception as caught:  # an OSError from the disk, reported to every waiter
                 error = Unavailable(f"cannot write the log file: {caught}", hint="check the node's disk (full, permissions)")
+            finally:
+                self._queued_bytes -= sum(len(raw) for raw in raws)
             for _, done in batch:
                 if done.done():
                     continue
@@ -198,7 +218,7 @@ class Gossip:
         self._metrics = metrics
         self._logger = logger
         self._local_host = local_host
-        self._writer = _GroupWriter(logfile, settings.persist_timeout_ms)
+        self._writer = _GroupWriter(logfile, settings.persist_timeout_ms, settings.persist_queue_limit_bytes)
         self._publish_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task | None = None
@@ -237,6 +257,11 @@ class Gossip:
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
         self._tasks.clear()
+        # A request whose write was just cancelled would otherwise wait out its timeout (2 x persist_timeout_ms)
+        # and hold the HTTP server's shutdown: answer it now. Indefinite: its entries may be on disk.
+        for answer in self._answers.values():
+            if not answer.done():
+                answer.set_exception(_Refused(_stopping_error(), "stopping"))
         await self._writer.close()
         if self._session is not None:
             await self._session.close()
@@ -285,6 +310,8 @@ class Gossip:
                 return entry
 
     async def _publish_locked(self, entry: Entry) -> None:
+        if self._stopping:                        # its write would never run: refuse now
+            raise _stopping_error()
         request_id, answer = self._expect_answer()
         try:
             self._execute(self._core.publish(entry, self._now_ms(), self._rng, request_id=request_id))
@@ -479,6 +506,8 @@ class Gossip:
         return web.Response(body=payload, content_type=CONTENT_TYPE)
 
     async def _answer_request(self, message: Any) -> Any:
+        if self._stopping:                        # the HTTP server outlives stop() briefly: its write would never run
+            raise _Refused(_stopping_error(), "stopping")
         request_id, answer = self._expect_answer()
         try:
             self._execute(self._core.receive(message.sender, message, self._now_ms(), self._rng, request_id=request_id))
@@ -504,6 +533,10 @@ class Gossip:
 
 class _Busy(Exception):
     """The peer answered 429 or 503: alive but loaded."""
+
+
+def _stopping_error() -> Unavailable:
+    return Unavailable("this node is stopping", hint="retry on another node, or here once it is back")
 
 
 class _Refused(Exception):

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from node.core.gossip_messages import IDS_PER_MESSAGE_MAX
 from node.errors import ConfigError
 
+# With persist_queue_max_bytes = None: this many full request bodies may wait for the disk at once.
+PERSIST_QUEUE_REQUEST_BODIES = 16
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GossipSettings:
@@ -30,6 +33,9 @@ class GossipSettings:
     connections_max: int = 64            # the shared ClientSession's connection pool
     want_ids_max: int = 64               # missing parents asked for per anti-entropy round
     persist_timeout_ms: int = 30_000     # LogFile.append + fsync
+    # Entry bytes waiting for (or in) LogFile.append; beyond it a write is refused at once (Unavailable:
+    # peers retry by anti-entropy, a local writer gets 503). None -> 16 x request_body_max_bytes.
+    persist_queue_max_bytes: int | None = None
     first_write_wait_ms: int = 3_000     # after start, local writes wait up to this long to learn this node's own entries from a peer
 
     def __post_init__(self) -> None:
@@ -51,6 +57,19 @@ class GossipSettings:
             raise ConfigError("gossip setting backoff_max_ms must be >= backoff_base_ms")
         if self.inbox_max < self.batch_entries_max:
             raise ConfigError("gossip setting inbox_max must be >= batch_entries_max (one full batch must fit)")
+        if self.persist_queue_max_bytes is not None and (
+                type(self.persist_queue_max_bytes) is not int
+                or not self.request_body_max_bytes <= self.persist_queue_max_bytes <= 64 * 1024**3):
+            raise ConfigError(f"gossip setting persist_queue_max_bytes must be None (automatic) or an int from "
+                              f"request_body_max_bytes ({self.request_body_max_bytes}: one full push must fit) to 64 GiB, "
+                              f"got {self.persist_queue_max_bytes!r}")
+
+    @property
+    def persist_queue_limit_bytes(self) -> int:
+        """persist_queue_max_bytes, or its automatic value."""
+        if self.persist_queue_max_bytes is not None:
+            return self.persist_queue_max_bytes
+        return PERSIST_QUEUE_REQUEST_BODIES * self.request_body_max_bytes
 
 
 def fanout_for(peer_count: int, fanout: int | None) -> int:

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ from node.core.entries import Entry
 from node.core.hlc import Hlc
 from node.errors import BadRequest, ConfigError, Conflict, EntryRefused, Unavailable
 from node.gossip import (
-    Gossip, GossipSettings, Offer, Push, Pushed, Sync, Synced, Want, decode_message, digest_hash_of, fanout_for,
+    Gossip, GossipSettings, Offer, Push, Pushed, Sync, Synced, Want, _GroupWriter, decode_message, digest_hash_of,
+    fanout_for,
 )
 from node.identity import Identity
 from node.logfile import LogFile
@@ -56,10 +58,20 @@ class RecordingLogFile:
         self.inner = inner
         self.appended: list[bytes] = []
         self.failing = False
+        self._resumed = threading.Event()         # cleared by stall(): appends wait (a very slow disk) until resume()
+        self._resumed.set()
+
+    def stall(self) -> None:
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
 
     def append(self, raws: Sequence[bytes]) -> None:
         if self.failing:
             raise OSError(28, "No space left on device")
+        if not self._resumed.wait(timeout=30):    # bounded: a test that forgets resume() fails, never hangs
+            raise OSError(5, "the test's stalled disk was never resumed")
         self.inner.append(raws)
         self.appended.extend(raws)
 
@@ -431,6 +443,86 @@ async def test_a_local_entry_on_disk_but_refused_by_the_log_stops_local_writes(m
     with pytest.raises(Unavailable) as stopped:  # another entry now would reuse sequence 1
         await net.publish(0, "would reuse the sequence")
     assert "restart" in stopped.value.hint and len(node.logfile.appended) == 1
+
+
+async def test_the_log_writer_queue_is_bounded_in_bytes_and_refuses_at_once_when_full() -> None:
+    class StalledDisk:
+        def __init__(self) -> None:
+            self.appended: list[bytes] = []
+            self.resumed = threading.Event()
+
+        def append(self, raws: Sequence[bytes]) -> None:
+            assert self.resumed.wait(timeout=30), "the test never resumed the disk"
+            self.appended.extend(raws)
+
+    disk = StalledDisk()
+    writer = _GroupWriter(disk, timeout_ms=30_000, queue_max_bytes=1_000)
+    try:
+        first = asyncio.create_task(writer.append([b"a" * 600]))
+        await poll_until_async(lambda: writer.queued_bytes == 600, what="the first write to be queued", timeout_s=WAIT_S)
+        with pytest.raises(Unavailable, match="write queue is full: 600 bytes wait for the disk, and 500 more") as full:
+            await writer.append([b"b" * 500])
+        assert full.value.definite, "nothing was written: the refusal is definite"
+        second = asyncio.create_task(writer.append([b"c" * 400]))   # 600 + 400: exactly the limit, admitted
+        await poll_until_async(lambda: writer.queued_bytes == 1_000, what="the second write to be queued", timeout_s=WAIT_S)
+        disk.resumed.set()
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=WAIT_S)
+        assert disk.appended == [b"a" * 600, b"c" * 400] and writer.queued_bytes == 0
+        await asyncio.wait_for(writer.append([b"b" * 500]), timeout=WAIT_S)  # room again once the disk caught up
+    finally:
+        disk.resumed.set()
+        await writer.close()
+
+
+def test_the_persist_queue_limit_holds_at_least_one_full_push() -> None:
+    assert GossipSettings().persist_queue_limit_bytes == 16 * GossipSettings().request_body_max_bytes
+    assert GossipSettings(request_body_max_bytes=4096, persist_queue_max_bytes=4096).persist_queue_limit_bytes == 4096
+    with pytest.raises(ConfigError, match="persist_queue_max_bytes"):
+        GossipSettings(request_body_max_bytes=8192, persist_queue_max_bytes=4096)
+
+
+async def test_a_push_beyond_the_disk_queue_is_refused_with_503_and_accepted_once_the_disk_catches_up(make_net) -> None:
+    net = make_net(2, extra_members=2, settings=dict(QUIET, request_body_max_bytes=2048, persist_queue_max_bytes=2048))
+    await net.start()
+    target = net.nodes[1]
+
+    def chain_of(who: Identity, count: int) -> list[bytes]:
+        raws: list[bytes] = []
+        parents: tuple[str, ...] = ()
+        for sequence in range(1, count + 1):
+            entry = forge(who, sequence=sequence, parents=parents, hlc=Hlc(wall_ms() - 1_000 + sequence, 0),
+                          body={"text": f"{who.node_id[:8]} {sequence} " + "x" * 200})
+            raws.append(entry.raw)
+            parents = (entry.id,)
+        return raws
+
+    first, second = chain_of(net.people[2], 4), chain_of(net.people[3], 4)
+    assert sum(map(len, first)) <= 2048 < sum(map(len, first)) + sum(map(len, second)), "sizes chosen for the limit"
+    target.logfile.stall()
+    try:
+        held = asyncio.create_task(post(target.url + "/gossip/push", Push(sender="", raws=tuple(first)).encode()))
+        await poll_until_async(lambda: target.gossip._writer.queued_bytes == sum(map(len, first)),
+                               what="the first push to wait for the stalled disk", timeout_s=WAIT_S)
+        status, body = await post(target.url + "/gossip/push", Push(sender="", raws=tuple(second)).encode())
+        assert status == 503 and b"write queue is full" in body, (status, body)
+    finally:
+        target.logfile.resume()
+    assert (await held)[0] == 200
+    status, _ = await post(target.url + "/gossip/push", Push(sender="", raws=tuple(second)).encode())
+    assert status == 200 and len(target.log) == 8 and target.gossip._writer.queued_bytes == 0
+
+
+async def test_a_request_that_arrives_while_the_node_stops_is_refused_at_once(make_net) -> None:
+    # The HTTP server outlives Gossip.stop() for a moment; a push then used to wait 2 x persist_timeout_ms
+    # for a write that would never run, and held the server's shutdown as long.
+    net = make_net(2, settings=QUIET)
+    await net.start()
+    node = net.nodes[1]
+    entry = forge(net.people[0], sequence=1, hlc=Hlc(wall_ms(), 0))
+    await node.gossip.stop()
+    status, body = await post(node.url + "/gossip/push", Push(sender="", raws=(entry.raw,)).encode())
+    assert status == 503 and b"this node is stopping" in body
+    assert node.metric("gossip_requests_refused_total", reason="stopping") >= 1
 
 
 async def test_a_failing_disk_refuses_entries_instead_of_showing_them(make_net) -> None:
