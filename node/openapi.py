@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from node.core.schemas import REQUEST_BODIES
+from node.core.schemas import PROPOSAL_ID_FULL, REQUEST_BODIES
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -68,7 +68,8 @@ def _query_parameter(name: str, description: str, schema: dict) -> dict:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
-_PROPOSAL_ID = _path_parameter("proposal_id", "a proposal id, e.g. upgrade_20251003_120000_3fa9c2d1")
+_PROPOSAL_ID = {**_path_parameter("proposal_id", "a proposal id, e.g. upgrade_20251003_120000_3fa9c2d1"),
+                "schema": {"type": "string", "pattern": PROPOSAL_ID_FULL.pattern}}
 _MSGPACK = {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}
 
 _SCHEMAS = {

@@ -3,7 +3,7 @@ structure. The API's request checks, the entries' body checks (entries.validate_
 schemas published at GET /openapi.json (node/openapi.py) all derive from the declarations here.
 
 Why it works as it does:
-- One declaration per kind of field (`Title`, `Version`, `PackageUrl`...) with its limits in a msgspec
+- One declaration per kind of field (`Title`, `VersionText`, `PackageUrl`...) with its limits in a msgspec
   `Meta`. msgspec validates a body against it (types, lengths, ranges, no unknown or missing field)
   and exports the same constraints as JSON Schema: what a node refuses and what it publishes cannot
   drift apart. msgspec has no length limit of its own, so every str, bytes and list carries one.
@@ -19,6 +19,9 @@ Why it works as it does:
 - Refusals name the field, what is allowed and what to do. msgspec's own messages are terse, so when it
   refuses, `_explain` walks the same declarations to say it in words ("field package_size must be a
   JSON integer or null, not a JSON boolean"); msgspec's verdict stays the one that counts.
+- Structs come only out of `check` (msgspec validates when it converts, not when a Struct is called
+  directly): requests are parsed into them; entry bodies stay the plain dicts that are signed, and are
+  judged as their Struct.
 - Entry bodies keep their field sets, types and bytes: this module only judges a body; the canonical
   encoding of the dict stays in node/core/entries.py (golden vectors: tests/unit/test_entry_golden.py).
 
@@ -171,7 +174,7 @@ Title = _string(TITLE_LENGTH_MAX, length_min=1, rule=ONE_LINE_TEXT)
 Description = _string(DESCRIPTION_LENGTH_MAX, rule=MULTI_LINE_TEXT)
 NoteText = _string(NOTE_TEXT_LENGTH_MAX, rule=MULTI_LINE_TEXT)
 Reason = _string(REASON_LENGTH_MAX, rule=MULTI_LINE_TEXT)
-Version = _string(VERSION_LENGTH_MAX, rule=SEMVER, description="semver, e.g. 1.2.0")
+VersionText = _string(VERSION_LENGTH_MAX, rule=SEMVER, description="semver, e.g. 1.2.0")
 PackageUrl = _string(PACKAGE_URL_LENGTH_MAX, length_min=1, rule=NO_CREDENTIALS,
                      description="https://, http:// or ipfs://CID, without credentials")
 PackageHashAsGiven = _string(PACKAGE_HASH_INPUT_LENGTH_MAX, rule=SHA256_AS_GIVEN,
@@ -204,7 +207,7 @@ class _Body(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class ProposeUpgrade(_Body):
     """POST /upgrades/propose: a PROPOSAL of action "upgrade"; voting starts."""
     title: Title
-    version: Version
+    version: VersionText
     package_url: PackageUrl
     package_hash: PackageHashAsGiven
     description: Description = ""
@@ -249,7 +252,7 @@ class ProposalBody(_Body):
     action: Action
     title: Title
     description: Description
-    version: Version
+    version: VersionText
     package_url: Optional[PackageUrl]
     package_hash: Optional[Hex64]
     package_size: Optional[PackageSize]
@@ -284,7 +287,7 @@ class CertificateSignature(_Body):
 class ExecuteUpgradeBody(_Body):
     proposal_id: ProposalIdText
     action: Action
-    version: Version
+    version: VersionText
     package_url: Optional[PackageUrl]
     package_hash: Optional[Hex64]
     package_size: Optional[PackageSize]
@@ -297,15 +300,15 @@ class ExecutionReportBody(_Body):
     proposal_id: ProposalIdText
     sequence: Sequence
     success: bool
-    version: Version
+    version: VersionText
     state_hash: StateHash
     error: Optional[Reason]
 
 
 class RollbackBody(_Body):
     proposal_id: ProposalIdText
-    restored_version: Version
-    previous_version: Version
+    restored_version: VersionText
+    previous_version: VersionText
     state_hash: StateHash
     reason: Reason
 

@@ -12,12 +12,13 @@ import shutil
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from msgspec import inspect as msgspec_inspect
 
 from node.core import schemas
 from node.core.entries import KINDS
+from node.core.semver import VERSION_LENGTH_MAX
 from node.errors import BadRequest, HashFormatError
 from node.openapi import openapi_document
 from tests.schema_tools import TRICKY_TEXTS, bodies, schema_accepts
@@ -101,6 +102,8 @@ _HASHISH = st.builds(lambda head, middle, tail: head + middle + tail, st.sampled
        st.sampled_from(sorted(RULES)))
 def test_every_rule_and_its_published_pattern_agree(text, name):
     rule = RULES[name]
+    if name == "SEMVER":
+        assume(len(text) <= VERSION_LENGTH_MAX)     # the field's maxLength says the rest (is_valid_version checks both)
     assert rule_accepts(rule, text) == pattern_accepts(rule, text), (name, text)
 
 
