@@ -446,7 +446,7 @@ def _constraint_problem(name: str, base: Any, metadata: Any, value: Any, what: s
     if isinstance(base, msgspec_inspect.StrType):
         text = _length_problem(name, len(value), base.min_length, base.max_length, "characters")
         if text is not None:
-            return Problem(name, text, f"shorten (or fill in) {name}")
+            return Problem(name, text, f"shorten {name}" if len(value) > (base.max_length or 0) else f"fill in {name}")
         if base.pattern is not None and re.search(base.pattern, value) is None:
             return Problem(name, f"{name} {value[:80]!r} does not match the pattern {base.pattern}", f"give {name} in that form")
     elif isinstance(base, msgspec_inspect.BytesType):
