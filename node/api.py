@@ -12,6 +12,10 @@ Why it works as it does:
   start (32 random bytes, hex, in data_dir/api_token with mode 0600), compared in constant time.
 - Bodies are bounded twice: aiohttp's `client_max_size` for the whole app (gossip needs more), and
   `read_json` per route, which reads at most its own limit.
+- Request bodies are judged by their declarations in node/core/schemas.py, the ones /openapi.json
+  publishes: a 400 exactly when the published schema refuses the body. JSON nested deeper than
+  JSON_DEPTH_MAX is refused before it is parsed (the parser would recurse), and a string holding a lone
+  surrogate escape is no text at all: both are "not valid JSON".
 - POST /log/notes answers only after the entry is on disk (the runtime's appender persists with fsync
   before it adds and gossips), so a 201 means it survives kill -9.
 - GET /log pages through this node's visible order (positions from 1). That order is the same on
@@ -37,7 +41,9 @@ from aiohttp import web
 from node.config import Genesis, Limits
 from node.core.canonical import JSON_DEPTH_MAX, json_depth_within, json_nesting_depth
 from node.core.crdt_log import CrdtLog
-from node.core.entries import KINDS, Entry, is_entry_id, is_node_id, unsafe_character
+from node.core import schemas
+from node.core.entries import KINDS, Entry, is_entry_id, is_node_id
+from node.core.schemas import parse_request
 from node.fsutil import read_private_file
 from node.errors import BadRequest, ConfigError, NotFound, SynapseError, Unauthorized, Unavailable
 from node.metrics import Metrics
@@ -46,11 +52,11 @@ API_TOKEN_FILE_NAME = "api_token"
 API_TOKEN_BYTES = 32
 LOG_PAGE_LIMIT_MAX = 500
 LOG_PAGE_LIMIT_DEFAULT = 100
-NOTE_TEXT_LENGTH_MAX = 4096
 APPEND_TIMEOUT_S = 30.0
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _JSON_READ_CHUNK_BYTES = 64 * 1024
 _TOKEN = re.compile(r"^[0-9a-f]{64}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _logger = logging.getLogger("synapse.api")
 
@@ -173,16 +179,6 @@ async def error_middleware(request: web.Request, handler):
                                   "hint": "see the node log (node.log in its data dir)", "definite": False}, status=500)
 
 
-def check_human_text(name: str, value: str, *, one_line: bool) -> None:
-    """A text people write (title, description, note, reason) goes to every node and onto terminals:
-    no control characters or bidirectional overrides (node/core/entries.py unsafe_character)."""
-    where = unsafe_character(value, one_line=one_line)
-    if where is not None:
-        allowed = "printable characters on one line" if one_line else "printable characters, newlines and tabs"
-        raise BadRequest(f"{name} holds a control or bidirectional-override character ({where})",
-                         hint=f"{name} may hold {allowed} only")
-
-
 async def read_json(request: web.Request, *, size_max_bytes: int) -> Any:
     """The request's JSON body, read with a cap. 413 when larger, 400 when not JSON."""
     if request.content_length is not None and request.content_length > size_max_bytes:
@@ -201,9 +197,25 @@ async def read_json(request: web.Request, *, size_max_bytes: int) -> Any:
         raise BadRequest(f"the request body is JSON nested {json_nesting_depth(body):,} levels deep, over the limit of {JSON_DEPTH_MAX}",
                          hint="send a flat JSON object")
     try:
-        return json.loads(body.decode("utf-8"))
+        value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise BadRequest(f"the request body is not valid JSON: {error}", hint="send a JSON object with Content-Type: application/json") from None
+    if _holds_lone_surrogate(value):
+        # "\ud800" alone is JSON's spelling of no character at all: it cannot be stored as UTF-8 (an entry).
+        raise BadRequest("the request body is not valid JSON: a string holds an unpaired UTF-16 surrogate escape",
+                         hint="escape characters outside the BMP as a surrogate pair, or send them as UTF-8")
+    return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """True when a string in `value` (parsed JSON, nesting already bounded) holds an unpaired surrogate."""
+    if isinstance(value, str):
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_holds_lone_surrogate(key) or _holds_lone_surrogate(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_lone_surrogate(item) for item in value)
+    return False
 
 
 def make_app(*, client_max_size_bytes: int) -> web.Application:
@@ -294,12 +306,7 @@ async def get_log_entry(request: web.Request) -> web.Response:
 async def post_note(request: web.Request) -> web.Response:
     require_token(request)
     body = await read_json(request, size_max_bytes=request.app[LIMITS].request_body_max_bytes)
-    if not isinstance(body, dict) or set(body) != {"text"}:
-        raise BadRequest('the body must be a JSON object {"text": "..."} and nothing else')
-    text = body["text"]
-    if not isinstance(text, str) or len(text) > NOTE_TEXT_LENGTH_MAX:
-        raise BadRequest(f"text must be a string of at most {NOTE_TEXT_LENGTH_MAX} characters")
-    check_human_text("text", text, one_line=False)
+    text = parse_request(schemas.Note, body, what="POST /log/notes").text
     try:
         async with asyncio.timeout(APPEND_TIMEOUT_S):
             entry = await request.app[APPENDER].append("NOTE", {"text": text})

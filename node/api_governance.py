@@ -2,9 +2,11 @@
 
 Why it works as it does:
 - Thin: each handler checks its request completely, then calls one GovernanceService operation.
-  Request bodies are checked field by field BEFORE anything is built or written: a malformed body,
-  a missing or unknown field, a wrong type, a bad hash, a bad URL scheme or an impossible size is a
-  4xx whose message names the field and says what to give instead, and no entry is written.
+  Request bodies are judged by their declarations in node/core/schemas.py (the same ones /openapi.json
+  publishes) BEFORE anything is built or written: a body the published schema refuses is a 400 whose
+  message names the field and says what to give instead, and only such a body is a 400; what the
+  state refuses (an unknown proposal, a version not above the current one, a URL scheme or a size
+  this network does not take) keeps its 404/409/422. No entry is written on any refusal.
 - Mutating routes (everything that writes an entry, changes the state, or makes the node download and
   run a package) need the node's bearer token (api.require_token); reads are open.
 - Errors are the api module's JSON shape (`error`, `message`, `hint`, `definite`), mapped from
@@ -15,15 +17,15 @@ Why it works as it does:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 
 from node import api
+from node.core import schemas
 from node.core.lifecycle import STATUSES
-from node.core.proposals import PROPOSAL_ID_PATTERN
-from node.core.urls import has_userinfo
+from node.core.schemas import PROPOSAL_ID_FULL, parse_request
 from node.core.utc import format_utc_ms
 from node.errors import BadRequest
 from node.governance_service import GovernanceService
@@ -33,50 +35,6 @@ GOVERNANCE = web.AppKey("governance_service", GovernanceService)
 
 NEXT_STEPS = ["Community votes on proposal", "If approved, validators ratify", "Upgrade executes automatically"]
 PROPOSALS_LIST_MAX = 1_000
-REASON_LENGTH_MAX = 1_000
-TEXT_LENGTHS = {"title": (1, 200), "description": (0, 4000)}
-
-# Field kinds: a JSON string, a JSON integer (never a boolean), or either of them or null.
-STRING, INTEGER, OPTIONAL_STRING, OPTIONAL_INTEGER = "string", "integer", "string or null", "integer or null"
-
-PROPOSE_REQUIRED = {"title": STRING, "version": STRING, "package_url": STRING, "package_hash": STRING}
-PROPOSE_OPTIONAL = {"description": STRING, "package_size": OPTIONAL_INTEGER}
-ROLLBACK_PROPOSE_REQUIRED = {"target_proposal_id": STRING}
-ROLLBACK_PROPOSE_OPTIONAL = {"title": STRING, "description": STRING}
-VOTE_REQUIRED = {"vote": STRING}
-LOCAL_ROLLBACK_OPTIONAL = {"reason": STRING}
-
-
-def _is_kind(value: Any, kind: str) -> bool:
-    if value is None:
-        return kind in (OPTIONAL_STRING, OPTIONAL_INTEGER)
-    if kind in (STRING, OPTIONAL_STRING):
-        return isinstance(value, str)
-    return type(value) is int
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean",
-            type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def check_fields(body: Any, *, required: Mapping[str, str], optional: Mapping[str, str], what: str) -> dict:
-    """`body` as a dict whose fields are exactly some of required + optional, of the right JSON types."""
-    example = ", ".join([f'"{name}": <{kind}>' for name, kind in required.items()]
-                        + [f'"{name}"?: <{kind}>' for name, kind in optional.items()])
-    if not isinstance(body, dict):
-        raise BadRequest(f"{what}: the body must be a JSON object, not a JSON {_json_type(body)}", hint=f"send {{{example}}}")
-    unknown = sorted(str(name)[:40] for name in set(body) - set(required) - set(optional))
-    missing = sorted(set(required) - set(body))
-    if unknown:
-        raise BadRequest(f"{what}: unknown field(s) {', '.join(unknown[:5])}", hint=f"the fields are {{{example}}}")
-    if missing:
-        raise BadRequest(f"{what}: missing field(s) {', '.join(missing)}", hint=f"the fields are {{{example}}}")
-    for name, kind in {**required, **optional}.items():
-        if name in body and not _is_kind(body[name], kind):
-            raise BadRequest(f"{what}: field {name} must be a JSON {kind}, not a JSON {_json_type(body[name])}",
-                             hint=f"the fields are {{{example}}}")
-    return body
 
 
 async def _read_body(request: web.Request, *, optional_body: bool = False) -> Any:
@@ -86,20 +44,14 @@ async def _read_body(request: web.Request, *, optional_body: bool = False) -> An
     return await api.read_json(request, size_max_bytes=request.app[api.LIMITS].request_body_max_bytes)
 
 
-def check_texts(body: Mapping[str, Any]) -> None:
-    """Lengths and characters of the free texts, checked here so that the message can say what to do."""
-    for name, (length_min, length_max) in TEXT_LENGTHS.items():
-        value = body.get(name)
-        if isinstance(value, str) and not length_min <= len(value) <= length_max:
-            raise BadRequest(f"{name} must be a string of {length_min} to {length_max} characters, not {len(value)}",
-                             hint=f"shorten (or fill in) {name}")
-        if isinstance(value, str):
-            api.check_human_text(name, value, one_line=name == "title")
+async def _request_body(request: web.Request, struct_type: type, what: str, *, optional_body: bool = False) -> Any:
+    """The body as a `struct_type` (node/core/schemas.py), or a 400 that names the field and what to give."""
+    return parse_request(struct_type, await _read_body(request, optional_body=optional_body), what=what)
 
 
 def proposal_id_of(request: web.Request) -> str:
     proposal_id = request.match_info["proposal_id"]
-    if not PROPOSAL_ID_PATTERN.match(proposal_id):
+    if not PROPOSAL_ID_FULL.search(proposal_id):
         raise BadRequest(f"{proposal_id[:100]!r} is not a proposal id",
                          hint="a proposal id looks like upgrade_20251003_120000_3fa9c2d1 (see GET /proposals)")
     return proposal_id
@@ -114,36 +66,24 @@ def _service(request: web.Request) -> GovernanceService:
 
 async def post_propose_upgrade(request: web.Request) -> web.Response:
     api.require_token(request)
-    body = check_fields(await _read_body(request), required=PROPOSE_REQUIRED, optional=PROPOSE_OPTIONAL,
-                        what="POST /upgrades/propose")
-    check_texts(body)
-    if has_userinfo(body["package_url"]):
-        # The entry schema refuses it network-wide; here the proposer learns why, and the URL is not echoed.
-        raise BadRequest("package_url holds credentials (user:password@ before the host); a proposal's URL is shown to "
-                         "every member and on the open GET /proposals and GET /log",
-                         hint="publish the package where every node can fetch it without credentials, "
-                              "or use ipfs://CID through the nodes' IPFS gateways")
-    size = body.get("package_size")
-    if size is not None and not 1 <= size <= 2**40:
-        raise BadRequest(f"package_size must be the package's size in bytes (1 to 2**40), not {size}",
-                         hint="give the exact size of the .wasm file (ls -l), or leave package_size out")
+    body = await _request_body(request, schemas.ProposeUpgrade, "POST /upgrades/propose")
     view = await _service(request).propose_upgrade(
-        title=body["title"], description=body.get("description", ""), version=body["version"],
-        package_url=body["package_url"], package_hash=body["package_hash"], package_size=size)
+        title=body.title, description=body.description, version=body.version, package_url=body.package_url,
+        package_hash=body.package_hash, package_size=body.package_size)
     return web.json_response(_created(view), status=201)
 
 
 async def post_propose_rollback(request: web.Request) -> web.Response:
     api.require_token(request)
-    body = check_fields(await _read_body(request), required=ROLLBACK_PROPOSE_REQUIRED, optional=ROLLBACK_PROPOSE_OPTIONAL,
-                        what="POST /rollbacks/propose")
-    check_texts(body)
-    if not PROPOSAL_ID_PATTERN.match(body["target_proposal_id"]):
-        raise BadRequest(f"target_proposal_id {body['target_proposal_id'][:100]!r} is not a proposal id",
-                         hint="give the id of the executed upgrade to undo (GET /proposals)")
-    view = await _service(request).propose_rollback(target_proposal_id=body["target_proposal_id"],
-                                                    title=body.get("title"), description=body.get("description"))
+    body = await _request_body(request, schemas.ProposeRollback, "POST /rollbacks/propose")
+    view = await _service(request).propose_rollback(target_proposal_id=body.target_proposal_id,
+                                                    title=_given(body.title), description=_given(body.description))
     return web.json_response(_created(view), status=201)
+
+
+def _given(value: Any) -> Any:
+    """None for an optional field the request left out."""
+    return None if value is UNSET else value
 
 
 def _created(view: Any) -> dict:
@@ -155,13 +95,9 @@ def _created(view: Any) -> dict:
 async def post_vote(request: web.Request) -> web.Response:
     api.require_token(request)
     proposal_id = proposal_id_of(request)
-    body = check_fields(await _read_body(request), required=VOTE_REQUIRED, optional={},
-                        what=f"POST /proposals/{proposal_id}/vote")
-    if body["vote"] not in ("approval", "rejection"):
-        raise BadRequest(f"vote must be \"approval\" or \"rejection\", not {body['vote'][:40]!r}",
-                         hint='send {"vote": "approval"} or {"vote": "rejection"}')
-    entry, view = await _service(request).vote(proposal_id, body["vote"])
-    return web.json_response({"proposal_id": proposal_id, "vote": body["vote"], "voter": entry.author,
+    body = await _request_body(request, schemas.Vote, f"POST /proposals/{proposal_id}/vote")
+    entry, view = await _service(request).vote(proposal_id, body.vote)
+    return web.json_response({"proposal_id": proposal_id, "vote": body.vote, "voter": entry.author,
                               "entry_id": entry.id, "status": view.status, "tally": tally_document(view.tally)}, status=201)
 
 
@@ -188,8 +124,7 @@ async def get_proposal(request: web.Request) -> web.Response:
 async def post_test_upgrade(request: web.Request) -> web.Response:
     api.require_token(request)
     proposal_id = proposal_id_of(request)
-    check_fields(await _read_body(request, optional_body=True), required={}, optional={},
-                 what=f"POST /upgrades/{proposal_id}/test")
+    await _request_body(request, schemas.TestUpgrade, f"POST /upgrades/{proposal_id}/test", optional_body=True)
     return web.json_response(await _service(request).dry_run(proposal_id))
 
 
@@ -204,14 +139,8 @@ async def get_upgrade_history(request: web.Request) -> web.Response:
 async def post_local_rollback(request: web.Request) -> web.Response:
     api.require_token(request)
     proposal_id = proposal_id_of(request)
-    body = check_fields(await _read_body(request, optional_body=True), required={}, optional=LOCAL_ROLLBACK_OPTIONAL,
-                        what=f"POST /upgrades/{proposal_id}/rollback")
-    reason = body.get("reason")
-    if reason is not None and len(reason) > REASON_LENGTH_MAX:
-        raise BadRequest(f"reason must be at most {REASON_LENGTH_MAX} characters, not {len(reason)}")
-    if reason is not None:
-        api.check_human_text("reason", reason, one_line=False)
-    return web.json_response(await _service(request).local_rollback(proposal_id, reason))
+    body = await _request_body(request, schemas.LocalRollback, f"POST /upgrades/{proposal_id}/rollback", optional_body=True)
+    return web.json_response(await _service(request).local_rollback(proposal_id, _given(body.reason)))
 
 
 async def get_state(request: web.Request) -> web.Response:

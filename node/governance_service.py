@@ -24,6 +24,7 @@ from typing import Any
 from node.config import Limits
 from node.core import proposals
 from node.core.entries import Entry
+from node.core.schemas import DESCRIPTION_LENGTH_MAX, REASON_LENGTH_MAX
 from node.core.governance import ProposalView
 from node.errors import ConfigError, Conflict, PackageSizeError, SynapseError, Unavailable
 from node.governance_fold import GovernanceFold, divergence_of
@@ -36,7 +37,6 @@ from node.raft import RaftTiming
 from node.ratification_driver import RatificationDriver
 from node.upgrade_executor import bounded
 
-ROLLBACK_REASON_LENGTH_MAX = 1000
 
 _logger = logging.getLogger("synapse.governance")
 
@@ -115,7 +115,7 @@ class GovernanceService:
         restored_version = restored_version_before(store.chain(), target_proposal_id)
         title = title if title is not None else f"Roll back {target.version} to {restored_version}"
         description = (description if description is not None
-                       else bounded(f"Network-wide rollback of {target_proposal_id} ({target.title})", 4000))
+                       else bounded(f"Network-wide rollback of {target_proposal_id} ({target.title})", DESCRIPTION_LENGTH_MAX))
         return await self._propose(lambda sequence, now_ms: proposals.new_proposal_body(
             action="rollback", title=title, description=description, version=restored_version, package_url=None,
             package_hash=None, package_size=None, target_proposal_id=target_proposal_id, author=self.node_id,
@@ -225,7 +225,7 @@ class GovernanceService:
         await self._versions.refresh_state()
         body = {"proposal_id": proposal_id, "restored_version": outcome["restored_version"],
                 "previous_version": outcome["previous_version"], "state_hash": outcome["state_hash"],
-                "reason": bounded(reason or "operator rollback (POST /upgrades/{id}/rollback)", ROLLBACK_REASON_LENGTH_MAX)}
+                "reason": bounded(reason or "operator rollback (POST /upgrades/{id}/rollback)", REASON_LENGTH_MAX)}
         document = {"message": outcome["message"], "restored_version": outcome["restored_version"],
                     "previous_version": outcome["previous_version"], "state_hash": outcome["state_hash"],
                     "audit_entry_id": None}

@@ -1,16 +1,28 @@
 """The node's HTTP API described as OpenAPI 3.0, served at GET /openapi.json.
 
-Why hand-written: the API is small, its request shapes are the spec's, and a generator would need
-annotations on every handler. The price is drift, so tests/component/test_api_governance.py checks
-that every route the node registers is described here (and that nothing described is missing from
-the node): a new route without a description fails the build.
+Why it works as it does:
+- Request bodies are not written here: their schemas are exported from the declarations in
+  node/core/schemas.py, the same ones the node judges requests with, so the published schema and the
+  node's checks cannot disagree (tests/component/test_api_schema_property.py sends random and mutated
+  bodies to every POST route: 400 exactly when the published schema refuses). msgspec exports JSON
+  Schema 2020-12; `_openapi_30` rewrites the few spellings OpenAPI 3.0 has otherwise (null as
+  `nullable`), and refuses any keyword 3.0 lacks, so a new kind of field cannot slip out unreadable.
+- The rest (paths, responses) is hand-written: the API is small and its shapes are the spec's.
+  tests/component/test_api_governance.py checks that every route the node registers is described
+  here (and that nothing described is missing from the node): a new route without a description
+  fails the build.
+- Integers follow OpenAPI 3.0.3's own definition, "a JSON number without a fraction or exponent part":
+  the node refuses 2048.0 where an integer belongs, as the document says.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
+
+from node.core.schemas import PROPOSAL_ID_FULL, REQUEST_BODIES
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -56,7 +68,8 @@ def _query_parameter(name: str, description: str, schema: dict) -> dict:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
-_PROPOSAL_ID = _path_parameter("proposal_id", "a proposal id, e.g. upgrade_20251003_120000_3fa9c2d1")
+_PROPOSAL_ID = {**_path_parameter("proposal_id", "a proposal id, e.g. upgrade_20251003_120000_3fa9c2d1"),
+                "schema": {"type": "string", "pattern": PROPOSAL_ID_FULL.pattern}}
 _MSGPACK = {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}
 
 _SCHEMAS = {
@@ -64,24 +77,11 @@ _SCHEMAS = {
         "error": {"type": "string"}, "message": {"type": "string", "description": "what went wrong"},
         "hint": {"type": "string", "description": "what to do"},
         "definite": {"type": "boolean", "description": "true: it certainly did not happen; false: it may have"}}},
-    "ProposeUpgrade": {"type": "object", "additionalProperties": False,
-                       "required": ["title", "version", "package_url", "package_hash"], "properties": {
-        "title": {"type": "string", "minLength": 1, "maxLength": 200},
-        "description": {"type": "string", "maxLength": 4000},
-        "version": {"type": "string", "description": "semver, greater than the network's current version"},
-        "package_url": {"type": "string", "maxLength": 2048, "description": "https://, http:// or ipfs://CID"},
-        "package_hash": {"type": "string", "description": "'sha256:' + 64 hex digits, or 64 bare hex digits"},
-        "package_size": {"type": "integer", "nullable": True, "minimum": 1, "description": "bytes"}}},
-    "ProposeRollback": {"type": "object", "additionalProperties": False, "required": ["target_proposal_id"], "properties": {
-        "target_proposal_id": {"type": "string", "description": "the executed upgrade to undo"},
-        "title": {"type": "string", "maxLength": 200}, "description": {"type": "string", "maxLength": 4000}}},
     "ProposalCreated": {"type": "object", "required": ["proposal_id", "status", "next_steps"], "properties": {
         "proposal_id": {"type": "string"}, "status": {"type": "string", "enum": ["voting"]},
         "next_steps": {"type": "array", "items": {"type": "string"}}, "action": {"type": "string"},
         "version": {"type": "string"}, "entry_id": {"type": "string"}, "voting_deadline_ms": {"type": "integer"},
         "voting_deadline": {"type": "string"}}},
-    "Vote": {"type": "object", "additionalProperties": False, "required": ["vote"], "properties": {
-        "vote": {"type": "string", "enum": ["approval", "rejection"]}}},
     "Proposal": {"type": "object", "description": "status (voting, approved, rejected, expired, ratified, executed, "
                  "failed, rolled_back), tally, votes, ratification, every node's execution report, divergence flags. "
                  "The status leaves 'voting' only once a strict majority of validators published the counted votes "
@@ -105,6 +105,39 @@ _SCHEMAS = {
         "version": {"type": "string"}, "state_hash": {"type": "string"}, "applied_sequence": {"type": "integer"},
         "state": {"type": "object", "description": "the live network state"}}},
 }
+
+
+# What OpenAPI 3.0's Schema Object knows, of what msgspec writes for our bodies.
+_OPENAPI_30_KEYWORDS = frozenset({"title", "description", "type", "properties", "required", "additionalProperties",
+                                  "minLength", "maxLength", "pattern", "minimum", "maximum", "enum", "default",
+                                  "items", "minItems", "maxItems", "nullable", "$ref"})
+
+
+def _openapi_30(schema: dict) -> dict:
+    """A msgspec (JSON Schema 2020-12) schema of a request body, spelled as OpenAPI 3.0 wants it."""
+    if "anyOf" in schema:
+        options = [option for option in schema["anyOf"] if option != {"type": "null"}]
+        assert len(options) == 1 and len(options) < len(schema["anyOf"]), f"only 'X or null' unions: {schema}"
+        rest = {key: value for key, value in schema.items() if key != "anyOf"}
+        return _openapi_30({**options[0], **rest, "nullable": True})
+    unknown = set(schema) - _OPENAPI_30_KEYWORDS
+    assert not unknown, f"OpenAPI 3.0 has no {sorted(unknown)} (in {schema})"
+    converted = dict(schema)
+    if converted.get("required") == []:
+        del converted["required"]       # 3.0 (as JSON Schema draft 4) wants at least one name, or none given
+    if "enum" in converted and "type" not in converted and all(isinstance(choice, str) for choice in converted["enum"]):
+        converted["type"] = "string"
+    if "properties" in converted:
+        converted["properties"] = {name: _openapi_30(value) for name, value in converted["properties"].items()}
+    if "items" in converted:
+        converted["items"] = _openapi_30(converted["items"])
+    return converted
+
+
+def request_schemas() -> dict:
+    """The components of every request body, derived from node/core/schemas.py."""
+    _, components = msgspec.json.schema_components(REQUEST_BODIES, ref_template="#/components/schemas/{name}")
+    return {name: _openapi_30(schema) for name, schema in components.items()}
 
 
 def _ref(name: str) -> dict:
@@ -136,7 +169,7 @@ def _governance_paths() -> dict:
             "Dry run: download, verify and run the package on a copy of the live state; nothing changes",
             _responses("200", "the dry run's result (success true or false, with the failed step)", _OBJECT,
                        "400", "401", "404", "409", "503"),
-            auth=True, body=_OBJECT, body_required=False, parameters=proposal, tags=upgrades)},
+            auth=True, body=_ref("TestUpgrade"), body_required=False, parameters=proposal, tags=upgrades)},
         "/upgrades/status": {"get": _operation(
             "Upgrade system status of this node", _responses("200", "status", _ref("UpgradeStatus"), "503"), tags=upgrades)},
         "/upgrades/history": {"get": _operation(
@@ -144,8 +177,7 @@ def _governance_paths() -> dict:
         "/upgrades/{proposal_id}/rollback": {"post": _operation(
             "Operator rollback on THIS node of its latest applied upgrade (publishes a ROLLBACK audit entry)",
             _responses("200", "rolled back", _ref("Rollback"), "400", "401", "409", "503"),
-            auth=True, body={"type": "object", "properties": {"reason": {"type": "string", "maxLength": 1000}}},
-            body_required=False, parameters=proposal, tags=upgrades)},
+            auth=True, body=_ref("LocalRollback"), body_required=False, parameters=proposal, tags=upgrades)},
         "/state": {"get": _operation(
             "The live network state, its version and hash", _responses("200", "state", _ref("State"), "503"), tags=("state",))},
     }
@@ -154,7 +186,6 @@ def _governance_paths() -> dict:
 def _node_paths() -> dict:
     entry_id = _path_parameter("entry_id", "an entry id (64 lowercase hex)")
     log, node = ("log",), ("node",)
-    note = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "maxLength": 4096}}}
     log_filters = [
         _query_parameter("after", "position to start after", {"type": "integer", "minimum": 0}),
         _query_parameter("limit", "entries per page", {"type": "integer", "minimum": 1, "maximum": 500}),
@@ -168,7 +199,7 @@ def _node_paths() -> dict:
                                               parameters=[entry_id], tags=log)},
         "/log/notes": {"post": _operation("Write a NOTE entry (answered once on disk)",
                                           _responses("201", "written", _OBJECT, "400", "401", "413", "503"),
-                                          auth=True, body=note, tags=log)},
+                                          auth=True, body=_ref("Note"), tags=log)},
         "/health": {"get": _operation("Liveness and a summary of the node", _responses("200", "ok", _OBJECT), tags=node)},
         "/metrics": {"get": _operation("Prometheus metrics (text format 0.0.4)", metrics, tags=node)},
         "/openapi.json": {"get": _operation("This description", _responses("200", "OpenAPI 3 document", _OBJECT), tags=node)},
@@ -200,7 +231,7 @@ def openapi_document() -> dict:
                  "description": "One node of a self-upgrading network: governance (propose, vote), upgrades "
                                 "(status, history, dry run, rollback), the state, the log, health and gossip."},
         "paths": {**_governance_paths(), **_node_paths()},
-        "components": {"schemas": _SCHEMAS,
+        "components": {"schemas": {**_SCHEMAS, **request_schemas()},
                        "securitySchemes": {"bearerToken": {"type": "http", "scheme": "bearer",
                                                            "description": "the token in the node's data dir (api_token, mode 0600)"}}},
     }

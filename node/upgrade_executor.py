@@ -27,6 +27,7 @@ from typing import Any
 
 from node.core.certificates import verify_certificate
 from node.core.entries import safe_text
+from node.core.schemas import REASON_LENGTH_MAX
 from node.core.governance import CertifiedExecution
 from node.errors import NotFound, RollbackError, Unavailable
 from node.governance_fold import GovernanceFold
@@ -39,7 +40,7 @@ from node.store import VersionStore
 from node.upgrader import UpgradeResult
 from node.wake_loop import run_woken, stop_tasks
 
-REPORT_ERROR_LENGTH_MAX = 1000    # EXECUTION_REPORT.error
+REPORT_ERROR_LENGTH_MAX = REASON_LENGTH_MAX    # EXECUTION_REPORT.error (node/core/schemas.py)
 
 _logger = logging.getLogger("synapse.governance")
 

@@ -20,6 +20,8 @@ Why it works as it does:
   no ext types, no non-string map keys, bounded lengths on decode before anything is allocated.
 - Every body is validated against its kind's schema when built AND when decoded (unknown or missing
   fields -> "bad_body"), so the rest of the node can trust `entry.body` without re-checking types.
+  The schemas are declared once, in node/core/schemas.py, with the API's request bodies; this module
+  only encodes. `Entry.body` stays the plain dict that was encoded (never a re-serialized struct).
 
 Refusal reasons raised here (errors.EntryRefused.reason): "oversized", "malformed", "unknown_kind",
 "bad_body", "non_canonical". Reasons that need the log's state (signature, author, sequence, parents)
@@ -37,10 +39,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import msgpack
 
-from node.core.closing import VOTE_ID_SIZE_BYTES, VOTE_IDS_SIZE_MAX_BYTES
 from node.core.hlc import Hlc
-from node.core.semver import is_valid_version
-from node.core.urls import has_userinfo
+from node.core.schemas import SEQUENCE_MAX, entry_body_problem, safe_text, unsafe_character  # noqa: F401 (re-exported)
 from node.errors import ConfigError, EntryRefused
 
 FORMAT_VERSION = 1
@@ -50,7 +50,6 @@ KINDS = ("PROPOSAL", "VOTE", "CLOSE", "RATIFY", "EXECUTE_UPGRADE", "EXECUTION_RE
 SIGNATURE_LENGTH_BYTES = 64
 ID_LENGTH_BYTES = 32
 PARENTS_LENGTH_MAX = 64          # hard cap of the format; the log's own (smaller) limit is LogLimits.parents_max
-SEQUENCE_MAX = 2**53             # far beyond any real author, exact in every JSON reader
 ENTRY_SIZE_MAX_BYTES = 1024 * 1024  # the format's ceiling; nodes configure a smaller limit
 
 _NODE_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -74,160 +73,15 @@ def is_entry_id(value: object) -> bool:
     return isinstance(value, str) and _HEX64.match(value) is not None
 
 
-# --- body schemas -----------------------------------------------------------------------------------
-
-Check = Callable[[Any], bool]
-
-
-# Texts people write travel to every node and end up on operators' terminals and in reports. None
-# may hold a control character (an ESC sequence can rewrite a terminal, a CR hide a line) or a
-# bidirectional override (it reorders what a reader sees: "Trojan Source"). Multi-line texts may
-# hold \n and \t; one-line texts (titles) neither.
-_UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def unsafe_character(text: str, *, one_line: bool) -> str | None:
-    """Where `text` holds a character no human-written text may hold: "U+001B at position 3"; else None."""
-    match = (_UNSAFE_IN_LINE if one_line else _UNSAFE_IN_TEXT).search(text)
-    return None if match is None else f"U+{ord(match.group()):04X} at position {match.start()}"
-
-
-def safe_text(text: str) -> str:
-    """`text` with every character unsafe_character(one_line=False) would name replaced by U+FFFD (for
-    texts a node composes from outside input, such as a package's trap message)."""
-    return _UNSAFE_IN_TEXT.sub("\ufffd", text)
-
-
-def _text(length_max: int, *, length_min: int = 0, human: str | None = None) -> Check:
-    """`human`: "line" or "text" for texts people write (see unsafe_character)."""
-    if human is None:
-        return lambda value: isinstance(value, str) and length_min <= len(value) <= length_max
-    one_line = human == "line"
-    return lambda value: (isinstance(value, str) and length_min <= len(value) <= length_max
-                          and unsafe_character(value, one_line=one_line) is None)
-
-
-def _integer(minimum: int, maximum: int) -> Check:
-    return lambda value: type(value) is int and minimum <= value <= maximum
-
-
-def _binary(length_max: int, *, length_min: int = 0) -> Check:
-    return lambda value: isinstance(value, bytes) and length_min <= len(value) <= length_max
-
-
-def _one_of(*choices: str) -> Check:
-    return lambda value: isinstance(value, str) and value in choices
-
-
-def _optional(check: Check) -> Check:
-    return lambda value: value is None or check(value)
-
-
-def _is_bool(value: Any) -> bool:
-    return type(value) is bool
-
-
-def _is_hex64(value: Any) -> bool:
-    return isinstance(value, str) and _HEX64.match(value) is not None
-
-
-CERTIFICATE_LENGTH_MAX = 64
-
-
-def _is_certificate(value: Any) -> bool:
-    if not isinstance(value, list) or len(value) > CERTIFICATE_LENGTH_MAX:
-        return False
-    return all(
-        isinstance(item, dict) and set(item) == {"signature", "validator_id"}
-        and is_node_id(item["validator_id"])
-        and isinstance(item["signature"], bytes) and len(item["signature"]) == SIGNATURE_LENGTH_BYTES
-        for item in value
-    )
-
-
-def _is_vote_ids(value: Any) -> bool:
-    return isinstance(value, bytes) and len(value) % VOTE_ID_SIZE_BYTES == 0 and len(value) <= VOTE_IDS_SIZE_MAX_BYTES
-
-
-def _is_package_url(value: Any) -> bool:
-    # A package URL is public: every member fetches it and anyone reads it (GET /proposals, GET /log).
-    # Credentials in it would be shown to all, so none are allowed, network-wide.
-    return isinstance(value, str) and 1 <= len(value) <= 2048 and not has_userinfo(value)
-
-
-_PROPOSAL_ID = _text(96, length_min=1)
-_VERSION: Check = is_valid_version
-_PACKAGE_SIZE = _integer(1, 2**40)
-_SEQUENCE_FIELD = _integer(1, SEQUENCE_MAX)
-
-BODY_SCHEMAS: Mapping[str, Mapping[str, Check]] = {
-    "PROPOSAL": {
-        "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "title": _text(200, human="line"),
-        "description": _text(4000, human="text"), "version": _VERSION, "package_url": _optional(_is_package_url),
-        "package_hash": _optional(_is_hex64), "package_size": _optional(_PACKAGE_SIZE),
-        "voting_deadline_ms": _integer(0, SEQUENCE_MAX), "target_proposal_id": _optional(_PROPOSAL_ID),
-    },
-    "VOTE": {"proposal_id": _PROPOSAL_ID, "vote": _one_of("approval", "rejection")},
-    # A validator's attestation of the votes Raft counted when voting closed (node/core/closing.py).
-    "CLOSE": {"proposal_id": _PROPOSAL_ID, "votes_digest": _is_hex64, "vote_ids": _is_vote_ids},
-    "RATIFY": {
-        "proposal_id": _PROPOSAL_ID, "sequence": _SEQUENCE_FIELD, "statement": _binary(512),
-        "signature": _binary(SIGNATURE_LENGTH_BYTES, length_min=SIGNATURE_LENGTH_BYTES),
-    },
-    "EXECUTE_UPGRADE": {
-        "proposal_id": _PROPOSAL_ID, "action": _one_of("upgrade", "rollback"), "version": _VERSION,
-        "package_url": _optional(_is_package_url), "package_hash": _optional(_is_hex64),
-        "package_size": _optional(_PACKAGE_SIZE), "votes_digest": _is_hex64, "sequence": _SEQUENCE_FIELD,
-        "certificate": _is_certificate,
-    },
-    "EXECUTION_REPORT": {
-        "proposal_id": _PROPOSAL_ID, "sequence": _SEQUENCE_FIELD, "success": _is_bool, "version": _VERSION,
-        "state_hash": _text(80), "error": _optional(_text(1000, human="text")),
-    },
-    "ROLLBACK": {
-        "proposal_id": _PROPOSAL_ID, "restored_version": _VERSION, "previous_version": _VERSION,
-        "state_hash": _text(80), "reason": _text(1000, human="text"),
-    },
-    "NOTE": {"text": _text(4096, human="text")},
-}
-
-
-def _cross_field_problem(kind: str, body: Mapping[str, Any]) -> str | None:
-    """Rules between fields; None when the body is consistent."""
-    if kind == "PROPOSAL" and body["action"] == "upgrade":
-        if body["package_url"] is None or body["package_hash"] is None:
-            return "an upgrade proposal needs package_url and package_hash"
-        if body["target_proposal_id"] is not None:
-            return "an upgrade proposal must have target_proposal_id None"
-    if kind == "PROPOSAL" and body["action"] == "rollback":
-        if any(body[name] is not None for name in ("package_url", "package_hash", "package_size")):
-            return "a rollback proposal must have package_url, package_hash and package_size None"
-        if body["target_proposal_id"] is None:
-            return "a rollback proposal needs target_proposal_id (the executed upgrade to undo)"
-    if kind == "EXECUTE_UPGRADE" and body["action"] == "upgrade":
-        if body["package_url"] is None or body["package_hash"] is None:
-            return "an EXECUTE_UPGRADE of an upgrade needs package_url and package_hash"
-    return None
+# --- body schemas (declared in node/core/schemas.py) ------------------------------------------------
 
 
 def validate_body(kind: str, body: object) -> None:
-    """Raise EntryRefused("bad_body") unless `body` matches the schema of `kind` exactly."""
-    schema = BODY_SCHEMAS[kind]
-    if not isinstance(body, dict):
-        raise EntryRefused("bad_body", f"{kind} body must be a map, got {type(body).__name__}")
-    missing = sorted(set(schema) - set(body))
-    unknown = sorted(str(name) for name in set(body) - set(schema))
-    if missing or unknown:
-        raise EntryRefused("bad_body", f"{kind} body has missing fields {missing} and unknown fields {unknown[:5]}",
-                           hint=f"a {kind} body has exactly the fields {sorted(schema)}")
-    bad = sorted(name for name, check in schema.items() if not check(body[name]))
-    if bad:
-        raise EntryRefused("bad_body", f"{kind} body has invalid fields {bad}",
-                           hint="see the body schemas in node/core/entries.py (types, lengths, None where allowed)")
-    problem = _cross_field_problem(kind, body)
+    """Raise EntryRefused("bad_body") unless `body` matches the schema of `kind` exactly
+    (schemas.ENTRY_BODIES: field set, types, limits, rules, and the rules between fields)."""
+    problem = entry_body_problem(kind, body)
     if problem is not None:
-        raise EntryRefused("bad_body", f"{kind} body is inconsistent: {problem}")
+        raise EntryRefused("bad_body", problem[0], hint=problem[1])
 
 
 # --- canonical encoding -----------------------------------------------------------------------------

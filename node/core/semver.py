@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 # ASCII only and matched whole (fullmatch, no `$`): Python's \d also matches other scripts' digits
 # ('1\u0663.0.0' would read as 13.0.0) and `$` also matches before a final newline ('3.1.0\n').
-_SEMVER = re.compile(
-    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?",
-    re.ASCII,
+# Written with [0-9] rather than \d so that the same text means the same in every regex dialect: the
+# published request schema (node/core/schemas.py) carries it, and JSON Schema patterns are ECMA-262.
+SEMVER_REGEX = (
+    r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
+_SEMVER = re.compile(SEMVER_REGEX, re.ASCII)
 VERSION_LENGTH_MAX = 64
 
 

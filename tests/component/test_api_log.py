@@ -100,9 +100,9 @@ async def test_writing_needs_the_token(node_client, headers, message):
 
 @pytest.mark.parametrize("data, message", [
     (b"{not json", "the request body is not valid JSON"),
-    (b"[1, 2]", 'the body must be a JSON object {"text": "..."}'),
-    (b'{"text": "a", "extra": 1}', 'the body must be a JSON object {"text": "..."}'),
-    (b'{"text": 5}', "text must be a string of at most 4096 characters"),
+    (b"[1, 2]", "POST /log/notes: the body must be a JSON object, not a JSON array"),
+    (b'{"text": "a", "extra": 1}', "POST /log/notes: unknown field(s) extra"),
+    (b'{"text": 5}', "POST /log/notes: field text must be a JSON string, not a JSON integer"),
     (json.dumps({"text": "x" * 4097}).encode(), "text must be a string of at most 4096 characters"),
     (b"\xff\xfe", "the request body is not valid JSON"),
     (json.dumps({"text": "red \x1b[31malert"}).encode(), "text holds a control or bidirectional-override character (U+001B at position 4)"),

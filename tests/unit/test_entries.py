@@ -18,7 +18,7 @@ from node.errors import ConfigError, EntryRefused
 from node.identity import verify_signature
 from tests.logtools import (
     NETWORK_ID, forge_raw,
-    NOW_MS, execute_body, forge, identity, note_body, proposal_body, ratify_body, report_body, rollback_proposal_body,
+    NOW_MS, close_body, execute_body, forge, identity, note_body, proposal_body, ratify_body, report_body, rollback_proposal_body,
     sample_bodies, vote_body,
 )
 
@@ -330,6 +330,11 @@ BAD_BODIES = [
     ("PROPOSAL", proposal_body(title="safe \u202etxt.exe")), ("PROPOSAL", proposal_body(description="over\rwrite")),
     ("NOTE", {"text": "bell\x07"}), ("NOTE", {"text": "isolate \u2066x\u2069"}), ("NOTE", {"text": "\x9b31m"}),
     ("EXECUTION_REPORT", report_body(error="trap in \x1b]0;pwned\x07")),
+    # The API never wrote these; since the schemas are one (node/core/schemas.py) the log refuses them too.
+    ("PROPOSAL", proposal_body(title="")), ("PROPOSAL", proposal_body(package_hash="a" * 64 + "\n")),
+    ("EXECUTE_UPGRADE", execute_body(votes_digest="b" * 64 + "\n")),
+    ("EXECUTE_UPGRADE", execute_body(certificate=[{"validator_id": "0123456789abcdef\n", "signature": b"\x02" * 64}])),
+    ("CLOSE", close_body(vote_ids=b"\x01" * 33)), ("CLOSE", close_body(vote_ids="ab" * 32)),
 ]
 
 
