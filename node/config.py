@@ -32,12 +32,12 @@ from node.core.canonical import canonical_json, sha256_hex
 from node.core.semver import is_valid_version
 from node.errors import ConfigError
 from node.identity import node_id_for
+from node.limits import PACKAGE_IPFS_GATEWAYS_MAX
 
 CONFIG_SIZE_MAX_BYTES = 1024 * 1024
 GENESIS_SIZE_MAX_BYTES = 4 * 1024 * 1024
 MEMBERS_MAX = 1024
 REPUTATION_MAX = 10**9
-IPFS_GATEWAYS_MAX = 16
 URL_LENGTH_MAX = 2048
 HOST_LENGTH_MAX = 253
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -274,8 +274,8 @@ def _boolean(name: str, value: object) -> bool:
 
 
 def _gateways(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or len(value) > IPFS_GATEWAYS_MAX:
-        raise ConfigError(f"packages.ipfs_gateways must be a list of at most {IPFS_GATEWAYS_MAX} URLs")
+    if not isinstance(value, list) or len(value) > PACKAGE_IPFS_GATEWAYS_MAX:
+        raise ConfigError(f"packages.ipfs_gateways must be a list of at most {PACKAGE_IPFS_GATEWAYS_MAX} URLs")
     for url in value:
         if not isinstance(url, str) or len(url) > URL_LENGTH_MAX or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise ConfigError(f"packages.ipfs_gateways has {url!r:.80}, not an http(s) URL", hint="for example https://ipfs.io")

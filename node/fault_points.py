@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from node.fsutil import fsync_directory
+from node.limits import FAULT_POINT_FILE_SIZE_MAX_BYTES
 
 ENVIRONMENT_VARIABLE = "SYNAPSE_FAULT_POINTS"
 # The points of an upgrade, in the order a node reaches them (the store's commit steps, then the report).
 POINTS = ("backup_written", "committed", "live_state_written", "current_version_written", "history_written",
           "before_report")
 FILE_NAME = "fault_point"
-FILE_SIZE_MAX_BYTES = 256
 
 
 def fault_point_for(data_dir: Path, environ: Mapping[str, str]) -> Callable[[str], None] | None:
@@ -41,7 +41,7 @@ def fault_point_for(data_dir: Path, environ: Mapping[str, str]) -> Callable[[str
     def fault_point(name: str) -> None:
         try:
             with open(marker, "rb") as file:
-                wanted = file.read(FILE_SIZE_MAX_BYTES).decode("utf-8", "replace").strip()
+                wanted = file.read(FAULT_POINT_FILE_SIZE_MAX_BYTES).decode("utf-8", "replace").strip()
         except FileNotFoundError:
             return
         if wanted != name:
@@ -55,6 +55,6 @@ def fault_point_for(data_dir: Path, environ: Mapping[str, str]) -> Callable[[str
 
 def arm(data_dir: Path, name: str) -> None:
     """Arm `name` for the node whose data dir this is (it must run with SYNAPSE_FAULT_POINTS=1)."""
-    if not name or "\n" in name or len(name.encode()) > FILE_SIZE_MAX_BYTES:
-        raise ValueError(f"a fault point name is one line of at most {FILE_SIZE_MAX_BYTES} bytes, got {name!r}")
+    if not name or "\n" in name or len(name.encode()) > FAULT_POINT_FILE_SIZE_MAX_BYTES:
+        raise ValueError(f"a fault point name is one line of at most {FAULT_POINT_FILE_SIZE_MAX_BYTES} bytes, got {name!r}")
     (Path(data_dir) / FILE_NAME).write_text(name + "\n")

@@ -56,6 +56,9 @@ from node.core.gossip_rules import BoundedMap
 from node.core.gossip_settings import GossipSettings, fanout_for  # noqa: F401  (re-exported)
 from node.errors import BadRequest, ConfigError, SynapseError, Unavailable
 from node.metrics import Metrics
+from node.limits import (
+    GOSSIP_STOP_TIMEOUT_MS, GOSSIP_VISIBILITY_MEMORY_ENTRIES_MAX, GOSSIP_VISIBILITY_QUERY_IDS_MAX, GOSSIP_WRITE_GATE_POLL_MS,
+)
 
 PATH_OFFER = "/gossip/offer"
 PATH_PUSH = "/gossip/push"
@@ -65,11 +68,7 @@ CONTENT_TYPE = "application/msgpack"
 PATHS: Mapping[type, str] = {Offer: PATH_OFFER, Push: PATH_PUSH, Sync: PATH_SYNC}
 REPLY_TYPES: Mapping[type, type] = {Offer: Want, Push: Pushed, Sync: Synced}
 
-VISIBILITY_QUERY_IDS_MAX = 100      # ids travel in the query string (aiohttp reads lines of at most 8 KiB)
-VISIBILITY_MEMORY_MAX = 20_000       # entries whose visibility time is kept (for benchmarks and debugging)
 READ_CHUNK_BYTES = 64 * 1024
-STOP_TIMEOUT_S = 5.0
-WRITE_GATE_POLL_S = 0.02              # how often a first local write re-checks whether it may go ahead
 BUSY_STATUSES = (429, 503)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -181,7 +180,7 @@ class _GroupWriter:
     async def close(self) -> None:
         if self._writer is not None and not self._writer.done():
             try:
-                async with asyncio.timeout(STOP_TIMEOUT_S):
+                async with asyncio.timeout(GOSSIP_STOP_TIMEOUT_MS / 1000):
                     await asyncio.shield(self._writer)
             except TimeoutError:
                 pass
@@ -228,7 +227,7 @@ class Gossip:
         self._inbound_by_source: dict[str, int] = {}
         self._request_ids = itertools.count(1)
         self._answers: dict[int, asyncio.Future] = {}   # request id -> the Reply's message or the Refuse's error
-        self._visible_at_ns = BoundedMap(VISIBILITY_MEMORY_MAX)  # id -> CLOCK_REALTIME ns
+        self._visible_at_ns = BoundedMap(GOSSIP_VISIBILITY_MEMORY_ENTRIES_MAX)  # id -> CLOCK_REALTIME ns
         self._metrics.set("gossip_peers_up", 0)
         self._metrics.set("gossip_fanout", self._core.fanout)
 
@@ -255,7 +254,7 @@ class Gossip:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            await asyncio.wait(tasks, timeout=GOSSIP_STOP_TIMEOUT_MS / 1000)
         self._tasks.clear()
         # A request whose write was just cancelled would otherwise wait out its timeout (2 x persist_timeout_ms)
         # and hold the HTTP server's shutdown: answer it now. Indefinite: its entries may be on disk.
@@ -333,7 +332,7 @@ class Gossip:
             self._metrics.inc("gossip_writes_held_total")
         while (self._core.behind_own_entries() and self._now_ms() < deadline_ms
                and self._core.write_gate_deadline_ms is not None):
-            await asyncio.sleep(WRITE_GATE_POLL_S)
+            await asyncio.sleep(GOSSIP_WRITE_GATE_POLL_MS / 1000)
         self._execute(self._core.close_write_gate())  # nothing if a concurrent first write went through already
 
     # --- executing the core's effects --------------------------------------------------------------
@@ -523,8 +522,8 @@ class Gossip:
     async def _handle_visibility(self, request: web.Request) -> web.Response:
         """GET /gossip/visibility?ids=a,b,c -> {"node_id", "visible_at_ns": {id: ns | null}}."""
         ids = [entry_id for entry_id in request.query.get("ids", "").split(",") if entry_id]
-        if len(ids) > VISIBILITY_QUERY_IDS_MAX or not all(map(is_entry_id, ids)):
-            error = BadRequest(f"ids must be at most {VISIBILITY_QUERY_IDS_MAX} comma-separated entry ids (64 hex)",
+        if len(ids) > GOSSIP_VISIBILITY_QUERY_IDS_MAX or not all(map(is_entry_id, ids)):
+            error = BadRequest(f"ids must be at most {GOSSIP_VISIBILITY_QUERY_IDS_MAX} comma-separated entry ids (64 hex)",
                                hint="GET /gossip/visibility?ids=<id>,<id>")
             return web.json_response(error.to_dict(), status=400)
         return web.json_response({"node_id": self._self_id,

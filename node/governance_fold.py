@@ -26,8 +26,8 @@ from node.errors import CertificateError, NotFound
 from node.identity import verify_signature
 from node.logging_setup import log_event
 from node.metrics import Metrics
+from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX
 
-LOGGED_DIVERGENCES_MAX = 10_000
 
 _logger = logging.getLogger("synapse.governance")
 
@@ -121,7 +121,7 @@ class GovernanceFold:
             return
         mine = self._node_id in divergence["diverged_nodes"]
         key = (proposal_id, sequence, tuple(sorted((h, tuple(n)) for h, n in divergence["state_hashes"].items())))
-        if key in self._divergences_logged or len(self._divergences_logged) >= LOGGED_DIVERGENCES_MAX:
+        if key in self._divergences_logged or len(self._divergences_logged) >= GOVERNANCE_LOGGED_DIVERGENCES_MAX:
             return
         self._divergences_logged.add(key)
         self._metrics.inc("state_divergences_total", this_node="true" if mine else "false")

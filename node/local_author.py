@@ -18,8 +18,8 @@ from typing import Any
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry
 from node.errors import Conflict, Unavailable
+from node.limits import LOCAL_PUBLISH_ATTEMPTS_MAX
 
-PUBLISH_ATTEMPTS_MAX = 8          # rebuilds of a local entry whose sequence another local entry took
 
 Body = Mapping[str, Any] | Callable[[int], Mapping[str, Any]]
 
@@ -42,7 +42,7 @@ class LocalAuthor:
         """Build (with this node's next sequence when `body` is a function of it), check, sign, persist
         and publish one local entry. Raises what `check` raises, with nothing written."""
         async with asyncio.timeout(self._append_timeout_ms / 1000), self._lock:
-            for _attempt in range(PUBLISH_ATTEMPTS_MAX):
+            for _attempt in range(LOCAL_PUBLISH_ATTEMPTS_MAX):
                 sequence = self._log.next_sequence(self._node_id)
                 made = body(sequence) if callable(body) else body
                 if check is not None:
@@ -56,5 +56,5 @@ class LocalAuthor:
                         raise
                     continue
                 return entry
-        raise Unavailable(f"could not publish a {kind} entry: {PUBLISH_ATTEMPTS_MAX} other local entries took its sequence",
+        raise Unavailable(f"could not publish a {kind} entry: {LOCAL_PUBLISH_ATTEMPTS_MAX} other local entries took its sequence",
                           hint="retry when the node is less busy")

@@ -29,11 +29,10 @@ from typing import Sequence
 
 from node.fsutil import fsync_directory
 from node.errors import StoreError
+from node.limits import LOGFILE_APPEND_BATCH_RECORDS_MAX, LOGFILE_RECORD_SIZE_MAX_BYTES
 
 MAGIC = b"SYNLOG\x00\x01"
 RECORD_HEADER = struct.Struct(">II")
-RECORD_SIZE_MAX_BYTES = 1024 * 1024   # entries are far smaller (64 KiB by default); a larger length is corruption
-APPEND_BATCH_MAX = 100_000
 _READ_CHUNK_BYTES = 1024 * 1024
 
 _logger = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ class LogFile:
         self.record_size_max_bytes = record_size_max_bytes
 
     @classmethod
-    def open(cls, path: Path, *, record_size_max_bytes: int = RECORD_SIZE_MAX_BYTES) -> tuple["LogFile", list[bytes]]:
+    def open(cls, path: Path, *, record_size_max_bytes: int = LOGFILE_RECORD_SIZE_MAX_BYTES) -> tuple["LogFile", list[bytes]]:
         """Open (or create) the log at `path`; return it and the payloads of its intact records, in
         order. A torn or corrupt tail is cut off (see `torn_tail_bytes`). Raises StoreError if the
         file is not a Synapse log, or is locked by another process."""
@@ -96,8 +95,8 @@ class LogFile:
         on failure the file is cut back and StoreError raised (definite: nothing was appended)."""
         if not raws:
             return
-        if len(raws) > APPEND_BATCH_MAX:
-            raise StoreError(f"cannot append {len(raws)} records at once (at most {APPEND_BATCH_MAX})",
+        if len(raws) > LOGFILE_APPEND_BATCH_RECORDS_MAX:
+            raise StoreError(f"cannot append {len(raws)} records at once (at most {LOGFILE_APPEND_BATCH_RECORDS_MAX})",
                              hint="append in smaller batches")
         for raw in raws:
             if not isinstance(raw, bytes) or not 0 < len(raw) <= self.record_size_max_bytes:

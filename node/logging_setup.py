@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node.limits import NODE_LOG_FIELD_TEXT_LENGTH_MAX, NODE_LOG_FILE_BACKUPS_MAX, NODE_LOG_FILE_SIZE_MAX_BYTES
+
 LOG_FILE_NAME = "node.log"
-LOG_FILE_SIZE_MAX_BYTES = 50 * 1024 * 1024
-LOG_FILE_BACKUPS = 3
-FIELD_TEXT_LENGTH_MAX = 4000
 
 
 def _jsonable(value: Any) -> Any:
@@ -32,7 +31,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, str):
-        return value if len(value) <= FIELD_TEXT_LENGTH_MAX else value[:FIELD_TEXT_LENGTH_MAX] + "..."
+        return value if len(value) <= NODE_LOG_FIELD_TEXT_LENGTH_MAX else value[:NODE_LOG_FIELD_TEXT_LENGTH_MAX] + "..."
     if isinstance(value, dict):
         return {str(key): _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -74,7 +73,7 @@ def configure_logging(*, node_id: str, data_dir: Path | None, level: str = "info
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if data_dir is not None:
         handlers.append(logging.handlers.RotatingFileHandler(
-            Path(data_dir) / LOG_FILE_NAME, maxBytes=LOG_FILE_SIZE_MAX_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"))
+            Path(data_dir) / LOG_FILE_NAME, maxBytes=NODE_LOG_FILE_SIZE_MAX_BYTES, backupCount=NODE_LOG_FILE_BACKUPS_MAX, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)

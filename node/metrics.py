@@ -7,7 +7,7 @@ and no I/O. That is ~100 lines.
 - `inc` makes a counter, `set` makes a gauge; a name is one or the other for the registry's lifetime
   (mixing them is a programmer error). Every name is rendered with the `synapse_` prefix.
 - Label values may come from the network (a refusal reason, a peer id), so the number of series per
-  metric is bounded (`SERIES_PER_METRIC_MAX`): a hostile peer cannot grow the registry without bound.
+  metric is bounded (`METRICS_SERIES_PER_METRIC_MAX`): a hostile peer cannot grow the registry without bound.
   Series past the bound are dropped and counted in `synapse_metrics_series_dropped_total`.
 - A lock makes `inc` safe from executor threads (fsync, sandbox) as well as from the event loop.
 """
@@ -18,10 +18,9 @@ import math
 import re
 import threading
 
+from node.limits import METRICS_LABEL_VALUE_LENGTH_MAX, METRICS_NAMES_MAX, METRICS_SERIES_PER_METRIC_MAX
+
 PREFIX = "synapse_"
-SERIES_PER_METRIC_MAX = 1_000
-METRICS_MAX = 500
-LABEL_VALUE_LENGTH_MAX = 200
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DROPPED = "metrics_series_dropped_total"
@@ -103,12 +102,12 @@ class Metrics:
             known_kind = self._types.get(name)
             if known_kind is not None and known_kind != kind:
                 raise ValueError(f"metric {name} is a {known_kind}; it cannot also be a {kind}")
-            if known_kind is None and len(self._types) >= METRICS_MAX:
+            if known_kind is None and len(self._types) >= METRICS_NAMES_MAX:
                 self._count_dropped()
                 return
             series = self._series.setdefault(name, {})
             self._types[name] = kind
-            if label_key not in series and len(series) >= SERIES_PER_METRIC_MAX:
+            if label_key not in series and len(series) >= METRICS_SERIES_PER_METRIC_MAX:
                 self._count_dropped()
                 return
             series[label_key] = (series.get(label_key, 0.0) + value) if add else float(value)
@@ -129,7 +128,7 @@ class Metrics:
         for label_name in labels:
             if not _LABEL_NAME.match(label_name) or label_name.startswith("__"):
                 raise ValueError(f"invalid label name {label_name!r}")
-        return tuple(sorted((key, str(value)[:LABEL_VALUE_LENGTH_MAX]) for key, value in labels.items()))
+        return tuple(sorted((key, str(value)[:METRICS_LABEL_VALUE_LENGTH_MAX]) for key, value in labels.items()))
 
     @staticmethod
     def _render_labels(label_key: LabelKey) -> str:

@@ -69,12 +69,9 @@ from node.errors import (
     PackageSourceRefused,
     StoreError,
 )
+from node.limits import PACKAGE_CACHE_FILE_SIZE_MAX_BYTES, PACKAGE_IPFS_GATEWAYS_MAX, PACKAGE_SESSION_CLOSE_TIMEOUT_MS
 
-IPFS_GATEWAYS_MAX = 16
-# The cache may hold anything FetchLimits allows; reading more than this from a cache file means it is not a package.
-CACHE_FILE_SIZE_MAX_BYTES = 1024 * 1024 * 1024
 _READ_CHUNK_BYTES = 64 * 1024
-_CLOSE_TIMEOUT_S = 5.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _REQUEST_HEADERS = {
     "Accept": "application/wasm, application/octet-stream;q=0.9, */*;q=0.1",
@@ -100,7 +97,7 @@ class FetchLimits:
         _check_int_field("connect_timeout_ms", self.connect_timeout_ms, 1, 600_000)
         _check_int_field("total_timeout_ms", self.total_timeout_ms, 1, 3_600_000)
         _check_int_field("redirects_max", self.redirects_max, 0, 20)
-        _check_int_field("package_size_max_bytes", self.package_size_max_bytes, 1, CACHE_FILE_SIZE_MAX_BYTES)
+        _check_int_field("package_size_max_bytes", self.package_size_max_bytes, 1, PACKAGE_CACHE_FILE_SIZE_MAX_BYTES)
         _check_int_field("downloads_concurrent_max", self.downloads_concurrent_max, 1, 64)
         if self.connect_timeout_ms > self.total_timeout_ms:
             raise ConfigError(f"connect_timeout_ms ({self.connect_timeout_ms}) is larger than total_timeout_ms ({self.total_timeout_ms})",
@@ -123,7 +120,7 @@ class PackageCache:
 
     Blocking file I/O: async callers run these methods in a worker thread."""
 
-    def __init__(self, cache_dir: Path, *, file_size_max_bytes: int = CACHE_FILE_SIZE_MAX_BYTES,
+    def __init__(self, cache_dir: Path, *, file_size_max_bytes: int = PACKAGE_CACHE_FILE_SIZE_MAX_BYTES,
                  logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         self._cache_dir = Path(cache_dir)
         self._file_size_max_bytes = file_size_max_bytes
@@ -316,7 +313,7 @@ class PackageFetcher:
         self._closed = True
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
-            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            async with asyncio.timeout(PACKAGE_SESSION_CLOSE_TIMEOUT_MS / 1000):
                 await session.close()
 
     # --- checks before any network ---
@@ -479,8 +476,8 @@ def _check_gateways(gateways: Sequence[str]) -> tuple[str, ...]:
     if isinstance(gateways, str):
         raise ConfigError("ipfs_gateways must be a list of URLs, not one string", hint="write ipfs_gateways = [\"http://127.0.0.1:8080\"]")
     checked = tuple(gateways)
-    if len(checked) > IPFS_GATEWAYS_MAX:
-        raise ConfigError(f"{len(checked)} IPFS gateways configured; at most {IPFS_GATEWAYS_MAX} are allowed")
+    if len(checked) > PACKAGE_IPFS_GATEWAYS_MAX:
+        raise ConfigError(f"{len(checked)} IPFS gateways configured; at most {PACKAGE_IPFS_GATEWAYS_MAX} are allowed")
     result = []
     for gateway in checked:
         try:

@@ -75,10 +75,10 @@ from node.raft_handshake import (FRAME_HEADER, NONCE_BYTES, ROLE_INITIATOR, ROLE
                                  Session, handshake_statement, hello_fields, session_keys)
 from node.raft_listener import GuardedListener
 from node.raft_plain_data import RaftDataRefused, pack_message, refuse_extension, unpack_message
+from node.limits import RAFT_REFUSAL_LOG_INTERVAL_MS
 
 logger = logging.getLogger(__name__)
 
-_REFUSAL_LOG_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -580,10 +580,10 @@ class SecureTransport(TCPTransport):
         with self._counters_lock:
             self._refusals[reason] = self._refusals.get(reason, 0) + 1
         # Rate-limited per (reason, claimed validator): a flood cannot fill the log, and each validator
-        # named in a refusal is logged at least every _REFUSAL_LOG_INTERVAL_S.
+        # named in a refusal is logged at least every RAFT_REFUSAL_LOG_INTERVAL_MS.
         known = conn.peer_node if conn.peer_node in self.identity.validator_keys else None
         now, key = monotonic_time(), (reason, known)
-        if now - self._refusal_logged_at.get(key, -1e9) >= _REFUSAL_LOG_INTERVAL_S:
+        if now - self._refusal_logged_at.get(key, -1e9) >= RAFT_REFUSAL_LOG_INTERVAL_MS / 1000:
             self._refusal_logged_at[key] = now
             who = f"{conn.peer_label} (authenticated validator {conn.peer_node} at {conn.peer_address})" \
                 if conn.authenticated else conn.peer_label

@@ -63,18 +63,14 @@ from node.identity import Identity, verify_signature
 from node.logfile import LogFile
 from node.logging_setup import configure_logging, log_event
 from node.metrics import Metrics
+from node.limits import API_SOCKET_BACKLOG_CONNECTIONS_MAX, NODE_STARTUP_TIMEOUT_MS, RAFT_SECRET_SIZE_MAX_BYTES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 RAFT_SECRET_FILE_NAME = "raft_secret"
-RAFT_SECRET_SIZE_MAX_BYTES = 1024
 LOG_DIR_NAME = "log"
 LOG_FILE_NAME = "entries.bin"
-SOCKET_BACKLOG = 512
-# Bounds the awaits of start-up (opening gossip); re-verifying the stored log is synchronous CPU work
-# (~0.1 ms per entry) before them.
-STARTUP_TIMEOUT_S = 120.0
 _PROBE_NAME = ".write-probe"
 
 _logger = logging.getLogger("synapse")
@@ -374,8 +370,8 @@ async def serve(prepared: Prepared, stop: asyncio.Event) -> None:
     shutdown_timeout_s = prepared.limits.shutdown_timeout_ms / 1000
     runner = web.AppRunner(node.build_app(), access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s / 2)
     try:
-        await asyncio.wait_for(runner.setup(), timeout=STARTUP_TIMEOUT_S)
-        site = web.SockSite(runner, prepared.server_socket, backlog=SOCKET_BACKLOG)
+        await asyncio.wait_for(runner.setup(), timeout=NODE_STARTUP_TIMEOUT_MS / 1000)
+        site = web.SockSite(runner, prepared.server_socket, backlog=API_SOCKET_BACKLOG_CONNECTIONS_MAX)
         await site.start()
         log_event(_logger, logging.INFO, "started", api_url=prepared.config.api_url, network_id=prepared.genesis.network_id,
                   validator=prepared.member.validator, version=node.state.current_version(), pid=os.getpid())

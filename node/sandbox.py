@@ -50,6 +50,9 @@ import wasmtime
 from node import errors
 from node.sandbox_disk_cache import DiskCache
 from node.core.canonical import JSON_DEPTH_MAX, canonical_json, json_depth_within, json_nesting_depth, sha256_hex
+from node.limits import (
+    SANDBOX_COMPILE_ALLOWANCE_MS, SANDBOX_EPOCH_TICK_MS, SANDBOX_MEMORY_CACHE_ENTRIES_MAX, SANDBOX_MEMORY_NEAR_LIMIT_MIN_BYTES, SANDBOX_REFUSALS_SHOWN_MAX, SANDBOX_RUNS_CONCURRENT_MAX, SANDBOX_TABLE_ELEMENTS_MAX, SANDBOX_WASM_STACK_MAX_BYTES,
+)
 
 ABI_WASM_BINDGEN = 1
 ABI_PLAIN = 2
@@ -57,16 +60,8 @@ PLACEHOLDER_IMPORT_MODULES = ("__wbindgen_placeholder__", "__wbindgen_externref_
 WASM_MAGIC = b"\0asm"
 PAGE_SIZE_BYTES = 65536
 ADDRESS_SPACE_BYTES = 4 * 1024 * 1024 * 1024  # wasm32
-EPOCH_TICK_MS = 10
-WASM_STACK_MAX_BYTES = 1024 * 1024
-MEMORY_CACHE_ENTRIES_MAX = 16
-RUNS_CONCURRENT_MAX = 2
-TABLE_ELEMENTS_MAX = 1_000_000
-REFUSALS_SHOWN_MAX = 3  # in an error message; inspect() lists them all
-COMPILE_ALLOWANCE_MS = 120_000  # added to the wall timeout of an async call: compiling is not metered
 ALLOCATION_FAILURE_FUNCTIONS = ("__rust_alloc_error_handler", "__rg_oom", "__rdl_oom", "rust_oom", "handle_alloc_error")
 RUST_PANIC_FUNCTIONS = ("rust_panic", "__rust_start_panic", "rust_begin_unwind")
-MEMORY_NEAR_LIMIT_MIN_BYTES = 1024 * 1024  # a trap this close to the memory limit counts as running out of it
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -137,9 +132,9 @@ def _engine_config() -> tuple[wasmtime.Config, str]:
     config.wasm_multi_memory = False  # one linear memory: the one the ABI reads and the limit measures
     config.wasm_memory64 = False
     config.wasm_relaxed_simd_deterministic = True
-    config.max_wasm_stack = WASM_STACK_MAX_BYTES
+    config.max_wasm_stack = SANDBOX_WASM_STACK_MAX_BYTES
     described = (f"fuel=1;epoch=1;nan_canon=1;opt=speed;threads=0;multi_memory=0;memory64=0;relaxed_det=1;"
-                 f"stack={WASM_STACK_MAX_BYTES}")
+                 f"stack={SANDBOX_WASM_STACK_MAX_BYTES}")
     return config, described
 
 
@@ -371,8 +366,8 @@ class Sandbox:
         self._disk = None if compiled_cache_dir is None else DiskCache(Path(compiled_cache_dir), self._fingerprint)
         self._memory_cache: OrderedDict[str, _Compiled] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._run_slots = threading.BoundedSemaphore(RUNS_CONCURRENT_MAX)
-        self._ticker = _EpochTicker(self._engine, EPOCH_TICK_MS)
+        self._run_slots = threading.BoundedSemaphore(SANDBOX_RUNS_CONCURRENT_MAX)
+        self._ticker = _EpochTicker(self._engine, SANDBOX_EPOCH_TICK_MS)
         self._stats = {"compiled": 0, "loaded_from_disk": 0, "memory_hits": 0, "artifacts_refused": 0, "artifacts_written": 0}
 
     @property
@@ -418,7 +413,7 @@ class Sandbox:
     async def run_upgrade_async(self, wasm: bytes, state_json: bytes) -> UpgradeOutput:
         """The same, off the event loop (wasmtime releases the GIL while wasm runs)."""
         loop = asyncio.get_running_loop()
-        timeout_s = (self._limits.wall_timeout_ms + COMPILE_ALLOWANCE_MS) / 1000
+        timeout_s = (self._limits.wall_timeout_ms + SANDBOX_COMPILE_ALLOWANCE_MS) / 1000
         call = loop.run_in_executor(None, self.run_upgrade, wasm, state_json)
         try:
             return await asyncio.wait_for(call, timeout_s)
@@ -430,8 +425,8 @@ class Sandbox:
     def _runnable(self, wasm: bytes) -> _Compiled:
         compiled = self._compiled(wasm)
         if compiled.refusals:
-            shown = "; it ".join(compiled.refusals[:REFUSALS_SHOWN_MAX])
-            more = len(compiled.refusals) - REFUSALS_SHOWN_MAX
+            shown = "; it ".join(compiled.refusals[:SANDBOX_REFUSALS_SHOWN_MAX])
+            more = len(compiled.refusals) - SANDBOX_REFUSALS_SHOWN_MAX
             raise errors.ModuleRefused("package refused: it " + shown + (f"; and {more} more" if more > 0 else ""))
         return compiled
 
@@ -453,7 +448,7 @@ class Sandbox:
         compiled = self._build(wasm, digest)
         with self._cache_lock:
             self._memory_cache[digest] = compiled
-            while len(self._memory_cache) > MEMORY_CACHE_ENTRIES_MAX:
+            while len(self._memory_cache) > SANDBOX_MEMORY_CACHE_ENTRIES_MAX:
                 self._memory_cache.popitem(last=False)
         return compiled
 
@@ -528,7 +523,7 @@ class Sandbox:
     def _run(self, compiled: _Compiled, entry: str, input_bytes: bytes | None) -> tuple[bytes, int]:
         wall_timeout_s = self._limits.wall_timeout_ms / 1000
         if not self._run_slots.acquire(timeout=wall_timeout_s):
-            raise errors.Interrupted(f"all {RUNS_CONCURRENT_MAX} sandbox slots stayed busy for {self._limits.wall_timeout_ms} ms")
+            raise errors.Interrupted(f"all {SANDBOX_RUNS_CONCURRENT_MAX} sandbox slots stayed busy for {self._limits.wall_timeout_ms} ms")
         try:
             with self._ticker.running():
                 return _Call(self._limits, compiled.entry_points, self._engine).run(compiled.instance_pre, entry, input_bytes)
@@ -544,9 +539,9 @@ class _Call:
         self._entry_points = entry_points
         self._store = wasmtime.Store(engine)
         self._store.set_fuel(limits.fuel)
-        self._store.set_limits(memory_size=limits.memory_size_max_bytes, table_elements=TABLE_ELEMENTS_MAX,
+        self._store.set_limits(memory_size=limits.memory_size_max_bytes, table_elements=SANDBOX_TABLE_ELEMENTS_MAX,
                                instances=1, tables=8, memories=1)
-        self._store.set_epoch_deadline(-(-limits.wall_timeout_ms // EPOCH_TICK_MS) + 1)
+        self._store.set_epoch_deadline(-(-limits.wall_timeout_ms // SANDBOX_EPOCH_TICK_MS) + 1)
         self._memory: wasmtime.Memory | None = None
         self._exports = None
 
@@ -644,7 +639,7 @@ def _ran_out_of_memory(code: object, frame_names: list[str], memory_bytes: int, 
         return True
     if any(name in RUST_PANIC_FUNCTIONS for name in frame_names):
         return False
-    near_limit = limit_bytes - memory_bytes < max(MEMORY_NEAR_LIMIT_MIN_BYTES, limit_bytes // 8)
+    near_limit = limit_bytes - memory_bytes < max(SANDBOX_MEMORY_NEAR_LIMIT_MIN_BYTES, limit_bytes // 8)
     return near_limit and code in (wasmtime.TrapCode.UNREACHABLE, wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS)
 
 

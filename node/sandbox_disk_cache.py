@@ -6,7 +6,7 @@ a file an attacker could place in the cache directory would run with the node's 
 artifact carries an HMAC under this node's own key (made on first use, mode 0600), over the engine
 fingerprint (wasmtime version + engine config), the package's sha256 and the payload, and lives under a
 name bound to both; anything else is refused (the sandbox recompiles and overwrites it). At most
-DISK_CACHE_ENTRIES_MAX artifacts are kept, oldest removed first. A cache that cannot be written only
+SANDBOX_DISK_CACHE_ENTRIES_MAX artifacts are kept, oldest removed first. A cache that cannot be written only
 costs a recompile.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from node import errors
 from node.fsutil import write_atomic
+from node.limits import SANDBOX_DISK_CACHE_ENTRIES_MAX
 
-DISK_CACHE_ENTRIES_MAX = 64
 _ARTIFACT_MAGIC = b"SYNAPSE-CWASM-1\n"
 _CACHE_KEY_FILE = "cache.key"
 _CACHE_KEY_BYTES = 32
@@ -83,6 +83,6 @@ class DiskCache:
 
     def _prune(self) -> None:
         artifacts = sorted(self._directory.glob("*.cwasm"), key=lambda path: path.stat().st_mtime)
-        for path in artifacts[:max(0, len(artifacts) - DISK_CACHE_ENTRIES_MAX)]:
+        for path in artifacts[:max(0, len(artifacts) - SANDBOX_DISK_CACHE_ENTRIES_MAX)]:
             with contextlib.suppress(OSError):
                 path.unlink()

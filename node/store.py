@@ -45,10 +45,10 @@ trusted); version directories that the chain does not reference are deleted. A m
 missing while derived files exist is an IntegrityError (never silently restart from genesis).
 
 Bounds: a history record is at most 2 KiB (texts truncated by node.core.pipeline), the history keeps
-the newest HISTORY_RECORDS_MAX records (older ones are dropped; the network's execution log keeps the
-full audit trail), the chain keeps the newest CHAIN_LENGTH_MAX versions (so a node can roll back at
-most CHAIN_LENGTH_MAX - 1 steps; backups of versions dropped from the chain are deleted). State files
-are read up to STATE_SIZE_MAX_BYTES, the manifest up to MANIFEST_SIZE_MAX_BYTES.
+the newest STORE_HISTORY_RECORDS_MAX records (older ones are dropped; the network's execution log keeps the
+full audit trail), the chain keeps the newest STORE_CHAIN_LENGTH_MAX versions (so a node can roll back at
+most STORE_CHAIN_LENGTH_MAX - 1 steps; backups of versions dropped from the chain are deleted). State files
+are read up to STORE_STATE_SIZE_MAX_BYTES, the manifest up to STORE_MANIFEST_SIZE_MAX_BYTES.
 
 All methods are blocking (fsync): async callers run them in an executor. A threading lock serializes
 them. `fault_point(name)` is called at every named step of a commit ("backup_written",
@@ -75,12 +75,11 @@ from node.core.canonical import canonical_json, sha256_hex
 from node.core.semver import is_valid_version, parse_version
 from node.fsutil import TEMP_MARKER, fsync_directory, write_atomic
 from node.errors import ConfigError, IntegrityError, StoreError
+from node.limits import (
+    STORE_CHAIN_LENGTH_MAX, STORE_HISTORY_RECORDS_MAX, STORE_MANIFEST_SIZE_MAX_BYTES, STORE_STATE_SIZE_MAX_BYTES,
+)
 
 MANIFEST_FORMAT = 1
-HISTORY_RECORDS_MAX = 500
-CHAIN_LENGTH_MAX = 32
-STATE_SIZE_MAX_BYTES = 256 * 1024 * 1024
-MANIFEST_SIZE_MAX_BYTES = 4 * 1024 * 1024
 STATE_FILE_NAME = "network_state.json"
 
 _logger = logging.getLogger("synapse.store")
@@ -239,7 +238,7 @@ class VersionStore:
     def _open_locked(self, genesis_bytes: bytes, genesis_version: str) -> None:
         for directory in (self.upgrades_dir, self.state_dir, *self._version_directories()):
             self.repairs.extend(f"removed stale temp file {name}" for name in remove_temp_files(directory))
-        data = read_bounded(self.manifest_path, MANIFEST_SIZE_MAX_BYTES)
+        data = read_bounded(self.manifest_path, STORE_MANIFEST_SIZE_MAX_BYTES)
         if data is None:
             self._create_from_genesis(genesis_bytes, genesis_version)
             return
@@ -294,7 +293,7 @@ class VersionStore:
         for path, expected in ((self.current_version_path, self._current_version_bytes()),
                                (self.history_path, self._history_bytes())):
             try:
-                actual = read_bounded(path, MANIFEST_SIZE_MAX_BYTES)
+                actual = read_bounded(path, STORE_MANIFEST_SIZE_MAX_BYTES)
             except IntegrityError:
                 actual = None
             if actual != expected:
@@ -373,8 +372,8 @@ class VersionStore:
             manifest = {
                 **self._manifest, "version": version, "state_hash": new_hash, "applied_sequence": sequence,
                 "proposal_id": proposal_id, "upgrades_total": self._manifest["upgrades_total"] + 1,
-                "chain": pipeline.append_bounded(self._manifest["chain"], link, length_max=CHAIN_LENGTH_MAX),
-                "history": pipeline.append_bounded(self._manifest["history"], record, length_max=HISTORY_RECORDS_MAX),
+                "chain": pipeline.append_bounded(self._manifest["chain"], link, length_max=STORE_CHAIN_LENGTH_MAX),
+                "history": pipeline.append_bounded(self._manifest["history"], record, length_max=STORE_HISTORY_RECORDS_MAX),
             }
             self._commit(manifest)
             self._live_bytes = state_bytes
@@ -396,7 +395,7 @@ class VersionStore:
                 **self._manifest, "version": restored, "state_hash": plan.restored["state_hash"],
                 "applied_sequence": self.applied_sequence if sequence is None else sequence,
                 "proposal_id": proposal_id, "chain": self._manifest["chain"][:-1],
-                "history": pipeline.append_bounded(self._manifest["history"], record, length_max=HISTORY_RECORDS_MAX),
+                "history": pipeline.append_bounded(self._manifest["history"], record, length_max=STORE_HISTORY_RECORDS_MAX),
             }
             self._commit(manifest)
             self._live_bytes = state_bytes
@@ -415,7 +414,7 @@ class VersionStore:
             self._check_next_sequence(sequence)
             pipeline.check_record(record)
             self._commit({**self._manifest, "applied_sequence": sequence,
-                          "history": pipeline.append_bounded(self._manifest["history"], record, length_max=HISTORY_RECORDS_MAX)})
+                          "history": pipeline.append_bounded(self._manifest["history"], record, length_max=STORE_HISTORY_RECORDS_MAX)})
             self._after_commit(live_state_changed=False)
 
     def record_failure(self, record: dict) -> None:
@@ -424,7 +423,7 @@ class VersionStore:
         with self._lock:
             pipeline.check_record(record)
             self._commit({**self._manifest,
-                          "history": pipeline.append_attempt(self._manifest["history"], record, length_max=HISTORY_RECORDS_MAX)})
+                          "history": pipeline.append_attempt(self._manifest["history"], record, length_max=STORE_HISTORY_RECORDS_MAX)})
             self._after_commit(live_state_changed=False)
 
     # -- internals ----------------------------------------------------------------------------
@@ -448,9 +447,9 @@ class VersionStore:
     def _commit(self, manifest: dict) -> None:
         manifest = {**manifest, "generation": manifest["generation"] + 1 if self._manifest else 0}
         data = encode_manifest(manifest)
-        if len(data) > MANIFEST_SIZE_MAX_BYTES:
-            raise StoreError(f"the manifest would be {len(data)} bytes, more than {MANIFEST_SIZE_MAX_BYTES}",
-                             hint="lower HISTORY_RECORDS_MAX or CHAIN_LENGTH_MAX")
+        if len(data) > STORE_MANIFEST_SIZE_MAX_BYTES:
+            raise StoreError(f"the manifest would be {len(data)} bytes, more than {STORE_MANIFEST_SIZE_MAX_BYTES}",
+                             hint="lower STORE_HISTORY_RECORDS_MAX or STORE_CHAIN_LENGTH_MAX")
         try:
             write_atomic(self.manifest_path, data, fault_point=self._fault_point)
         except OSError as error:
@@ -499,7 +498,7 @@ class VersionStore:
 
     def _read_state_file(self, path: Path) -> bytes | None:
         try:
-            return read_bounded(path, STATE_SIZE_MAX_BYTES)
+            return read_bounded(path, STORE_STATE_SIZE_MAX_BYTES)
         except (IntegrityError, OSError):
             return None  # unreadable counts as damaged: the caller falls back or reports it
 
@@ -537,6 +536,6 @@ def _encode_state(state: object, version: str) -> bytes:
         data = canonical_json(state)
     except (TypeError, ValueError) as error:
         raise StoreError(f"the new state is not plain JSON: {error}") from None
-    if len(data) > STATE_SIZE_MAX_BYTES:
-        raise StoreError(f"the new state is {len(data)} bytes, more than {STATE_SIZE_MAX_BYTES}")
+    if len(data) > STORE_STATE_SIZE_MAX_BYTES:
+        raise StoreError(f"the new state is {len(data)} bytes, more than {STORE_STATE_SIZE_MAX_BYTES}")
     return data

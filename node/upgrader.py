@@ -46,10 +46,8 @@ from node.core.pipeline import FailureKind, SequenceDecision, Step
 from node.core.semver import is_valid_version
 from node.errors import PackageFetchError, RollbackError, StoreError, SynapseError, Unavailable
 from node.store import VersionStore
+from node.limits import UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_STORE_TIMEOUT_MS
 
-FETCH_TIMEOUT_MS = 600_000
-STORE_TIMEOUT_MS = 120_000
-COMPUTE_TIMEOUT_MS = 120_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,7 +98,7 @@ class _Run:
 
 class UpgradeManager:
     def __init__(self, store: VersionStore, fetcher, sandbox, *, now_ms: Callable[[], int], logger: logging.Logger | None = None,
-                 fetch_timeout_ms: int = FETCH_TIMEOUT_MS, store_timeout_ms: int = STORE_TIMEOUT_MS) -> None:
+                 fetch_timeout_ms: int = UPGRADE_FETCH_TIMEOUT_MS, store_timeout_ms: int = UPGRADE_STORE_TIMEOUT_MS) -> None:
         self._store = store
         self._fetcher = fetcher
         self._sandbox = sandbox
@@ -121,7 +119,7 @@ class UpgradeManager:
             prepared = await self._prepare(run, version=version, package_url=package_url,
                                            package_hash=package_hash, package_size=package_size)
             changes = await self._in_thread(pipeline.state_changes, prepared.old_state, prepared.new_state,
-                                            timeout_ms=COMPUTE_TIMEOUT_MS, what="comparing the states")
+                                            timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="comparing the states")
         except Exception as error:
             _tag_step(error, run.step)
             raise
@@ -212,12 +210,12 @@ class UpgradeManager:
         run.advance(Step.DOWNLOAD)
         wasm = await self._fetch(package_url, digest, package_size)
         run.advance(Step.VERIFY)
-        actual = await self._in_thread(sha256_hex, wasm, timeout_ms=COMPUTE_TIMEOUT_MS, what="hashing the package")
+        actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package")
         pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
         run.advance(Step.DRY_RUN)
         output = await self._sandbox.run_upgrade_async(wasm, state_bytes)
         old_state, new_hash = await self._in_thread(_judge_output, state_bytes, output.state, version,
-                                                    timeout_ms=COMPUTE_TIMEOUT_MS, what="checking the new state")
+                                                    timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="checking the new state")
         return _Prepared(from_version=from_version, from_state_hash=from_state_hash, old_state=old_state,
                          new_state=output.state, new_state_hash=new_hash, fuel_consumed=output.fuel_consumed,
                          output_size_bytes=output.output_size_bytes)

@@ -222,7 +222,7 @@ def test_retried_local_failures_leave_one_record(data_dir):
 
 
 def test_history_keeps_the_newest_records_only(data_dir, monkeypatch):
-    monkeypatch.setattr(store_module, "HISTORY_RECORDS_MAX", 5)
+    monkeypatch.setattr(store_module, "STORE_HISTORY_RECORDS_MAX", 5)
     with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
         for sequence in range(1, 9):
             store.commit_failure(sequence=sequence, record=failure_record(sequence, consumed=True))
@@ -231,7 +231,7 @@ def test_history_keeps_the_newest_records_only(data_dir, monkeypatch):
 
 
 def test_the_chain_keeps_the_newest_versions_and_deletes_older_backups(data_dir, monkeypatch):
-    monkeypatch.setattr(store_module, "CHAIN_LENGTH_MAX", 3)
+    monkeypatch.setattr(store_module, "STORE_CHAIN_LENGTH_MAX", 3)
     with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
         for minor in range(1, 6):
             upgrade(store, f"1.{minor}.0", minor)
@@ -315,7 +315,7 @@ def test_a_manifest_with_a_valid_digest_but_an_inconsistent_chain_is_an_integrit
 
 
 def test_a_huge_manifest_is_refused_without_reading_it_all(upgraded_dir):
-    (upgraded_dir / "upgrades" / "manifest.json").write_bytes(b" " * (store_module.MANIFEST_SIZE_MAX_BYTES + 10))
+    (upgraded_dir / "upgrades" / "manifest.json").write_bytes(b" " * (store_module.STORE_MANIFEST_SIZE_MAX_BYTES + 10))
     with pytest.raises(errors.IntegrityError, match="larger than"):
         reopen(upgraded_dir)
 

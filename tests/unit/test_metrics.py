@@ -8,7 +8,8 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.metrics import SERIES_PER_METRIC_MAX, Metrics
+from node.limits import METRICS_SERIES_PER_METRIC_MAX
+from node.metrics import Metrics
 
 
 def families(text: str) -> dict:
@@ -70,10 +71,10 @@ def test_special_and_large_values_parse():
 
 def test_series_per_metric_are_bounded():
     metrics = Metrics()
-    for number in range(SERIES_PER_METRIC_MAX + 50):
+    for number in range(METRICS_SERIES_PER_METRIC_MAX + 50):
         metrics.inc("refused_total", reason=f"r{number}")
     parsed = families(metrics.render())
-    assert len(parsed["synapse_refused"].samples) == SERIES_PER_METRIC_MAX
+    assert len(parsed["synapse_refused"].samples) == METRICS_SERIES_PER_METRIC_MAX
     assert metrics.get("metrics_series_dropped_total") == 50
     assert parsed["synapse_metrics_series_dropped"].samples[0].value == 50
 
