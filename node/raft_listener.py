@@ -5,7 +5,7 @@ accept (EMFILE when the process runs out of descriptors), unbinds for good: the 
 hear from its peers again. GuardedListener accepts at most accepts_per_event_max connections per poll
 event, hands each to the transport (which caps the connections in handshake), and on a failure logs
 it, closes the pending unauthenticated connections (the likely cause of EMFILE) and rebinds from the
-tick, backing off from listener_rebind_delay_s up to listener_rebind_delay_max_s until it works. The
+tick, backing off from listener_rebind_delay_ms up to listener_rebind_delay_max_ms until it works. The
 counters feed the transport's status() for GET /health.
 """
 
@@ -27,7 +27,7 @@ class ListenerOwner(Protocol):
     """What the listener needs of its transport (node.raft_transport.SecureTransport); a protocol, so
     this module does not import the transport that imports it."""
     poller: object
-    limits: object                          # RaftTransportLimits: accepts_per_event_max, listener_rebind_delay*_s
+    limits: object                          # RaftTransportLimits: accepts_per_event_max, listener_rebind_delay*_ms
 
     def incoming_socket(self, sock: socket.socket, peer: tuple) -> None: ...
 
@@ -47,8 +47,8 @@ class GuardedListener:
         self.failures = 0
         self.rebinds = 0
         self.last_error: str | None = None
-        self._rebind_at: float | None = None
-        self._rebind_delay_s = transport.limits.listener_rebind_delay_s
+        self._rebind_at: float | None = None          # monotonic seconds (PySyncObj's clock)
+        self._rebind_delay_ms = transport.limits.listener_rebind_delay_ms
 
     def bind(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -97,9 +97,9 @@ class GuardedListener:
         self.last_error = reason
         closed = self._transport.close_unauthenticated()
         self.unbind()
-        self._rebind_at = monotonic_time() + self._rebind_delay_s
-        logger.error("raft listener on %s:%s stopped: %s; closed %d unauthenticated connections, rebinding in %.1f s",
-                     self._host, self._port, reason, closed, self._rebind_delay_s)
+        self._rebind_at = monotonic_time() + self._rebind_delay_ms / 1000
+        logger.error("raft listener on %s:%s stopped: %s; closed %d unauthenticated connections, rebinding in %d ms",
+                     self._host, self._port, reason, closed, self._rebind_delay_ms)
 
     def stop_rebinding(self) -> None:
         self._rebind_at = None
@@ -111,14 +111,14 @@ class GuardedListener:
         try:
             self.bind()
         except OSError as error:
-            self._rebind_delay_s = min(self._rebind_delay_s * 2, self._transport.limits.listener_rebind_delay_max_s)
-            self._rebind_at = monotonic_time() + self._rebind_delay_s
+            self._rebind_delay_ms = min(self._rebind_delay_ms * 2, self._transport.limits.listener_rebind_delay_max_ms)
+            self._rebind_at = monotonic_time() + self._rebind_delay_ms / 1000
             self.last_error = f"rebind failed: {error.strerror}"
-            logger.error("raft listener on %s:%s could not rebind (%s); next try in %.1f s", self._host, self._port,
-                         error.strerror, self._rebind_delay_s)
+            logger.error("raft listener on %s:%s could not rebind (%s); next try in %d ms", self._host, self._port,
+                         error.strerror, self._rebind_delay_ms)
             return
         self.rebinds += 1
         self._rebind_at = None
-        self._rebind_delay_s = self._transport.limits.listener_rebind_delay_s
+        self._rebind_delay_ms = self._transport.limits.listener_rebind_delay_ms
         logger.warning("raft listener on %s:%s is listening again (rebind %d after %d failures)", self._host,
                        self._port, self.rebinds, self.failures)

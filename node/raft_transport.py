@@ -33,7 +33,7 @@ and closes the holes where PySyncObj decodes data:
     against raft_frame_max_bytes (handshake frames: handshake_frame_max_bytes) as soon as its 4-byte
     header is read; each poll event reads at most read_per_event_max_bytes; at most
     unauthenticated_connections_max connections may be in handshake (a new one evicts the oldest) and
-    each has handshake_timeout_s to finish.
+    each has handshake_timeout_ms to finish.
   * Why the handshake runs on the tick thread: PySyncObj's poller is the tick thread's, and moving the
     handshake elsewhere would mean a second poller and handing sockets across threads. Instead, the
     work an unauthenticated peer can cause per poll event is O(1) and small: one recv of at most one
@@ -43,7 +43,7 @@ and closes the holes where PySyncObj decodes data:
     heartbeats keep their schedule (tests/component/test_raft_transport.py floods two validators while
     the cluster commits and watches the term).
   * The listener notices a failed accept, logs it, closes the pending unauthenticated connections (the
-    likely cause of EMFILE), and rebinds from the tick (every listener_rebind_delay_s until it works);
+    likely cause of EMFILE), and rebinds from the tick (every listener_rebind_delay_ms until it works);
     status() reports it for GET /health.
 
 The job is split by seam: node/raft_plain_data.py (the codecs: no-globals pickles, msgpack messages,
@@ -88,12 +88,12 @@ class RaftTransportLimits:
     (logCompactionBatchSize, 64 KiB) plus their framing; 1 MiB leaves room for both."""
     raft_frame_max_bytes: int = 1 << 20
     handshake_frame_max_bytes: int = 1024
-    handshake_timeout_s: float = 2.0
+    handshake_timeout_ms: int = 2_000
     unauthenticated_connections_max: int = 16
     accepts_per_event_max: int = 4
     read_per_event_max_bytes: int = 1 << 20
-    listener_rebind_delay_s: float = 0.2
-    listener_rebind_delay_max_s: float = 2.0
+    listener_rebind_delay_ms: int = 200
+    listener_rebind_delay_max_ms: int = 2_000
     pysyncobj_batch_max_bytes: int = 1 << 16     # appendEntriesBatchSizeBytes and logCompactionBatchSize
 
     def __post_init__(self) -> None:
@@ -103,11 +103,13 @@ class RaftTransportLimits:
                               "entry batch would be refused and followers could never catch up")
         if not 256 <= self.handshake_frame_max_bytes <= 65536:
             raise ConfigError("handshake_frame_max_bytes must be 256..65536")
-        if self.handshake_timeout_s <= 0 or self.unauthenticated_connections_max < 1 or self.accepts_per_event_max < 1:
-            raise ConfigError("raft transport: handshake_timeout_s > 0, unauthenticated_connections_max >= 1 "
+        if self.handshake_timeout_ms <= 0 or self.unauthenticated_connections_max < 1 or self.accepts_per_event_max < 1:
+            raise ConfigError("raft transport: handshake_timeout_ms > 0, unauthenticated_connections_max >= 1 "
                               "and accepts_per_event_max >= 1 are required")
-        if self.read_per_event_max_bytes < self.raft_frame_max_bytes // 16 or self.listener_rebind_delay_s <= 0:
-            raise ConfigError("raft transport: read_per_event_max_bytes too small or listener_rebind_delay_s <= 0")
+        if self.read_per_event_max_bytes < self.raft_frame_max_bytes // 16 or self.listener_rebind_delay_ms <= 0:
+            raise ConfigError("raft transport: read_per_event_max_bytes too small or listener_rebind_delay_ms <= 0")
+        if self.listener_rebind_delay_max_ms < self.listener_rebind_delay_ms:
+            raise ConfigError("raft transport: listener_rebind_delay_max_ms must be >= listener_rebind_delay_ms")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -565,9 +567,9 @@ class SecureTransport(TCPTransport):
         self._handshaking.pop(id(conn), None)
 
     def _expire_handshakes(self) -> None:
-        deadline = monotonic_time() - self.limits.handshake_timeout_s
+        deadline = monotonic_time() - self.limits.handshake_timeout_ms / 1000
         for conn in [c for c in self._handshaking.values() if c.started_at < deadline]:
-            self.refuse(conn, "handshake_timeout", f"did not finish the handshake within {self.limits.handshake_timeout_s} s")
+            self.refuse(conn, "handshake_timeout", f"did not finish the handshake within {self.limits.handshake_timeout_ms} ms")
 
     def close_unauthenticated(self) -> int:
         pending = list(self._handshaking.values())

@@ -323,7 +323,7 @@ async def test_idle_unauthenticated_connections_are_capped_and_timed_out(cluster
     await start_all(cluster)
     limits = getattr(cluster.members[0].config, "transport_limits", None)
     cap = limits.unauthenticated_connections_max if limits else 16
-    timeout_s = limits.handshake_timeout_s if limits else 2.0
+    timeout_s = limits.handshake_timeout_ms / 1000 if limits else 2.0
     connections_count = cap + 24
     sockets = []
     peak = 0
