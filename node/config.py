@@ -32,14 +32,11 @@ from node.core.canonical import canonical_json, sha256_hex
 from node.core.semver import is_valid_version
 from node.errors import ConfigError
 from node.identity import node_id_for
-from node.limits import PACKAGE_IPFS_GATEWAYS_MAX
+from node.limits import (
+    CONFIG_FILE_SIZE_MAX_BYTES, CONFIG_HOST_LENGTH_MAX, CONFIG_URL_LENGTH_MAX, GENESIS_FILE_SIZE_MAX_BYTES, GENESIS_MEMBERS_MAX,
+    GENESIS_REPUTATION_MAX, PACKAGE_IPFS_GATEWAYS_MAX,
+)
 
-CONFIG_SIZE_MAX_BYTES = 1024 * 1024
-GENESIS_SIZE_MAX_BYTES = 4 * 1024 * 1024
-MEMBERS_MAX = 1024
-REPUTATION_MAX = 10**9
-URL_LENGTH_MAX = 2048
-HOST_LENGTH_MAX = 253
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FIRST_VERSION = "1.0.0"
 MiB = 1024 * 1024
@@ -144,7 +141,7 @@ def check_port(name: str, port: object) -> int:
 
 def split_host_port(name: str, text: object) -> tuple[str, int]:
     """`host:port` or `[v6]:port` -> (host, port)."""
-    if not isinstance(text, str) or len(text) > HOST_LENGTH_MAX + 8:
+    if not isinstance(text, str) or len(text) > CONFIG_HOST_LENGTH_MAX + 8:
         raise ConfigError(f"{name} must be a string 'host:port', got {text!r:.60}")
     if text.startswith("["):
         host, separator, port_text = text[1:].partition("]:")
@@ -161,7 +158,7 @@ def join_host_port(host: str, port: int) -> str:
 
 def parse_api_url(name: str, url: object) -> tuple[str, int]:
     """`http://host:port` (no path, no credentials) -> (host, port)."""
-    if not isinstance(url, str) or len(url) > URL_LENGTH_MAX:
+    if not isinstance(url, str) or len(url) > CONFIG_URL_LENGTH_MAX:
         raise ConfigError(f"{name} must be a URL string like http://127.12.7.1:8000, got {url!r:.60}")
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
@@ -233,7 +230,7 @@ def _read_bounded(path: Path, size_max_bytes: int, what: str) -> bytes:
 def load_config(path: Path) -> NodeConfig:
     """Read and validate a node's TOML config. Relative paths in it are relative to the file's directory."""
     path = Path(path).absolute()
-    data = _read_bounded(path, CONFIG_SIZE_MAX_BYTES, "config file")
+    data = _read_bounded(path, CONFIG_FILE_SIZE_MAX_BYTES, "config file")
     try:
         document = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -277,7 +274,7 @@ def _gateways(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > PACKAGE_IPFS_GATEWAYS_MAX:
         raise ConfigError(f"packages.ipfs_gateways must be a list of at most {PACKAGE_IPFS_GATEWAYS_MAX} URLs")
     for url in value:
-        if not isinstance(url, str) or len(url) > URL_LENGTH_MAX or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        if not isinstance(url, str) or len(url) > CONFIG_URL_LENGTH_MAX or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise ConfigError(f"packages.ipfs_gateways has {url!r:.80}, not an http(s) URL", hint="for example https://ipfs.io")
     return tuple(url.rstrip("/") for url in value)
 
@@ -383,7 +380,7 @@ _MEMBER_KEYS = frozenset({"node_id", "public_key", "api_url", "raft_address", "r
 
 def load_genesis(path: Path) -> Genesis:
     path = Path(path)
-    data = _read_bounded(path, GENESIS_SIZE_MAX_BYTES, "genesis file")
+    data = _read_bounded(path, GENESIS_FILE_SIZE_MAX_BYTES, "genesis file")
     try:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -412,7 +409,7 @@ def _parse_member(index: int, item: object) -> Member:
                           hint="node_id is the first 16 hex digits of sha256(public key); regenerate genesis")
     parse_api_url(f"{where}.api_url", item["api_url"])
     raft_host, raft_port = split_host_port(f"{where}.raft_address", item["raft_address"])
-    _check_int(f"{where}.reputation", item["reputation"], 0, REPUTATION_MAX)
+    _check_int(f"{where}.reputation", item["reputation"], 0, GENESIS_REPUTATION_MAX)
     if type(item["validator"]) is not bool:
         raise ConfigError(f"{where}.validator must be true or false")
     return Member(node_id=node_id, public_key=public_key, api_url=item["api_url"].rstrip("/"),
@@ -474,8 +471,8 @@ def parse_genesis(document: object) -> Genesis:
         raise ConfigError("genesis must be a JSON object")
     _check_header(document)
     raw_members = document["members"]
-    if not isinstance(raw_members, list) or not 1 <= len(raw_members) <= MEMBERS_MAX:
-        raise ConfigError(f"members must be a list of 1 to {MEMBERS_MAX} members")
+    if not isinstance(raw_members, list) or not 1 <= len(raw_members) <= GENESIS_MEMBERS_MAX:
+        raise ConfigError(f"members must be a list of 1 to {GENESIS_MEMBERS_MAX} members")
     members = tuple(_parse_member(index, item) for index, item in enumerate(raw_members))
     _check_unique(members)
     if not any(member.validator for member in members):

@@ -24,6 +24,14 @@ API_SOCKET_BACKLOG_CONNECTIONS_MAX = 512   # listen() backlog of the HTTP API so
 RAFT_SECRET_SIZE_MAX_BYTES = 1 * KiB
 FAULT_POINT_FILE_SIZE_MAX_BYTES = 256      # the testbed's fault-point file (node/fault_points.py)
 
+# --- config and genesis files (node/config.py) -----------------------------------------------------
+CONFIG_FILE_SIZE_MAX_BYTES = 1 * MiB
+GENESIS_FILE_SIZE_MAX_BYTES = 4 * MiB
+GENESIS_MEMBERS_MAX = 1024
+GENESIS_REPUTATION_MAX = 10**9             # one member's voting weight
+CONFIG_URL_LENGTH_MAX = 2048               # an IPFS gateway's URL
+CONFIG_HOST_LENGTH_MAX = 253               # a DNS name's maximum
+
 # --- node log (node.log) ---------------------------------------------------------------------------
 NODE_LOG_FILE_SIZE_MAX_BYTES = 50 * MiB    # then it rotates
 NODE_LOG_FILE_BACKUPS_MAX = 3

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from node.core.canonical import normalize_sha256
+from node.core.schemas import PACKAGE_URL_LENGTH_MAX  # the published schema's limit: the API and the fetcher agree
 from node.core.urls import authority_span
 from node.errors import HashFormatError, PackageSourceRefused
 
-PACKAGE_URL_LENGTH_MAX = 2048
 _REDACTED_TEXT_LENGTH_MAX = 512
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 # Characters that are never in a valid URL and that parsers disagree on (a parser differential could

@@ -35,7 +35,7 @@ from node.errors import CertificateError
 
 CLOSE_DOMAIN = "synapse-ng/close/v1"
 VOTE_ID_SIZE_BYTES = 32
-CLOSE_VOTES_MAX = 1024          # one vote per voter; the log accepts at most MEMBERS_MAX (1024) authors
+CLOSE_VOTES_MAX = 1024          # one vote per voter; the log accepts at most GENESIS_MEMBERS_MAX (1024) authors
 VOTE_IDS_SIZE_MAX_BYTES = CLOSE_VOTES_MAX * VOTE_ID_SIZE_BYTES
 EMPTY_VOTES_DIGEST = hashlib.sha256(b"").hexdigest()
 
