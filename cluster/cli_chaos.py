@@ -24,6 +24,11 @@ from cluster.scenario import ScenarioFormatError, parse_duration_ms
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN = 0, 1, 2
 
 
+class FolderUnreadable(click.ClickException):
+    """A report folder that cannot be judged: exit 2 (unknown), never 1 (a run judged invalid)."""
+    exit_code = EXIT_UNKNOWN
+
+
 def _schedule_options(function):
     options = [
         click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None, help="the run's seed (default: a random one, printed)"),
@@ -89,7 +94,7 @@ def _judge_and_render(folder: Path) -> int:
         verdict, outcomes, facts = judge_folder(folder, verify=verify_signature)
         run_document = json.loads((folder / "run.json").read_text())
     except (FolderError, OSError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise FolderUnreadable(str(error)) from None
     for outcome in outcomes:
         click.echo(f"  {'ok' if outcome.ok else 'SKIPPED' if outcome.skipped else 'FAILED'}  {outcome.name}: {outcome.seen}")
         for detail in outcome.details if not outcome.ok else ():
@@ -123,9 +128,9 @@ def load_folder_schedule(folder: Path) -> Schedule:
     try:
         return parse_schedule((folder / "schedule.jsonl").read_text().splitlines())
     except OSError as error:
-        raise click.ClickException(f"{folder} has no readable schedule.jsonl ({error}); is it a chaos report folder?") from None
+        raise FolderUnreadable(f"{folder} has no readable schedule.jsonl ({error}); is it a chaos report folder?") from None
     except PlanError as error:
-        raise click.ClickException(str(error)) from None
+        raise FolderUnreadable(str(error)) from None
 
 
 @chaos.command("replay")
