@@ -69,13 +69,22 @@ def _latest_of(entries: list[dict], author: str) -> dict | None:
     return max(mine, key=lambda entry: entry["sequence"]) if mine else None
 
 
+def _closed_on(driver: Any, member: int, proposal_id: str) -> tuple[int | None, str]:
+    """(a live node, the member's own first, where the validators' close has reached the proposal; its status)."""
+    live = driver.live_indexes()
+    statuses = []
+    for index in sorted(live, key=lambda index: index != member):
+        status = (driver.api(index).get(f"/proposals/{proposal_id}").data or {}).get("status")
+        if status not in (None, "voting"):
+            return index, status
+        statuses.append(f"{driver.label(index)}: {status}")
+    return None, "; ".join(statuses) or "no live node"
+
+
 def backdated_vote(driver: Any, member: int, proposal_id: str, vote: str) -> tuple[str, dict]:
-    reader = _reader(driver, member)
+    reader, status = _closed_on(driver, member, proposal_id)
     if reader is None:
-        return "fail", {"error": "no live node to read the log from: not sent"}
-    status = (driver.api(reader).get(f"/proposals/{proposal_id}").data or {}).get("status")
-    if status in (None, "voting"):
-        return "fail", {"error": f"{proposal_id} is {status or 'unknown'} on {driver.label(reader)}: a vote now is no attack, not sent",
+        return "fail", {"error": f"{proposal_id} is not closed on any live node ({status}): a vote now is no attack, not sent",
                         "proposal_id": proposal_id}
     entries = driver.read_log(reader)
     proposed = next((entry for entry in entries if entry["kind"] == "PROPOSAL" and entry["body"].get("proposal_id") == proposal_id), None)
@@ -91,7 +100,8 @@ def backdated_vote(driver: Any, member: int, proposal_id: str, vote: str) -> tup
     entry = make_entry(network_id=driver.cluster.network_id, kind="VOTE", author=identity.node_id,
                        sequence=(latest["sequence"] + 1) if latest else 1, parents=parents, hlc=Hlc(*clock),
                        body={"proposal_id": proposal_id, "vote": vote}, sign=identity.sign)
-    kind, value = _pushed(driver, sorted({reader, *driver.live_indexes()[:1]}), [entry])
+    targets = sorted({reader, member} & set(driver.live_indexes()))
+    kind, value = _pushed(driver, targets, [entry])
     return kind, {**value, "entry_id": entry.id, "proposal_id": proposal_id, "status_before": status, "dated_ms": clock[0]}
 
 

@@ -302,7 +302,9 @@ def plan_adversary(options: ChaosOptions, workload: Sequence[tuple[int, str, tup
         closed = [name for at, name in proposals if at <= moment - VOTING_PERIOD_MS - 3_000]
         open_now = [name for at, name in proposals if moment - VOTING_PERIOD_MS + 2_000 <= at <= moment]
         if kind == "backdated_vote" and closed:
-            planned.append((moment, kind, (member,), {"proposal": rng.choice(closed), "vote": "approval"}))
+            # The latest closed proposal: the member is then least likely to have written entries since its
+            # deadline (a backdated vote must chain after the member's own latest entry).
+            planned.append((moment, kind, (member,), {"proposal": closed[-1], "vote": "approval"}))
         elif kind == "equivocating_vote" and open_now:
             planned.append((moment, kind, (member,), {"proposal": rng.choice(open_now)}))
         elif kind == "replay":

@@ -22,7 +22,7 @@ Why it works as it does:
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import shutil
 import tempfile
 import time
@@ -45,6 +45,7 @@ from node.config import load_genesis
 from node.errors import FaultInjectionUnavailable, SynapseError
 from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE, FILE_NAME as FAULT_POINT_FILE, arm
 from node.logging_setup import LOG_FILE_NAME
+from node.planted_bugs import ENVIRONMENT_VARIABLE as PLANTED_VARIABLE, planted_bugs_for
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 GOOD_SOURCE = REPOSITORY / "examples" / "wat" / "feature_flag.wat"
@@ -100,6 +101,9 @@ class ChaosRun:
     def run(self) -> None:
         options = self.schedule.options
         self.echo(f"seed: {options.seed} (replay: synapse chaos replay {self.folder})")
+        planted = sorted(planted_bugs_for(os.environ))
+        if planted:
+            self.echo(f"PLANTED BUG(S) ON EVERY NODE: {', '.join(planted)} ({PLANTED_VARIABLE} is set): this run tests the tester")
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "schedule.jsonl").write_text("\n".join(schedule_lines(self.schedule)) + "\n")
         data_dir = Path(tempfile.mkdtemp(prefix="synapse-chaos-"))
@@ -126,7 +130,7 @@ class ChaosRun:
                 files = {name: node_dir / name for name in (LOG_FILE_NAME, "stderr.log") if (node_dir / name).exists()}
                 copy_node_files(self.folder, label, files, self.finals.get(label, {"process": "not reached"}))
             write_finals(self.folder, self.finals)
-            write_run_document(self.folder, {**self.meta, "options": options.as_dict(), "aborted": self.aborted,
+            write_run_document(self.folder, {**self.meta, "options": options.as_dict(), "aborted": self.aborted, "planted_bugs": planted,
                                              "liveness_bound_ms": LIVENESS_BOUND_MS, "genesis_version": GENESIS_VERSION})
             shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -169,7 +169,7 @@ class GovernanceService:
                  raft_config: ValidatorRaftConfig | None = None, on_version: Callable[[str], None] | None = None,
                  settings: GovernanceSettings = GovernanceSettings(), logger: logging.Logger | None = None,
                  fault_point: Callable[[str], None] | None = None, package_ca_file: Path | None = None,
-                 package_private_addresses_allowed: bool = True) -> None:
+                 package_private_addresses_allowed: bool = True, planted_bugs: frozenset[str] = frozenset()) -> None:
         """`fault_point`: node/fault_points.py (crash tests); None in production. `package_ca_file`:
         extra CAs trusted for https:// package downloads (config packages.ca_file)."""
         self._package_ca_file = package_ca_file
@@ -196,7 +196,8 @@ class GovernanceService:
             rules=GovernanceRules(approval_threshold_pct=genesis.governance.approval_threshold_pct,
                                   quorum_pct=genesis.governance.quorum_pct,
                                   voting_period_ms=genesis.governance.voting_period_ms,
-                                  open_proposals_per_author_max=genesis.governance.open_proposals_per_author_max))
+                                  open_proposals_per_author_max=genesis.governance.open_proposals_per_author_max),
+            planted_bugs=planted_bugs)
         self._genesis_state = initial_network_state(genesis)
         self._state: Mapping = self._genesis_state
         self.store: VersionStore | None = None
@@ -219,7 +220,8 @@ class GovernanceService:
     def for_node(cls, prepared: "Prepared", *, log: CrdtLog, publish: Publish, metrics: Metrics,
                  now_ms: Callable[[], int], on_version: Callable[[str], None] | None = None,
                  settings: GovernanceSettings = GovernanceSettings(),
-                 fault_point: Callable[[str], None] | None = None) -> "GovernanceService":
+                 fault_point: Callable[[str], None] | None = None,
+                 planted_bugs: frozenset[str] = frozenset()) -> "GovernanceService":
         """The service of one node process (runtime.Node), from what runtime.prepare checked."""
         genesis, identity, config = prepared.genesis, prepared.identity, prepared.config
         raft_config = None
@@ -235,7 +237,7 @@ class GovernanceService:
                    publish=publish, metrics=metrics, now_ms=now_ms, ipfs_gateways=config.ipfs_gateways,
                    raft_config=raft_config, on_version=on_version, settings=settings, fault_point=fault_point,
                    package_ca_file=config.package_ca_file,
-                   package_private_addresses_allowed=config.package_private_addresses_allowed)
+                   package_private_addresses_allowed=config.package_private_addresses_allowed, planted_bugs=planted_bugs)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

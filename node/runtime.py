@@ -46,6 +46,7 @@ from node.core.entries import Entry
 from node.fsutil import read_private_file
 from node.errors import ConfigError, StoreError, SynapseError
 from node.fault_points import fault_point_for
+from node.planted_bugs import planted_bugs_for
 from node.gossip import Gossip, GossipSettings
 from node.governance_service import GovernanceService, GovernanceSettings
 from node.identity import Identity, verify_signature
@@ -270,7 +271,8 @@ class Node:
         self.governance = GovernanceService.for_node(prepared, log=self.log, publish=self.gossip.publish, metrics=self.metrics,
                                                      now_ms=wall_ms, on_version=self.state.set_current_version,
                                                      settings=governance_settings,
-                                                     fault_point=fault_point_for(prepared.config.data_dir, os.environ))
+                                                     fault_point=fault_point_for(prepared.config.data_dir, os.environ),
+                                                     planted_bugs=planted_bugs_for(os.environ))
         self.state.subscribe(self.governance.on_visible)
 
     def build_app(self) -> web.Application:
