@@ -134,14 +134,75 @@ def load_folder_schedule(folder: Path) -> Schedule:
 
 
 @chaos.command("replay")
-@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
 @click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="where the new run's folder goes (default: beside FOLDER)")
-def replay_command(folder: Path, report_dir: Path | None) -> None:
-    """Run a report folder's schedule again on a fresh cluster, and judge it."""
+              help="where the new run's folder goes (default: beside SOURCE)")
+def replay_command(source: Path, report_dir: Path | None) -> None:
+    """Run a schedule again on a fresh cluster, and judge it. SOURCE is a report folder (its
+    schedule.jsonl) or a schedule file (a shrunk-schedule.jsonl)."""
+    schedule = load_folder_schedule(source) if source.is_dir() else _load_schedule_file(source)
+    click.echo(f"replaying {source}: {len(schedule.items)} operations")
+    _execute(schedule, report_dir or (source.parent if source.is_dir() else source.parent.parent))
+
+
+def _load_schedule_file(path: Path) -> Schedule:
+    try:
+        return parse_schedule(path.read_text().splitlines())
+    except OSError as error:
+        raise FolderUnreadable(f"cannot read {path} ({error})") from None
+    except PlanError as error:
+        raise FolderUnreadable(f"{path}: {error}") from None
+
+
+@chaos.command("shrink")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--runs-max", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="candidate runs at most (each is a full run on a fresh cluster)")
+def shrink_command(folder: Path, runs_max: int) -> None:
+    """Remove faults and operations from an invalid run's schedule while it stays invalid; write the
+    smallest schedule found to FOLDER/shrunk-schedule.jsonl. Exit 0 if it is smaller than the original."""
+    from cluster.chaos_run import ChaosRun
+    from cluster.chaos_shrink import Shrinker, write_shrunk
+
     schedule = load_folder_schedule(folder)
-    click.echo(f"replaying {folder / 'schedule.jsonl'}: {len(schedule.items)} operations")
-    _execute(schedule, report_dir or folder.parent)
+    failing = _failing_checks(folder)
+    click.echo(f"shrinking {len(schedule.items)} operations that broke: {', '.join(sorted(failing))} (at most {runs_max} runs)")
+
+    def attempt(candidate: Schedule, label: str) -> frozenset[str]:
+        trial = folder / "shrink" / label
+        ChaosRun(schedule=candidate, folder=trial, echo=lambda line: click.echo(f"    {line}") if "aborted" in line else None).run()
+        return frozenset(_failed_names(trial))
+
+    smallest = Shrinker(schedule=schedule, failing=failing, attempt=attempt, runs_max=runs_max, echo=click.echo).run()
+    path = write_shrunk(folder, smallest)
+    click.echo(f"smallest invalid schedule: {len(smallest.items)} of {len(schedule.items)} operations: {path}")
+    click.echo(f"replay it: synapse chaos replay {path}")
+    sys.exit(0 if len(smallest.items) < len(schedule.items) else 1)
+
+
+def _failing_checks(folder: Path) -> frozenset[str]:
+    try:
+        document = json.loads((folder / "verdict.json").read_text())
+    except (OSError, ValueError) as error:
+        raise FolderUnreadable(f"{folder}/verdict.json is unreadable ({error}); run `synapse chaos check {folder}` first") from None
+    failing = frozenset(check["name"] for check in document.get("checks", []) if check.get("status") == "failed")
+    if document.get("verdict") != "invalid" or not failing:
+        raise FolderUnreadable(f"{folder} is {document.get('verdict')}: only an invalid run can be shrunk")
+    return failing
+
+
+def _failed_names(folder: Path) -> list[str]:
+    from cluster.chaos_folder import FolderError, judge_folder
+    from cluster.chaos_html import render
+    from node.identity import verify_signature
+
+    try:
+        verdict, outcomes, facts = judge_folder(folder, verify=verify_signature)
+        run_document = json.loads((folder / "run.json").read_text())
+    except (FolderError, OSError, ValueError):
+        return []
+    (folder / "index.html").write_text(render(facts=facts, outcomes=outcomes, verdict=verdict, run=run_document, folder=str(folder)))
+    return [outcome.name for outcome in outcomes if not outcome.ok and not outcome.skipped] if verdict == "invalid" else []
 
 
 def register(main: click.Group) -> None:
