@@ -5,6 +5,8 @@ is built here, with real ed25519 certificates so the certificate checker is the 
 import copy
 import hashlib
 import json
+import re
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
@@ -106,7 +108,11 @@ def test_the_hand_made_world_is_valid(tmp_path):
     result = _check(tmp_path, _world())
     assert result.exit_code == 0, result.output
     assert "verdict: valid" in result.output
-    assert (tmp_path / "index.html").read_text().count("<svg") == 2
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("<svg") == 2 and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    for svg in re.findall(r"<svg.*?</svg>", page, re.DOTALL):
+        ElementTree.fromstring(svg)           # well-formed: a browser draws it
+    assert "synapse chaos replay" in page and "seed <b>1</b>" in page
     assert json.loads((tmp_path / "verdict.json").read_text())["verdict"] == "valid"
 
 
