@@ -29,6 +29,7 @@ from node.core.hlc import Hlc
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 FLOOD_BATCH_MAX = 50
+REVIVABLE_LOOKED_MAX = 8
 _BYTES_FIELDS = {"CLOSE": ("vote_ids",), "RATIFY": ("signature", "statement")}
 
 
@@ -79,6 +80,17 @@ def _closed_on(driver: Any, member: int, proposal_id: str) -> tuple[int | None, 
             return index, status
         statuses.append(f"{driver.label(index)}: {status}")
     return None, "; ".join(statuses) or "no live node"
+
+
+def revivable(driver: Any, proposal_ids: list[str], looked_max: int = REVIVABLE_LOOKED_MAX) -> str | None:
+    """The latest of `proposal_ids` that a live node shows expired (a backdated approval could revive it)."""
+    live = driver.live_indexes()
+    if not live:
+        return None
+    for proposal_id in reversed(proposal_ids[-looked_max:]):
+        if (driver.api(live[0]).get(f"/proposals/{proposal_id}").data or {}).get("status") == "expired":
+            return proposal_id
+    return None
 
 
 def backdated_vote(driver: Any, member: int, proposal_id: str, vote: str) -> tuple[str, dict]:

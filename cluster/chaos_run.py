@@ -22,6 +22,7 @@ Why it works as it does:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -197,7 +198,7 @@ class ChaosRun:
         self.history.record("invoke", process=item.source, op_id=item.id, f=item.op, node=node, value=invoke_value)
         try:
             outcome, value = OPERATIONS[item.op](self, item)
-        except (OSError, SynapseError) as error:
+        except (OSError, SynapseError, http.client.HTTPException) as error:   # no (or a broken) answer: may have happened
             outcome, value = "info", {"error": f"{type(error).__name__}: {error}"}
         self.history.record(outcome, process=item.source, op_id=item.id, f=item.op, node=node, value=value)
         shown = value.get("error") or value.get("proposal_id") or value.get("entry_id", "")
@@ -299,6 +300,8 @@ class ChaosRun:
             if proposal_id is None:
                 return "fail", {"error": f"{item.value['proposal']} was never acknowledged: not sent"}
             if item.op == "backdated_vote":
+                # A Byzantine member revives what it can: the latest expired proposal, else the planned one.
+                proposal_id = adversary.revivable(driver, list(self.names.values())) or proposal_id
                 return adversary.backdated_vote(driver, member, proposal_id, item.value["vote"])
             return adversary.equivocating_vote(driver, member, proposal_id)
         if item.op == "replay":
