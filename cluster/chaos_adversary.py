@@ -82,12 +82,21 @@ def _closed_on(driver: Any, member: int, proposal_id: str) -> tuple[int | None, 
     return None, "; ".join(statuses) or "no live node"
 
 
-def revivable(driver: Any, proposal_ids: list[str], looked_max: int = REVIVABLE_LOOKED_MAX) -> str | None:
-    """The latest of `proposal_ids` that a live node shows expired (a backdated approval could revive it)."""
+def revivable(driver: Any, member: int, proposal_ids: list[str], looked_max: int = REVIVABLE_LOOKED_MAX) -> str | None:
+    """The latest of `proposal_ids` that a live node shows expired and that the member can still vote on
+    with a backdated clock: its own latest entry is older than the deadline (a vote must chain after it,
+    with a later clock, or it would equivocate and void itself)."""
     live = driver.live_indexes()
     if not live:
         return None
+    entries = driver.read_log(live[0])
+    author = driver.handle(member).node_id
+    member_latest_ms = max((entry["hlc"]["wall_ms"] for entry in entries if entry["author"] == author), default=0)
+    deadlines = {entry["body"].get("proposal_id"): entry["body"].get("voting_deadline_ms", 0)
+                 for entry in entries if entry["kind"] == "PROPOSAL"}
     for proposal_id in reversed(proposal_ids[-looked_max:]):
+        if deadlines.get(proposal_id, 0) <= member_latest_ms:
+            continue
         if (driver.api(live[0]).get(f"/proposals/{proposal_id}").data or {}).get("status") == "expired":
             return proposal_id
     return None

@@ -301,7 +301,7 @@ class ChaosRun:
                 return "fail", {"error": f"{item.value['proposal']} was never acknowledged: not sent"}
             if item.op == "backdated_vote":
                 # A Byzantine member revives what it can: the latest expired proposal, else the planned one.
-                proposal_id = adversary.revivable(driver, list(self.names.values())) or proposal_id
+                proposal_id = adversary.revivable(driver, member, list(self.names.values())) or proposal_id
                 return adversary.backdated_vote(driver, member, proposal_id, item.value["vote"])
             return adversary.equivocating_vote(driver, member, proposal_id)
         if item.op == "replay":
