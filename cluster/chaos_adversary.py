@@ -89,7 +89,7 @@ def revivable(driver: Any, member: int, proposal_ids: list[str], looked_max: int
     live = driver.live_indexes()
     if not live:
         return None
-    entries = driver.read_log(live[0])
+    entries = driver.read_log(member if member in live else live[0])
     author = driver.handle(member).node_id
     member_latest_ms = max((entry["hlc"]["wall_ms"] for entry in entries if entry["author"] == author), default=0)
     deadlines = {entry["body"].get("proposal_id"): entry["body"].get("voting_deadline_ms", 0)
@@ -110,7 +110,10 @@ def backdated_vote(driver: Any, member: int, proposal_id: str, vote: str) -> tup
     entries = driver.read_log(reader)
     proposed = next((entry for entry in entries if entry["kind"] == "PROPOSAL" and entry["body"].get("proposal_id") == proposal_id), None)
     identity = _attacks().member_key(driver, member)
-    latest = _latest_of(entries, identity.node_id)
+    # The member's own node knows its newest entries; another node may not have them yet, and a vote
+    # chained after an older one would be a twin of the newest (equivocation voids it: no test at all).
+    own = driver.read_log(member) if member in driver.live_indexes() else entries
+    latest = _latest_of(own, identity.node_id)
     clock = (proposed["hlc"]["wall_ms"], proposed["hlc"]["logical"] + 1)
     if latest is not None:
         clock = max(clock, (latest["hlc"]["wall_ms"], latest["hlc"]["logical"] + 1))

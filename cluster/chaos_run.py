@@ -102,14 +102,15 @@ class ChaosRun:
     def run(self) -> None:
         options = self.schedule.options
         self.echo(f"seed: {options.seed} (replay: synapse chaos replay {self.folder})")
-        planted = sorted(planted_bugs_for(os.environ))
-        if planted:
-            self.echo(f"PLANTED BUG(S) ON EVERY NODE: {', '.join(planted)} ({PLANTED_VARIABLE} is set): this run tests the tester")
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "schedule.jsonl").write_text("\n".join(schedule_lines(self.schedule)) + "\n")
         data_dir = Path(tempfile.mkdtemp(prefix="synapse-chaos-"))
         log_dirs: dict[str, Path] = {}
+        planted: list[str] = []
         try:
+            planted = sorted(planted_bugs_for(os.environ))    # the nodes inherit this environment
+            if planted:
+                self.echo(f"PLANTED BUG(S) ON EVERY NODE: {', '.join(planted)} ({PLANTED_VARIABLE} is set): this run tests the tester")
             self._preflight()
             with contextlib.ExitStack() as stack, open(self.folder / HISTORY_FILE_NAME, "w") as sink:
                 self._start(stack, data_dir, log_dirs)
