@@ -83,9 +83,9 @@ def _closed_on(driver: Any, member: int, proposal_id: str) -> tuple[int | None, 
 
 
 def revivable(driver: Any, member: int, proposal_ids: list[str], looked_max: int = REVIVABLE_LOOKED_MAX) -> str | None:
-    """The latest of `proposal_ids` that a live node shows expired and that the member can still vote on
-    with a backdated clock: its own latest entry is older than the deadline (a vote must chain after it,
-    with a later clock, or it would equivocate and void itself)."""
+    """The latest of `proposal_ids` that a live node shows expired, that the member has not voted on, and
+    that it can still vote on with a backdated clock: its own latest entry is older than the deadline
+    (a vote must chain after it, with a later clock, or it would equivocate and void itself)."""
     live = driver.live_indexes()
     if not live:
         return None
@@ -94,8 +94,10 @@ def revivable(driver: Any, member: int, proposal_ids: list[str], looked_max: int
     member_latest_ms = max((entry["hlc"]["wall_ms"] for entry in entries if entry["author"] == author), default=0)
     deadlines = {entry["body"].get("proposal_id"): entry["body"].get("voting_deadline_ms", 0)
                  for entry in entries if entry["kind"] == "PROPOSAL"}
+    # A proposal the member voted on already (or equivocated on: it is disqualified there) is no test.
+    voted = {entry["body"].get("proposal_id") for entry in entries if entry["kind"] == "VOTE" and entry["author"] == author}
     for proposal_id in reversed(proposal_ids[-looked_max:]):
-        if deadlines.get(proposal_id, 0) <= member_latest_ms:
+        if deadlines.get(proposal_id, 0) <= member_latest_ms or proposal_id in voted:
             continue
         if (driver.api(live[0]).get(f"/proposals/{proposal_id}").data or {}).get("status") == "expired":
             return proposal_id
