@@ -17,6 +17,7 @@ Why it works as it does:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +37,6 @@ _BYTES_FIELDS = {"CLOSE": ("vote_ids",), "RATIFY": ("signature", "statement")}
 def _attacks() -> Any:
     """scenarios/hooks/attacks.py, loaded as the scenario runner loads hooks."""
     module_name = load_hook("hooks.attacks:push", REPOSITORY / "scenarios").__module__
-    import sys
     return sys.modules[module_name]
 
 
