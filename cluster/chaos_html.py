@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 from cluster.chaos_checks import RunFacts, live_labels
@@ -77,17 +78,24 @@ def _version_marks(facts: RunFacts) -> list[tuple[int, str, str]]:
     return marks
 
 
-def _mark(operation: Operation, x: float, y: float) -> str:
+def _mark(operation: Operation, x: float, y: float, blamed: bool) -> str:
     colour = COLOURS.get(operation.outcome, "#999")
+    ring = f'<circle cx="{x:.1f}" cy="{y}" r="10" fill="none" stroke="#d2453a" stroke-width="2.5"/>' if blamed else ""
     title = _escape(f"op {operation.invoke.op_id} {operation.invoke.process} {operation.invoke.f} on {operation.invoke.node}: "
                     f"{operation.outcome} {json.dumps(operation.value, default=str)[:400]}")
     if operation.invoke.process == "adversary":
-        return (f'<polygon points="{x:.1f},{y - 7} {x + 6:.1f},{y} {x:.1f},{y + 7} {x - 6:.1f},{y}" fill="{colour}" '
+        return (ring + f'<polygon points="{x:.1f},{y - 7} {x + 6:.1f},{y} {x:.1f},{y + 7} {x - 6:.1f},{y}" fill="{colour}" '
                 f'stroke="#000" stroke-width="1.5"><title>{title}</title></polygon>')
-    return f'<circle cx="{x:.1f}" cy="{y}" r="4.5" fill="{colour}"><title>{title}</title></circle>'
+    return ring + f'<circle cx="{x:.1f}" cy="{y}" r="4.5" fill="{colour}"><title>{title}</title></circle>'
 
 
-def timeline_svg(facts: RunFacts) -> str:
+def blamed_operations(outcomes: Sequence[Outcome]) -> set[int]:
+    """Schedule item ids that failing checks name ("op 25 (backdated_vote): ...")."""
+    texts = [text for outcome in outcomes if not outcome.ok for text in (outcome.seen, *outcome.details)]
+    return {int(number) for text in texts for number in re.findall(r"\bop (\d+)\b", text)}
+
+
+def timeline_svg(facts: RunFacts, blamed: set[int] = frozenset()) -> str:
     labels = sorted(facts.nodes, key=lambda label: int(label.split("-")[-1]))
     lanes = labels + ["cluster"]
     end_ms = max((event.time_ms for event in facts.events), default=0) + 1_000
@@ -111,7 +119,8 @@ def timeline_svg(facts: RunFacts) -> str:
                          f'{_escape(version)}</text>')
     for operation in operations(facts.events):
         lane = operation.invoke.node if operation.invoke.node in lane_y else "cluster"
-        parts.append(_mark(operation, MARGIN_LEFT_PX + operation.invoke.time_ms * scale, lane_y[lane]))
+        parts.append(_mark(operation, MARGIN_LEFT_PX + operation.invoke.time_ms * scale, lane_y[lane],
+                           operation.invoke.op_id in blamed and operation.invoke.process != "checker"))
     for second in range(0, end_ms // 1000 + 1, max(1, end_ms // 10_000)):
         x = MARGIN_LEFT_PX + second * 1000 * scale
         parts.append(f'<text x="{x:.1f}" y="{height - 4}" font-size="9" fill="#666">{second}s</text>')
@@ -156,6 +165,8 @@ def render(*, facts: RunFacts, outcomes: Sequence[Outcome], verdict: str, run: M
     legend += " &#9670; adversary " + " ".join(f'<span style="background:{colour};opacity:0.6">&nbsp;{kind}&nbsp;</span>'
                                                  for kind, colour in FAULT_COLOURS.items())
     aborted = f"<p><b>run broke off:</b> {_escape(facts.aborted)}</p>" if facts.aborted else ""
+    if run.get("planted_bugs"):
+        aborted += f"<p><b>planted bug(s) on every node:</b> {_escape(', '.join(run['planted_bugs']))} (SYNAPSE_PLANTED_BUGS)</p>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>chaos {seed}: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;
@@ -165,10 +176,11 @@ code{{background:#f3f3f3;padding:2px 4px}} ul{{margin:2px 0}}</style></head><bod
 {aborted}<p>seed <b>{_escape(seed)}</b>, options <code>{_escape(json.dumps(options, sort_keys=True))}</code></p>
 <p>replay: <code>synapse chaos replay {_escape(folder)}</code> &middot; same schedule from the seed:
 <code>synapse chaos run --seed {_escape(seed)} --nodes {_escape(options.get("nodes"))} --validators {_escape(options.get("validators"))}
---duration {int(options.get("duration_ms", 0)) // 1000}s --faults {_escape(",".join(options.get("faults", [])) or "none")}
+--duration {int(options.get("duration_ms", 0)) // 1000}s --faults-at-once {_escape(options.get("faults_at_once_max"))}
+--faults {_escape(",".join(options.get("faults", [])) or "none")}
 --adversary {_escape(",".join(options.get("adversary", [])) or "none")}</code> &middot; re-judge: <code>synapse chaos check {_escape(folder)}</code></p>
 <h2>Checks</h2>{_checks_table(outcomes)}
-<h2>Timeline</h2><p>{legend}</p>{timeline_svg(facts)}
+<h2>Timeline</h2><p>{legend} &middot; ringed: named by a failing check</p>{timeline_svg(facts, blamed_operations(outcomes))}
 <h2>Latency</h2>{latency_svg(facts)}
 <p>Files: history.jsonl, schedule.jsonl, finals.json, verdict.json, run.json, nodes/*/ (logs, final.json).</p>
 </body></html>

@@ -213,6 +213,7 @@ def test_a_backdated_vote_in_the_validators_close_fails(tmp_path):
                 entry["body"]["vote_ids"] += _id("backdated")
     result = _check(tmp_path, world)
     assert result.exit_code == 1 and "op 5 (backdated_vote): vote" in result.output
+    assert 'stroke="#d2453a" stroke-width="2.5"' in (tmp_path / "index.html").read_text()   # the blamed mark is ringed
 
 
 def test_a_forged_execute_that_ran_fails(tmp_path):
