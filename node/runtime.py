@@ -56,6 +56,7 @@ from node.governance_fold import GovernanceFold
 from node.governance_service import GovernanceService, GovernanceSettings
 from node.local_author import LocalAuthor
 from node.local_versions import LocalVersions
+from node.planted_bugs import planted_bugs_for
 from node.raft import ValidatorRaftConfig
 from node.ratification_driver import RAFT_DIR_NAME, RatificationDriver
 from node.upgrade_executor import UpgradeExecutor
@@ -279,7 +280,8 @@ class Node:
                                 quorum_pct=genesis.governance.quorum_pct, voting_period_ms=genesis.governance.voting_period_ms,
                                 open_proposals_per_author_max=genesis.governance.open_proposals_per_author_max)
         governance = Governance(network_id=genesis.network_id, validators=validators, verify=verify_signature,
-                                local_node_id=prepared.identity.node_id, rules=rules)
+                                local_node_id=prepared.identity.node_id, rules=rules,
+                                planted_bugs=planted_bugs_for(os.environ))
         self.fold = GovernanceFold(governance=governance, log=self.log, node_id=prepared.identity.node_id,
                                    network_id=genesis.network_id, validators=validators, metrics=self.metrics,
                                    state=self.versions.network_state, now_ms=wall_ms)
