@@ -316,3 +316,46 @@ def test_doctor_reports_every_check():
                  "stale runs", "C toolchain", "Rust toolchain", "wasmtime"):
         assert f" {name}" in result.stdout, name
     assert result.returncode == (1 if "FAIL " in result.stdout else 0)
+
+
+def test_a_scenario_run_stopped_with_sigterm_leaves_no_process_and_no_iptables_rule(tmp_path):
+    """`timeout`, CI runners and service managers stop a run with SIGTERM: the cluster's nodes and its
+    partition rules must go with it, as they do on Ctrl-C."""
+    path = write_scenario(tmp_path, """
+        [scenario]
+        name = "a partition that stays until the run is stopped"
+        [cluster]
+        nodes = 3
+        validators = 1
+        [[steps]]
+        do = "partition"
+        groups = [[1], [2, 3]]
+        [[steps]]
+        do = "wait"
+        duration = "60s"
+        """)
+    runner = subprocess.Popen([sys.executable, "-c", "from cluster.cli import main; main()", "scenario", "run", str(path),
+                               "--report-dir", str(tmp_path / "reports")], cwd=REPOSITORY, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    try:
+        reader = threading.Thread(target=lambda: lines.extend(runner.stdout), daemon=True)
+        reader.start()
+        poll_until(lambda: any("partition" in line and "ok" in line for line in lines) or runner.poll() is not None,
+                   timeout_s=120, what="the run to apply its partition (then it waits 60 s)")
+        assert runner.poll() is None, "".join(lines)
+        block = next(line.split("http://")[1].rsplit(".", 1)[0] for line in lines if "http://127." in line)
+        if PARTITIONS.available:
+            assert chain_name(block) in synapse_chains(), "the partition is in place before the stop"
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(timeout=30)
+        reader.join(timeout=10)
+        runner.stdout.close()
+    assert runner.returncode != 0
+    assert chain_name(block) not in synapse_chains(), "SIGTERM left the run's iptables chain behind"
+    left = subprocess.run(["pgrep", "-f", f"{tmp_path}"], capture_output=True, text=True).stdout.split()
+    assert left == [], f"SIGTERM left node processes behind: {left}"
