@@ -320,6 +320,10 @@ def down(data_dir: Path | None, timeout_s: float) -> None:
         _signal_group(node["pid"], signal.SIGKILL)
         click.echo(f"{label}: did not stop within {timeout_s:.0f} s, killed (SIGKILL)")
     _remove_chain_if_free(document)
+    from cluster import package_host
+
+    if package_host.stop(data_dir):
+        click.echo("package server: stopped")
     for node in document["nodes"]:
         node["pid"] = None
     document["stopped_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
