@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from cluster.local import NodeApi
 from node.api import read_token
-from node.errors import ClusterError, SynapseError
+from node.errors import BadRequest, ClusterError, SynapseError
 
 HTTP_TIMEOUT_S = 30.0      # a dry run downloads and runs a package before it answers
 WAIT_POLL_S = 0.25
@@ -121,7 +121,7 @@ def local_package(path: Path, data_dir: Path) -> PackageRef:
 
 def remote_package(url: str, sha256: str | None, size: int | None) -> PackageRef:
     if not sha256:
-        raise ClusterError(f"{url} is a remote package: its hash must be given",
+        raise BadRequest(f"{url} is a remote package: its hash must be given",
                            hint="pass --sha256 HEX (sha256sum of the file every node will download)")
     return PackageRef(url, sha256.removeprefix("sha256:"), size)
 

@@ -1,0 +1,98 @@
+"""The spec's whole workflow from the CLI alone on a fresh cluster (issue 13): propose a local package
+file, dry-run it, vote with every node, wait until it executed everywhere, read the history, then roll
+the network back by a vote, each step through `synapse upgrade ... --json` with its output parsed."""
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from tests.integration.test_cluster_cli import REPOSITORY, alive, kill_leftovers, synapse
+
+pytestmark = pytest.mark.slow
+
+FEATURE_FLAG = REPOSITORY / "examples" / "wat" / "feature_flag.wat"
+WAIT_TIMEOUT_S = "90"
+
+
+def cli_json(*arguments: str, tmp: Path) -> dict:
+    result = synapse(*arguments, "--json", tmp=tmp)
+    assert result.returncode == 0, f"synapse {' '.join(arguments)}: {result.stderr}{result.stdout}"
+    return json.loads(result.stdout)
+
+
+def kill_package_server(cluster_dir: Path) -> None:
+    try:
+        pid = json.loads((cluster_dir / "package_server.json").read_text())["pid"]
+        os.killpg(pid, signal.SIGKILL)
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def test_propose_test_vote_execute_history_and_network_rollback_from_the_cli(tmp_path):
+    cluster_dir = tmp_path / "net"
+    try:
+        started = synapse("cluster", "up", "--nodes", "3", "--validators", "3", "--data-dir", str(cluster_dir), tmp=tmp_path)
+        assert started.returncode == 0, started.stderr + started.stdout
+        on = ("--data-dir", str(cluster_dir))
+        before = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
+        assert {document["current_version"] for document in before.values()} == {"1.0.0"} and len(before) == 3
+        genesis_hash = before["node-1"]["state_hash"]
+
+        created = cli_json("upgrade", "propose", "--package", str(FEATURE_FLAG), "--version", "1.2.0", "--title", "Add feature flag",
+                           "--description", "adds new_feature_enabled", *on, tmp=tmp_path)
+        wasm = bytes(wasmtime.wat2wasm(FEATURE_FLAG.read_text()))
+        assert created["package_hash"] == hashlib.sha256(wasm).hexdigest() and created["package_size"] == len(wasm)
+        assert created["package_url"].startswith("http://127.0.0.1:") and created["node"] == "node-1"
+        proposal_id = created["proposal_id"]
+
+        tested = cli_json("upgrade", "test", proposal_id, "--node", "node-2", *on, tmp=tmp_path)
+        assert tested["success"] is True and tested["result"]["version"] == "1.2.0" and tested["live_state_hash"] == genesis_hash
+
+        voted = cli_json("upgrade", "vote", proposal_id, "approval", "--all", "--wait", "executed", "--timeout", WAIT_TIMEOUT_S,
+                         *on, tmp=tmp_path)
+        assert [vote["node"] for vote in voted["votes"]] == ["node-1", "node-2", "node-3"] and voted["failed"] is False
+        assert voted["wait"]["reached"] is True, voted["wait"]
+        assert all(line.startswith("executed 1.2.0") for line in voted["wait"]["nodes"].values()), voted["wait"]
+
+        shown = cli_json("upgrade", "show", proposal_id, "--node", "3", *on, tmp=tmp_path)
+        assert shown["status"] == "executed" and len(shown["reports"]) == 3 and all(r["success"] for r in shown["reports"])
+        history = cli_json("upgrade", "history", "--node", "node-3", *on, tmp=tmp_path)["history"]
+        assert [(record["proposal_id"], record["version"], record["success"]) for record in history] == [(proposal_id, "1.2.0", True)]
+        after = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
+        assert {(d["current_version"], d["state_hash"]) for d in after.values()} == {("1.2.0", shown["reports"][0]["state_hash"])}
+
+        late = synapse("upgrade", "vote", proposal_id, "rejection", "--node", "node-2", *on, tmp=tmp_path)
+        assert late.returncode == 1 and "node-2: error: voting on" in late.stderr and "node-2: hint: " in late.stderr
+
+        rollback = cli_json("upgrade", "rollback-propose", proposal_id, "--node", "node-2", *on, tmp=tmp_path)
+        assert rollback["action"] == "rollback" and rollback["version"] == "1.0.0"
+        voted = cli_json("upgrade", "vote", rollback["proposal_id"], "approval", "--all", "--wait", "executed",
+                         "--timeout", WAIT_TIMEOUT_S, *on, tmp=tmp_path)
+        assert voted["wait"]["reached"] is True, voted["wait"]
+        final = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
+        assert {(d["current_version"], d["state_hash"]) for d in final.values()} == {("1.0.0", genesis_hash)}
+        listed = cli_json("upgrade", "list", *on, tmp=tmp_path)
+        assert [(p["proposal_id"], p["status"]) for p in listed["proposals"]] == [
+            (proposal_id, "rolled_back"), (rollback["proposal_id"], "executed")]
+
+        server_pid = json.loads((cluster_dir / "package_server.json").read_text())["pid"]
+        stopped = synapse("cluster", "down", *on, tmp=tmp_path)
+        assert stopped.returncode == 0 and "package server: stopped" in stopped.stdout and not alive(server_pid)
+    finally:
+        kill_leftovers(cluster_dir)
+        kill_package_server(cluster_dir)
+
+
+def test_upgrade_commands_say_what_to_do_without_a_cluster_or_a_hash(tmp_path):
+    missing = synapse("upgrade", "list", "--data-dir", str(tmp_path), tmp=tmp_path)
+    assert missing.returncode == 2 and "cluster.json does not exist" in missing.stderr and "synapse cluster up" in missing.stderr
+    local = synapse("upgrade", "propose", "--url", "http://127.0.0.1:9", "--package", str(FEATURE_FLAG), "--version", "1.2.0",
+                    "--title", "t", tmp=tmp_path)
+    assert local.returncode == 2 and "--package URL --sha256 HEX" in local.stderr
+    unreachable = synapse("upgrade", "status", "--url", "http://127.0.0.1:9", tmp=tmp_path)
+    assert unreachable.returncode == 1 and "cannot reach http://127.0.0.1:9" in unreachable.stderr
