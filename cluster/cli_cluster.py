@@ -7,9 +7,14 @@ Why it works as it does:
   API URLs, token files, PIDs. `status`, `logs` and `down` work from that file alone. The address
   block's lock is only held while `up` runs; afterwards the listening nodes themselves keep the
   block taken (acquire_block checks that every address is free by binding it).
+- `up` on a stopped cluster's dir starts the same nodes again (LocalCluster.reopen): the cluster file
+  names their addresses (the block is locked again, and must be free), configs, keys, logs and state
+  stay where they are, so node ids, log, version and state hash are the ones `down` left. Options the
+  genesis fixes (--nodes, --validators, --voting-period-ms) are refused there, not silently ignored.
 - `down` signals only processes that are provably this cluster's nodes (the PID's command line names
   the node's own config file), because a PID in an old cluster.json may belong to anything now:
-  SIGTERM to the node's process group, then SIGKILL after the grace period.
+  SIGTERM to the node's process group, then SIGKILL after the grace period. It also stops the
+  cluster's package server (cluster/package_host.py), which `synapse upgrade propose` starts.
 - Without --data-dir, the commands use $SYNAPSE_CLUSTER_DIR, else the last cluster `up` started
   (remembered in a per-user file in the temp dir), and say which directory they use.
 - Exit status: 0 success; 1 a failed scenario, an unhealthy cluster, a failed doctor check; 2 bad
@@ -126,22 +131,29 @@ def cluster() -> None:
 @cluster.command("up")
 @click.option("--nodes", "node_count", type=int, default=5, show_default=True, help="number of nodes N")
 @click.option("--validators", "validator_count", type=int, default=3, show_default=True, help="validators K (node-1..node-K)")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="default: a new temp dir")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="default: a new temp dir; a stopped cluster's dir starts that cluster again")
 @click.option("--voting-period-ms", type=int, default=None, help="genesis voting period (default 60000)")
 @click.option("--timeout", "timeout_s", type=float, default=UP_TIMEOUT_S, show_default=True, help="seconds to wait for health")
-def up(node_count: int, validator_count: int, data_dir: Path | None, voting_period_ms: int | None, timeout_s: float) -> None:
-    """Start N nodes (genesis, keys, configs made), wait until healthy with a Raft leader, print them."""
+@click.pass_context
+def up(context: click.Context, node_count: int, validator_count: int, data_dir: Path | None, voting_period_ms: int | None,
+       timeout_s: float) -> None:
+    """Start N nodes (genesis, keys, configs made), wait until healthy with a Raft leader, print them.
+    On a stopped cluster's data dir: start its nodes again, with their keys, logs and state."""
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="synapse-cluster-"))
     data_dir = data_dir.absolute()
-    if (data_dir / "cluster.json").exists():
-        _fail(ClusterError(f"{data_dir} already holds a cluster", hint=f"stop it with 'synapse cluster down --data-dir {data_dir}', "
-                                                                       "or choose another --data-dir"), EXIT_USAGE)
     click.echo(f"data dir: {data_dir}")
-    click.echo(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
-    governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
-    launched = _detached_cluster_class()(nodes=node_count, validators=validator_count, data_dir=data_dir,
-                                         start_timeout_s=timeout_s, governance=governance, detached=True)
+    cluster_class = _detached_cluster_class()
+    if (data_dir / "cluster.json").exists():
+        stopped = _stopped_cluster(context, data_dir)
+        launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True)
+        click.echo(f"starting the stopped cluster again ({len(stopped['nodes'])} nodes; keys, logs and state kept) ...")
+    else:
+        click.echo(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
+        governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
+        launched = cluster_class(nodes=node_count, validators=validator_count, data_dir=data_dir,
+                                 start_timeout_s=timeout_s, governance=governance, detached=True)
     try:
         launched.start()
     except SynapseError as error:
@@ -153,12 +165,32 @@ def up(node_count: int, validator_count: int, data_dir: Path | None, voting_peri
     leader = _wait_for_leader(launched)
     document = load_cluster_file(data_dir)
     document.update(detached=True, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), raft_leader=leader)
+    document.pop("stopped_at", None)
     _write_cluster_file(data_dir, document)
     POINTER_FILE.write_text(str(data_dir) + "\n")
     _print_table([(f"node-{h.index + 1}", h.node_id, "validator" if h.is_validator else "member", h.api_url, str(h.pid)) for h in launched.nodes],
                  ("node", "id", "role", "API", "pid"))
     click.echo(f"cluster file: {data_dir / 'cluster.json'}")
     click.echo(f"stop it with: synapse cluster down --data-dir {data_dir}")
+
+
+def _stopped_cluster(context: click.Context, data_dir: Path) -> dict:
+    """The cluster file of a stopped cluster to start again; refuses a running one, or options its genesis fixes."""
+    try:
+        document = load_cluster_file(data_dir)
+    except SynapseError as error:
+        _fail(error, EXIT_USAGE)
+    running = [f"node-{node['index'] + 1}" for node in document["nodes"] if node_process_alive(node.get("pid"), _config_path(node))]
+    if running:
+        _fail(ClusterError(f"{data_dir} already holds a cluster, and it runs ({', '.join(running)})",
+                           hint=f"stop it with 'synapse cluster down --data-dir {data_dir}', or choose another --data-dir"), EXIT_USAGE)
+    given = [f"--{name.replace('_', '-')}" for name, option in (("nodes", "node_count"), ("validators", "validator_count"),
+                                                                 ("voting_period_ms", "voting_period_ms"))
+             if context.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        _fail(ClusterError(f"{data_dir} holds a stopped cluster whose genesis fixes {', '.join(given)}",
+                           hint=f"leave out {' and '.join(given)} to start it again, or choose another --data-dir"), EXIT_USAGE)
+    return document
 
 
 def _wait_for_leader(launched) -> str | None:

@@ -96,3 +96,54 @@ def test_upgrade_commands_say_what_to_do_without_a_cluster_or_a_hash(tmp_path):
     assert local.returncode == 2 and "--package URL --sha256 HEX" in local.stderr
     unreachable = synapse("upgrade", "status", "--url", "http://127.0.0.1:9", tmp=tmp_path)
     assert unreachable.returncode == 1 and "cannot reach http://127.0.0.1:9" in unreachable.stderr
+
+
+def health_of(cluster_dir: Path, tmp: Path) -> dict:
+    from cluster.local import NodeApi
+
+    document = json.loads((cluster_dir / "cluster.json").read_text())
+    return {f"node-{node['index'] + 1}": NodeApi(node["api_url"], None).get("/health").data for node in document["nodes"]}
+
+
+def test_a_stopped_cluster_starts_again_with_its_keys_log_and_state_and_upgrades_on(tmp_path):
+    cluster_dir = tmp_path / "net"
+    on = ("--data-dir", str(cluster_dir))
+    try:
+        started = synapse("cluster", "up", "--nodes", "3", "--validators", "3", *on, tmp=tmp_path)
+        assert started.returncode == 0, started.stderr + started.stdout
+        created = cli_json("upgrade", "propose", "--package", str(FEATURE_FLAG), "--version", "1.2.0", "--title", "before",
+                           *on, tmp=tmp_path)
+        voted = cli_json("upgrade", "vote", created["proposal_id"], "approval", "--all", "--wait", "executed",
+                         "--timeout", WAIT_TIMEOUT_S, *on, tmp=tmp_path)
+        assert voted["wait"]["reached"] is True, voted["wait"]
+        ids_before = [node["node_id"] for node in json.loads((cluster_dir / "cluster.json").read_text())["nodes"]]
+        status_before = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
+        entries_before = {name: health["entries"] for name, health in health_of(cluster_dir, tmp_path).items()}
+
+        assert synapse("cluster", "down", *on, tmp=tmp_path).returncode == 0
+        refused = synapse("cluster", "up", "--nodes", "5", *on, tmp=tmp_path)
+        assert refused.returncode == 2 and "genesis fixes --nodes" in refused.stderr
+        again = synapse("cluster", "up", *on, tmp=tmp_path)
+        assert again.returncode == 0 and "starting the stopped cluster again" in again.stdout, again.stderr + again.stdout
+        running = synapse("cluster", "up", *on, tmp=tmp_path)
+        assert running.returncode == 2 and "already holds a cluster, and it runs" in running.stderr
+
+        document = json.loads((cluster_dir / "cluster.json").read_text())
+        assert [node["node_id"] for node in document["nodes"]] == ids_before and "stopped_at" not in document
+        status_after = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
+        assert {name: (d["node_id"], d["current_version"], d["state_hash"], d["applied_sequence"])
+                for name, d in status_after.items()} == {
+            name: (d["node_id"], d["current_version"], d["state_hash"], d["applied_sequence"]) for name, d in status_before.items()}
+        entries_after = {name: health["entries"] for name, health in health_of(cluster_dir, tmp_path).items()}
+        assert all(entries_after[name] >= entries_before[name] for name in entries_before), (entries_before, entries_after)
+
+        created = cli_json("upgrade", "propose", "--package", str(REPOSITORY / "scenarios" / "packages" / "second_flag.wat"),
+                           "--version", "1.3.0", "--title", "after the restart", "--node", "node-3", *on, tmp=tmp_path)
+        voted = cli_json("upgrade", "vote", created["proposal_id"], "approval", "--all", "--wait", "executed",
+                         "--timeout", WAIT_TIMEOUT_S, *on, tmp=tmp_path)
+        assert voted["wait"]["reached"] is True, voted["wait"]
+        assert {d["current_version"] for d in cli_json("upgrade", "status", "--all", *on, tmp=tmp_path).values()} == {"1.3.0"}
+        assert synapse("cluster", "down", *on, tmp=tmp_path).returncode == 0
+    finally:
+        kill_leftovers(cluster_dir)
+        kill_package_server(cluster_dir)
