@@ -143,6 +143,13 @@ def test_a_stopped_cluster_starts_again_with_its_keys_log_and_state_and_upgrades
                          "--timeout", WAIT_TIMEOUT_S, *on, tmp=tmp_path)
         assert voted["wait"]["reached"] is True, voted["wait"]
         assert {d["current_version"] for d in cli_json("upgrade", "status", "--all", *on, tmp=tmp_path).values()} == {"1.3.0"}
+        waited = cli_json("upgrade", "wait", created["proposal_id"], "approved", "--timeout", "10", *on, tmp=tmp_path)
+        assert waited["wait"]["reached"] is True
+        local = cli_json("upgrade", "rollback", created["proposal_id"], "--node", "node-3", "--reason", "operator test",
+                         *on, tmp=tmp_path)
+        assert (local["previous_version"], local["restored_version"]) == ("1.3.0", "1.2.0") and local["audit_entry_id"]
+        versions = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
+        assert [versions[name]["current_version"] for name in ("node-1", "node-2", "node-3")] == ["1.3.0", "1.3.0", "1.2.0"]
         assert synapse("cluster", "down", *on, tmp=tmp_path).returncode == 0
     finally:
         kill_leftovers(cluster_dir)
