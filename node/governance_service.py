@@ -150,7 +150,10 @@ class GovernanceService:
 
     async def _wait_until_known(self, proposal_id: str) -> None:
         """Return once the fold knows `proposal_id`; NotFound after settings.vote_proposal_wait_ms.
-        Why a poll and not an event: the fold is cheap to ask, and a poll cannot miss a wake-up."""
+        Only an id that could be in transit and still open waits: one whose named time lies within this
+        node's clock skew bound and its voting period (an id from last week, or from 2099, gets its 404 at
+        once, so a stream of made-up ids cannot hold requests open). A poll, not an event: the fold is
+        cheap to ask, and a poll cannot miss a wake-up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.vote_proposal_wait_ms / 1000
         while True:
@@ -158,11 +161,18 @@ class GovernanceService:
                 self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
                 return
             except NotFound as error:
+                if not self._may_be_in_transit(proposal_id):
+                    raise
                 if loop.time() >= deadline:
                     raise NotFound(f"{error.message} (waited {self.settings.vote_proposal_wait_ms} ms for gossip to bring it)",
                                    hint="check the id with GET /proposals; if it was just proposed on another node, "
                                         "check that this node reaches its peers (GET /health: peers_up)") from None
             await asyncio.sleep(min(self.settings.vote_proposal_poll_ms / 1000, max(0.0, deadline - loop.time())))
+
+    def _may_be_in_transit(self, proposal_id: str) -> bool:
+        named_ms, now_ms = proposals.proposal_id_time_ms(proposal_id), self._now_ms()
+        skew_ms = self._limits.clock_skew_max_ms
+        return named_ms is not None and now_ms - self.governance.rules.voting_period_ms - skew_ms <= named_ms <= now_ms + skew_ms
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -47,8 +47,17 @@ async def test_a_vote_waits_for_the_proposal_gossip_brings_a_moment_later(client
 
 
 async def test_a_vote_for_a_proposal_nobody_made_is_a_404_after_the_bounded_wait(client):
+    made_up = proposals.make_proposal_id("upgrade", wall_ms(), "ee" * 8, 1)      # could be in transit: waits
     began = time.monotonic()
-    refusal = await error_of(await vote(client, "upgrade_20991231_235959_00000000"), 404)
+    refusal = await error_of(await vote(client, made_up), 404)
     waited_s = time.monotonic() - began
     assert 2.0 <= waited_s < 4.0, waited_s
     assert "waited 2000 ms for gossip" in refusal["message"] and "GET /proposals" in refusal["hint"]
+
+
+@pytest.mark.parametrize("proposal_id", ["upgrade_20991231_235959_00000000", "upgrade_20200101_000000_00000000"])
+async def test_an_id_that_cannot_be_in_transit_and_open_is_a_404_at_once(client, proposal_id):
+    """From beyond the clock skew bound, or from before the voting period: no open proposal has it."""
+    began = time.monotonic()
+    refusal = await error_of(await vote(client, proposal_id), 404)
+    assert time.monotonic() - began < 1.0 and "waited" not in refusal["message"]

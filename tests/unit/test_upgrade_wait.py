@@ -1,5 +1,6 @@
 """How `synapse upgrade ... --wait` reads one node's view of a proposal (cluster/upgrade_client.node_stage):
-one line per node, a failure with its reason, or done."""
+one line per node, a failure with its reason, or done; and when a proposal id says it was made (a vote
+waits for gossip only for an id that could still be in transit and open)."""
 
 from cluster.upgrade_client import node_stage, node_stage_done
 
@@ -46,3 +47,12 @@ def test_a_dead_end_status_fails_with_the_tally():
 
 def test_voting_shows_the_provisional_outcome():
     assert node_stage(view("voting"), ME, "approved") == ("voting (provisional outcome rejected)", None, False)
+
+
+def test_a_proposal_id_names_the_second_it_was_made():
+    from node.core.proposals import make_proposal_id, proposal_id_time_ms
+
+    for now_ms in (0, 951_782_400_000, 1_796_428_600_393, 4_102_444_799_999):      # 1970, 2000-02-29, 2026, 2099
+        assert proposal_id_time_ms(make_proposal_id("rollback", now_ms, "ab" * 8, 3)) == now_ms // 1000 * 1000
+    assert proposal_id_time_ms("upgrade_20261399_000000_00000000") is None
+    assert proposal_id_time_ms("not an id") is None
