@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -28,6 +29,7 @@ from cluster.cli_cluster import EXIT_FAILED, EXIT_USAGE, _fail, _print_table, _r
 from node.errors import BadRequest, SynapseError
 
 WAIT_TIMEOUT_S = 120.0
+WAIT_TIMEOUT_RANGE_S = click.FloatRange(0.1, 3600.0)
 
 
 class Context:
@@ -44,6 +46,9 @@ class Context:
             self.targets = [client.url_target(url, token_file)]
             self.every_target = self.targets
             return
+        if token_file is not None:
+            _fail(BadRequest("--token-file goes with --url", hint="a cluster's token files are read from its cluster.json"),
+                  EXIT_USAGE)
         self.data_dir = _resolve_dir(data_dir)
         try:
             document = load_cluster_file(self.data_dir)
@@ -60,7 +65,7 @@ class Context:
     def echo(self, text: str) -> None:
         click.echo(text, err=self.as_json)
 
-    def emit(self, document: object, human: callable) -> None:
+    def emit(self, document: object, human: Callable[[dict], None]) -> None:
         if self.as_json:
             click.echo(json.dumps(document, indent=2, sort_keys=True))
         else:
@@ -100,7 +105,7 @@ def _call(target: client.Target, method: str, path: str, body=None):
 
 
 def wait_options(command):
-    command = click.option("--timeout", "timeout_s", type=float, default=WAIT_TIMEOUT_S, show_default=True,
+    command = click.option("--timeout", "timeout_s", type=WAIT_TIMEOUT_RANGE_S, default=WAIT_TIMEOUT_S, show_default=True,
                            help="seconds --wait waits at most")(command)
     return click.option("--wait", "goal", type=click.Choice(client.WAIT_GOALS), default=None,
                         help="wait until the proposal is approved, or executed on every node")(command)
@@ -146,11 +151,17 @@ def propose(package, version, title, description, sha256, size_bytes, goal, time
         "package_hash": "sha256:" + reference.sha256, "package_size": reference.size})
     document = {**created, "node": target.name, "package_url": reference.url, "package_hash": reference.sha256,
                 "package_size": reference.size}
+    _created_then_wait(context, document, goal, timeout_s)
+
+
+def _created_then_wait(context: Context, document: dict, goal: str | None, timeout_s: float) -> None:
+    """Show a new proposal; with --wait, wait for it (the JSON document then carries the outcome)."""
     if goal is None:
         context.emit(document, _show_created)
         return
-    _show_created(document) if not as_json else None
-    document["wait"] = _wait(context, created["proposal_id"], goal, timeout_s)
+    if not context.as_json:
+        _show_created(document)
+    document["wait"] = _wait(context, document["proposal_id"], goal, timeout_s)
     _finish(context, document, lambda _document: None)
 
 
@@ -183,31 +194,46 @@ def _show_created(document: dict) -> None:
 @wait_options
 @target_options(many=True)
 def vote(proposal_id, choice, goal, timeout_s, data_dir, nodes, url, token_file, as_json, every):
-    """Vote with each chosen node's key (--node repeated, or --all)."""
+    """Vote with each chosen node's key (--node repeated, or --all).
+
+    A node whose vote comes after the outcome is settled is skipped, not failed, when another node's
+    vote of this command was recorded (every node voting at once races the validators' close)."""
     context = _context(data_dir, nodes, url, token_file, as_json, every)
     votes, failed = [], False
     for target in context.targets:
         try:
-            answer = client.call(target, "POST", f"/proposals/{proposal_id}/vote", {"vote": choice})
-            votes.append({"node": target.name, **answer})
-            context.echo(f"{target.name}: {choice} recorded (status {answer['status']}, provisional outcome "
-                         f"{answer['tally']['outcome']})")
+            answer = client.vote(target, proposal_id, choice)
         except SynapseError as error:
             failed = True
-            votes.append({"node": target.name, "error": error.to_dict()})
-            click.echo(f"{target.name}: error: {error.message}", err=True)
-            if error.hint:
-                click.echo(f"{target.name}: hint: {error.hint}", err=True)
+            answer = {"node": target.name, "error": error.to_dict()}
+            _echo_error(target.name, error.to_dict())
+        votes.append(answer)
+        if "skipped" in answer:
+            context.echo(f"{target.name}: not sent: {answer['skipped']}")
+        elif "entry_id" in answer:
+            context.echo(f"{target.name}: {choice} recorded (status {answer['status']}, provisional outcome "
+                         f"{answer['tally']['outcome']})")
+    if not any("entry_id" in answer for answer in votes):
+        failed = True
+        for answer in votes:
+            if "skipped" in answer:
+                _echo_error(answer["node"], answer["error"])
     document = {"proposal_id": proposal_id, "vote": choice, "votes": votes, "failed": failed}
     if goal is not None and not failed:
         document["wait"] = _wait(context, proposal_id, goal, timeout_s)
     _finish(context, document, lambda _document: None)
 
 
+def _echo_error(name: str, error: dict) -> None:
+    click.echo(f"{name}: error: {error.get('message')}", err=True)
+    if error.get("hint"):
+        click.echo(f"{name}: hint: {error['hint']}", err=True)
+
+
 @upgrade.command("wait")
 @click.argument("proposal_id")
 @click.argument("goal", type=click.Choice(client.WAIT_GOALS))
-@click.option("--timeout", "timeout_s", type=float, default=WAIT_TIMEOUT_S, show_default=True)
+@click.option("--timeout", "timeout_s", type=WAIT_TIMEOUT_RANGE_S, default=WAIT_TIMEOUT_S, show_default=True)
 @target_options(many=False)
 def wait(proposal_id, goal, timeout_s, data_dir, nodes, url, token_file, as_json):
     """Wait until a proposal is approved, or executed on every node (a live line per node)."""
@@ -243,7 +269,7 @@ def _show_proposal(document: dict) -> None:
     if document.get("reports"):
         click.echo("execution reports:")
         _print_table([(r["node_id"][:16], "ok" if r["success"] else "FAILED", str(r.get("version")),
-                       str(r.get("state_hash"))[:16], client._error_text(r.get("error")) if r.get("error") else "")
+                       str(r.get("state_hash"))[:16], client.error_text(r.get("error")) if r.get("error") else "")
                       for r in document["reports"]], ("node", "result", "version", "state hash", "error"))
 
 
@@ -284,7 +310,7 @@ def _show_test(document: dict) -> None:
                    f"{changes.get('total', '?')} change(s); the live state was not touched")
     else:
         click.echo(f"dry run of {document['proposal_id']}: FAILED at {document.get('failed_step')}: "
-                   f"{client._error_text(document.get('error'))}")
+                   f"{client.error_text(document.get('error'))}")
 
 
 @upgrade.command("status")
@@ -311,7 +337,7 @@ def history(data_dir, nodes, url, token_file, as_json):
 def _show_history(document: dict) -> None:
     rows = [(str(item.get("executed_at", "-")), str(item.get("event", "-")), str(item.get("proposal_id", "-")),
              f"{item.get('from_version', '?')} -> {item.get('version', '?')}", "ok" if item.get("success") else "FAILED",
-             str(item.get("state_hash") or "-")[:16], client._error_text(item.get("error")) if item.get("error") else "")
+             str(item.get("state_hash") or "-")[:16], client.error_text(item.get("error")) if item.get("error") else "")
             for item in document.get("history", [])]
     if rows:
         _print_table(rows, ("when", "event", "proposal", "versions", "result", "state hash", "error"))
@@ -343,12 +369,7 @@ def rollback_propose(target_proposal_id, title, description, goal, timeout_s, da
     body = {"target_proposal_id": target_proposal_id, **({"title": title} if title else {}),
             **({"description": description} if description else {})}
     document = {**_call(target, "POST", "/rollbacks/propose", body), "node": target.name}
-    if goal is None:
-        context.emit(document, _show_created)
-        return
-    _show_created(document) if not as_json else None
-    document["wait"] = _wait(context, document["proposal_id"], goal, timeout_s)
-    _finish(context, document, lambda _document: None)
+    _created_then_wait(context, document, goal, timeout_s)
 
 
 def register(main: click.Group) -> None:

@@ -98,6 +98,24 @@ def call(target: Target, method: str, path: str, body: Any = None, *, ok: tuple[
     return response.data
 
 
+def vote(target: Target, proposal_id: str, choice: str) -> dict:
+    """Vote with `target`'s key. A vote refused because voting is already decided or closed (the usual
+    race when every node votes: the last votes arrive after the outcome is settled) comes back as
+    {"skipped": why, "error": the node's refusal}: whether that is an error depends on whether the
+    command's other votes were recorded (the caller decides)."""
+    try:
+        return {"node": target.name, **call(target, "POST", f"/proposals/{proposal_id}/vote", {"vote": choice})}
+    except ApiError as error:
+        if error.status != 409:
+            raise
+        view = call(target, "GET", f"/proposals/{proposal_id}")
+        outcome = (view.get("tally") or {}).get("outcome")
+        if view.get("status") == "voting" and outcome == "voting":
+            raise
+        return {"node": target.name, "proposal_id": proposal_id, "vote": choice, "error": error.to_dict(),
+                "skipped": f"voting is already decided ({view.get('status')}, outcome {outcome})"}
+
+
 # --- packages ---------------------------------------------------------------------------------
 
 
@@ -143,7 +161,7 @@ def node_stage(document: dict | None, node_id: str | None, goal: str) -> tuple[s
         report = mine[-1]
         if report.get("success"):
             return f"executed {report.get('version')} (state {str(report.get('state_hash'))[:16]})", None, True
-        error = _error_text(report.get("error"))
+        error = error_text(report.get("error"))
         return f"failed: {error}", f"failed: {error}", False
     if status in _DEAD_ENDS:
         return status, status + _tally_text(document), False
@@ -158,7 +176,8 @@ def _tally_text(document: dict) -> str:
     return f" (approval {tally.get('approval_weight')}, rejection {tally.get('rejection_weight')} of {tally.get('total_weight')})"
 
 
-def _error_text(error: Any) -> str:
+def error_text(error: Any) -> str:
+    """A node's error (its JSON document, or a string) as one line: 'FuelExhausted message'."""
     if isinstance(error, dict):
         return " ".join(str(part) for part in (error.get("error"), error.get("message")) if part)
     return str(error)

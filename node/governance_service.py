@@ -149,7 +149,8 @@ class GovernanceService:
         return entry, self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
 
     async def _wait_until_known(self, proposal_id: str) -> None:
-        """Return once the fold knows `proposal_id`; NotFound after settings.vote_proposal_wait_ms.
+        """Return once the fold knows `proposal_id` (to vote on it or dry-run it); NotFound after
+        settings.vote_proposal_wait_ms.
         Only an id that could be in transit and still open waits: one whose named time lies within this
         node's clock skew bound and its voting period (an id from last week, or from 2099, gets its 404 at
         once, so a stream of made-up ids cannot hold requests open). A poll, not an event: the fold is
@@ -231,8 +232,10 @@ class GovernanceService:
     # --- dry run and local rollback ------------------------------------------------------------
 
     async def dry_run(self, proposal_id: str) -> dict:
-        """Download, verify and run the proposal's package on a copy of the live state; change nothing."""
+        """Download, verify and run the proposal's package on a copy of the live state; change nothing.
+        Like a vote, it waits a moment for a proposal gossip has not brought yet (test at once after proposing)."""
         store, manager = self._versions.require_started()
+        await self._wait_until_known(proposal_id)
         view = self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
         if view.action != "upgrade":
             raise Conflict(f"{proposal_id} is a {view.action} proposal: it has no package to test",

@@ -61,3 +61,13 @@ async def test_an_id_that_cannot_be_in_transit_and_open_is_a_404_at_once(client,
     began = time.monotonic()
     refusal = await error_of(await vote(client, proposal_id), 404)
     assert time.monotonic() - began < 1.0 and "waited" not in refusal["message"]
+
+
+async def test_a_dry_run_waits_for_the_proposal_too(client, network):
+    entry = proposal_by_member(client, network)
+    testing = asyncio.create_task(client.post(f"/upgrades/{entry.body['proposal_id']}/test", headers=auth(client)))
+    await asyncio.sleep(PUSH_DELAY_S)
+    assert not testing.done()
+    assert (await push(client, entry)).added == 1
+    tested = await json_of(await asyncio.wait_for(testing, 30), 200)
+    assert tested["success"] is False and tested["failed_step"] == "download", "it ran (example.org is refused or absent)"

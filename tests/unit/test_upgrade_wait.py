@@ -56,3 +56,26 @@ def test_a_proposal_id_names_the_second_it_was_made():
         assert proposal_id_time_ms(make_proposal_id("rollback", now_ms, "ab" * 8, 3)) == now_ms // 1000 * 1000
     assert proposal_id_time_ms("upgrade_20261399_000000_00000000") is None
     assert proposal_id_time_ms("not an id") is None
+
+
+def test_a_vote_refused_because_the_outcome_is_settled_is_skipped_and_any_other_refusal_raises(monkeypatch):
+    import pytest
+
+    from cluster import upgrade_client
+    from cluster.upgrade_client import ApiError, Target
+
+    refusal = {"error": "Conflict", "message": "voting on p is decided (approved)", "hint": "see GET /proposals/p"}
+    views = {"decided": {"status": "voting", "tally": {"outcome": "approved"}},
+             "open": {"status": "voting", "tally": {"outcome": "voting"}}}
+
+    def refusing_call(target, method, path, body=None):
+        if method == "POST":
+            raise ApiError(409, refusal, "", "POST")
+        return views[target.name]
+
+    monkeypatch.setattr(upgrade_client, "call", refusing_call)
+    skipped = upgrade_client.vote(Target("decided", "http://127.0.0.1:9", None), "p", "approval")
+    assert skipped["skipped"].startswith("voting is already decided (voting, outcome approved)")
+    assert skipped["error"]["message"] == refusal["message"]
+    with pytest.raises(ApiError):
+        upgrade_client.vote(Target("open", "http://127.0.0.1:9", None), "p", "approval")
