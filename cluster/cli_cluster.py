@@ -163,6 +163,7 @@ def up(context: click.Context, node_count: int, validator_count: int, data_dir: 
         launched.close()
         raise
     leader = _wait_for_leader(launched)
+    _serve_packages_again(data_dir)
     document = load_cluster_file(data_dir)
     document.update(detached=True, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), raft_leader=leader)
     document.pop("stopped_at", None)
@@ -172,6 +173,18 @@ def up(context: click.Context, node_count: int, validator_count: int, data_dir: 
                  ("node", "id", "role", "API", "pid"))
     click.echo(f"cluster file: {data_dir / 'cluster.json'}")
     click.echo(f"stop it with: synapse cluster down --data-dir {data_dir}")
+
+
+def _serve_packages_again(data_dir: Path) -> None:
+    """A restarted cluster may still need the packages `synapse upgrade propose` served (an upgrade
+    approved before `down`, a node catching up): serve them again, on the same URL if the port is free."""
+    from cluster import package_host
+
+    if package_host.has_packages(data_dir):
+        try:
+            click.echo(f"package server: {package_host.ensure_running(data_dir)}")
+        except SynapseError as error:
+            click.echo(f"warning: the cluster's packages are not served: {error.message} ({error.hint})")
 
 
 def _stopped_cluster(context: click.Context, data_dir: Path) -> dict:

@@ -11,7 +11,8 @@ Why it works as it does:
   without restarting it, and a URL can never serve other bytes than the ones proposed.
 - It binds 127.0.0.1 with a port the kernel picks, and writes {pid, url} to DIR/package_server.json once
   it listens; a later `propose` reuses it when that PID is still this cluster's server (its command line
-  names the data dir) and it answers. Nodes of a local cluster may fetch from private addresses
+  names the data dir) and it answers. Proposals carry its URL, so when it starts again (`cluster up` on
+  a stopped cluster that has packages) it binds the port it had before; `stop` keeps the URL for that. Nodes of a local cluster may fetch from private addresses
   (`allow_private_addresses = true` in the configs `cluster up` writes).
 """
 
@@ -55,16 +56,18 @@ def store_package(data_dir: Path, data: bytes) -> str:
 
 
 def ensure_running(data_dir: Path) -> str:
-    """The base URL of this cluster's package server, started (detached) if it does not run."""
+    """The base URL of this cluster's package server, started (detached) if it does not run, on the
+    port it had before if it ran before (the URLs of earlier proposals name it)."""
     data_dir = Path(data_dir).absolute()
     running = _running_url(data_dir)
     if running is not None:
         return running
+    previous_port = _previous_port(data_dir)
     (data_dir / STATE_FILE_NAME).unlink(missing_ok=True)
     with open(data_dir / "package_server.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "cluster.package_host", str(data_dir)], stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=log, cwd=data_dir, start_new_session=True, close_fds=True,
-                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
+        process = subprocess.Popen([sys.executable, "-m", "cluster.package_host", str(data_dir), str(previous_port)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=data_dir, start_new_session=True,
+                                   close_fds=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                        filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")]))})
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -80,15 +83,35 @@ def ensure_running(data_dir: Path) -> str:
                        hint=f"see {data_dir / 'package_server.log'}")
 
 
+def has_packages(data_dir: Path) -> bool:
+    return any((Path(data_dir) / PACKAGES_DIR_NAME).glob("*.wasm"))
+
+
 def stop(data_dir: Path) -> bool:
-    """Stop the cluster's package server if it runs (True if it did)."""
+    """Stop the cluster's package server if it runs (True if it did); its URL is kept for a restart."""
     data_dir = Path(data_dir).absolute()
     state = _read_state(data_dir)
-    (data_dir / STATE_FILE_NAME).unlink(missing_ok=True)
-    if state is None or not _is_ours(state.get("pid"), data_dir):
+    if state is None:
+        return False
+    _write_state(data_dir, {"pid": None, "url": state.get("url")})
+    if not _is_ours(state.get("pid"), data_dir):
         return False
     _stop_pid(state["pid"])
     return True
+
+
+def _previous_port(data_dir: Path) -> int:
+    state = _read_state(data_dir) or {}
+    try:
+        return int(str(state.get("url", "")).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _write_state(data_dir: Path, state: dict) -> None:
+    temporary = Path(data_dir) / f".{STATE_FILE_NAME}.tmp"
+    temporary.write_text(json.dumps(state) + "\n")
+    os.replace(temporary, Path(data_dir) / STATE_FILE_NAME)
 
 
 def _stop_pid(pid: int) -> None:
@@ -178,15 +201,17 @@ class _Server(ThreadingHTTPServer):
     folder: Path
 
 
-def serve(data_dir: Path) -> None:
-    """Run the server until SIGTERM (the detached process's body)."""
-    server = _Server(("127.0.0.1", 0), _Handler)
+def serve(data_dir: Path, port: int = 0) -> None:
+    """Run the server until SIGTERM (the detached process's body), on `port` if it is free."""
+    try:
+        server = _Server(("127.0.0.1", port), _Handler)
+    except OSError as error:
+        sys.stderr.write(f"port {port} is taken ({error.strerror}): earlier proposals' package URLs will not answer\n")
+        server = _Server(("127.0.0.1", 0), _Handler)
     server.folder = Path(data_dir) / PACKAGES_DIR_NAME
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    host, port = server.server_address[:2]
-    temporary = Path(data_dir) / f".{STATE_FILE_NAME}.tmp"
-    temporary.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{host}:{port}"}) + "\n")
-    os.replace(temporary, Path(data_dir) / STATE_FILE_NAME)
+    host, bound_port = server.server_address[:2]
+    _write_state(Path(data_dir), {"pid": os.getpid(), "url": f"http://{host}:{bound_port}"})
     try:
         server.serve_forever()
     finally:
@@ -194,4 +219,4 @@ def serve(data_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]))
+    serve(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)

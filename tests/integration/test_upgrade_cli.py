@@ -28,9 +28,13 @@ def cli_json(*arguments: str, tmp: Path) -> dict:
 def kill_package_server(cluster_dir: Path) -> None:
     try:
         pid = json.loads((cluster_dir / "package_server.json").read_text())["pid"]
-        os.killpg(pid, signal.SIGKILL)
     except (OSError, ValueError, KeyError):
-        pass
+        return
+    if isinstance(pid, int) and alive(pid):     # `cluster down` leaves {"pid": null, "url": ...}
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def test_propose_test_vote_execute_history_and_network_rollback_from_the_cli(tmp_path):
@@ -121,11 +125,13 @@ def test_a_stopped_cluster_starts_again_with_its_keys_log_and_state_and_upgrades
         status_before = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
         entries_before = {name: health["entries"] for name, health in health_of(cluster_dir, tmp_path).items()}
 
+        server_url = json.loads((cluster_dir / "package_server.json").read_text())["url"]
         assert synapse("cluster", "down", *on, tmp=tmp_path).returncode == 0
         refused = synapse("cluster", "up", "--nodes", "5", *on, tmp=tmp_path)
         assert refused.returncode == 2 and "genesis fixes --nodes" in refused.stderr
         again = synapse("cluster", "up", *on, tmp=tmp_path)
         assert again.returncode == 0 and "starting the stopped cluster again" in again.stdout, again.stderr + again.stdout
+        assert f"package server: {server_url}" in again.stdout, "its packages are served again, where proposals point"
         running = synapse("cluster", "up", *on, tmp=tmp_path)
         assert running.returncode == 2 and "already holds a cluster, and it runs" in running.stderr
 
