@@ -40,9 +40,14 @@ def kill_package_server(cluster_dir: Path) -> None:
 def test_propose_test_vote_execute_history_and_network_rollback_from_the_cli(tmp_path):
     cluster_dir = tmp_path / "net"
     try:
-        started = synapse("cluster", "up", "--nodes", "3", "--validators", "3", "--data-dir", str(cluster_dir), tmp=tmp_path)
+        started = synapse("cluster", "up", "--nodes", "3", "--validators", "3", "--data-dir", str(cluster_dir), "--json", tmp=tmp_path)
         assert started.returncode == 0, started.stderr + started.stdout
+        up_document = json.loads(started.stdout)
+        assert up_document["data_dir"] == str(cluster_dir) and len(up_document["nodes"]) == 3 and "healthy (3/3)" in started.stderr
         on = ("--data-dir", str(cluster_dir))
+        health = cli_json("cluster", "status", *on, tmp=tmp_path)
+        assert health["healthy"] == 3 and [node["node_id"] for node in health["nodes"]] == [
+            node["node_id"] for node in up_document["nodes"]]
         before = cli_json("upgrade", "status", "--all", *on, tmp=tmp_path)
         assert {document["current_version"] for document in before.values()} == {"1.0.0"} and len(before) == 3
         genesis_hash = before["node-1"]["state_hash"]
