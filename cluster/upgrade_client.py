@@ -17,7 +17,6 @@ Why it works as it does:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +76,7 @@ def url_target(url: str, token_file: Path | None) -> Target:
 
 def _token(path: Path) -> str | None:
     try:
-        return read_token(path)
-    except SynapseError:
-        raise
+        return read_token(path)       # a missing or malformed file is its own ConfigError
     except OSError as error:
         raise ClusterError(f"cannot read the API token {path}: {error.strerror}",
                            hint="the token is created at the node's first start, in its data dir (api_token)") from None
@@ -142,10 +139,6 @@ def remote_package(url: str, sha256: str | None, size: int | None) -> PackageRef
         raise BadRequest(f"{url} is a remote package: its hash must be given",
                            hint="pass --sha256 HEX (sha256sum of the file every node will download)")
     return PackageRef(url, sha256.removeprefix("sha256:"), size)
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # --- waiting ----------------------------------------------------------------------------------
