@@ -145,3 +145,23 @@ def acquire_block(*, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR
         lease.release()
     raise ConfigError(f"no free loopback block found after {attempts_max} tries under {lock_dir}",
                       hint="too many clusters are running: stop some, or check for leftover node processes")
+
+
+def acquire_given_block(block: AddressBlock, *, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR) -> BlockLease:
+    """Lock this very block (a stopped cluster's, whose configs name its addresses), or say why not."""
+    _lock_directory(lock_dir)
+    lock_path = lock_dir / f"{block.prefix}.lock"
+    descriptor = _try_lock(lock_path)
+    if descriptor is None:
+        raise ConfigError(f"address block {block.prefix}.0/24 is held by another cluster being started or run here",
+                          hint="wait for it, or stop the cluster that uses it")
+    lease = BlockLease(block, lock_path, descriptor)
+    try:
+        if block_is_free(block, hosts=hosts, ports=ports):
+            return lease
+    except BaseException:
+        lease.release()
+        raise
+    lease.release()
+    raise ConfigError(f"an address of block {block.prefix}.0/24 is in use (a node of this cluster may still run)",
+                      hint="see 'synapse cluster status'; stop what listens there, then start the cluster again")

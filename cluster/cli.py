@@ -39,6 +39,7 @@ def _register() -> None:
     __import__("cluster.cli_cluster", fromlist=["register"]).register(main)  # synapse cluster / scenario / doctor
     main.add_command(__import__("cluster.demo", fromlist=["demo"]).demo)  # synapse demo
     __import__("cluster.cli_chaos", fromlist=["register"]).register(main)  # synapse chaos
+    __import__("cluster.cli_upgrade", fromlist=["register"]).register(main)  # synapse upgrade
 
 
 _register()

@@ -7,9 +7,14 @@ Why it works as it does:
   API URLs, token files, PIDs. `status`, `logs` and `down` work from that file alone. The address
   block's lock is only held while `up` runs; afterwards the listening nodes themselves keep the
   block taken (acquire_block checks that every address is free by binding it).
+- `up` on a stopped cluster's dir starts the same nodes again (LocalCluster.reopen): the cluster file
+  names their addresses (the block is locked again, and must be free), configs, keys, logs and state
+  stay where they are, so node ids, log, version and state hash are the ones `down` left. Options the
+  genesis fixes (--nodes, --validators, --voting-period-ms) are refused there, not silently ignored.
 - `down` signals only processes that are provably this cluster's nodes (the PID's command line names
   the node's own config file), because a PID in an old cluster.json may belong to anything now:
-  SIGTERM to the node's process group, then SIGKILL after the grace period.
+  SIGTERM to the node's process group, then SIGKILL after the grace period. It also stops the
+  cluster's package server (cluster/package_host.py), which `synapse upgrade propose` starts.
 - Without --data-dir, the commands use $SYNAPSE_CLUSTER_DIR, else the last cluster `up` started
   (remembered in a per-user file in the temp dir), and say which directory they use.
 - Exit status: 0 success; 1 a failed scenario, an unhealthy cluster, a failed doctor check; 2 bad
@@ -18,6 +23,7 @@ Why it works as it does:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -49,7 +55,7 @@ def _fail(error: SynapseError, status: int = EXIT_FAILED) -> None:
 # --- the detached cluster --------------------------------------------------------------------
 
 
-def _detached_cluster_class():
+def _detached_cluster_class(say=click.echo):
     from cluster.local import LocalCluster
 
     class DetachedCluster(LocalCluster):
@@ -64,7 +70,7 @@ def _detached_cluster_class():
                         break
                     if self._health(handle):
                         waiting.remove(handle)
-                        click.echo(f"  node-{handle.index + 1} healthy ({len(handles) - len(waiting)}/{len(handles)})")
+                        say(f"  node-{handle.index + 1} healthy ({len(handles) - len(waiting)}/{len(handles)})")
                 time.sleep(0.1)
             super()._wait_healthy(handles)
 
@@ -126,22 +132,31 @@ def cluster() -> None:
 @cluster.command("up")
 @click.option("--nodes", "node_count", type=int, default=5, show_default=True, help="number of nodes N")
 @click.option("--validators", "validator_count", type=int, default=3, show_default=True, help="validators K (node-1..node-K)")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="default: a new temp dir")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="default: a new temp dir; a stopped cluster's dir starts that cluster again")
 @click.option("--voting-period-ms", type=int, default=None, help="genesis voting period (default 60000)")
 @click.option("--timeout", "timeout_s", type=float, default=UP_TIMEOUT_S, show_default=True, help="seconds to wait for health")
-def up(node_count: int, validator_count: int, data_dir: Path | None, voting_period_ms: int | None, timeout_s: float) -> None:
-    """Start N nodes (genesis, keys, configs made), wait until healthy with a Raft leader, print them."""
+@click.option("--json", "as_json", is_flag=True, help="print the cluster file as JSON on stdout (progress goes to stderr)")
+@click.pass_context
+def up(context: click.Context, node_count: int, validator_count: int, data_dir: Path | None, voting_period_ms: int | None,
+       timeout_s: float, as_json: bool) -> None:
+    """Start N nodes (genesis, keys, configs made), wait until healthy with a Raft leader, print them.
+    On a stopped cluster's data dir: start its nodes again, with their keys, logs and state."""
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="synapse-cluster-"))
     data_dir = data_dir.absolute()
+    say = functools.partial(click.echo, err=as_json)
+    say(f"data dir: {data_dir}")
+    cluster_class = _detached_cluster_class(say)
     if (data_dir / "cluster.json").exists():
-        _fail(ClusterError(f"{data_dir} already holds a cluster", hint=f"stop it with 'synapse cluster down --data-dir {data_dir}', "
-                                                                       "or choose another --data-dir"), EXIT_USAGE)
-    click.echo(f"data dir: {data_dir}")
-    click.echo(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
-    governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
-    launched = _detached_cluster_class()(nodes=node_count, validators=validator_count, data_dir=data_dir,
-                                         start_timeout_s=timeout_s, governance=governance, detached=True)
+        stopped = _stopped_cluster(context, data_dir)
+        launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True)
+        say(f"starting the stopped cluster again ({len(stopped['nodes'])} nodes; keys, logs and state kept) ...")
+    else:
+        say(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
+        governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
+        launched = cluster_class(nodes=node_count, validators=validator_count, data_dir=data_dir,
+                                 start_timeout_s=timeout_s, governance=governance, detached=True)
     try:
         launched.start()
     except SynapseError as error:
@@ -150,18 +165,54 @@ def up(node_count: int, validator_count: int, data_dir: Path | None, voting_peri
     except BaseException:
         launched.close()
         raise
-    leader = _wait_for_leader(launched)
+    leader = _wait_for_leader(launched, say)
+    _serve_packages_again(data_dir, say)
     document = load_cluster_file(data_dir)
     document.update(detached=True, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), raft_leader=leader)
+    document.pop("stopped_at", None)
     _write_cluster_file(data_dir, document)
     POINTER_FILE.write_text(str(data_dir) + "\n")
+    if as_json:
+        click.echo(json.dumps({"data_dir": str(data_dir), **document}, indent=2))
+        return
     _print_table([(f"node-{h.index + 1}", h.node_id, "validator" if h.is_validator else "member", h.api_url, str(h.pid)) for h in launched.nodes],
                  ("node", "id", "role", "API", "pid"))
     click.echo(f"cluster file: {data_dir / 'cluster.json'}")
     click.echo(f"stop it with: synapse cluster down --data-dir {data_dir}")
 
 
-def _wait_for_leader(launched) -> str | None:
+def _serve_packages_again(data_dir: Path, say=click.echo) -> None:
+    """A restarted cluster may still need the packages `synapse upgrade propose` served (an upgrade
+    approved before `down`, a node catching up): serve them again, on the same URL if the port is free."""
+    from cluster import package_host
+
+    if package_host.has_packages(data_dir):
+        try:
+            say(f"package server: {package_host.ensure_running(data_dir)}")
+        except SynapseError as error:
+            say(f"warning: the cluster's packages are not served: {error.message} ({error.hint})")
+
+
+def _stopped_cluster(context: click.Context, data_dir: Path) -> dict:
+    """The cluster file of a stopped cluster to start again; refuses a running one, or options its genesis fixes."""
+    try:
+        document = load_cluster_file(data_dir)
+    except SynapseError as error:
+        _fail(error, EXIT_USAGE)
+    running = [f"node-{node['index'] + 1}" for node in document["nodes"] if node_process_alive(node.get("pid"), _config_path(node))]
+    if running:
+        _fail(ClusterError(f"{data_dir} already holds a cluster, and it runs ({', '.join(running)})",
+                           hint=f"stop it with 'synapse cluster down --data-dir {data_dir}', or choose another --data-dir"), EXIT_USAGE)
+    given = [f"--{name.replace('_', '-')}" for name, option in (("nodes", "node_count"), ("validators", "validator_count"),
+                                                                 ("voting_period_ms", "voting_period_ms"))
+             if context.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        _fail(ClusterError(f"{data_dir} holds a stopped cluster whose genesis fixes {', '.join(given)}",
+                           hint=f"leave out {' and '.join(given)} to start it again, or choose another --data-dir"), EXIT_USAGE)
+    return document
+
+
+def _wait_for_leader(launched, say=click.echo) -> str | None:
     """Wait until the validators report a Raft leader in GET /health; say so if they do not report one."""
     deadline = time.monotonic() + LEADER_TIMEOUT_S
     validators = [handle for handle in launched.nodes if handle.is_validator]
@@ -173,14 +224,14 @@ def _wait_for_leader(launched) -> str | None:
             except OSError:
                 continue
             if "raft_leader" not in health and "raft" not in health:
-                click.echo("note: these nodes do not report a Raft leader in GET /health; not waiting for one")
+                say("note: these nodes do not report a Raft leader in GET /health; not waiting for one")
                 return None
             answers.append(health.get("raft_leader") or (health.get("raft") or {}).get("leader"))
         if answers and all(answers) and len(set(answers)) == 1:
-            click.echo(f"raft leader: {answers[0]}")
+            say(f"raft leader: {answers[0]}")
             return answers[0]
         if time.monotonic() >= deadline:
-            click.echo(f"warning: no agreed Raft leader after {LEADER_TIMEOUT_S:.0f} s (answers: {answers})")
+            say(f"warning: no agreed Raft leader after {LEADER_TIMEOUT_S:.0f} s (answers: {answers})")
             return None
         time.sleep(0.2)
 
@@ -197,7 +248,8 @@ def _config_path(node: dict) -> Path:
 
 @cluster.command("status")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
-def status(data_dir: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document (every node's process and health)")
+def status(data_dir: Path | None, as_json: bool) -> None:
     """Each node's process, health, version, log size and peers. Exit 1 unless all are healthy."""
     from cluster.local import NodeApi
 
@@ -206,7 +258,7 @@ def status(data_dir: Path | None) -> None:
         document = load_cluster_file(data_dir)
     except SynapseError as error:
         _fail(error, EXIT_USAGE)
-    rows, healthy = [], 0
+    rows, healthy, found = [], 0, []
     for node in document["nodes"]:
         alive = node_process_alive(node.get("pid"), _config_path(node))
         health: dict = {}
@@ -218,11 +270,16 @@ def status(data_dir: Path | None) -> None:
                 health = {}
         ok = alive and health.get("status") == "ok"
         healthy += ok
+        found.append({"node": f"node-{node['index'] + 1}", "node_id": node["node_id"], "validator": bool(node.get("validator")),
+                      "api_url": node["api_url"], "running": alive, "healthy": ok, "health": health})
         rows.append((f"node-{node['index'] + 1}", node["node_id"], "validator" if node.get("validator") else "member",
                      "running" if alive else "down", health.get("status", "-") if alive else "-", str(health.get("version", "-")),
                      str(health.get("entries", "-")), f"{health.get('peers_up', '-')}/{health.get('peers_total', '-')}", node["api_url"]))
-    _print_table(rows, ("node", "id", "role", "process", "health", "version", "entries", "peers", "API"))
-    click.echo(f"{healthy}/{len(rows)} nodes healthy")
+    if as_json:
+        click.echo(json.dumps({"data_dir": str(data_dir), "healthy": healthy, "nodes": found}, indent=2))
+    else:
+        _print_table(rows, ("node", "id", "role", "process", "health", "version", "entries", "peers", "API"))
+        click.echo(f"{healthy}/{len(rows)} nodes healthy")
     sys.exit(0 if healthy == len(rows) else EXIT_FAILED)
 
 
@@ -320,6 +377,10 @@ def down(data_dir: Path | None, timeout_s: float) -> None:
         _signal_group(node["pid"], signal.SIGKILL)
         click.echo(f"{label}: did not stop within {timeout_s:.0f} s, killed (SIGKILL)")
     _remove_chain_if_free(document)
+    from cluster import package_host
+
+    if package_host.stop(data_dir):
+        click.echo("package server: stopped")
     for node in document["nodes"]:
         node["pid"] = None
     document["stopped_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

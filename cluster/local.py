@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from cluster.addresses import BlockLease, acquire_block
+from cluster.addresses import BlockLease, acquire_block, acquire_given_block, parse_block
 from cluster.faults import remove_stale_chain
 from cluster.genesis import create_network
 from node.api import API_TOKEN_FILE_NAME, read_token
@@ -166,11 +166,21 @@ class LocalCluster:
         # detached: nodes outlive this process (`synapse cluster up`): a session of their own, no parent-death signal.
         self._detached = detached
         self._extra_env = dict(extra_env or {})
+        self._existing: dict | None = None   # a stopped cluster's cluster.json, for reopen()
         self._lease: BlockLease | None = None
         self.data_dir: Path | None = None
         self.nodes: list[NodeHandle] = []
         self.genesis_path: Path | None = None
         self.network_id: str | None = None
+
+    @classmethod
+    def reopen(cls, data_dir: Path, document: Mapping, **options: object) -> "LocalCluster":
+        """The stopped cluster described by `document` (its DIR/cluster.json); start() runs its nodes
+        again on the same addresses with their keys, logs and state. `options` as for the constructor
+        (timeouts, environment, detached); the network itself is the genesis's."""
+        reopened = cls(nodes=len(document["nodes"]), data_dir=Path(data_dir), **options)
+        reopened._existing = dict(document)
+        return reopened
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -191,6 +201,9 @@ class LocalCluster:
             raise
 
     def _start(self) -> None:
+        if self._existing is not None:
+            self._start_existing(self._existing)
+            return
         self._lease = acquire_block(hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
         remove_stale_chain(self._lease.block.prefix)  # a killed scenario run may have left DROP rules on this block
         if self._given_data_dir is not None:
@@ -205,6 +218,24 @@ class LocalCluster:
                                  raft_address=created.raft_address, data_dir=created.node_dir,
                                  config_path=created.config_path, is_validator=created.validator)
                       for created in network.nodes]
+        for handle in self.nodes:
+            self._spawn(handle)
+        self._wait_healthy(self.nodes)
+        self._write_cluster_file()
+
+    def _start_existing(self, document: Mapping) -> None:
+        if not document.get("address_block"):
+            raise ClusterError("the cluster file names no address block, so its nodes' addresses are unknown",
+                               hint="start a new cluster in another --data-dir")
+        self._lease = acquire_given_block(parse_block(document["address_block"]), hosts=self._node_count,
+                                          ports=(API_PORT, RAFT_PORT))
+        remove_stale_chain(self._lease.block.prefix)
+        self.data_dir = self._given_data_dir
+        self.genesis_path, self.network_id = Path(document["genesis"]), document["network_id"]
+        self.nodes = [NodeHandle(index=node["index"], node_id=node["node_id"], api_url=node["api_url"],
+                                 raft_address=node["raft_address"], data_dir=Path(node["data_dir"]),
+                                 config_path=Path(node["data_dir"]) / "config.toml", is_validator=node["validator"])
+                      for node in document["nodes"]]
         for handle in self.nodes:
             self._spawn(handle)
         self._wait_healthy(self.nodes)

@@ -26,7 +26,7 @@ from node.core import proposals
 from node.core.entries import Entry
 from node.core.schemas import DESCRIPTION_LENGTH_MAX, REASON_LENGTH_MAX
 from node.core.governance import ProposalView
-from node.errors import ConfigError, Conflict, PackageSizeError, SynapseError, Unavailable
+from node.errors import ConfigError, Conflict, NotFound, PackageSizeError, SynapseError, Unavailable
 from node.governance_fold import GovernanceFold, divergence_of
 from node.local_author import LocalAuthor
 from node.local_versions import LocalVersions
@@ -53,12 +53,15 @@ class GovernanceSettings:
     store_open_timeout_ms: int = 120_000
     stop_timeout_ms: int = 10_000
     dry_runs_concurrent_max: int = 1
+    vote_proposal_wait_ms: int = 2_000      # a vote for a proposal gossip has not brought yet waits this long
+    vote_proposal_poll_ms: int = 50
     raft_bind_outgoing: bool = False        # process-wide: only a node process (runtime.serve) sets it
     raft_timing: RaftTiming = field(default_factory=RaftTiming)
 
     def __post_init__(self) -> None:
         for name in ("ratification_sweep_ms", "executor_sweep_ms", "raft_call_timeout_ms", "retry_delay_first_ms",
-                     "retry_delay_max_ms", "append_timeout_ms", "store_open_timeout_ms", "stop_timeout_ms"):
+                     "retry_delay_max_ms", "append_timeout_ms", "store_open_timeout_ms", "stop_timeout_ms",
+                     "vote_proposal_wait_ms", "vote_proposal_poll_ms"):
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= 3_600_000:
                 raise ConfigError(f"governance setting {name} must be an int in 1..3600000, got {value!r}")
@@ -135,12 +138,42 @@ class GovernanceService:
         return self.governance.proposal(entry.body["proposal_id"], state=self._state(), now_ms=self._now_ms())
 
     async def vote(self, proposal_id: str, vote: str) -> tuple[Entry, ProposalView]:
-        """Publish this node's VOTE. NotFound for an unknown proposal, Conflict once voting is closed."""
+        """Publish this node's VOTE. NotFound for a proposal still unknown after a bounded wait (gossip
+        may not have brought it yet: a user proposing on one node and voting at once on another),
+        Conflict once voting is closed."""
         body = proposals.new_vote_body(proposal_id, vote)
+        await self._wait_until_known(proposal_id)
         self.governance.check_can_vote(proposal_id, state=self._state(), now_ms=self._now_ms())
         entry = await self._author.append("VOTE", body)
         log_event(self._logger, logging.INFO, "vote_cast", proposal_id=proposal_id, vote=vote, entry_id=entry.id)
         return entry, self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
+
+    async def _wait_until_known(self, proposal_id: str) -> None:
+        """Return once the fold knows `proposal_id` (to vote on it or dry-run it); NotFound after
+        settings.vote_proposal_wait_ms.
+        Only an id that could be in transit and still open waits: one whose named time lies within this
+        node's clock skew bound and its voting period (an id from last week, or from 2099, gets its 404 at
+        once, so a stream of made-up ids cannot hold requests open). A poll, not an event: the fold is
+        cheap to ask, and a poll cannot miss a wake-up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.vote_proposal_wait_ms / 1000
+        while True:
+            try:
+                self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
+                return
+            except NotFound as error:
+                if not self._may_be_in_transit(proposal_id):
+                    raise
+                if loop.time() >= deadline:
+                    raise NotFound(f"{error.message} (waited {self.settings.vote_proposal_wait_ms} ms for gossip to bring it)",
+                                   hint="check the id with GET /proposals; if it was just proposed on another node, "
+                                        "check that this node reaches its peers (GET /health: peers_up)") from None
+            await asyncio.sleep(min(self.settings.vote_proposal_poll_ms / 1000, max(0.0, deadline - loop.time())))
+
+    def _may_be_in_transit(self, proposal_id: str) -> bool:
+        named_ms, now_ms = proposals.proposal_id_time_ms(proposal_id), self._now_ms()
+        skew_ms = self._limits.clock_skew_max_ms
+        return named_ms is not None and now_ms - self.governance.rules.voting_period_ms - skew_ms <= named_ms <= now_ms + skew_ms
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -199,8 +232,10 @@ class GovernanceService:
     # --- dry run and local rollback ------------------------------------------------------------
 
     async def dry_run(self, proposal_id: str) -> dict:
-        """Download, verify and run the proposal's package on a copy of the live state; change nothing."""
+        """Download, verify and run the proposal's package on a copy of the live state; change nothing.
+        Like a vote, it waits a moment for a proposal gossip has not brought yet (test at once after proposing)."""
         store, manager = self._versions.require_started()
+        await self._wait_until_known(proposal_id)
         view = self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
         if view.action != "upgrade":
             raise Conflict(f"{proposal_id} is a {view.action} proposal: it has no package to test",

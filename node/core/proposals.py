@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from node.core.canonical import normalize_sha256
 from node.core.entries import Entry
 from node.core.schemas import check_new_body
-from node.core.utc import utc_parts
+from node.core.utc import utc_ms, utc_parts
 from node.errors import BadRequest, ConfigError, HashFormatError
 
 ACTIONS = ("upgrade", "rollback")
@@ -45,6 +45,19 @@ def make_proposal_id(action: str, now_ms: int, author: str, sequence: int) -> st
         raise BadRequest("author must be a node id (16 lowercase hex) and sequence an integer >= 1")
     year, month, day, hour, minute, second = utc_parts(now_ms)
     return f"{action}_{year:04d}{month:02d}{day:02d}_{hour:02d}{minute:02d}{second:02d}_{proposal_id_suffix(author, sequence)}"
+
+
+def proposal_id_time_ms(proposal_id: str) -> int | None:
+    """The UTC second a proposal id names (its proposer's clock), in Unix ms; None if it names none."""
+    match = PROPOSAL_ID_PATTERN.match(proposal_id) if isinstance(proposal_id, str) else None
+    if match is None:
+        return None
+    date, time_of_day = match.group(2), match.group(3)
+    year, month, day = int(date[:4]), int(date[4:6]), int(date[6:])
+    hour, minute, second = int(time_of_day[:2]), int(time_of_day[2:4]), int(time_of_day[4:])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+        return None
+    return utc_ms(year, month, day, hour, minute, second)
 
 
 def proposal_id_matches(proposal_id: str, *, action: str, author: str, sequence: int) -> bool:

@@ -22,6 +22,21 @@ def _civil_from_days(days: int) -> tuple[int, int, int]:
     return year_of_era + era * 400 + (month <= 2), month, day
 
 
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Day count since 1970-01-01 of a (year, month, day) (H. Hinnant's days_from_civil)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468
+
+
+def utc_ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    """Unix milliseconds of a UTC date and time (the inverse of utc_parts, to the second)."""
+    return _days_from_civil(year, month, day) * _MS_PER_DAY + ((hour * 60 + minute) * 60 + second) * 1000
+
+
 def utc_parts(now_ms: int) -> tuple[int, int, int, int, int, int]:
     """(year, month, day, hour, minute, second) in UTC of a Unix time in milliseconds."""
     days, ms_of_day = divmod(now_ms, _MS_PER_DAY)
