@@ -121,6 +121,25 @@ def block_is_free(block: AddressBlock, *, hosts: int, ports: Sequence[int]) -> b
     return True
 
 
+def _lease_if_free(block: AddressBlock, *, hosts: int, ports: Sequence[int],
+                   lock_dir: Path) -> tuple[BlockLease | None, str]:
+    """(a lease, "") when the block's lock was free and every address can be bound; else (None, "locked")
+    or (None, "in_use"), holding nothing."""
+    lock_path = lock_dir / f"{block.prefix}.lock"
+    descriptor = _try_lock(lock_path)
+    if descriptor is None:
+        return None, "locked"
+    lease = BlockLease(block, lock_path, descriptor)
+    try:
+        if block_is_free(block, hosts=hosts, ports=ports):
+            return lease, ""
+    except BaseException:
+        lease.release()
+        raise
+    lease.release()
+    return None, "in_use"
+
+
 def acquire_block(*, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR,
                   rng: random.Random | None = None, attempts_max: int = ATTEMPTS_MAX) -> BlockLease:
     """Lock a free block for `hosts` members using `ports` on each. Release it with the lease."""
@@ -130,19 +149,9 @@ def acquire_block(*, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR
     rng = rng or random.Random()
     candidates = rng.sample([(a, b) for a in SECOND_OCTETS for b in THIRD_OCTETS], k=attempts_max)
     for second, third in candidates:
-        block = AddressBlock(f"127.{second}.{third}")
-        lock_path = lock_dir / f"{block.prefix}.lock"
-        descriptor = _try_lock(lock_path)
-        if descriptor is None:
-            continue
-        lease = BlockLease(block, lock_path, descriptor)
-        try:
-            if block_is_free(block, hosts=hosts, ports=ports):
-                return lease
-        except BaseException:
-            lease.release()
-            raise
-        lease.release()
+        lease, _why = _lease_if_free(AddressBlock(f"127.{second}.{third}"), hosts=hosts, ports=ports, lock_dir=lock_dir)
+        if lease is not None:
+            return lease
     raise ConfigError(f"no free loopback block found after {attempts_max} tries under {lock_dir}",
                       hint="too many clusters are running: stop some, or check for leftover node processes")
 
@@ -150,18 +159,11 @@ def acquire_block(*, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR
 def acquire_given_block(block: AddressBlock, *, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR) -> BlockLease:
     """Lock this very block (a stopped cluster's, whose configs name its addresses), or say why not."""
     _lock_directory(lock_dir)
-    lock_path = lock_dir / f"{block.prefix}.lock"
-    descriptor = _try_lock(lock_path)
-    if descriptor is None:
+    lease, why = _lease_if_free(block, hosts=hosts, ports=ports, lock_dir=lock_dir)
+    if lease is not None:
+        return lease
+    if why == "locked":
         raise ConfigError(f"address block {block.prefix}.0/24 is held by another cluster being started or run here",
                           hint="wait for it, or stop the cluster that uses it")
-    lease = BlockLease(block, lock_path, descriptor)
-    try:
-        if block_is_free(block, hosts=hosts, ports=ports):
-            return lease
-    except BaseException:
-        lease.release()
-        raise
-    lease.release()
     raise ConfigError(f"an address of block {block.prefix}.0/24 is in use (a node of this cluster may still run)",
                       hint="see 'synapse cluster status'; stop what listens there, then start the cluster again")
