@@ -26,6 +26,8 @@ EXCERPT_WINDOW_S = 3.0
 EXCERPT_LINES_MAX = 25
 LOG_COPY_SIZE_MAX_BYTES = 200 * 1024 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+# What XML 1.0 forbids (everything outside #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF).
+_XML_FORBIDDEN = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 STATUSES = ("passed", "failed", "error", "skipped")
 
 
@@ -183,8 +185,25 @@ def junit_xml(run: RunRecord) -> str:
     if run.aborted:
         case = ElementTree.SubElement(suite, "testcase", {"classname": "scenario", "name": "run", "time": "0"})
         ElementTree.SubElement(case, "error", {"message": run.aborted[:1000]})
+    _make_xml_safe(suite)
     ElementTree.indent(suite)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(suite, encoding="unicode") + "\n"
+
+
+def xml_safe(text: str) -> str:
+    """`text` with each character XML 1.0 forbids (ANSI escapes, NUL from hook output) replaced by U+FFFD:
+    ElementTree writes them raw, and CI readers then refuse the whole file."""
+    return _XML_FORBIDDEN.sub("\ufffd", text)
+
+
+def _make_xml_safe(root: ElementTree.Element) -> None:
+    """Every text and attribute under `root` made XML-safe, so no field can be forgotten."""
+    for element in root.iter():
+        element.attrib.update({key: xml_safe(value) for key, value in element.attrib.items()})
+        if element.text:
+            element.text = xml_safe(element.text)
+        if element.tail:
+            element.tail = xml_safe(element.tail)
 
 
 def _failure_text(record: StepRecord) -> str:

@@ -10,7 +10,7 @@ import json
 import time
 from xml.etree import ElementTree
 
-from cluster.report import RunRecord, StepRecord, junit_xml, log_excerpt, summary_text, write_report
+from cluster.report import RunRecord, StepRecord, junit_xml, log_excerpt, summary_text, write_report, xml_safe
 from cluster.safety import (
     NodeSnapshot,
     executed_with_certificate,
@@ -164,3 +164,19 @@ def test_a_run_passes_only_with_every_step_and_safety_check_passed():
     skipped = StepRecord(index=-1, label="safety: y", do="safety", started_at=now, status="skipped")
     assert not RunRecord(scenario="s", scenario_path=None, seed=1, started_at=now, safety=[passed, skipped]).passed
     assert not RunRecord(scenario="s", scenario_path=None, seed=1, started_at=now, safety=[passed], aborted="x").passed
+
+
+def test_junit_xml_replaces_the_control_characters_of_hook_output(tmp_path):
+    now = time.time()
+    message = "hook said \x1b[31mred\x1b[0m and \x00 then \x07"
+    failed = StepRecord(index=0, label="hook \x1b check", do="hook", started_at=now, status="failed", expected="exit 0",
+                        seen=message, nodes=("node-1",), details=(message,), excerpts={"node-1": [message]})
+    run = RunRecord(scenario="ctl\x00chars", scenario_path=None, seed=7, started_at=now, finished_at=now + 1, steps=[failed],
+                    aborted="aborted \x1b")
+    write_report(tmp_path, run, None)
+    suite = ElementTree.parse(tmp_path / "junit.xml").getroot()  # raises on a character XML 1.0 forbids
+    failure = suite.find("testcase/failure")
+    for text in (failure.get("message"), failure.text, suite.get("name"), suite.find("testcase").get("name")):
+        assert not any(character in text for character in "\x1b\x00\x07")
+    assert "\ufffd[31mred" in failure.get("message") and "\ufffd then" in failure.text
+    assert xml_safe("tab\tand newline\n stay") == "tab\tand newline\n stay"
