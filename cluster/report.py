@@ -24,6 +24,7 @@ from cluster.safety import Outcome
 
 EXCERPT_WINDOW_S = 3.0
 EXCERPT_LINES_MAX = 25
+EXCERPT_BEFORE_LINES_MAX = 10  # a node's last lines shown when the window around the failure is empty
 LOG_COPY_SIZE_MAX_BYTES = 200 * 1024 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 # What XML 1.0 forbids (everything outside #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF).
@@ -100,23 +101,30 @@ def format_log_line(label: str, line: str) -> str:
 
 
 def log_excerpt(log_path: Path, *, around_s: float, window_s: float = EXCERPT_WINDOW_S,
-                lines_max: int = EXCERPT_LINES_MAX) -> list[str]:
+                lines_max: int = EXCERPT_LINES_MAX, before_lines_max: int = EXCERPT_BEFORE_LINES_MAX) -> list[str]:
     """The node log lines within `window_s` of `around_s` (wall clock), at most `lines_max`, the
-    latest ones kept (what led up to the failure matters most)."""
+    latest ones kept (what led up to the failure matters most).
+
+    When the window holds no line (an assertion that polled for 30 s after the node's last word, e.g.
+    a version check long after the upgrade ran), the node's last `before_lines_max` lines before the
+    window's end instead: an empty block tells the reader nothing, the upgrade and the votes do."""
     try:
         with open(log_path, encoding="utf-8", errors="replace") as handle:
             lines = [line.rstrip("\n") for line in handle]
     except OSError:
         return []
-    chosen = []
+    timed = []
     for line in lines:
         try:
             moment = parse_log_time(json.loads(line).get("ts"))
         except (ValueError, AttributeError):
             continue
-        if moment is not None and around_s - window_s <= moment <= around_s + window_s:
-            chosen.append(line)
-    return chosen[-lines_max:]
+        if moment is not None and moment <= around_s + window_s:
+            timed.append((moment, line))
+    chosen = [line for moment, line in timed if around_s - window_s <= moment]
+    if chosen:
+        return chosen[-lines_max:]
+    return [line for _, line in timed][-before_lines_max:]
 
 
 # --- the folder ------------------------------------------------------------------------------

@@ -180,3 +180,24 @@ def test_junit_xml_replaces_the_control_characters_of_hook_output(tmp_path):
         assert not any(character in text for character in "\x1b\x00\x07")
     assert "\ufffd[31mred" in failure.get("message") and "\ufffd then" in failure.text
     assert xml_safe("tab\tand newline\n stay") == "tab\tand newline\n stay"
+
+
+def test_an_empty_window_shows_each_nodes_last_lines_before_the_failure(tmp_path):
+    """A 3-node run expecting 1.3.0 after a 1.2.0 upgrade: the nodes went quiet long before the check gave up."""
+    now = time.time()
+    stamp = lambda offset: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now + offset)) + ".000Z"  # noqa: E731
+    excerpts = {}
+    for label in ("node-1", "node-2", "node-3"):
+        log_path = tmp_path / f"{label}.log"
+        events = [(-60 + second, f"noise_{second}") for second in range(20)] + [(-30, "vote_cast"), (-29, "upgrade_executed")]
+        log_path.write_text("\n".join(json.dumps({"ts": stamp(offset), "level": "info", "event": event,
+                                                  "fields": {"version": "1.2.0"}}) for offset, event in events)
+                            + "\n" + json.dumps({"ts": stamp(120), "level": "info", "event": "after"}) + "\n")
+        excerpts[label] = log_excerpt(log_path, around_s=now, before_lines_max=5)
+        assert [json.loads(line)["event"] for line in excerpts[label]][-2:] == ["vote_cast", "upgrade_executed"]
+        assert len(excerpts[label]) == 5  # bounded, and nothing from after the failure
+    failed = StepRecord(index=2, label="version everywhere", do="assert", started_at=now - 30, duration_s=30.0, status="failed",
+                        expected="version 1.3.0 on all", seen="fails on 3 of 3 node(s)", nodes=tuple(excerpts), excerpts=excerpts)
+    summary = summary_text(RunRecord(scenario="upgrade", scenario_path=None, seed=1, started_at=now - 40, steps=[failed]))
+    for label in excerpts:
+        assert f"{label} upgrade_executed version=\"1.2.0\"" in summary
