@@ -439,19 +439,34 @@ def check(files: tuple[Path, ...]) -> None:
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None, help="replay a randomized run")
 @click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
 @click.option("--keep-data", is_flag=True, help="keep the cluster's data dirs (keys included) after the run")
-def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document (each run's verdict, seed, report) on stdout; "
+                                                      "progress goes to stderr")
+def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: bool, as_json: bool) -> None:
     """Run each scenario on its own fresh cluster; exit 0 only if every one passes."""
-    from cluster.scenario_runner import RunOptions, run_scenario
+    from cluster.scenario_runner import RunOptions, ScenarioRun
 
     scenarios = _load_all(files)  # every file is validated before anything starts
-    verdicts = []
+    say = functools.partial(click.echo, err=as_json)
+    runs = []
     for loaded in scenarios:
-        record = run_scenario(loaded, RunOptions(report_root=report_dir, seed=seed, keep_data=keep_data, echo=click.echo))
-        verdicts.append((loaded.path, record.verdict))
-    if len(verdicts) > 1:
-        for path, verdict in verdicts:
-            click.echo(f"{verdict}  {path}")
-    sys.exit(0 if all(verdict == "PASS" for _path, verdict in verdicts) else EXIT_FAILED)
+        scenario_run = ScenarioRun(loaded, RunOptions(report_root=report_dir, seed=seed, keep_data=keep_data, echo=say))
+        record = scenario_run.run()
+        runs.append(_run_summary(loaded.path, record, scenario_run.folder))
+    passed = all(summary["verdict"] == "PASS" for summary in runs)
+    if as_json:
+        click.echo(json.dumps({"verdict": "PASS" if passed else "FAIL", "runs": runs}, indent=2))
+    elif len(runs) > 1:
+        for summary in runs:
+            click.echo(f"{summary['verdict']}  {summary['path']}")
+    sys.exit(0 if passed else EXIT_FAILED)
+
+
+def _run_summary(path: Path, record, folder: Path) -> dict:
+    """What a script needs from one run; the full story stays in the report folder (history.json)."""
+    failures = [{"label": step.label, "status": step.status, "expected": step.expected, "seen": step.seen}
+                for step in record.steps + record.safety if step.status in ("failed", "error")]
+    return {"path": str(path), "scenario": record.scenario, "verdict": record.verdict, "seed": record.seed,
+            "report": str(folder), "aborted": record.aborted, "steps": len(record.steps), "failures": failures}
 
 
 # --- doctor ----------------------------------------------------------------------------------
@@ -459,17 +474,25 @@ def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: 
 
 @click.command("doctor")
 @click.option("--fix", is_flag=True, help="remove iptables chains left by dead runs (nothing else)")
-def doctor(fix: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document (every check) on stdout")
+def doctor(fix: bool, as_json: bool) -> None:
     """Check this machine for the testbed: addresses, firewall tools, stale runs, toolchains."""
+    from dataclasses import asdict
+
     from cluster.doctor import run_checks
 
     results = run_checks(fix=fix)
+    failed = sum(result.status == "fail" for result in results)
+    warnings = sum(result.status == "warn" for result in results)
+    if as_json:
+        click.echo(json.dumps({"ok": not failed, "failed": failed, "warnings": warnings,
+                               "checks": [asdict(result) for result in results]}, indent=2))
+        sys.exit(EXIT_FAILED if failed else 0)
     for result in results:
         click.echo(f"{result.status.upper():5} {result.name}: {result.detail}")
         if result.hint and result.status != "ok":
             click.echo(f"      hint: {result.hint}")
-    failed = sum(result.status == "fail" for result in results)
-    click.echo(f"{len(results)} checks: {failed} failed, {sum(result.status == 'warn' for result in results)} warnings")
+    click.echo(f"{len(results)} checks: {failed} failed, {warnings} warnings")
     sys.exit(EXIT_FAILED if failed else 0)
 
 

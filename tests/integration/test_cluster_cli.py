@@ -318,6 +318,45 @@ def test_doctor_reports_every_check():
     assert result.returncode == (1 if "FAIL " in result.stdout else 0)
 
 
+def test_doctor_json_is_one_document_with_every_check():
+    result = synapse("doctor", "--json")
+    document = json.loads(result.stdout)
+    names = {check["name"] for check in document["checks"]}
+    for name in ("python", "loopback addresses", "free address blocks", "stale runs", "C toolchain", "Rust toolchain", "wasmtime"):
+        assert any(check_name.startswith(name) for check_name in names), name
+    assert all(check["status"] in ("ok", "warn", "fail") and "detail" in check and "hint" in check for check in document["checks"])
+    assert document["failed"] == sum(check["status"] == "fail" for check in document["checks"])
+    assert result.returncode == (1 if document["failed"] else 0) and document["ok"] == (document["failed"] == 0)
+
+
+def test_scenario_run_json_prints_one_document_and_sends_progress_to_stderr(tmp_path):
+    path = write_scenario(tmp_path, """
+        [scenario]
+        name = "one note"
+        settle = "5s"
+        [cluster]
+        nodes = 2
+        validators = 1
+        [[steps]]
+        do = "note"
+        on = 1
+        text = "hello"
+        [[steps]]
+        do = "assert"
+        check = "log_contains"
+        text = "hello"
+        on = 2
+        within = "10s"
+        """)
+    result, _folder = run_scenario(path, tmp_path / "reports", "--json", "--seed", "5")
+    document = json.loads(result.stdout)
+    assert result.returncode == 0 and document["verdict"] == "PASS", result.stderr[-2000:]
+    (only,) = document["runs"]
+    assert only["scenario"] == "one note" and only["seed"] == 5 and only["steps"] == 2 and only["failures"] == []
+    assert (Path(only["report"]) / "summary.md").exists()
+    assert "seed: 5" in result.stderr and "verdict: PASS" in result.stderr
+
+
 def test_a_scenario_run_stopped_with_sigterm_leaves_no_process_and_no_iptables_rule(tmp_path):
     """`timeout`, CI runners and service managers stop a run with SIGTERM: the cluster's nodes and its
     partition rules must go with it, as they do on Ctrl-C."""
