@@ -5,7 +5,8 @@ breaks an invariant on their own machine, before the network votes on it. Both c
 sandbox and checks a node uses (node/sandbox.py, node/core/pipeline.py), with the same default limits.
 
 Output contract: results go to stdout (JSON, or the diff with --diff); failures print `error: ...` and
-`hint: ...` on stderr. Exit status: 0 success, 1 the package was refused or failed, 2 bad usage or an
+`hint: ...` on stderr. With --json, stdout holds exactly one JSON document, failures included (as
+{"ok": false, "error", "hint"}), so a script never parses human lines. Exit status: 0 success, 1 the package was refused or failed, 2 bad usage or an
 input file that cannot be read.
 """
 
@@ -38,7 +39,9 @@ class _InputError(errors.SynapseError):
     """A file given on the command line cannot be used (exit status 2)."""
 
 
-def _fail(error: errors.SynapseError, status: int) -> NoReturn:
+def _fail(error: errors.SynapseError, status: int, *, as_json: bool = False) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": error.message, "hint": error.hint or ""}, indent=2, ensure_ascii=False))
     click.echo(f"error: {error.message}", err=True)
     if error.hint:
         click.echo(f"hint: {error.hint}", err=True)
@@ -176,7 +179,8 @@ def package() -> None:
 @click.argument("file", type=_FILE)
 @click.option("--fuel", type=int, default=None, help=f"fuel for get_upgrade_info() (default {_DEFAULTS.fuel:,})")
 @click.option("--memory-mb", type=int, default=None, help=f"linear memory limit in MiB (default {_DEFAULTS.memory_size_max_bytes // 2**20})")
-def inspect_command(file: Path, fuel: int | None, memory_mb: int | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout, errors included (the report is JSON either way)")
+def inspect_command(file: Path, fuel: int | None, memory_mb: int | None, as_json: bool) -> None:
     """Print what FILE is as JSON: sha256, size, detected ABI, exports, imports, get_upgrade_info()'s
     result, and 'refusals': why the sandbox would refuse to run it (empty when runnable).
 
@@ -186,7 +190,7 @@ def inspect_command(file: Path, fuel: int | None, memory_mb: int | None) -> None
         wasm, source_format = load_package(file, limits)
         info = Sandbox(limits).inspect(wasm)
     except (_InputError, errors.ConfigError) as error:
-        _fail(error, EXIT_BAD_INPUT)
+        _fail(error, EXIT_BAD_INPUT, as_json=as_json)
     report = {"file": str(file), "format": source_format, **info.to_dict()}
     click.echo(json.dumps(report, indent=2, ensure_ascii=False))
 
@@ -203,8 +207,10 @@ def inspect_command(file: Path, fuel: int | None, memory_mb: int | None) -> None
               help="print what changed (+ added, - removed, ~ changed, one path per line) instead of the new state")
 @click.option("--diff-lines-max", type=click.IntRange(1, 1_000_000), default=200, show_default=True,
               help="changes listed by --diff before it only counts them")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON document on stdout: ok, fuel used, output size, state hash, warnings, and the new state (or the changes)")
 def test_command(file: Path, state_path: Path, target_version: str | None, fuel: int | None, memory_mb: int | None,
-         timeout_ms: int | None, show_diff: bool, diff_lines_max: int) -> None:
+         timeout_ms: int | None, show_diff: bool, diff_lines_max: int, as_json: bool) -> None:
     """Dry-run FILE's upgrade() on the state in --state, in the node's sandbox, and print the new state as
     JSON on stdout (with --diff: the list of changes instead). A one-line summary (fuel used, output size,
     new state hash) goes to stderr. The state file is never modified.
@@ -216,29 +222,44 @@ def test_command(file: Path, state_path: Path, target_version: str | None, fuel:
         wasm, _format = load_package(file, limits)
         old_state = load_state(state_path, limits.memory_size_max_bytes)
     except (_InputError, errors.ConfigError) as error:
-        _fail(error, EXIT_BAD_INPUT)
+        _fail(error, EXIT_BAD_INPUT, as_json=as_json)
     try:
         result = Sandbox(limits).run_upgrade(wasm, canonical_json(old_state))
         if target_version is not None:
             check_migration_output(old_state, result.state, target_version)
     except (errors.SandboxError, errors.UpgradeRefused) as error:
-        _fail(error, EXIT_PACKAGE_FAILED)
-    _warn_about_version(old_state, target_version)
+        _fail(error, EXIT_PACKAGE_FAILED, as_json=as_json)
+    warning = _version_warning(old_state, target_version)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"ok: upgrade() used {result.fuel_consumed:,} fuel and returned {result.output_size_bytes:,} bytes; "
                f"new state {state_hash(result.state)}", err=True)
+    if as_json:
+        document = {"ok": True, "fuel_consumed": result.fuel_consumed, "output_size_bytes": result.output_size_bytes,
+                    "state_hash": state_hash(result.state), "warnings": [warning] if warning else []}
+        if show_diff:
+            changes = state_changes(old_state, result.state)
+            document["changes"] = [{"kind": kind, "path": path.lstrip("."), "old": old, "new": new}
+                                   for kind, path, old, new in changes[:diff_lines_max]]
+            document["changes_total"] = len(changes)
+        else:
+            document["state"] = result.state
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True))
+        return
     if show_diff:
         click.echo("\n".join(format_changes(state_changes(old_state, result.state), diff_lines_max)))
     else:
         click.echo(json.dumps(result.state, indent=2, ensure_ascii=False, sort_keys=True))
 
 
-def _warn_about_version(old_state: dict, target_version: str | None) -> None:
+def _version_warning(old_state: dict, target_version: str | None) -> str:
     """A node would also refuse to move to a version that is not greater: say so, without failing the dry run."""
     global_state = old_state.get("global")
     current = global_state.get("version") if isinstance(global_state, dict) else None
     if target_version is None or not is_valid_version(current):
-        return
+        return ""
     try:
         check_version_allowed(current, target_version)
     except errors.UpgradeRefused as error:
-        click.echo(f"warning: {error.message}; a node would refuse this upgrade on this state", err=True)
+        return f"{error.message}; a node would refuse this upgrade on this state"
+    return ""

@@ -183,3 +183,40 @@ def test_the_diff_is_capped_and_says_how_many_more():
     assert lines[3] == "... and 7 more changes not shown (raise --diff-lines-max)"
     assert lines[4] == "10 change(s): 10 added, 0 removed, 0 changed"
     assert state_changes(old, old) == []
+
+
+# --- --json --------------------------------------------------------------------------------------------
+
+
+def test_test_json_is_one_document_with_the_run_and_the_new_state_or_changes(tmp_path):
+    result = run("test", str(FEATURE_FLAG_WAT), "--state", str(STATE_FILE), "--version", "1.2.0", "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is True and document["warnings"] == [] and document["fuel_consumed"] > 0
+    assert document["state_hash"].startswith("sha256:") and document["state"]["global"]["version"] == "1.2.0"
+    assert result.stderr.startswith("ok: upgrade() used ")
+    diff = json.loads(run("test", str(FEATURE_FLAG_WAT), "--state", str(STATE_FILE), "--diff", "--diff-lines-max", "2", "--json").stdout)
+    assert diff["changes_total"] == 4 and "state" not in diff
+    assert diff["changes"][0] == {"kind": "~", "path": "global.version", "old": "1.1.0", "new": "1.2.0"} and len(diff["changes"]) == 2
+
+
+def test_test_json_reports_a_failure_and_a_warning_in_the_document(tmp_path):
+    failed = run("test", str(TEST_PACKAGES / "panic.wat"), "--state", str(STATE_FILE), "--json")
+    assert failed.exit_code == 1
+    document = json.loads(failed.stdout)
+    assert document["ok"] is False and document["error"].startswith("upgrade() trapped") and "synapse package test" in document["hint"]
+    assert failed.stderr.startswith("error: upgrade() trapped")
+    state = json.loads(STATE_FILE.read_text())
+    state["global"]["version"] = "1.2.0"
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    warned = json.loads(run("test", str(FEATURE_FLAG_WAT), "--state", str(tmp_path / "state.json"), "--version", "1.2.0", "--json").stdout)
+    assert warned["ok"] is True and "not greater than the current version" in warned["warnings"][0]
+
+
+def test_inspect_json_is_the_report_and_a_bad_file_is_a_json_error(tmp_path):
+    report = json.loads(run("inspect", str(FEATURE_FLAG_WAT), "--json").stdout)
+    assert report["runnable"] is True and report["format"] == "wat"
+    missing = run("inspect", str(tmp_path / "nope.wasm"), "--json")
+    assert missing.exit_code == 2
+    error = json.loads(missing.stdout)
+    assert error["ok"] is False and "cannot read package file" in error["error"] and error["hint"] == "check the path"
