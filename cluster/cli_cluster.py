@@ -413,7 +413,7 @@ def scenario() -> None:
     """Run scripted scenarios (scenarios/*.toml) against fresh local clusters."""
 
 
-def _load_all(files: tuple[Path, ...]):
+def _load_all(files: tuple[Path, ...], *, as_json: bool = False):
     from cluster.scenario import load_scenario
     from cluster.scenario_runner import REPOSITORY
 
@@ -422,6 +422,8 @@ def _load_all(files: tuple[Path, ...]):
         try:
             loaded.append(load_scenario(path, repository=REPOSITORY))
         except SynapseError as error:
+            if as_json:  # a script still gets its one document, and learns that nothing ran
+                click.echo(json.dumps({"verdict": "INVALID", "error": error.message, "hint": error.hint or "", "runs": []}, indent=2))
             _fail(error, EXIT_USAGE)
     return loaded
 
@@ -445,7 +447,7 @@ def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: 
     """Run each scenario on its own fresh cluster; exit 0 only if every one passes."""
     from cluster.scenario_runner import RunOptions, ScenarioRun
 
-    scenarios = _load_all(files)  # every file is validated before anything starts
+    scenarios = _load_all(files, as_json=as_json)  # every file is validated before anything starts
     say = functools.partial(click.echo, err=as_json)
     runs = []
     for loaded in scenarios:

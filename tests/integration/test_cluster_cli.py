@@ -284,6 +284,10 @@ def test_an_invalid_scenario_starts_nothing_and_names_the_mistake(tmp_path):
     result = synapse("scenario", "run", str(path), "--report-dir", str(tmp_path / "reports"), tmp=tmp_path)
     assert result.returncode == 2 and f"{path}: steps[0].nodes: node 9 does not exist" in result.stderr
     assert not (tmp_path / "reports").exists() and time.monotonic() - began < 30
+    as_json = synapse("scenario", "run", str(path), "--json", "--report-dir", str(tmp_path / "reports"), tmp=tmp_path)
+    document = json.loads(as_json.stdout)
+    assert as_json.returncode == 2 and document["verdict"] == "INVALID" and document["runs"] == []
+    assert "steps[0].nodes: node 9 does not exist" in document["error"] and not (tmp_path / "reports").exists()
     checked = synapse("scenario", "check", *map(str, sorted((REPOSITORY / "scenarios").glob("*.toml"))), tmp=tmp_path)
     assert checked.returncode == 0 and ": ok (" in checked.stdout
 
