@@ -28,9 +28,10 @@ import sys
 import time
 import urllib.request
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from cluster.package_server import PackageRequestHandler
 from node.errors import ClusterError
 
 STATE_FILE_NAME = "package_server.json"
@@ -165,18 +166,11 @@ def _running_url(data_dir: Path) -> str | None:
         return None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(PackageRequestHandler):
     server: "_Server"
-    protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
-        self._answer(with_body=True)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._answer(with_body=False)
-
-    def _answer(self, *, with_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
+    def lookup(self, path: str) -> tuple[int, bytes, str]:
+        path = path.split("?", 1)[0]
         status, body = HTTPStatus.NOT_FOUND, b"no such package\n"
         if path == "/health":
             status, body = HTTPStatus.OK, b"ok\n"
@@ -185,12 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, body = HTTPStatus.OK, (self.server.folder / f"{match.group(1)}.wasm").read_bytes()
             except OSError:
                 pass
-        self.send_response(status)
-        self.send_header("Content-Type", "application/wasm" if path.startswith("/packages/") and status == 200 else "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
+        return status, body, "application/wasm" if path.startswith("/packages/") and status == 200 else "text/plain"
 
     def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {self.address_string()} {format % args}\n")

@@ -93,8 +93,9 @@ class ServedPackage:
     corrupt: bool
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+class PackageRequestHandler(BaseHTTPRequestHandler):
+    """GET and HEAD of packages: a subclass answers `lookup(path) -> (status, body, content type)`.
+    Shared by this in-process server and the detached one of `synapse upgrade` (cluster/package_host.py)."""
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
@@ -103,15 +104,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._answer(with_body=False)
 
+    def lookup(self, path: str) -> tuple[int, bytes, str]:
+        raise NotImplementedError
+
     def _answer(self, *, with_body: bool) -> None:
-        owner = self.server.owner
-        status, body = owner._lookup(self.path)
+        status, body, content_type = self.lookup(self.path)
         self.send_response(status)
-        self.send_header("Content-Type", "application/wasm" if status == HTTPStatus.OK else "text/plain; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if with_body:
             self.wfile.write(body)
+
+
+class _Handler(PackageRequestHandler):
+    server: "_Server"
+
+    def lookup(self, path: str) -> tuple[int, bytes, str]:
+        status, body = self.server.owner._lookup(path)
+        return status, body, "application/wasm" if status == HTTPStatus.OK else "text/plain; charset=utf-8"
 
     def log_message(self, format: str, *args: object) -> None:  # the server's owner counts requests instead
         return

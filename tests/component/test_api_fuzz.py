@@ -13,15 +13,11 @@ import string
 
 import pytest
 
-from cluster.addresses import acquire_block
-from cluster.genesis import create_network
-from tests.component.node_app import node_test_client
+from tests.component.node_app import lone_member_client, lone_member_network  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <_io.FileIO name='[^']*raft.journal.meta':pytest.PytestUnraisableExceptionWarning")
 
-API_PORT = 7000
-RAFT_PORT = 7100
 REQUESTS = 400
 TEMPLATES = {
     "/upgrades/propose": {"title": "Upgrade to v1.2.0", "description": "fuzz", "version": "1.2.0",
@@ -74,20 +70,6 @@ def mutated(rng: random.Random, template: dict):
 def odd_id(rng: random.Random) -> str:
     return rng.choice(["upgrade_20261124_120000_0123abcd", "rollback_20261124_120000_0123abcd", "x", "%00", "..",
                        "upgrade_" + "9" * 200, "%F0%9F%92%A5", "a%2Fb"])
-
-
-@pytest.fixture
-def network(tmp_path):
-    with acquire_block(hosts=2, ports=[API_PORT, RAFT_PORT]) as lease:
-        yield create_network(tmp_path / "net", nodes=2, validators=1, block=lease.block, api_port=API_PORT,
-                             raft_port=RAFT_PORT, reputations=[100, 300],   # node 0 alone can never approve
-                             config_limits={"gossip_first_write_wait_ms": 0})  # node 1 never runs
-
-
-@pytest.fixture
-async def client(network, aiohttp_client):
-    async with node_test_client(network.nodes[0].config_path, aiohttp_client) as test_client:
-        yield test_client
 
 
 async def test_random_and_mutated_requests_never_get_a_500_and_leave_the_node_healthy(client):

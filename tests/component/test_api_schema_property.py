@@ -15,17 +15,13 @@ import random
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from cluster.addresses import acquire_block
-from cluster.genesis import create_network
 from node.openapi import openapi_document
-from tests.component.node_app import node_test_client
+from tests.component.node_app import lone_member_client, lone_member_network  # noqa: F401 (fixtures)
 from tests.schema_tools import bodies, request_schema, schema_accepts
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <_io.FileIO name='[^']*raft.journal.meta':pytest.PytestUnraisableExceptionWarning")
 
-API_PORT = 7000
-RAFT_PORT = 7100
 EXAMPLES_PER_ROUTE = 150
 PROPOSAL_ID = "upgrade_20261124_120000_0123abcd"     # well formed, never proposed
 # A valid body per route, as the OpenAPI document names the routes.
@@ -41,20 +37,6 @@ TEMPLATES = {
 }
 ABSENT = object()       # no body at all
 NOT_JSON = [b"{not json", b"", b"\xff\xfe", b'{"text": NaN}', b'{"text": "\\ud800"}', b"[" * 300 + b"]" * 300]
-
-
-@pytest.fixture
-def network(tmp_path):
-    with acquire_block(hosts=2, ports=[API_PORT, RAFT_PORT]) as lease:
-        yield create_network(tmp_path / "net", nodes=2, validators=1, block=lease.block, api_port=API_PORT,
-                             raft_port=RAFT_PORT, reputations=[100, 300],   # node 0 alone can never approve
-                             config_limits={"gossip_first_write_wait_ms": 0})  # node 1 never runs
-
-
-@pytest.fixture
-async def client(network, aiohttp_client):
-    async with node_test_client(network.nodes[0].config_path, aiohttp_client) as test_client:
-        yield test_client
 
 
 def drawn_bodies(template: dict, schema: dict, run_seed: int) -> list:
