@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from cluster.local import LocalCluster, NodeApi, NodeHandle
 from cluster.package_server import ServedPackage
@@ -90,7 +90,7 @@ class ClusterNode:
         return f"ClusterNode({self.name}, {self.url}, {'validator' if self.is_validator else 'member'})"
 
 
-NodeRef = Union[ClusterNode, int, str]
+NodeRef = ClusterNode | int | str
 
 
 class SynapseCluster:
