@@ -148,15 +148,17 @@ def up(context: click.Context, node_count: int, validator_count: int, data_dir: 
     say = functools.partial(click.echo, err=as_json)
     say(f"data dir: {data_dir}")
     cluster_class = _detached_cluster_class(say)
+    from cluster.cli_fault import TESTBED_ENV  # a testbed: `synapse cluster fault` may arm skews and crash points
+
     if (data_dir / "cluster.json").exists():
         stopped = _stopped_cluster(context, data_dir)
-        launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True)
+        launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True, extra_env=TESTBED_ENV)
         say(f"starting the stopped cluster again ({len(stopped['nodes'])} nodes; keys, logs and state kept) ...")
     else:
         say(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
         governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
         launched = cluster_class(nodes=node_count, validators=validator_count, data_dir=data_dir,
-                                 start_timeout_s=timeout_s, governance=governance, detached=True)
+                                 start_timeout_s=timeout_s, governance=governance, detached=True, extra_env=TESTBED_ENV)
     try:
         launched.start()
     except SynapseError as error:
@@ -499,6 +501,9 @@ def doctor(fix: bool, as_json: bool) -> None:
 
 
 def register(main: click.Group) -> None:
+    from cluster.cli_fault import add_commands
+
+    add_commands(cluster)  # synapse cluster fault | heal
     main.add_command(cluster)
     main.add_command(scenario)
     main.add_command(doctor)

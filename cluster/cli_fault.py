@@ -32,11 +32,9 @@ Why it works as it does:
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,7 @@ import click
 from cluster.cli_cluster import (EXIT_FAILED, EXIT_USAGE, _fail, _resolve_dir, _signal_group, _write_cluster_file, load_cluster_file,
                                  node_process_alive)
 from cluster.scenario import ACTIONS, Selector, parse_fault_step
-from node.errors import ClusterError, FaultInjectionUnavailable, ScenarioFormatError, SynapseError
+from node.errors import ClusterError, ScenarioFormatError, SynapseError
 from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
 
 # The environment of a testbed node: crash points and clock skews may be armed through its data dir.
@@ -262,3 +260,221 @@ def _start_node(document: dict, node: dict) -> int:
     handle = launcher.nodes[node["index"]]
     launcher.start_one(handle)
     return handle.pid
+
+
+# --- applying a fault -------------------------------------------------------------------------
+
+
+def _process_fault(running: RunningCluster, step) -> list[str]:
+    indexes = running.resolve(step.params["nodes"])
+    return [f"{running.label(index)}: {getattr(running, step.do)(index)}" for index in indexes]
+
+
+def _crash_at(running: RunningCluster, step) -> list[str]:
+    from node.fault_points import arm
+
+    indexes = running.resolve(step.params["nodes"])
+    for index in indexes:
+        arm(Path(running.node(index)["data_dir"]), step.params["point"])
+    return [f"{running.label(index)}: crash point {step.params['point']} armed (one-shot)" for index in indexes]
+
+
+def _skew(running: RunningCluster, step) -> list[str]:
+    """Arm the skew on each node, then wait until each running node's /health reports it."""
+    from node.clock import arm_skew, clear_skew
+
+    skew_ms, lines = step.params["ms"], []
+    for index in running.resolve(step.params["nodes"]):
+        data_dir = Path(running.node(index)["data_dir"])
+        arm_skew(data_dir, skew_ms)
+        if running.state(index) != "up":
+            lines.append(f"{running.label(index)}: clock skew {skew_ms:+d} ms armed; the node is {running.state(index)}, "
+                         "it applies when it runs")
+            continue
+        deadline = time.monotonic() + SKEW_SEEN_TIMEOUT_S
+        while True:
+            health = running.health(index) or {}
+            if health.get("clock_skew_ms") == skew_ms:
+                lines.append(f"{running.label(index)}: clock skewed by {skew_ms:+d} ms (GET /health time_ms {health.get('time_ms')})")
+                break
+            if health and "clock_skew_ms" not in health:
+                clear_skew(data_dir)
+                raise ClusterError(f"{running.label(index)} runs without {FAULT_POINTS_VARIABLE}=1, so its clock cannot be skewed",
+                                   hint="restart the cluster with this version ('synapse cluster down', then 'up'), "
+                                        "or restart that node: 'synapse cluster fault restart --nodes ...'")
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"{running.label(index)} did not report the skew within {SKEW_SEEN_TIMEOUT_S:.0f} s "
+                                   f"(GET /health: {health or 'no answer'})", hint="see 'synapse cluster status'", definite=False)
+            time.sleep(POLL_S)
+    return lines
+
+
+def _network_fault(running: RunningCluster, step) -> list[str]:
+    from cluster.addresses import lock_running_block, parse_block
+    from cluster.faults import NetworkFaults, unbound_peer_connections
+
+    lease = lock_running_block(parse_block(running.block_prefix))
+    if lease is None:
+        raise ClusterError(f"the address block {running.block_prefix}.0/24 is held by the process that launched this cluster "
+                           "(a scenario run, a test, or a 'cluster up' still starting): its partitions are its own",
+                           hint="wait for it to finish, or break a cluster started with 'synapse cluster up'")
+    with lease:
+        groups = _groups_of(running, step)
+        pids = {running.node(index)["pid"]: running.host(index) for index in range(1, len(running.nodes) + 1)
+                if running.state(index) == "up"}
+        problems = unbound_peer_connections(pids, running.block_prefix)
+        if problems:
+            raise ClusterError(f"a partition would not hold: {problems[0]} ({len(problems)} such connection(s))",
+                               hint="every node must bind its outgoing sockets to its own address")
+        network = NetworkFaults.attach(running.block_prefix)
+        if step.do == "cut":
+            network.cut([running.host(index) for index in groups[0]], [running.host(index) for index in groups[1]])
+            shown = f"cut {', '.join(map(running.label, groups[0]))} -> {', '.join(map(running.label, groups[1]))}"
+        else:
+            network.partition([[running.host(index) for index in group] for group in groups])
+            shown = "partitioned " + " | ".join("{" + ", ".join(map(running.label, group)) + "}" for group in groups)
+        rules = network.rules()
+    return [f"{shown}: {len(rules)} links cut in chain {network.chain}; it stays until 'synapse cluster heal' or 'down'"]
+
+
+def _groups_of(running: RunningCluster, step) -> list[list[int]]:
+    if step.do == "cut":
+        return [running.resolve(step.params["from"]), running.resolve(step.params["to"])]
+    if step.do == "isolate":
+        nodes = running.resolve(step.params["nodes"])
+        rest = [index for index in range(1, len(running.nodes) + 1) if index not in nodes]
+        if not rest:
+            raise ClusterError("isolate names every node: there is nobody to isolate them from")
+        return [nodes, rest]
+    selectors = step.params["groups"]
+    resolved = [None if "rest" in selector.groups else running.resolve(selector) for selector in selectors]
+    taken = sorted({index for group in resolved if group for index in group})
+    return [group if group is not None else running.resolve(selector, excluded=taken) for group, selector in zip(resolved, selectors)]
+
+
+def _link_fault(running: RunningCluster, kind: str, table: dict) -> list[str]:
+    """delay / loss / bandwidth: only a provider that gives each node a link of its own can do them.
+    The netns provider (cluster/providers/, `cluster.json` "provider": "netns") plugs in here."""
+    provider = running.document.get("provider", "loopback")
+    if provider != "netns":
+        raise _Usage(f"'{kind}' needs the netns provider: this cluster runs on the {provider} provider, where every node is a "
+                     "process on a loopback address and a link cannot be delayed, made lossy or limited",
+                     hint="start a cluster with 'synapse cluster up --provider netns' (root), then run this again; "
+                          "on loopback: kill, stop, restart, pause, resume, partition, isolate, cut, skew, crash_at")
+    raise _Usage(f"'{kind}' on the netns provider is not available in this build", hint="update Synapse-NG")
+
+
+class _Usage(ClusterError):
+    """A fault this cluster cannot take: exit 2, nothing changed."""
+
+
+_APPLY = {**{kind: _process_fault for kind in PROCESS_KINDS}, **{kind: _network_fault for kind in NETWORK_KINDS},
+          "skew": _skew, "crash_at": _crash_at}
+
+
+def apply_fault(running: RunningCluster, kind: str, arguments: list[str]) -> list[str]:
+    """Parse KIND and its options like a scenario step and apply it; the lines to print."""
+    if kind not in KINDS:
+        raise _Usage(f"unknown fault {kind!r}", hint=f"faults: {', '.join(KINDS)}")
+    try:
+        table = options_table(kind, arguments)
+    except ScenarioFormatError as error:
+        raise _Usage(error.message, hint=error.hint or _usage_hint(kind)) from None
+    if kind in LINK_KINDS:
+        return _link_fault(running, kind, table)
+    try:
+        step = parse_fault_step(table, nodes=len(running.nodes))
+    except ScenarioFormatError as error:
+        raise _Usage(error.message, hint=_usage_hint(kind)) from None
+    return _APPLY[kind](running, step)
+
+
+def heal_cluster(running: RunningCluster) -> list[str]:
+    """Remove partitions and cuts, take clock skews away, resume paused nodes; the lines to print."""
+    from cluster.addresses import lock_running_block, parse_block
+    from cluster.faults import chain_name, network_capability, remove_stale_chain, synapse_chains
+    from node.clock import clear_skew
+
+    lines = []
+    if network_capability().available:
+        lease = lock_running_block(parse_block(running.block_prefix))
+        if lease is None:
+            lines.append(f"partitions: not touched, the block {running.block_prefix}.0/24 is held by the process that launched "
+                         "this cluster (its partitions are its own)")
+        else:
+            with lease:
+                chain = chain_name(running.block_prefix)
+                cut = chain in synapse_chains()
+                remove_stale_chain(running.block_prefix)
+                lines.append(f"partitions: chain {chain} removed, every link restored" if cut else "partitions: none")
+    else:
+        lines.append(f"partitions: none possible here ({network_capability().detail})")
+    skewed = [index for index in range(1, len(running.nodes) + 1) if clear_skew(Path(running.node(index)["data_dir"]))]
+    lines.append(f"clock skews: cleared on {', '.join(map(running.label, skewed))}" if skewed else "clock skews: none")
+    paused = [index for index in range(1, len(running.nodes) + 1) if running.state(index) == "paused"]
+    for index in paused:
+        running.resume(index)
+    lines.append(f"paused nodes: resumed {', '.join(map(running.label, paused))}" if paused else "paused nodes: none")
+    down = [index for index in range(1, len(running.nodes) + 1) if running.state(index) == "killed"]
+    if down:
+        lines.append(f"down (not restarted by heal): {', '.join(map(running.label, down))}; "
+                     f"'synapse cluster fault restart --nodes down' starts them")
+    return lines
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@click.command("fault", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "allow_interspersed_args": False})
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.argument("kind")
+@click.pass_context
+def fault(context: click.Context, data_dir: Path | None, kind: str) -> None:
+    """Break a running cluster by hand: KIND [--KEY VALUE ...] with a scenario step's keys.
+
+    \b
+    kill|stop|restart|pause|resume --nodes SEL     partition --groups SEL --groups SEL ...
+    isolate --nodes SEL    cut --from SEL --to SEL   skew --nodes SEL --ms N (+/-)
+    crash_at --nodes SEL --point POINT             delay|loss|bandwidth: --provider netns only
+    SEL: 1,3 | node-2 | a node id | validators | leader | majority | rest | random@validators ...
+    'synapse cluster heal' undoes partitions, skews and pauses."""
+    arguments = list(context.args)
+    if data_dir is None and "--data-dir" in arguments[:-1]:   # also accepted after KIND
+        at = arguments.index("--data-dir")
+        data_dir = Path(arguments[at + 1])
+        del arguments[at:at + 2]
+    running = _running_cluster(data_dir)
+    try:
+        lines = apply_fault(running, kind, arguments)
+    except _Usage as error:
+        _fail(error, EXIT_USAGE)
+    except SynapseError as error:
+        _fail(error, EXIT_FAILED)
+    for line in lines:
+        click.echo(line)
+
+
+def _running_cluster(data_dir: Path | None) -> RunningCluster:
+    data_dir = _resolve_dir(data_dir)
+    try:
+        return RunningCluster(data_dir, load_cluster_file(data_dir))
+    except SynapseError as error:
+        _fail(error, EXIT_USAGE)
+
+
+@click.command("heal")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+def heal(data_dir: Path | None) -> None:
+    """Undo what 'cluster fault' left: partitions and cuts, clock skews, paused nodes (killed nodes stay down)."""
+    running = _running_cluster(data_dir)
+    try:
+        lines = heal_cluster(running)
+    except SynapseError as error:
+        _fail(error, EXIT_FAILED)
+    for line in lines:
+        click.echo(line)
+
+
+def add_commands(group: click.Group) -> None:
+    group.add_command(fault)
+    group.add_command(heal)
