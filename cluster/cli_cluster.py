@@ -30,11 +30,13 @@ import signal
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import click
 
 from node.errors import ClusterError, SynapseError
+from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -43,6 +45,8 @@ UP_TIMEOUT_S = 60.0
 LEADER_TIMEOUT_S = 30.0
 FOLLOW_POLL_S = 0.3
 POINTER_FILE = Path(tempfile.gettempdir()) / f"synapse-ng-last-cluster-{os.getuid()}"
+# `cluster up` runs a testbed: `synapse cluster fault` (cluster/cli_fault.py) may arm skews and crash points.
+TESTBED_ENV = types.MappingProxyType({FAULT_POINTS_VARIABLE: "1"})
 
 
 def _fail(error: SynapseError, status: int = EXIT_FAILED) -> None:
@@ -148,8 +152,6 @@ def up(context: click.Context, node_count: int, validator_count: int, data_dir: 
     say = functools.partial(click.echo, err=as_json)
     say(f"data dir: {data_dir}")
     cluster_class = _detached_cluster_class(say)
-    from cluster.cli_fault import TESTBED_ENV  # a testbed: `synapse cluster fault` may arm skews and crash points
-
     if (data_dir / "cluster.json").exists():
         stopped = _stopped_cluster(context, data_dir)
         launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True, extra_env=TESTBED_ENV)
@@ -501,9 +503,6 @@ def doctor(fix: bool, as_json: bool) -> None:
 
 
 def register(main: click.Group) -> None:
-    from cluster.cli_fault import add_commands
-
-    add_commands(cluster)  # synapse cluster fault | heal
     main.add_command(cluster)
     main.add_command(scenario)
     main.add_command(doctor)

@@ -41,14 +41,12 @@ from typing import Any
 
 import click
 
-from cluster.cli_cluster import (EXIT_FAILED, EXIT_USAGE, _fail, _resolve_dir, _signal_group, _write_cluster_file, load_cluster_file,
-                                 node_process_alive)
+from cluster.cli_cluster import (EXIT_USAGE, TESTBED_ENV, _fail, _resolve_dir, _signal_group, _write_cluster_file, cluster,
+                                 load_cluster_file, node_process_alive)
 from cluster.scenario import ACTIONS, Selector, parse_fault_step
 from node.errors import ClusterError, ScenarioFormatError, SynapseError
 from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
 
-# The environment of a testbed node: crash points and clock skews may be armed through its data dir.
-TESTBED_ENV = {FAULT_POINTS_VARIABLE: "1"}
 PROCESS_KINDS = ("kill", "stop", "restart", "pause", "resume")
 NETWORK_KINDS = ("partition", "isolate", "cut")
 LINK_KINDS = ("delay", "loss", "bandwidth")
@@ -449,7 +447,7 @@ def fault(context: click.Context, data_dir: Path | None, kind: str) -> None:
     except _Usage as error:
         _fail(error, EXIT_USAGE)
     except SynapseError as error:
-        _fail(error, EXIT_FAILED)
+        _fail(error)
     for line in lines:
         click.echo(line)
 
@@ -470,11 +468,13 @@ def heal(data_dir: Path | None) -> None:
     try:
         lines = heal_cluster(running)
     except SynapseError as error:
-        _fail(error, EXIT_FAILED)
+        _fail(error)
     for line in lines:
         click.echo(line)
 
 
-def add_commands(group: click.Group) -> None:
-    group.add_command(fault)
-    group.add_command(heal)
+def register(main: click.Group) -> None:
+    """`synapse cluster fault | heal`, added to cli_cluster's `cluster` group (registered from cluster/cli.py:
+    cli_cluster importing this module would be an import cycle)."""
+    cluster.add_command(fault)
+    cluster.add_command(heal)
