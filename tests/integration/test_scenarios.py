@@ -40,7 +40,7 @@ SHIPPED = {
     # issue 8: the validators' Raft transport
     "compromised_validator_raft", "raft_stranger_flood", "raft_fd_exhaustion",
     # issue 12: a node-side clock skew
-    "clock_skew",
+    "clock_skew", "clock_skew_short_period",
 }
 
 
