@@ -78,6 +78,10 @@ def _detached_cluster_class(say=click.echo):
                 time.sleep(0.1)
             super()._wait_healthy(handles)
 
+        def _spawn(self, handle) -> None:
+            self._extra_env.update(TESTBED_ENV)  # a testbed: `synapse cluster fault` may arm skews and crash points
+            super()._spawn(handle)
+
     return DetachedCluster
 
 
@@ -154,13 +158,13 @@ def up(context: click.Context, node_count: int, validator_count: int, data_dir: 
     cluster_class = _detached_cluster_class(say)
     if (data_dir / "cluster.json").exists():
         stopped = _stopped_cluster(context, data_dir)
-        launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True, extra_env=TESTBED_ENV)
+        launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True)
         say(f"starting the stopped cluster again ({len(stopped['nodes'])} nodes; keys, logs and state kept) ...")
     else:
         say(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
         governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
         launched = cluster_class(nodes=node_count, validators=validator_count, data_dir=data_dir,
-                                 start_timeout_s=timeout_s, governance=governance, detached=True, extra_env=TESTBED_ENV)
+                                 start_timeout_s=timeout_s, governance=governance, detached=True)
     try:
         launched.start()
     except SynapseError as error:
