@@ -5,7 +5,8 @@ What a user checks: a skewed node's GET /health time and its log lines are off b
 heal; kill, pause, resume and restart act on the real processes (a paused node does not answer, a
 restarted one has a new PID in cluster.json); a hand-made partition outlives the command and
 `doctor --fix`, keeps an upgrade proposed in the minority from executing there while the majority
-executes it, and `heal` removes it so the minority catches up. Every test stops its nodes in
+executes it, and `heal` removes it so the minority catches up; a block its launcher still holds is
+refused, and once the cluster is gone `doctor --fix` removes what it left. Every test stops its nodes in
 `finally` from the cluster file; the partition test also checks that no iptables chain is left.
 """
 
@@ -197,3 +198,36 @@ def test_a_partition_by_hand_outlives_the_command_and_heal_lets_the_minority_cat
         stop_cluster(cluster_dir, tmp_path)
         if chain is not None:
             assert chain not in synapse_chains(), "down removes a chain heal did not"
+
+
+@pytest.mark.skipif(not network_capability().available, reason=f"partitions need root and iptables: {network_capability().detail}")
+def test_a_held_block_is_refused_and_doctor_fix_removes_a_partition_once_its_cluster_is_gone(tmp_path):
+    from cluster.addresses import lock_running_block, parse_block
+
+    cluster_dir = tmp_path / "net"
+    chain = None
+    try:
+        started = synapse("cluster", "up", "--nodes", "2", "--validators", "1", "--data-dir", str(cluster_dir), tmp=tmp_path)
+        assert started.returncode == 0, started.stderr + started.stdout
+        block = json.loads((cluster_dir / "cluster.json").read_text())["address_block"]
+        chain = chain_name(block)
+        with lock_running_block(parse_block(block)) as lease:   # as a scenario run or a test launching it would
+            assert lease is not None
+            held = fault(cluster_dir, tmp_path, "isolate", "--nodes", "1")
+            assert held.returncode == 1 and "is held by the process that launched this cluster" in held.stderr, held.stderr
+            assert chain not in synapse_chains(), "nothing was cut"
+        cut = fault(cluster_dir, tmp_path, "isolate", "--nodes", "1")
+        assert cut.returncode == 0 and "2 links cut" in cut.stdout, cut.stderr
+
+        kill_leftovers(cluster_dir)   # the nodes die without 'down': the chain is left behind
+        poll_until(lambda: not any(alive(node["pid"]) for node in nodes_of(cluster_dir)), what="the nodes gone", timeout_s=10)
+        report = json.loads(synapse("doctor", "--json", tmp=tmp_path).stdout)
+        check = next(c for c in report["checks"] if c["name"] == "stale partitions")
+        assert check["status"] == "warn" and chain in check["detail"] and chain in synapse_chains(), check
+        fixed = json.loads(synapse("doctor", "--fix", "--json", tmp=tmp_path).stdout)
+        check = next(c for c in fixed["checks"] if c["name"] == "stale partitions")
+        assert chain in check["detail"] and "removed" in check["detail"] and chain not in synapse_chains(), check
+    finally:
+        stop_cluster(cluster_dir, tmp_path)
+        if chain is not None:
+            assert chain not in synapse_chains()
