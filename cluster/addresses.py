@@ -156,6 +156,16 @@ def acquire_block(*, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR
                       hint="too many clusters are running: stop some, or check for leftover node processes")
 
 
+def lock_running_block(block: AddressBlock, *, lock_dir: Path = LOCK_DIR) -> BlockLease | None:
+    """The lock of a block whose nodes may be running (their sockets are the block's, so no bind check):
+    held while something changes what belongs to the block, e.g. the iptables chain of a hand-made
+    partition (cluster/cli_fault.py, `synapse doctor --fix`), so that no two such changes interleave and
+    none runs while a launcher (`cluster up`, a scenario run, a test) holds the block. None when held."""
+    _lock_directory(lock_dir)
+    descriptor = _try_lock(lock_dir / f"{block.prefix}.lock")
+    return None if descriptor is None else BlockLease(block, lock_dir / f"{block.prefix}.lock", descriptor)
+
+
 def acquire_given_block(block: AddressBlock, *, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR) -> BlockLease:
     """Lock this very block (a stopped cluster's, whose configs name its addresses), or say why not."""
     _lock_directory(lock_dir)

@@ -30,11 +30,13 @@ import signal
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import click
 
 from node.errors import ClusterError, SynapseError
+from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -43,6 +45,8 @@ UP_TIMEOUT_S = 60.0
 LEADER_TIMEOUT_S = 30.0
 FOLLOW_POLL_S = 0.3
 POINTER_FILE = Path(tempfile.gettempdir()) / f"synapse-ng-last-cluster-{os.getuid()}"
+# `cluster up` runs a testbed: `synapse cluster fault` (cluster/cli_fault.py) may arm skews and crash points.
+TESTBED_ENV = types.MappingProxyType({FAULT_POINTS_VARIABLE: "1"})
 
 
 def _fail(error: SynapseError, status: int = EXIT_FAILED) -> None:
@@ -73,6 +77,10 @@ def _detached_cluster_class(say=click.echo):
                         say(f"  node-{handle.index + 1} healthy ({len(handles) - len(waiting)}/{len(handles)})")
                 time.sleep(0.1)
             super()._wait_healthy(handles)
+
+        def _spawn(self, handle) -> None:
+            self._extra_env.update(TESTBED_ENV)  # a testbed: `synapse cluster fault` may arm skews and crash points
+            super()._spawn(handle)
 
     return DetachedCluster
 

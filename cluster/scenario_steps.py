@@ -36,6 +36,7 @@ from cluster.safety import NodeSnapshot, Outcome, safety_outcomes
 from cluster.scenario import Scenario, Selector, Step, parse_selector
 from node.config import load_genesis
 from node.errors import ClusterError, SynapseError
+from node.clock import arm_skew, clear_skew
 from node.fault_points import arm
 from node.identity import verify_signature
 
@@ -90,6 +91,7 @@ class Driver:
     log: Callable[[str], None] = print
     processes: ProcessFaults = field(init=False)
     _network: NetworkFaults | None = field(init=False, default=None)
+    skewed: set[int] = field(init=False, default_factory=set)   # nodes whose clock a skew step moved
     _deferred: list[Callable[[], None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -166,8 +168,15 @@ class Driver:
             while self._deferred:
                 self._deferred.pop()()
 
+    def clear_skews(self) -> list[int]:
+        """Take every armed skew away (node/clock.py): those clocks are real time again within a refresh."""
+        cleared = sorted(index for index in self.skewed if clear_skew(self.handle(index).data_dir))
+        self.skewed.clear()
+        return cleared
+
     def _close_faults(self) -> None:
         try:
+            self.clear_skews()
             self.processes.resume_all()
         finally:
             if self._network is not None:
@@ -355,10 +364,21 @@ def _do_cut(driver: Driver, step: Step) -> str:
 
 
 def _do_heal(driver: Driver, step: Step) -> str:
+    cleared = driver.clear_skews()
+    clocks = f"; clocks of {', '.join(map(driver.label, cleared))} real again" if cleared else ""
     if driver._network is None:
-        return "nothing to heal"
+        return ("nothing to heal" + clocks) if not cleared else clocks[2:]
     driver.network().heal()
-    return "every link restored"
+    return "every link restored" + clocks
+
+
+def _do_skew(driver: Driver, step: Step) -> str:
+    """Arm a clock skew (node/clock.py): the cluster runs with SYNAPSE_FAULT_POINTS=1, as for crash points."""
+    nodes = driver.resolve(step.params["nodes"])
+    for index in nodes:
+        arm_skew(driver.handle(index).data_dir, step.params["ms"])
+        driver.skewed.add(index)
+    return f"clock of {', '.join(map(driver.label, nodes))} skewed by {step.params['ms']:+d} ms"
 
 
 def _do_serve(driver: Driver, step: Step) -> str:
@@ -383,7 +403,7 @@ ACTIONS: Mapping[str, Callable[[Driver, Step], str]] = {
     "note": _do_note, "propose": _do_propose, "propose_rollback": _do_propose_rollback, "vote": _do_vote,
     "rollback": _do_rollback, "kill": _process_action("kill"), "stop": _process_action("stop"),
     "restart": _process_action("restart"), "pause": _process_action("pause"), "resume": _process_action("resume"),
-    "crash_at": _do_crash_at, "partition": _do_partition, "isolate": _do_isolate, "cut": _do_cut, "heal": _do_heal, "serve": _do_serve, "wait": _do_wait,
+    "crash_at": _do_crash_at, "partition": _do_partition, "isolate": _do_isolate, "cut": _do_cut, "heal": _do_heal, "skew": _do_skew, "serve": _do_serve, "wait": _do_wait,
 }
 
 

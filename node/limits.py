@@ -23,6 +23,9 @@ NODE_STARTUP_TIMEOUT_MS = 120_000          # the awaits of start-up (re-verifyin
 API_SOCKET_BACKLOG_CONNECTIONS_MAX = 512   # listen() backlog of the HTTP API socket
 RAFT_SECRET_SIZE_MAX_BYTES = 1 * KiB
 FAULT_POINT_FILE_SIZE_MAX_BYTES = 256      # the testbed's fault-point file (node/fault_points.py)
+CLOCK_SKEW_FILE_SIZE_MAX_BYTES = 64        # the testbed's clock-skew file (node/clock.py)
+CLOCK_SKEW_FAULT_MAX_MS = 86_400_000       # a testbed skew moves the clock by at most a day either way
+CLOCK_SKEW_REFRESH_MS = 100                # a running node re-reads its skew file at most this often
 
 # --- config and genesis files (node/config.py) -----------------------------------------------------
 CONFIG_FILE_SIZE_MAX_BYTES = 1 * MiB
