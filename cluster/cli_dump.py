@@ -1,0 +1,3 @@
+import click
+def register(main: click.Group) -> None:
+    pass
