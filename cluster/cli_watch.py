@@ -3,7 +3,7 @@ Ctrl-C or SIGTERM (exit 0).
 
 Why it works as it does:
 - Read-only and token-free: every column comes from routes any client may read (GET /health,
-  /upgrades/status, /proposals), so watching a cluster never opens a token file.
+  /upgrades/status, /proposals; cluster/api_reads.py), so watching a cluster never opens a token file.
 - Bounded: each request has a short timeout and a response size cap (a node that hangs or floods costs
   one timeout, and its row says so); the nodes are asked in parallel by a bounded pool, so a table
   takes about one timeout however many nodes are down. A hidden --count N stops after N tables (tests).
@@ -23,20 +23,17 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
+from cluster.api_reads import fetch_json
 from node.errors import SynapseError
 
 WATCH_HTTP_TIMEOUT_S = 1.0
-WATCH_RESPONSE_BYTES_MAX = 4 * 1024 * 1024
 WATCH_WORKERS_MAX = 16
 STATE_HASH_SHOWN_CHARS = 12
 OPEN_STATUSES = frozenset({"voting", "approved", "ratified"})
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send 127.x through a proxy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,24 +48,6 @@ class NodeRow:
     entries: int | None = None
     open_proposals: int | None = None
     open_proposals_truncated: bool = False
-
-
-def fetch_json(base_url: str, path: str, *, timeout_s: float = WATCH_HTTP_TIMEOUT_S,
-               bytes_max: int = WATCH_RESPONSE_BYTES_MAX) -> tuple[int, Any]:
-    """(HTTP status, parsed JSON or None); at most `bytes_max` bytes are read. Raises OSError when unreachable."""
-    request = urllib.request.Request(base_url + path, headers={"Accept": "application/json"})
-    try:
-        with _OPENER.open(request, timeout=timeout_s) as response:
-            status, raw = response.status, response.read(bytes_max + 1)
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read(bytes_max + 1)
-        error.close()
-    if len(raw) > bytes_max:
-        return status, None
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, None
 
 
 def _short_hash(state_hash: object) -> str | None:
