@@ -451,11 +451,16 @@ def check(files: tuple[Path, ...]) -> None:
 @click.option("--keep-data", is_flag=True, help="keep the cluster's data dirs (keys included) after the run")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document (each run's verdict, seed, report) on stdout; "
                                                       "progress goes to stderr")
-def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: bool, as_json: bool) -> None:
+@click.option("-j", "--jobs", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="run up to N scenarios at once (each its own cluster); progress lines are prefixed with the scenario's name")
+def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: bool, as_json: bool, jobs: int) -> None:
     """Run each scenario on its own fresh cluster; exit 0 only if every one passes."""
     from cluster.scenario_runner import RunOptions, ScenarioRun
 
     scenarios = _load_all(files, as_json=as_json)  # every file is validated before anything starts
+    if jobs > 1 and len(scenarios) > 1:  # cluster/scenario_parallel.py: one process per scenario; exit status: the worst
+        from cluster.scenario_parallel import run_in_parallel
+        sys.exit(run_in_parallel(scenarios, jobs=jobs, seed=seed, report_dir=report_dir, keep_data=keep_data, as_json=as_json))
     say = functools.partial(click.echo, err=as_json)
     runs = []
     for loaded in scenarios:
