@@ -49,8 +49,9 @@ def archive_folder(document: dict, created_at: float) -> str:
 
 def write_archive(output: Path, folder: str, parts: dict[str, bytes], created_at: float) -> None:
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    raw = open(temporary, "xb")  # x: a file of that name that is not ours is neither used nor removed
     try:
-        with open(temporary, "xb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as archive:
+        with raw, tarfile.open(fileobj=raw, mode="w:gz") as archive:
             for name, data in parts.items():
                 member = tarfile.TarInfo(f"{folder}/{name}")
                 member.size, member.mtime, member.mode = len(data), int(created_at), 0o644

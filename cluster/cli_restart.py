@@ -151,9 +151,11 @@ def restart(node_names: tuple[str, ...], data_dir: Path | None, grace_s: float, 
             say(f"node-{index + 1}: restarting ...")
             results.append(_restart_one(restarting, index, grace_s))
         leader = _wait_for_leader(restarting, say)
-    except SynapseError as error:
-        restarting._write_cluster_file()  # a node that did not become healthy may run: `down` must find it
-        _fail(error)
+    except BaseException as error:
+        restarting._write_cluster_file()  # a node that did not become healthy (or Ctrl-C) may run: `down` must find it
+        if isinstance(error, SynapseError):
+            _fail(error)
+        raise
     finally:
         restarting.release_block()
     _serve_packages_again(data_dir, say)

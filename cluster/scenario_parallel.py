@@ -34,6 +34,7 @@ from cluster.local import _die_with_parent
 JOBS_MAX = 8
 POLL_S = 0.05
 STOP_GRACE_S = 30.0
+READER_JOIN_TIMEOUT_S = 30.0
 RESULT_BYTES_MAX = 16 * 1024 * 1024
 ERROR_TAIL_LINES = 10
 NAME_CHARS_MAX = 40
@@ -97,7 +98,7 @@ def _start(label: str, path: Path, command: list[str], say: Callable[[str], None
 
 def _finished(child: Child) -> dict:
     for reader in child.readers:
-        reader.join()
+        reader.join(timeout=READER_JOIN_TIMEOUT_S)  # EOF comes when the run exits (its nodes write to files, not to our pipes)
     child.process.stdout.close()
     child.process.stderr.close()
     status, duration_s = child.process.returncode, round(time.monotonic() - child.started_s, 1)
