@@ -31,6 +31,7 @@ from tests.polling import poll_until
 pytestmark = pytest.mark.slow
 
 SECRET_NAME_PARTS = ("key", "token", "secret", "passw")
+FEATURE_FLAG = REPOSITORY / "examples" / "wat" / "feature_flag.wat"
 
 
 def kill_everything_of(cluster_dir: Path) -> None:
@@ -71,7 +72,7 @@ def note_reaches(directory: Path, text: str, name: str) -> bool:
     return any(entry["body"].get("text") == text for entry in notes)
 
 
-def test_restart_one_node_keeps_its_identity_and_log_and_it_catches_up(cluster_dir):
+def test_restart_one_node_keeps_its_identity_and_log_and_it_catches_up_and_upgrades(cluster_dir):
     before = cluster_file(cluster_dir)
     assert api(cluster_dir, "node-1").post("/log/notes", {"text": "before the restart"}).status == 201
     poll_until(lambda: note_reaches(cluster_dir, "before the restart", "node-2"), what="the note on node-2", timeout_s=30)
@@ -93,6 +94,15 @@ def test_restart_one_node_keeps_its_identity_and_log_and_it_catches_up(cluster_d
                timeout_s=30)
     status = synapse("cluster", "status", "--data-dir", str(cluster_dir), tmp=cluster_dir.parent)
     assert status.returncode == 0 and "3/3 nodes healthy" in status.stdout, status.stdout
+
+    on = ("--data-dir", str(cluster_dir), "--json")
+    proposed = synapse("upgrade", "propose", "--package", str(FEATURE_FLAG), "--version", "1.2.0", "--title", "after a restart",
+                       "--node", "node-2", *on, tmp=cluster_dir.parent)
+    assert proposed.returncode == 0, proposed.stderr
+    voted = synapse("upgrade", "vote", json.loads(proposed.stdout)["proposal_id"], "approval", "--all", "--wait", "executed",
+                    "--timeout", "90", *on, tmp=cluster_dir.parent)
+    assert voted.returncode == 0 and json.loads(voted.stdout)["wait"]["reached"] is True, voted.stderr + voted.stdout
+    assert {api(cluster_dir, f"node-{index}").get("/health").data["version"] for index in (1, 2, 3)} == {"1.2.0"}
 
 
 def test_restart_without_names_restarts_all_and_simply_starts_a_stopped_node(cluster_dir):
@@ -118,6 +128,7 @@ def test_status_watch_prints_a_table_per_interval_and_json_lines(cluster_dir):
                      tmp=cluster_dir.parent)
     assert result.returncode == 0, result.stderr
     state_hash = api(cluster_dir, "node-3").get("/upgrades/status").data["state_hash"].split(":")[1][:12]
+    version = api(cluster_dir, "node-3").get("/health").data["version"]  # 1.2.0 once the restart test's upgrade ran
     tables = result.stdout.strip().split("\n\n")
     assert len(tables) == 2 and "\x1b[" not in result.stdout, "into a pipe: one table after the other, no ANSI"
     for table in tables:
@@ -125,7 +136,7 @@ def test_status_watch_prints_a_table_per_interval_and_json_lines(cluster_dir):
         assert "3/3 healthy" in title and "raft leader: node-" in title
         assert header.split()[:4] == ["node", "id", "role", "version"] and "open proposals" in header
         assert [row.split()[0] for row in rows] == ["node-1", "node-2", "node-3"]
-        assert all("validator" in row and " 1.0.0 " in row and state_hash in row and row.endswith("ok") for row in rows)
+        assert all("validator" in row and f" {version} " in row and state_hash in row and row.endswith("ok") for row in rows)
 
     as_json = synapse("cluster", "status", "--watch", "--json", "--count", "2", "--interval", "0.2", "--data-dir",
                       str(cluster_dir), tmp=cluster_dir.parent)
