@@ -9,8 +9,10 @@ token: only routes any client may read are asked, so these tools never open a to
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -44,3 +46,16 @@ def fetch_json(base_url: str, path: str, *, timeout_s: float = READ_TIMEOUT_S, b
         return status, json.loads(raw) if raw else None
     except ValueError:
         return status, None
+
+
+def is_loopback_url(url: object) -> bool:
+    """True for http://<a 127/8 address>:<port>, the API of a node of a local cluster. A cluster file that
+    names anything else (another host, a cloud metadata address) is not followed by the tools that copy
+    what they read into a file to share."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts.scheme == "http" and parts.port is not None and ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return False

@@ -11,8 +11,9 @@ Why it works as it does:
   its secrets), is left out even when allowlisted; (3) every part is compared with the bytes of those
   secret files (as they are, stripped, and in hex) and left out if it contains one, so a secret that
   ended up in a log line still does not travel. The secret files are read only for that comparison.
-- The API answers come from routes any client may read, without a token (cluster/api_reads.py). On a
-  stopped cluster, or a node that is down, they are listed as unavailable with the reason.
+- The API answers come from routes any client may read, without a token (cluster/api_reads.py), and
+  only from loopback addresses (a local cluster's): a cluster file naming another host is not followed.
+  On a stopped cluster, or a node that is down, they are listed as unavailable with the reason.
 - Files are opened without following symbolic links, must be regular files, and must lie inside the
   cluster's data dir (a cluster file whose node dir points elsewhere, a planted symlink to ~/.ssh: left out).
 - Everything is bounded: bytes per part (a longer log keeps its end, the manifest says so), the whole
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cluster.api_reads import TooLarge, fetch_bytes, fetch_json
+from cluster.api_reads import TooLarge, fetch_bytes, fetch_json, is_loopback_url
 
 PART_BYTES_MAX = 32 * 1024 * 1024
 DUMP_BYTES_MAX = 256 * 1024 * 1024
@@ -192,9 +193,11 @@ def _node_parts(dump: Dump, data_dir: Path, node: dict, running: bool, secrets: 
         what = dict(NODE_FILES).get(relative, "the state of a version kept for rollback")
         _add_file(dump, node_dir, relative, f"nodes/{label}/files/{relative}", f"{label}: {what}", secrets, f"{prefix}/{relative}")
         taken.add(f"{prefix}/{relative}")
-    if not running:
-        dump.unavailable.append((f"{label} API (health, status, metrics, proposals, history, state, log)",
-                                 "the node is not running: only its files are in the dump"))
+    why_not = ("the node is not running: only its files are in the dump" if not running else
+               None if is_loopback_url(node.get("api_url")) else
+               f"its API URL {str(node.get('api_url'))[:80]!r} is not a loopback address: not read")
+    if why_not:
+        dump.unavailable.append((f"{label} API (health, status, metrics, proposals, history, state, log)", why_not))
         return
     for name, path, what in API_PARTS:
         try:

@@ -69,3 +69,18 @@ def test_a_file_only_its_owner_may_read_stays_out_even_when_allowlisted(tmp_path
     dump = collect(root, document, lambda node: False)
     assert "nodes/node-1/files/config.toml" not in dump.parts
     assert dict(dump.left_out)["node-1/config.toml"].startswith("only its owner may read it (mode 600)")
+
+
+def test_the_api_of_a_node_is_read_only_on_a_loopback_address(tmp_path):
+    from cluster.api_reads import is_loopback_url
+
+    root, outside = tmp_path / "cluster", tmp_path / "home"
+    root.mkdir()
+    outside.mkdir()
+    document = make_cluster(root, outside)
+    document["nodes"][0]["api_url"] = "http://169.254.169.254:80"  # a cloud metadata service, say
+    dump = collect(root, document, lambda node: True)
+    assert dump.unavailable == [("node-1 API (health, status, metrics, proposals, history, state, log)",
+                                 "its API URL 'http://169.254.169.254:80' is not a loopback address: not read")]
+    assert is_loopback_url("http://127.64.3.1:7000") and not is_loopback_url("https://127.0.0.1:7000")
+    assert not is_loopback_url("http://127.0.0.1") and not is_loopback_url("http://localhost.evil:7000") and not is_loopback_url(None)
