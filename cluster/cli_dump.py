@@ -20,7 +20,6 @@ import io
 import json
 import os
 import re
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -102,7 +101,6 @@ def dump(data_dir: Path | None, output: Path, force: bool, as_json: bool) -> Non
         return
     say(f"wrote {output} ({output.stat().st_size} bytes): {len(collected.included)} parts included, "
         f"{len(collected.left_out)} files left out, {len(collected.unavailable)} unavailable; see {folder}/MANIFEST.txt")
-    sys.exit(0)
 
 
 def register(main: click.Group) -> None:

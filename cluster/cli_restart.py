@@ -31,13 +31,12 @@ from pathlib import Path
 import click
 
 from cluster.addresses import lock_block, parse_block
-from cluster.cli_cluster import (EXIT_USAGE, UP_TIMEOUT_S, _config_path, _detached_cluster_class, _fail, _print_table,
+from cluster.cli_cluster import (EXIT_FAILED, EXIT_USAGE, UP_TIMEOUT_S, _config_path, _detached_cluster_class, _fail, _print_table,
                                  _resolve_dir, _select_nodes, _serve_packages_again, _wait_for_leader, _write_cluster_file,
                                  load_cluster_file, node_process_alive)
 from cluster.local import STOP_TIMEOUT_S, NodeApi
 from node.errors import ClusterError, SynapseError
 
-EXIT_FAILED = 1
 EXIT_STATUS_UNKNOWN = -1      # a process we did not start: its exit status is its real parent's to read
 STOP_POLL_S = 0.05
 GRACE_RANGE_S = click.FloatRange(0.0, 600.0)
