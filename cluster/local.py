@@ -230,16 +230,21 @@ class LocalCluster:
         self._lease = acquire_given_block(parse_block(document["address_block"]), hosts=self._node_count,
                                           ports=(API_PORT, RAFT_PORT))
         remove_stale_chain(self._lease.block.prefix)
+        self.adopt(document)
+        for handle in self.nodes:
+            self._spawn(handle)
+        self._wait_healthy(self.nodes)
+        self._write_cluster_file()
+
+    def adopt(self, document: Mapping) -> None:
+        """Take the nodes `document` (a cluster file) names as this cluster's, starting none of them: reopen's
+        start(), and `synapse cluster restart` (cluster/cli_restart.py), which then restarts them one by one."""
         self.data_dir = self._given_data_dir
         self.genesis_path, self.network_id = Path(document["genesis"]), document["network_id"]
         self.nodes = [NodeHandle(index=node["index"], node_id=node["node_id"], api_url=node["api_url"],
                                  raft_address=node["raft_address"], data_dir=Path(node["data_dir"]),
                                  config_path=Path(node["data_dir"]) / "config.toml", is_validator=node["validator"])
                       for node in document["nodes"]]
-        for handle in self.nodes:
-            self._spawn(handle)
-        self._wait_healthy(self.nodes)
-        self._write_cluster_file()
 
     def close(self, *, remove_data: bool = False) -> None:
         """Stop every node (SIGTERM, then SIGKILL after a grace period) and release the address block."""
