@@ -182,9 +182,8 @@ def acquire_given_block(block: AddressBlock, *, hosts: int, ports: Sequence[int]
 def lock_block(block: AddressBlock, *, lock_dir: Path = LOCK_DIR) -> BlockLease:
     """Lock this block without probing its addresses: for a cluster some of whose nodes listen there while
     others restart (`synapse cluster restart`), so that no new cluster takes it meanwhile."""
-    _lock_directory(lock_dir)
-    descriptor = _try_lock(lock_dir / f"{block.prefix}.lock")
-    if descriptor is None:
+    lease = lock_running_block(block, lock_dir=lock_dir)
+    if lease is None:
         raise ConfigError(f"address block {block.prefix}.0/24 is held by another command starting or restarting nodes there",
                           hint="wait for it to finish, then try again")
-    return BlockLease(block, lock_dir / f"{block.prefix}.lock", descriptor)
+    return lease
