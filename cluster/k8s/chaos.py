@@ -218,15 +218,15 @@ def fault_from_params(kind: str, params: Mapping[str, object], topology: Topolog
 
 def example_faults(topology: Topology) -> dict[str, Fault]:
     """The faults of issue 12 on this network, written next to the manifests as ready-to-apply examples."""
-    members = "members" if topology.validators < topology.nodes else "validators"
     last = f"node-{topology.nodes}"
     steps = {
-        "partition-validators-members": ("partition", {"groups": ["validators", "rest"]}),
         "delay-validators-200ms": ("delay", {"from": "validators", "to": "validators", "ms": 200}),
         f"loss-{last}-20pct": ("loss", {"from": last, "to": "all", "percent": 20}),
-        f"bandwidth-{members}-1000kbit": ("bandwidth", {"nodes": members, "kbit": 1000}),
         f"kill-{last}": ("kill", {"nodes": last}),
         "pause-node-1": ("pause", {"nodes": "node-1"}),
     }
+    if topology.validators < topology.nodes:    # a network of validators only has no members to cut off
+        steps["partition-validators-members"] = ("partition", {"groups": ["validators", "members"]})
+        steps["bandwidth-members-1000kbit"] = ("bandwidth", {"nodes": "members", "kbit": 1000})
     return {name: fault_from_params(kind, params, topology, duration_s=60 if kind == "pause" else None)
             for name, (kind, params) in steps.items()}
