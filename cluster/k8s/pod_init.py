@@ -8,10 +8,11 @@ Why it works as it does:
 - The data volume outlives the pod. A file already there is kept when it holds the same bytes, and the
   step fails (the pod does not start) when it differs: a volume holding another node's identity, or a
   Secret replaced under a running network, must be noticed by a person, never silently overwritten.
-- The node binds its own DNS name at start, and the headless Service publishes that name only once
-  the pod has an address: the step waits, bounded, until the name resolves to an address this pod can
-  bind, so the node does not crash-loop on a DNS race. Which files and which name come from the node's
-  config (node/config.py load_config), so there is one source of truth for the paths.
+- The node binds its own DNS name at start. Kubelet writes that name into the pod's /etc/hosts (a
+  StatefulSet sets hostname and subdomain), so it normally resolves at once; the step still checks,
+  bounded, that the name resolves to an address this pod can bind, so manifests made for another
+  namespace or cluster domain fail here with the reason instead of crash-looping the node. Which files
+  and which name come from the node's config (node/config.py load_config): one source of truth.
 """
 
 from __future__ import annotations
