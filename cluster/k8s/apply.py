@@ -34,6 +34,7 @@ APPLY_ORDER = ("Namespace", "ConfigMap", "Secret", "Service", "NetworkPolicy", "
 READY_POLL_S = 2.0
 LOCAL_PORT_BASE = 18_000       # node-i is forwarded to 127.0.0.1:(18000 + i)
 NETWORK_FILE_NAME = "network.json"
+DISCOVERY_CACHE_DIR: Path | None = None      # None: the client's default (its temp dir); tests point it elsewhere
 CLUSTER_FILE_NAME = "cluster.json"
 
 
@@ -167,7 +168,8 @@ class OfficialClient:
 
         self._where = where
         self._api_client = client.ApiClient()
-        self._dynamic = dynamic.DynamicClient(self._api_client)
+        cache = None if DISCOVERY_CACHE_DIR is None else str(Path(DISCOVERY_CACHE_DIR) / "discovery-cache.json")
+        self._dynamic = dynamic.DynamicClient(self._api_client, cache_file=cache)
         self._core = client.CoreV1Api(self._api_client)
 
     def where(self) -> str:
