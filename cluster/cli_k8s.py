@@ -116,7 +116,7 @@ def _connect():
 @click.option("--json", "as_json", is_flag=True, help="print cluster.json on stdout (progress goes to stderr)")
 def up_kubernetes(data_dir: Path, timeout_s: float, as_json: bool) -> None:
     """Apply the manifests to the cluster of your kubeconfig, wait until every node is healthy, write cluster.json."""
-    from cluster.k8s.apply import apply_all, cluster_document, load_network_file, wait_ready, write_cluster_file
+    from cluster.k8s.apply import apply_all, check_network_matches, cluster_document, load_network_file, wait_ready, write_cluster_file
     from cluster.k8s.manifests import read_objects
 
     say = functools.partial(click.echo, err=as_json)
@@ -124,6 +124,7 @@ def up_kubernetes(data_dir: Path, timeout_s: float, as_json: bool) -> None:
     try:
         network = load_network_file(data_dir)
         documents = read_objects(data_dir / "manifests")
+        check_network_matches(network, documents)
     except SynapseError as error:
         _fail(error, EXIT_USAGE)
     api = _connect()

@@ -61,6 +61,15 @@ def check_documents(documents: list[dict]) -> list[dict]:
     return sorted(documents, key=lambda document: APPLY_ORDER.index(document["kind"]))
 
 
+def check_network_matches(network: dict, documents: list[dict]) -> None:
+    """network.json must describe the manifests beside it: the same namespace, one pod per StatefulSet."""
+    namespace = documents[0]["metadata"]["name"] if documents and documents[0].get("kind") == "Namespace" else None
+    pods = sorted(f"{document['metadata']['name']}-0" for document in documents if document.get("kind") == "StatefulSet")
+    if network["namespace"] != namespace or sorted(node.get("pod") for node in network["nodes"]) != pods:
+        raise ConfigError("network.json does not describe the manifests beside it (namespace or pods differ)",
+                          hint="write the directory again with 'synapse cluster manifests'; never mix two networks' files")
+
+
 def apply_all(api: KubernetesApi, documents: list[dict], *, say: Callable[[str], None] = print) -> None:
     for document in check_documents(documents):
         api.apply(document)

@@ -115,6 +115,15 @@ def test_a_tampered_directory_is_refused_before_anything_is_sent(manifest_dir):
     assert api.applied == []
 
 
+def test_a_network_file_from_another_network_is_refused_before_connecting(manifest_dir, tmp_path, fake):
+    network = json.loads((manifest_dir / "network.json").read_text())
+    network["nodes"][0]["pod"] = "kube-apiserver-0"
+    (manifest_dir / "network.json").write_text(json.dumps(network))
+    result = CliRunner().invoke(main, ["cluster", "up-kubernetes", "--data-dir", str(manifest_dir)])
+    assert result.exit_code == 2 and "does not describe the manifests beside it" in result.output
+    assert fake.applied == []
+
+
 def test_shuffled_files_are_still_applied_namespace_first(manifest_dir):
     from cluster.k8s.manifests import read_objects
 
