@@ -1,4 +1,4 @@
-"""`synapse cluster manifests --provider kubernetes`, `synapse cluster up-kubernetes`, `synapse cluster chaos-kubernetes`.
+"""`synapse cluster manifests --provider kubernetes`, `synapse cluster up-kubernetes|chaos-kubernetes|down-kubernetes`.
 
 Why it works as it does:
 - `manifests` needs nothing but this package: it writes a directory a person can read, commit (without
@@ -146,6 +146,28 @@ def up_kubernetes(data_dir: Path, timeout_s: float, as_json: bool) -> None:
     click.echo(f"from outside the cluster: {document['nodes'][0]['port_forward']} (cluster.json has one per node)")
 
 
+@click.command("down-kubernetes")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), required=True, help="the manifests directory")
+@click.option("--yes", "confirmed", is_flag=True, help="confirm: the nodes' volumes (logs, state, Raft journal) are deleted too")
+def down_kubernetes(data_dir: Path, confirmed: bool) -> None:
+    """Delete the network's namespace: every pod, Secret and data volume of it. The manifests directory stays."""
+    from cluster.k8s.apply import load_network_file
+
+    try:
+        network = load_network_file(data_dir)
+    except SynapseError as error:
+        _fail(error, EXIT_USAGE)
+    if not confirmed:
+        click.echo(f"this deletes namespace {network['namespace']} with every node's data volume; run again with --yes", err=True)
+        sys.exit(EXIT_USAGE)
+    api = _connect()
+    try:
+        deleted = api.delete_namespace(network["namespace"])
+    except SynapseError as error:
+        _fail(error)
+    click.echo(f"namespace {network['namespace']}: {'deleting (Kubernetes removes its objects and volumes)' if deleted else 'did not exist'}")
+
+
 FAULT_CHOICES = ("partition", "delay", "loss", "bandwidth", "kill", "pause", "skew", "heal")
 
 
@@ -214,3 +236,4 @@ def register(cluster: click.Group) -> None:
     cluster.add_command(manifests)
     cluster.add_command(up_kubernetes)
     cluster.add_command(chaos_kubernetes)
+    cluster.add_command(down_kubernetes)

@@ -1,8 +1,8 @@
 """`synapse cluster up-kubernetes`: apply the manifests with the official client, wait for health, write cluster.json.
 
 Why it works as it does:
-- The Kubernetes API sits behind a four-method interface (`KubernetesApi`): apply one object, read one
-  pod's readiness, delete labelled objects, and say where it is. `OfficialClient` implements it with the
+- The Kubernetes API sits behind a small interface (`KubernetesApi`): apply one object, read one pod's
+  readiness, delete labelled objects, delete the namespace, and say where it is. `OfficialClient` implements it with the
   official `kubernetes` package (optional: `pip install 'synapse-ng[kubernetes]'`), by server-side apply,
   so running `up` twice converges instead of failing on "already exists". Tests drive the same code
   with an in-memory twin; no API server can run on the machines this was written on.
@@ -43,6 +43,7 @@ class KubernetesApi(Protocol):
     def apply(self, document: dict) -> None: ...
     def pod_status(self, namespace: str, name: str) -> tuple[bool, str]: ...
     def delete_labelled(self, api_version: str, kind: str, namespace: str, label_selector: str) -> None: ...
+    def delete_namespace(self, name: str) -> bool: ...
 
 
 def check_documents(documents: list[dict]) -> list[dict]:
@@ -211,6 +212,18 @@ class OfficialClient:
     def delete_labelled(self, api_version: str, kind: str, namespace: str, label_selector: str) -> None:
         resource = self._resource(api_version, kind)
         self._dynamic.delete(resource, namespace=namespace, label_selector=label_selector)
+
+    def delete_namespace(self, name: str) -> bool:
+        """Delete the namespace (and so everything in it, volumes included). False if it did not exist."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._core.delete_namespace(name=name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise ClusterError(f"cannot delete namespace {name}: {_reason(error)}") from None
+        return True
 
 
 def _reason(error: Exception) -> str:

@@ -139,6 +139,8 @@ def test_chaos_objects_are_applied_and_healed_by_label(api_server):
     method, path, query = FakeApiServer.requests[1]
     assert (method, path) == ("DELETE", "/apis/chaos-mesh.org/v1alpha1/namespaces/lab/podchaos")
     assert query["labelSelector"] == ["app.kubernetes.io/instance=synapse-1,synapse-ng.io/fault"]
+    assert api.delete_namespace("lab") is True
+    assert FakeApiServer.requests[2][:2] == ("DELETE", "/api/v1/namespaces/lab")
 
 
 def test_a_refusal_by_the_api_server_names_the_object_and_the_reason(api_server):

@@ -40,6 +40,10 @@ class FakeKubernetes:
     def delete_labelled(self, api_version, kind, namespace, label_selector):
         self.deleted.append((kind, namespace, label_selector))
 
+    def delete_namespace(self, name):
+        self.deleted.append(("Namespace", name, None))
+        return True
+
 
 @pytest.fixture
 def manifest_dir(tmp_path):
@@ -169,3 +173,11 @@ def test_chaos_kubernetes_prints_a_list_for_kubectl_and_heal_deletes_by_label(ma
     assert fake.deleted[0][2].endswith(",synapse-ng.io/fault")
     refused = runner.invoke(main, ["cluster", "chaos-kubernetes", "skew", "--data-dir", str(manifest_dir), "--nodes", "1", "--ms", "5"])
     assert refused.exit_code == 2 and "TimeChaos" in refused.output
+
+
+def test_down_deletes_the_namespace_only_when_confirmed(manifest_dir, fake):
+    refused = CliRunner().invoke(main, ["cluster", "down-kubernetes", "--data-dir", str(manifest_dir)])
+    assert refused.exit_code == 2 and "run again with --yes" in refused.output and fake.deleted == []
+    done = CliRunner().invoke(main, ["cluster", "down-kubernetes", "--data-dir", str(manifest_dir), "--yes"])
+    assert done.exit_code == 0 and fake.deleted == [("Namespace", "lab", None)]
+    assert "namespace lab: deleting" in done.output
