@@ -227,11 +227,13 @@ class OfficialClient:
 
 
 def _reason(error: Exception) -> str:
-    body = getattr(error, "body", None)
+    """The API server's own message (a Status object's `message`), else the client's text."""
     try:
-        return json.loads(body).get("message") or str(error) if body else str(error)
+        status = json.loads(getattr(error, "body", None) or "null")
     except (TypeError, ValueError):
-        return str(error)
+        status = None
+    message = status.get("message") if isinstance(status, dict) else None
+    return message if isinstance(message, str) and message else str(error)
 
 
 def instance_selector(network_id: str) -> str:

@@ -240,4 +240,4 @@ def read_objects(directory: Path) -> list[dict]:
     return documents
 
 
-__all__ = ["PodOptions", "network_objects", "read_objects", "write_objects", "labels", "MEMBERS_SERVICE"]
+__all__ = ["PodOptions", "labels", "network_objects", "read_objects", "write_objects"]
