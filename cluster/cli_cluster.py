@@ -523,3 +523,4 @@ def register(main: click.Group) -> None:
     main.add_command(cluster)
     main.add_command(scenario)
     main.add_command(doctor)
+    __import__("cluster.cli_k8s", fromlist=["register"]).register(cluster)  # manifests / up-kubernetes / chaos-kubernetes
