@@ -376,9 +376,11 @@ class Gossip:
             answer.set_exception(_Refused(effect.error, effect.reason))
 
     def _became_visible(self, entries: Sequence[Entry]) -> None:
-        now_ns = self._now_ns()
+        now_ns, now_ms = self._now_ns(), self._now_ms()
         for entry in entries:
             self._visible_at_ns.put(entry.id, now_ns)
+            if entry.author != self._self_id:   # spread: the author's HLC time -> visible here (never a replay: load() is silent)
+                self._metrics.observe("entry_spread_seconds", (now_ms - entry.hlc.wall_ms) / 1000)
         try:
             self._on_visible(list(entries))
         except Exception:  # a consumer's bug must not stop gossip

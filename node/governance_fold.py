@@ -8,6 +8,10 @@ Why it works as it does:
   logged and counted (`synapse_execute_refused_total`), whoever signed the entry.
 - Divergence is loud: the reports of one sequence are compared; a node whose state hash differs from
   the strict majority's is flagged and logged at ERROR once per (sequence, disagreement).
+- Timings (node/metrics.py HISTOGRAMS): when a valid EXECUTE_UPGRADE is folded live (not while the
+  stored log is replayed at start, see `replaying`), `vote_to_ratified_seconds` observes the time since
+  the proposal was decided (the deciding vote's HLC time, or the voting deadline), and the moment is
+  remembered per sequence (bounded) for the executor's `ratified_to_executed_seconds`.
 - This node's own entries seen in the log (reports, closes, RATIFY audits) are remembered here, so the
   jobs that publish them never publish one twice, also after a restart (the stored log is folded first).
 """
@@ -15,18 +19,20 @@ Why it works as it does:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from node.core.certificates import verify_certificate
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry
+from node.core.gossip_rules import BoundedMap
 from node.core.governance import Governance, ReportView
 from node.core.quorum import is_majority
 from node.errors import CertificateError, NotFound
 from node.identity import verify_signature
 from node.logging_setup import log_event
 from node.metrics import Metrics
-from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX
+from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX, METRICS_TIMINGS_PENDING_MAX
 
 
 _logger = logging.getLogger("synapse.governance")
@@ -67,6 +73,17 @@ class GovernanceFold:
         self.reported_sequences: set[int] = set()            # sequences this node's EXECUTION_REPORT covers
         self.ratify_audited: set[tuple[str, int]] = set()    # (proposal, sequence) of this node's RATIFY entries
         self.close_attested: set[str] = set()                # proposals whose CLOSE entry this node published
+        self.certificate_seen_ms = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> when a valid one was folded live
+        self._replaying = False
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Fold the stored log at start: state as usual, but no timing (those events happened before)."""
+        self._replaying = True
+        try:
+            yield
+        finally:
+            self._replaying = False
 
     def wake(self, callback: Callable[[], None]) -> None:
         self._wakers.append(callback)
@@ -109,6 +126,22 @@ class GovernanceFold:
             self._metrics.inc("execute_refused_total", reason="bad_certificate")
             log_event(self._logger, logging.ERROR, "execute_refused", entry_id=entry.id, author=entry.author,
                       proposal_id=entry.body["proposal_id"], sequence=entry.body["sequence"], reason=error.message)
+            return
+        if not self._replaying:
+            self._time_ratification(entry)
+
+    def _time_ratification(self, entry: Entry) -> None:
+        """The first valid certificate of a sequence seen live: since the decision, and remember when."""
+        sequence, now_ms = entry.body["sequence"], self._now_ms()
+        if sequence in self.certificate_seen_ms:    # a second valid EXECUTE_UPGRADE for it (another validator's)
+            return
+        self.certificate_seen_ms.put(sequence, now_ms)
+        try:
+            view = self.governance.proposal(entry.body["proposal_id"], state=self._state(), now_ms=now_ms)
+        except NotFound:
+            return      # the proposal has not reached this node (yet): no decision time to measure from
+        if view.decided_at_ms is not None:
+            self._metrics.observe("vote_to_ratified_seconds", (now_ms - view.decided_at_ms) / 1000)
 
     def _check_divergence(self, proposal_id: str) -> None:
         try:

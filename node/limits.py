@@ -44,6 +44,7 @@ NODE_LOG_FIELD_TEXT_LENGTH_MAX = 4000      # characters of one text field of a l
 METRICS_NAMES_MAX = 500
 METRICS_SERIES_PER_METRIC_MAX = 1_000      # label values may come from the network: bounded per metric
 METRICS_LABEL_VALUE_LENGTH_MAX = 200
+METRICS_TIMINGS_PENDING_MAX = 1_000        # started timings remembered (e.g. certificate seen, execution pending)
 
 # --- the entry log file (log/entries.bin) ----------------------------------------------------------
 LOGFILE_RECORD_SIZE_MAX_BYTES = 1 * MiB    # entries are far smaller (64 KiB by default); a larger length is corruption

@@ -86,7 +86,7 @@ class LocalVersions:
                                        private_addresses_allowed=self._package_private_addresses_allowed,
                                        limits=FetchLimits(package_size_max_bytes=limits.package_size_max_bytes),
                                        logger=logging.getLogger("synapse.packages"))
-        self.manager = UpgradeManager(self.store, self._fetcher, sandbox, now_ms=self._now_ms,
+        self.manager = UpgradeManager(self.store, self._fetcher, sandbox, now_ms=self._now_ms, metrics=self._metrics,
                                       logger=logging.getLogger("synapse.upgrader"))
         await self.refresh_state()
 

@@ -251,7 +251,7 @@ class Node:
         self.prepared = prepared
         genesis, limits, node_id = prepared.genesis, prepared.limits, prepared.identity.node_id
         self.now_ms = prepared.clock.now_ms
-        self.metrics = Metrics()
+        self.metrics = Metrics.for_node()
         self.log = CrdtLog(network_id=genesis.network_id, members=genesis.public_keys(), verify=verify_signature, limits=log_limits(limits))
         self.state = NodeState(genesis=genesis, metrics=self.metrics)
         self.gossip = Gossip(
@@ -347,7 +347,8 @@ class Node:
         log_event(_logger, logging.INFO, "log_loaded", stored=len(self.prepared.stored_raws), accepted=accepted,
                   visible=self.log.visible_count(), torn_tail_bytes=logfile.torn_tail_bytes)
         self.prepared.stored_raws = []
-        self.state.on_visible(self.log.visible())  # load() does not call on_visible: listeners start from the stored log
+        with self.fold.replaying():                # load() does not call on_visible: listeners start from the stored log
+            self.state.on_visible(self.log.visible())
         yield
         logfile.close()
 

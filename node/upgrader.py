@@ -45,6 +45,7 @@ from node.core.canonical import sha256_hex, state_hash
 from node.core.pipeline import FailureKind, SequenceDecision, Step
 from node.core.semver import is_valid_version
 from node.errors import PackageFetchError, RollbackError, StoreError, SynapseError, Unavailable
+from node.metrics import Metrics
 from node.store import VersionStore
 from node.limits import UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_STORE_TIMEOUT_MS
 
@@ -98,7 +99,10 @@ class _Run:
 
 class UpgradeManager:
     def __init__(self, store: VersionStore, fetcher, sandbox, *, now_ms: Callable[[], int], logger: logging.Logger | None = None,
-                 fetch_timeout_ms: int = UPGRADE_FETCH_TIMEOUT_MS, store_timeout_ms: int = UPGRADE_STORE_TIMEOUT_MS) -> None:
+                 fetch_timeout_ms: int = UPGRADE_FETCH_TIMEOUT_MS, store_timeout_ms: int = UPGRADE_STORE_TIMEOUT_MS,
+                 metrics: Metrics | None = None) -> None:
+        """`metrics`: where the package fetch and sandbox run durations are observed (a node's registry)."""
+        self._metrics = metrics if metrics is not None else Metrics()
         self._store = store
         self._fetcher = fetcher
         self._sandbox = sandbox
@@ -213,7 +217,13 @@ class UpgradeManager:
         actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package")
         pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
         run.advance(Step.DRY_RUN)
-        output = await self._sandbox.run_upgrade_async(wasm, state_bytes)
+        started_ms = self._now_ms()
+        try:
+            output = await self._sandbox.run_upgrade_async(wasm, state_bytes)
+        except Exception:
+            self._observe_since("sandbox_run_seconds", started_ms, result="failed")
+            raise
+        self._observe_since("sandbox_run_seconds", started_ms, result="ok")
         old_state, new_hash = await self._in_thread(_judge_output, state_bytes, output.state, version,
                                                     timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="checking the new state")
         return _Prepared(from_version=from_version, from_state_hash=from_state_hash, old_state=old_state,
@@ -232,10 +242,20 @@ class UpgradeManager:
         run.advance(Step.RECORD)
 
     async def _fetch(self, package_url: str, digest: str, package_size: int | None) -> bytes:
+        started_ms = self._now_ms()
         try:
-            return await asyncio.wait_for(self._fetcher.fetch(package_url, digest, package_size), self._fetch_timeout_ms / 1000)
+            wasm = await asyncio.wait_for(self._fetcher.fetch(package_url, digest, package_size), self._fetch_timeout_ms / 1000)
         except TimeoutError:
+            self._observe_since("package_fetch_seconds", started_ms, result="failed")
             raise PackageFetchError(f"the package download did not finish within {self._fetch_timeout_ms} ms") from None
+        except Exception:
+            self._observe_since("package_fetch_seconds", started_ms, result="failed")
+            raise
+        self._observe_since("package_fetch_seconds", started_ms, result="ok")
+        return wasm
+
+    def _observe_since(self, histogram: str, started_ms: int, **labels: str) -> None:
+        self._metrics.observe(histogram, (self._now_ms() - started_ms) / 1000, **labels)
 
     async def _fail(self, run: _Run, error: Exception, *, proposal_id: str, version: str, sequence: int) -> UpgradeResult:
         failed_step = run.step
