@@ -521,6 +521,7 @@ def doctor(fix: bool, as_json: bool) -> None:
 
 def register(main: click.Group) -> None:
     main.add_command(cluster)
+    __import__("cluster.cli_prometheus", fromlist=["register"]).register(cluster)  # synapse cluster prometheus-config
     main.add_command(scenario)
     main.add_command(doctor)
     __import__("cluster.cli_k8s", fromlist=["register"]).register(cluster)  # manifests / up-kubernetes / chaos-kubernetes

@@ -36,14 +36,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from node.limits import METRICS_LABEL_VALUE_LENGTH_MAX, METRICS_NAMES_MAX, METRICS_SERIES_PER_METRIC_MAX
 
 PREFIX = "synapse_"
-# generate_latest writes the classic text format (legacy names only); this is its content type.
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# The content type prometheus_client pairs with generate_latest (the text format, 0.0.4) when a scraper
+# asks for nothing in particular; asked this way, it is right for every prometheus_client version.
+CONTENT_TYPE = choose_encoder("")[1]
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DROPPED = "metrics_series_dropped_total"
