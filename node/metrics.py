@@ -289,7 +289,14 @@ class Metrics:
             if not _LABEL_NAME.match(label_name) or label_name.startswith("__") or (
                     histogram and label_name == _RESERVED_HISTOGRAM_LABEL):
                 raise ValueError(f"invalid label name {label_name!r}")
-        return tuple(sorted((key, str(value)[:METRICS_LABEL_VALUE_LENGTH_MAX]) for key, value in labels.items()))
+        return tuple(sorted((key, _label_value(value)) for key, value in labels.items()))
+
+
+def _label_value(value: object) -> str:
+    """At most METRICS_LABEL_VALUE_LENGTH_MAX characters of valid UTF-8: a lone surrogate from the
+    network must not make the whole exposition fail to encode."""
+    text = str(value)[:METRICS_LABEL_VALUE_LENGTH_MAX]
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _bound_text(bound: float) -> str:
