@@ -133,7 +133,7 @@ class GovernanceFold:
     def _time_ratification(self, entry: Entry) -> None:
         """The first valid certificate of a sequence seen live: since the decision, and remember when."""
         sequence, now_ms = entry.body["sequence"], self._now_ms()
-        if sequence in self.certificate_seen_ms:    # a second valid EXECUTE_UPGRADE for it (another validator's)
+        if sequence in self.certificate_seen_ms:    # another validator's EXECUTE_UPGRADE for it: timed once
             return
         self.certificate_seen_ms.put(sequence, now_ms)
         try:

@@ -146,7 +146,7 @@ class UpgradeExecutor:
 
     def _time_execution(self, execution: CertifiedExecution) -> None:
         """This node ran the sequence and reported it: the time since it saw the certificate."""
-        seen_ms = self._fold.certificate_seen_ms.pop(execution.sequence, None)
+        seen_ms = self._fold.certificate_seen_ms.get(execution.sequence)     # kept: it also marks the sequence as timed
         if seen_ms is not None and execution.sequence in self._fold.reported_sequences:
             self._metrics.observe("ratified_to_executed_seconds", (self._now_ms() - seen_ms) / 1000,
                                   action=execution.body["action"])
