@@ -49,6 +49,8 @@ _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DROPPED = "metrics_series_dropped_total"
 _RESERVED_HISTOGRAM_LABEL = "le"
+# Label names our call sites use, valid by construction: the hot path skips the pattern for them.
+_COMMON_LABEL_NAMES = frozenset({"type", "reason", "kind", "status", "result", "action", "this_node"})
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -227,7 +229,8 @@ class Metrics:
         return True
 
     def _update(self, name: str, kind: str, value: float, labels: dict[str, str], *, add: bool) -> None:
-        self._check_name(name, kind)
+        if self._types.get(name) != kind:     # a known name was checked when it was claimed (the hot path skips it)
+            self._check_name(name, kind)
         label_key = self._label_key(labels)
         with self._lock:
             if not self._claim(name, kind):
@@ -285,9 +288,11 @@ class Metrics:
 
     @staticmethod
     def _label_key(labels: dict[str, str], *, histogram: bool = False) -> LabelKey:
+        if not labels:
+            return ()
         for label_name in labels:
-            if not _LABEL_NAME.match(label_name) or label_name.startswith("__") or (
-                    histogram and label_name == _RESERVED_HISTOGRAM_LABEL):
+            if label_name not in _COMMON_LABEL_NAMES and (not _LABEL_NAME.match(label_name) or label_name.startswith("__") or (
+                    histogram and label_name == _RESERVED_HISTOGRAM_LABEL)):
                 raise ValueError(f"invalid label name {label_name!r}")
         return tuple(sorted((key, _label_value(value)) for key, value in labels.items()))
 
