@@ -46,7 +46,7 @@ def _target_of(node: dict) -> tuple[str, str, str]:
     except ValueError:
         port = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.query:
-        raise ClusterError(f"node {node.get('index', '?')} of the cluster file has no usable api_url ({str(url)[:100]!r})",
+        raise ClusterError(f"node-{node['index'] + 1} in the cluster file has no usable api_url ({str(url)[:100]!r})",
                            hint="the cluster file is written by 'synapse cluster up'; start the cluster again if it was edited")
     return parts.scheme, parts.netloc, parts.path.rstrip("/") + "/metrics"
 
