@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.local import LocalCluster, NodeApi
-from cluster.package_server import PackageServer
+from cluster.local import NodeApi
 from node.metrics import CONTENT_TYPE
 from tests.metrics_text import exposed_names, families, load_dashboard, queried_metric_names
 from tests.polling import poll_until
-from tests.wasm_build import REPOSITORY, wat_to_wasm
+from tests.wasm_build import REPOSITORY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -33,15 +32,6 @@ FEATURE_FLAG = REPOSITORY / "examples" / "wat" / "feature_flag.wat"
 UPGRADE_HISTOGRAMS = ("vote_to_ratified_seconds", "ratified_to_executed_seconds", "entry_spread_seconds",
                       "package_fetch_seconds", "sandbox_run_seconds")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@pytest.fixture
-def package_server():
-    server = PackageServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def histogram_of(text: str, name: str) -> dict[str, float]:
@@ -65,14 +55,6 @@ def histogram_of(text: str, name: str) -> dict[str, float]:
             "sum": sum(series["sum"] for series in per_series.values())}
 
 
-def upgrade_executed_everywhere(cluster: LocalCluster, proposal_id: str) -> bool:
-    for index in range(NODES):
-        response = cluster.api(index).get(f"/proposals/{proposal_id}")
-        if response.status != 200 or response.data["status"] != "executed" or len(response.data["reports"]) < NODES:
-            return False
-    return True
-
-
 def executed_scrape(api: NodeApi) -> str | None:
     """The node's /metrics once its ratified -> executed histogram has counted the execution."""
     response = api.get("/metrics")
@@ -87,54 +69,46 @@ def synapse(*arguments: str, tmp: Path) -> subprocess.CompletedProcess:
                           env=environment, capture_output=True, text=True, timeout=60)
 
 
-def test_upgrade_histograms_dashboard_names_and_scrape_config_on_a_real_cluster(tmp_path, package_server):
+def test_upgrade_histograms_dashboard_names_and_scrape_config_on_a_real_cluster(tmp_path, synapse_cluster, package_server):
     started_s = time.monotonic()
-    with LocalCluster(nodes=NODES, validators=NODES, data_dir=tmp_path / "cluster", governance={"voting_period_ms": 60_000},
-                      network_limits={"sandbox_fuel": 50_000_000}) as cluster:
-        package = package_server.add("feature_flag", wat_to_wasm(FEATURE_FLAG))
-        created = cluster.api(0).post("/upgrades/propose", {
-            "title": "Upgrade to v1.2.0", "description": "observability test", "version": "1.2.0",
-            "package_url": package.http_url, "package_hash": "sha256:" + package.sha256, "package_size": package.size})
-        assert created.status == 201, created.text
-        proposal_id = created.data["proposal_id"]
-        for index in range(2):     # 2 of 3 validators' approvals decide
-            cluster.wait_for(lambda: cluster.api(index).get(f"/proposals/{proposal_id}").status == 200, WITHIN_S, "the proposal")
-            assert cluster.api(index).post(f"/proposals/{proposal_id}/vote", {"vote": "approval"}).status == 201
-        cluster.wait_for(lambda: upgrade_executed_everywhere(cluster, proposal_id), WITHIN_S, "the upgrade executed and reported")
+    network = synapse_cluster(nodes=NODES, validators=NODES, governance={"voting_period_ms": 60_000},
+                              limits={"sandbox_fuel": 50_000_000})
+    proposal_id = network.propose(package_server.add_file(FEATURE_FLAG), version="1.2.0")
+    network.vote(proposal_id, "approval", by=[0, 1])     # 2 of the 3 validators' approvals decide
+    network.wait_executed(proposal_id)
+    texts = []
+    for index in range(NODES):
+        # The executor observes right after its report is written: poll the scrape, as Prometheus would.
+        texts.append(poll_until(lambda: executed_scrape(network.api(index)), what=f"ratified_to_executed on node {index}",
+                                timeout_s=WITHIN_S))
+    elapsed_s = time.monotonic() - started_s
 
-        texts = []
-        for index in range(NODES):
-            # The executor observes right after its report is written: poll the scrape, as Prometheus would.
-            texts.append(poll_until(lambda: executed_scrape(cluster.api(index)), what=f"ratified_to_executed on node {index}",
-                                    timeout_s=WITHIN_S))
-        elapsed_s = time.monotonic() - started_s
+    for index, text in enumerate(texts):
+        seen = {name: histogram_of(text, name) for name in UPGRADE_HISTOGRAMS}
+        assert seen["ratified_to_executed_seconds"]["count"] == 1, (index, seen)     # one execution per node
+        assert seen["vote_to_ratified_seconds"]["count"] == 1, (index, seen)         # one certified execution
+        assert seen["vote_to_ratified_seconds"]["sum"] > 0, "Raft close, ratify and certify take time"
+        assert seen["package_fetch_seconds"]["count"] >= 1 and seen["sandbox_run_seconds"]["count"] >= 1, seen
+        assert seen["entry_spread_seconds"]["count"] >= NODES - 1, "the other nodes' proposal, votes, closes, certificates"
+        for name, figures in seen.items():
+            assert 0 <= figures["sum"] <= figures["count"] * elapsed_s, (index, name, figures, elapsed_s)
+        assert 'result="ok"' in text and 'action="upgrade"' in text
 
-        for index, text in enumerate(texts):
-            seen = {name: histogram_of(text, name) for name in UPGRADE_HISTOGRAMS}
-            assert seen["ratified_to_executed_seconds"]["count"] == 1, (index, seen)     # one execution per node
-            assert seen["vote_to_ratified_seconds"]["count"] == 1, (index, seen)         # one certified execution
-            assert seen["vote_to_ratified_seconds"]["sum"] > 0, "Raft close, ratify and certify take time"
-            assert seen["package_fetch_seconds"]["count"] >= 1 and seen["sandbox_run_seconds"]["count"] >= 1, seen
-            assert seen["entry_spread_seconds"]["count"] >= NODES - 1, "the other nodes' proposal, votes, closes, certificates"
-            for name, figures in seen.items():
-                assert 0 <= figures["sum"] <= figures["count"] * elapsed_s, (index, name, figures, elapsed_s)
-            assert 'result="ok"' in text and 'action="upgrade"' in text
+    # The dashboard cannot drift: every name it queries is on a real node's /metrics.
+    assert queried_metric_names(load_dashboard()) - exposed_names(texts[0]) == set()
 
-        # The dashboard cannot drift: every name it queries is on a real node's /metrics.
-        assert queried_metric_names(load_dashboard()) - exposed_names(texts[0]) == set()
-
-        # The scrape config, as a user prints it, names exactly the cluster file's nodes, each scrapable.
-        printed = synapse("cluster", "prometheus-config", "--data-dir", str(cluster.data_dir), tmp=tmp_path)
-        assert printed.returncode == 0, printed.stderr
-        config = yaml.safe_load(printed.stdout)
-        assert "no token" in printed.stdout, "the config says why it sends no token"
-        (job,) = config["scrape_configs"]
-        cluster_file = json.loads((cluster.data_dir / "cluster.json").read_text())
-        expected = {node["api_url"].removeprefix("http://"): (f"node-{node['index'] + 1}", node["node_id"]) for node in cluster_file["nodes"]}
-        assert {target: (group["labels"]["node"], group["labels"]["node_id"])
-                for group in job["static_configs"] for target in group["targets"]} == expected
-        assert {group["labels"]["role"] for group in job["static_configs"]} == {"validator"}
-        for target in expected:
-            with _NO_PROXY.open(f"{job['scheme']}://{target}{job['metrics_path']}", timeout=10) as scraped:
-                assert scraped.headers["Content-Type"] == CONTENT_TYPE
-                assert "synapse_vote_to_ratified_seconds" in families(scraped.read().decode())
+    # The scrape config, as a user prints it, names exactly the cluster file's nodes, each scrapable.
+    printed = synapse("cluster", "prometheus-config", "--data-dir", str(network.data_dir), tmp=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    config = yaml.safe_load(printed.stdout)
+    assert "no token" in printed.stdout, "the config says why it sends no token"
+    (job,) = config["scrape_configs"]
+    cluster_file = json.loads((network.data_dir / "cluster.json").read_text())
+    expected = {node["api_url"].removeprefix("http://"): (f"node-{node['index'] + 1}", node["node_id"]) for node in cluster_file["nodes"]}
+    assert {target: (group["labels"]["node"], group["labels"]["node_id"])
+            for group in job["static_configs"] for target in group["targets"]} == expected
+    assert {group["labels"]["role"] for group in job["static_configs"]} == {"validator"}
+    for target in expected:
+        with _NO_PROXY.open(f"{job['scheme']}://{target}{job['metrics_path']}", timeout=10) as scraped:
+            assert scraped.headers["Content-Type"] == CONTENT_TYPE
+            assert "synapse_vote_to_ratified_seconds" in families(scraped.read().decode())
