@@ -8,10 +8,11 @@ Why it works as it does:
   logged and counted (`synapse_execute_refused_total`), whoever signed the entry.
 - Divergence is loud: the reports of one sequence are compared; a node whose state hash differs from
   the strict majority's is flagged and logged at ERROR once per (sequence, disagreement).
-- Timings (node/metrics.py HISTOGRAMS): when a valid EXECUTE_UPGRADE is folded live (not while the
-  stored log is replayed at start, see `replaying`), `vote_to_ratified_seconds` observes the time since
-  the proposal was decided (the deciding vote's HLC time, or the voting deadline), and the moment is
-  remembered per sequence (bounded) for the executor's `ratified_to_executed_seconds`.
+- Timings (node/metrics.py HISTOGRAMS): the moment a valid EXECUTE_UPGRADE is first folded live (not
+  while the stored log is replayed at start, see `replaying`) is remembered per sequence (bounded), for
+  the executor's `ratified_to_executed_seconds`, and `vote_to_ratified_seconds` observes it minus the
+  proposal's decision time (the deciding vote's HLC time, or the voting deadline) as soon as this node
+  knows that: gossip may bring a certificate before the proposal or its votes.
 - This node's own entries seen in the log (reports, closes, RATIFY audits) are remembered here, so the
   jobs that publish them never publish one twice, also after a restart (the stored log is folded first).
 """
@@ -75,6 +76,7 @@ class GovernanceFold:
         self.close_attested: set[str] = set()                # proposals whose CLOSE entry this node published
         self.certificate_seen_ms = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> when a valid one was folded live
         self._replaying = False
+        self._ratification_untimed = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> (proposal, seen ms)
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
@@ -100,6 +102,8 @@ class GovernanceFold:
             self.governance.note_equivocations(equivocations)
         for proposal_id in sorted(touched_reports):
             self._check_divergence(proposal_id)
+        if self._ratification_untimed:
+            self._time_ratifications()
         if any(entry.kind != "NOTE" for entry in entries):
             for wake in self._wakers:
                 wake()
@@ -131,17 +135,28 @@ class GovernanceFold:
             self._time_ratification(entry)
 
     def _time_ratification(self, entry: Entry) -> None:
-        """The first valid certificate of a sequence seen live: since the decision, and remember when."""
-        sequence, now_ms = entry.body["sequence"], self._now_ms()
+        """The first valid certificate of a sequence seen live: remember when; it is timed from the
+        decision once this node knows the decision (the certificate may arrive before the votes)."""
+        sequence = entry.body["sequence"]
         if sequence in self.certificate_seen_ms:    # another validator's EXECUTE_UPGRADE for it: timed once
             return
-        self.certificate_seen_ms.put(sequence, now_ms)
-        try:
-            view = self.governance.proposal(entry.body["proposal_id"], state=self._state(), now_ms=now_ms)
-        except NotFound:
-            return      # the proposal has not reached this node (yet): no decision time to measure from
-        if view.decided_at_ms is not None:
-            self._metrics.observe("vote_to_ratified_seconds", (now_ms - view.decided_at_ms) / 1000)
+        seen_ms = self._now_ms()
+        self.certificate_seen_ms.put(sequence, seen_ms)
+        self._ratification_untimed.put(sequence, (entry.body["proposal_id"], seen_ms))
+
+    def _time_ratifications(self) -> None:
+        """Observe vote -> ratified for each certificate whose proposal's decision time is now known."""
+        for sequence, (proposal_id, seen_ms) in list(self._ratification_untimed.items()):
+            try:
+                view = self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
+            except NotFound:
+                continue       # the proposal has not reached this node yet
+            if view.decided_at_ms is None:
+                if view.closed:    # closed without a decision time (decided before any vote): nothing to time
+                    del self._ratification_untimed[sequence]
+                continue           # else the votes that decided it have not reached this node yet
+            del self._ratification_untimed[sequence]
+            self._metrics.observe("vote_to_ratified_seconds", (seen_ms - view.decided_at_ms) / 1000)
 
     def _check_divergence(self, proposal_id: str) -> None:
         try:
