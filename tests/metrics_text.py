@@ -44,3 +44,12 @@ def queried_metric_names(dashboard: dict) -> set[str]:
 
 def load_dashboard(path: Path = DASHBOARD) -> dict:
     return json.loads(path.read_text())
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the one series `name{labels}` (exact label set), or None when it is absent."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return found.value
+    return None
