@@ -52,6 +52,7 @@ class LocalVersions:
         self.store: VersionStore | None = None
         self.manager: UpgradeManager | None = None
         self._fetcher: PackageFetcher | None = None
+        self._sandbox: Sandbox | None = None
 
     async def context(self, app: Any) -> AsyncIterator[None]:
         await self.start()
@@ -86,8 +87,9 @@ class LocalVersions:
                                        private_addresses_allowed=self._package_private_addresses_allowed,
                                        limits=FetchLimits(package_size_max_bytes=limits.package_size_max_bytes),
                                        logger=logging.getLogger("synapse.packages"))
+        self._sandbox = sandbox
         self.manager = UpgradeManager(self.store, self._fetcher, sandbox, now_ms=self._now_ms,
-                                      logger=logging.getLogger("synapse.upgrader"))
+                                      logger=logging.getLogger("synapse.upgrader"), metrics=self._metrics)
         await self.refresh_state()
 
     async def stop(self) -> None:
@@ -108,6 +110,9 @@ class LocalVersions:
         self._state = await asyncio.to_thread(json.loads, raw)
         self._on_version(version)
         self._metrics.set("applied_sequence", store.applied_sequence)
+        if self._sandbox is not None:     # how this node got its compiled modules: compiled, from disk, refused
+            for event, count in self._sandbox.cache_stats().items():
+                self._metrics.set("sandbox_compiled_cache", count, event=event)
 
     def network_state(self) -> Mapping:
         """The live network state as last read (reputations and version for governance)."""
