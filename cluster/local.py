@@ -154,7 +154,8 @@ class LocalCluster:
                  start_timeout_s: float | None = None, governance: Mapping[str, int] | None = None,
                  network_limits: Mapping[str, int] | None = None, config_limits: Mapping[str, int] | None = None,
                  reputations: list[int] | None = None, extra_env: Mapping[str, str] | None = None,
-                 ipfs_gateways: Sequence[str] = (), private_addresses_allowed: bool = True, detached: bool = False) -> None:
+                 ipfs_gateways: Sequence[str] = (), private_addresses_allowed: bool = True, detached: bool = False,
+                 shared_compiled_cache: bool = True) -> None:
         self._node_count = nodes
         self._validator_count = validators
         self._given_data_dir = Path(data_dir) if data_dir is not None else None
@@ -162,7 +163,9 @@ class LocalCluster:
         self._start_timeout_s = start_timeout_s if start_timeout_s is not None else max(START_TIMEOUT_S, START_TIMEOUT_PER_NODE_S * nodes)
         self._network_options = {"governance": governance, "network_limits": network_limits,
                                  "config_limits": config_limits, "reputations": reputations, "ipfs_gateways": tuple(ipfs_gateways),
-                                 "private_addresses_allowed": private_addresses_allowed}
+                                 "private_addresses_allowed": private_addresses_allowed,
+                                 # the nodes compile each package once per machine (DIR/compiled-cache)
+                                 "shared_compiled_cache": shared_compiled_cache}
         # detached: nodes outlive this process (`synapse cluster up`): a session of their own, no parent-death signal.
         self._detached = detached
         self._extra_env = dict(extra_env or {})

@@ -85,6 +85,8 @@ SANDBOX_COMPILE_ALLOWANCE_MS = 120_000     # added to the wall timeout of an asy
 SANDBOX_RUNS_CONCURRENT_MAX = 2
 SANDBOX_MEMORY_CACHE_ENTRIES_MAX = 16      # compiled modules kept in memory
 SANDBOX_DISK_CACHE_ENTRIES_MAX = 64        # compiled modules kept on disk
+SANDBOX_SHARED_CACHE_LOCK_WAIT_MS = 60_000  # a node waits this long for another's compile, then compiles itself
+SANDBOX_SHARED_CACHE_LOCK_POLL_MS = 20
 SANDBOX_REFUSALS_SHOWN_MAX = 3             # in an error message; inspect() lists them all
 
 # --- raft transport --------------------------------------------------------------------------------
