@@ -1,0 +1,298 @@
+"""Scale benchmark (issue 11): what a local network of N nodes costs on this machine, for N = 5, 33, 100,
+200 in one run, beside HashiCorp Serf at the same N.
+
+For each N (a fresh cluster each, 3 validators, equal reputations):
+- up: `LocalCluster(nodes=N).start()` from the call until every node answers GET /health "ok" (address
+  block, genesis, keys, configs, N spawns: through the preloaded template unless --spawn exec).
+- upgrade: the spec's Rust crate (examples/rust/upgrade_v1_2_0, built offline as
+  tests/integration/test_rust_example.py builds it) served over HTTP, proposed on the last node;
+  floor(N/2) early approvals are cast and seen everywhere, then the clock is taken just before the
+  deciding vote; "executed" = each node's own EXECUTION_REPORT visible on that node (the moment its
+  GET /proposals/{id} says executed), from the nodes' own CLOCK_REALTIME stamps (bench_governance.py's
+  milestones). Reported: last vote -> executed on every node, first EXECUTE_UPGRADE seen -> executed on
+  every node, and how the nodes got the compiled module (compiled / loaded from the shared cache).
+- idle: after the upgrade's reports have spread and a settle time, the CPU time (utime + stime in
+  /proc/<pid>/stat) all node processes use over --idle-s seconds, in cores.
+- memory: per node, Rss (VmRSS) and Pss (/proc/<pid>/smaps_rollup: shared pages divided among the
+  processes sharing them, so sum(Pss) is what N nodes really cost), medians and sums.
+- Serf: /work/shared/peers/serf_bench.py -n N -k --serf-events (its bootstrap time, and each user
+  event's spread to the last agent, stream receipt), in a work dir of ours; skipped when serf is absent.
+
+It asserts nothing. Every N past the address cap (cluster/addresses.py HOSTS_PER_BLOCK_MAX) is skipped
+with a message; --budget-s bounds the whole run (the remaining N are skipped, said so). The load
+average before and after each N is recorded: the machine is shared. From the repository root:
+
+    .venv/bin/python bench/bench_scale.py                          # N = 5 33 100 200
+    .venv/bin/python bench/bench_scale.py --nodes 5 33 --no-serf   # a quicker run
+    .venv/bin/python bench/bench_scale.py --nodes 33 --spawn exec --no-shared-cache   # the "before"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))
+sys.path.insert(0, str(REPOSITORY / "bench"))
+
+from bench_governance import (HEADLINE, STEP_TIMEOUT_S, derived, load_now, milestones, ok, open_proposal,  # noqa: E402
+                              wait_executed, wait_for_raft_leader)
+from cluster.addresses import HOSTS_PER_BLOCK_MAX  # noqa: E402
+from cluster.local import LocalCluster  # noqa: E402
+from cluster.package_server import PackageServer  # noqa: E402
+from node.errors import ClusterError  # noqa: E402
+
+RESULTS = REPOSITORY / "bench" / "results"
+SERF_BENCH = Path("/work/shared/peers/serf_bench.py")
+VALIDATORS = 3
+REPUTATION = 100
+VOTING_PERIOD_MS = 600_000
+VERSION = "1.2.0"               # what the spec's crate sets
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+SETTLE_S = 3.0
+START_TIMEOUT_PER_NODE_S = 2.0
+SERF_TIMEOUT_S = 300.0
+AIMS = {"up_s": {100: 5.0, 200: 12.0}, "executed_everywhere_ms": {100: 2_000.0}, "idle_cores": {100: 0.2},
+        "pss_mb_median": {n: 25.0 for n in (5, 33, 100, 200)}}
+
+
+def build_crate(workdir: Path) -> bytes:
+    from tests.wasm_build import build_rust_example, rust_toolchain_missing
+    missing = rust_toolchain_missing()
+    if missing is not None:
+        raise SystemExit(f"bench_scale needs the spec's Rust crate, but the toolchain is missing: {missing}; "
+                         "run scripts/install-toolchain.sh")
+    return build_rust_example(workdir / "rust", target_dir=Path(tempfile.gettempdir()) / "synapse-bench-rust-target")
+
+
+def cpu_ticks(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])      # utime, stime
+
+
+def memory_kb(pid: int) -> tuple[int | None, int | None]:
+    """(Rss, Pss) in kB from /proc/<pid>/smaps_rollup."""
+    values = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss"):
+                values[name] = int(rest.split()[0])
+    except OSError:
+        return None, None
+    return values.get("Rss"), values.get("Pss")
+
+
+def node_pids(cluster: LocalCluster) -> list[int]:
+    return [handle.pid for handle in cluster.nodes if handle.pid is not None]
+
+
+def idle_cores(cluster: LocalCluster, seconds: float) -> float:
+    pids = node_pids(cluster)
+    before = {pid: cpu_ticks(pid) for pid in pids}
+    started = time.monotonic()
+    time.sleep(seconds)
+    after = {pid: cpu_ticks(pid) for pid in pids}
+    elapsed = time.monotonic() - started
+    used = sum(after[pid] - before[pid] for pid in pids if before[pid] is not None and after[pid] is not None)
+    return round(used / CLOCK_TICKS_PER_S / elapsed, 3)
+
+
+def memory_summary(cluster: LocalCluster) -> dict:
+    readings = [memory_kb(pid) for pid in node_pids(cluster)]
+    rss = [value for value, _ in readings if value is not None]
+    pss = [value for _, value in readings if value is not None]
+    return {"rss_mb_median": round(statistics.median(rss) / 1024, 1) if rss else None,
+            "pss_mb_median": round(statistics.median(pss) / 1024, 1) if pss else None,
+            "rss_mb_total": round(sum(rss) / 1024, 1), "pss_mb_total": round(sum(pss) / 1024, 1)}
+
+
+def metric_sum(cluster: LocalCluster, sample: str) -> float:
+    total = 0.0
+    for index in range(len(cluster.nodes)):
+        for line in cluster.api(index).get("/metrics").text.splitlines():
+            if line.startswith(sample + " "):
+                total += float(line.split()[-1])
+    return total
+
+
+def wait_reports(cluster: LocalCluster, proposal_id: str, nodes: int) -> None:
+    cluster.wait_for(lambda: all(len(ok(cluster.api(index).get(f"/proposals/{proposal_id}"))["reports"]) == nodes
+                                 for index in range(nodes)), STEP_TIMEOUT_S * 2, "every report on every node")
+
+
+def run_upgrade(cluster: LocalCluster, package) -> dict:
+    """Proposed on the last node, floor(N/2) early approvals, then the deciding vote (timed)."""
+    nodes = len(cluster.nodes)
+    proposer, early, decider = nodes - 1, [index for index in range(nodes // 2)], nodes // 2
+    proposal_id = open_proposal(cluster, package, VERSION, proposer, early)
+    sent_ns = time.time_ns()
+    voted = ok(cluster.api(decider).post(f"/proposals/{proposal_id}/vote", {"vote": "approval"}), 201, "the deciding vote")
+    acknowledged_ms = round((time.time_ns() - sent_ns) / 1e6, 2)
+    if voted["tally"]["outcome"] != "approved":
+        raise ClusterError(f"the deciding vote left {proposal_id} {voted['status']!r}: {voted['tally']}")
+    wait_executed(cluster, proposal_id)
+    record = milestones(cluster, proposal_id, voted["entry_id"], sent_ns)
+    record.update(proposal_id=proposal_id, decider=decider, vote_acknowledged_ms=acknowledged_ms, decider_validator=cluster.nodes[decider].is_validator)
+    rows = derived(record, [handle.index for handle in cluster.nodes if handle.is_validator])
+    first_seen = min((value for value in record["ratified_ms"] if value is not None), default=None)
+    everywhere = rows[HEADLINE]
+    return {"proposal_id": proposal_id, "executed_everywhere_ms": everywhere,
+            "ratified_everywhere_ms": rows["ratified on every node (EXECUTE_UPGRADE visible)"],
+            "execute_seen_to_executed_everywhere_ms": (round(everywhere - first_seen, 1)
+                                                       if None not in (everywhere, first_seen) else None),
+            "executed_first_node_ms": rows["executed on the first node"],
+            "modules_compiled": metric_sum(cluster, 'synapse_sandbox_compiled_cache{event="compiled"}'),
+            "modules_loaded_from_disk": metric_sum(cluster, 'synapse_sandbox_compiled_cache{event="loaded_from_disk"}'),
+            "sandbox_runs": metric_sum(cluster, "synapse_sandbox_runs_total")}
+
+
+def bench_synapse(nodes: int, package, arguments: argparse.Namespace, workdir: Path) -> dict:
+    environment = {"SYNAPSE_SPAWN": arguments.spawn}
+    started = time.monotonic()
+    cluster = LocalCluster(nodes=nodes, validators=VALIDATORS, data_dir=workdir / f"n{nodes}", reputations=[REPUTATION] * nodes,
+                           governance={"voting_period_ms": VOTING_PERIOD_MS}, extra_env=environment,
+                           start_timeout_s=max(60.0, START_TIMEOUT_PER_NODE_S * nodes),
+                           shared_compiled_cache=arguments.shared_cache)
+    with cluster:
+        up_s = round(time.monotonic() - started, 2)
+        print(f"N={nodes}: up in {up_s} s", flush=True)
+        wait_for_raft_leader(cluster)
+        upgrade = run_upgrade(cluster, package)
+        print(f"N={nodes}: last vote -> executed everywhere {upgrade['executed_everywhere_ms']} ms "
+              f"(EXECUTE_UPGRADE first seen -> executed everywhere {upgrade['execute_seen_to_executed_everywhere_ms']} ms; "
+              f"compiled {upgrade['modules_compiled']:.0f}x, loaded {upgrade['modules_loaded_from_disk']:.0f}x, "
+              f"sandbox runs {upgrade['sandbox_runs']:.0f})", flush=True)
+        wait_reports(cluster, upgrade["proposal_id"], nodes)
+        time.sleep(SETTLE_S)
+        idle = idle_cores(cluster, arguments.idle_s)
+        memory = memory_summary(cluster)
+        print(f"N={nodes}: idle {idle} cores over {arguments.idle_s} s; per node RSS {memory['rss_mb_median']} MB, "
+              f"PSS {memory['pss_mb_median']} MB (totals {memory['rss_mb_total']} / {memory['pss_mb_total']} MB)", flush=True)
+    return {"up_s": up_s, **upgrade, "idle_cores": idle, **memory}
+
+
+def bench_serf(nodes: int, arguments: argparse.Namespace, workdir: Path) -> dict:
+    if not SERF_BENCH.exists() or shutil.which("serf") is None and not Path("/usr/bin/serf").exists():
+        return {"skipped": "serf or serf_bench.py is not installed"}
+    out = workdir / f"serf-{nodes}.jsonl"
+    command = [sys.executable, str(SERF_BENCH), "-n", str(nodes), "-k", str(arguments.serf_events), "--fire", "rpc",
+               "--workdir", str(workdir / f"serf-{nodes}"), "--json", str(out), "--final-wait", "20",
+               "--bind-base", str(arguments.serf_port_base), "--rpc-base", str(arguments.serf_port_base + 1000)]
+    try:
+        subprocess.run(command, capture_output=True, text=True, timeout=SERF_TIMEOUT_S, check=True)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"serf_bench.py did not finish within {SERF_TIMEOUT_S:.0f} s"}
+    except subprocess.CalledProcessError as error:
+        return {"skipped": f"serf_bench.py failed (exit {error.returncode}): {error.stderr.strip()[-300:]}"}
+    result = json.loads(out.read_text().splitlines()[-1])
+    return {"bootstrap_s": result.get("bootstrap_s"), "event_last_agent_ms": result.get("last_agent_ms_stream"),
+            "late_events": result.get("late_events"), "rss_kb": result.get("rss_kb"), "command": " ".join(command)}
+
+
+def bench_one(nodes: int, package, arguments: argparse.Namespace, workdir: Path) -> dict:
+    load_before = load_now()
+    print(f"N={nodes}: load before: {load_before['uptime']}", flush=True)
+    result: dict = {"nodes": nodes, "load_before": load_before}
+    try:
+        result["synapse"] = bench_synapse(nodes, package, arguments, workdir)
+    except ClusterError as error:
+        result["synapse"] = {"failed": error.one_line()}
+        print(f"N={nodes}: FAILED: {error.one_line()}", flush=True)
+    if arguments.serf:
+        result["serf"] = bench_serf(nodes, arguments, workdir)
+        print(f"N={nodes}: serf {result['serf']}", flush=True)
+    result["load_after"] = load_now()
+    return result
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    rows = [("cluster up (s)", "synapse", "up_s"), ("last vote -> executed everywhere (ms)", "synapse", "executed_everywhere_ms"),
+            ("EXECUTE_UPGRADE first seen -> executed everywhere (ms)", "synapse", "execute_seen_to_executed_everywhere_ms"),
+            ("modules compiled / loaded from the shared cache", "synapse", None),
+            ("idle CPU, all nodes (cores)", "synapse", "idle_cores"), ("RSS per node, median (MB)", "synapse", "rss_mb_median"),
+            ("PSS per node, median (MB)", "synapse", "pss_mb_median"), ("PSS all nodes (MB)", "synapse", "pss_mb_total"),
+            ("Serf bootstrap (s)", "serf", "bootstrap_s"), ("Serf event to the last agent, median (ms)", "serf", None)]
+    measured = [result for result in results if "synapse" in result]
+    lines = [f"# bench_scale ({meta['when']}; {meta['machine']}; spawn={meta['arguments']['spawn']}, "
+             f"shared cache={meta['arguments']['shared_cache']})", "", f"`{meta['command']}`", "",
+             "| | " + " | ".join(f"N={result['nodes']}" for result in measured) + " |", "|---|" + "---:|" * len(measured)]
+    for title, side, key in rows:
+        cells = []
+        for result in measured:
+            figures = result.get(side) or {}
+            if key is not None:
+                cells.append(str(figures.get(key, figures.get("failed", figures.get("skipped", "")))))
+            elif side == "synapse":
+                cells.append(f"{figures.get('modules_compiled', 0):.0f} / {figures.get('modules_loaded_from_disk', 0):.0f}")
+            else:
+                cells.append(str((figures.get("event_last_agent_ms") or {}).get("median", figures.get("skipped", ""))))
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- N={result['nodes']}: load before `{result['load_before']['uptime']}`, after "
+                     f"`{result['load_after']['uptime']}`" for result in measured]
+    lines += [f"- N={result['nodes']}: skipped: {result['skipped']}" for result in results if "skipped" in result]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, nargs="+", default=[5, 33, 100, 200])
+    parser.add_argument("--idle-s", type=float, default=10.0)
+    parser.add_argument("--spawn", choices=["template", "exec"], default="template",
+                        help="how nodes start: forked from the preloaded template, or a plain exec")
+    parser.add_argument("--shared-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="the nodes share one compiled-module cache (cluster up's default)")
+    parser.add_argument("--serf", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--serf-events", type=int, default=10)
+    parser.add_argument("--serf-port-base", type=int, default=37000)
+    parser.add_argument("--budget-s", type=float, default=3600.0, help="start no new N after this long")
+    arguments = parser.parse_args()
+    if not all(1 <= nodes for nodes in arguments.nodes) or not 1 <= arguments.idle_s <= 600:
+        parser.error("--nodes >= 1, --idle-s in 1..600")
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}", "arguments": vars(arguments), "command": " ".join(sys.argv)}
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    server = PackageServer()
+    results = []
+    try:
+        wasm = build_crate(workdir)
+        package = server.add("upgrade_v1_2_0.wasm", wasm)
+        meta["package_size_bytes"] = len(wasm)
+        for nodes in arguments.nodes:
+            if nodes > HOSTS_PER_BLOCK_MAX:
+                results.append({"nodes": nodes, "skipped": f"over this checkout's cap of {HOSTS_PER_BLOCK_MAX} nodes "
+                                                          "(cluster/addresses.py HOSTS_PER_BLOCK_MAX)"})
+            elif time.monotonic() - started > arguments.budget_s:
+                results.append({"nodes": nodes, "skipped": f"the run's budget of {arguments.budget_s:.0f} s was spent"})
+            else:
+                results.append(bench_one(nodes, package, arguments, workdir))
+                continue
+            print(f"N={nodes}: skipped: {results[-1]['skipped']}", flush=True)
+    finally:
+        server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"bench_scale-{stamp}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    text = markdown(results, meta)
+    (RESULTS / f"bench_scale-{stamp}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
