@@ -89,5 +89,8 @@ SANDBOX_SHARED_CACHE_LOCK_WAIT_MS = 60_000  # a node waits this long for another
 SANDBOX_SHARED_CACHE_LOCK_POLL_MS = 20
 SANDBOX_REFUSALS_SHOWN_MAX = 3             # in an error message; inspect() lists them all
 
+# --- the node template (node/forkserver.py) ------------------------------------------------------
+FORKSERVER_REQUEST_SIZE_MAX_BYTES = 1 * MiB  # one spawn request: paths and the launcher's environment
+
 # --- raft transport --------------------------------------------------------------------------------
 RAFT_REFUSAL_LOG_INTERVAL_MS = 5_000       # per reason and claimed validator: a flood cannot fill the log
