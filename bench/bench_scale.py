@@ -62,6 +62,8 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 3.0
 START_TIMEOUT_PER_NODE_S = 2.0
 SERF_TIMEOUT_S = 300.0
+SERF_ATTEMPTS = 2
+SERF_PORT_BLOCK = 1000          # agents' gossip ports from the base, RPC ports from base + 500 (N <= 500)
 AIMS = {"up_s": {100: 5.0, 200: 12.0}, "executed_everywhere_ms": {100: 2_000.0}, "idle_cores": {100: 0.2},
         "pss_mb_median": {n: 25.0 for n in (5, 33, 100, 200)}}
 
@@ -189,15 +191,21 @@ def bench_serf(nodes: int, arguments: argparse.Namespace, workdir: Path) -> dict
     if not SERF_BENCH.exists() or shutil.which("serf") is None and not Path("/usr/bin/serf").exists():
         return {"skipped": "serf or serf_bench.py is not installed"}
     out = workdir / f"serf-{nodes}.jsonl"
-    command = [sys.executable, str(SERF_BENCH), "-n", str(nodes), "-k", str(arguments.serf_events), "--fire", "rpc",
-               "--workdir", str(workdir / f"serf-{nodes}"), "--json", str(out), "--final-wait", "20",
-               "--bind-base", str(arguments.serf_port_base), "--rpc-base", str(arguments.serf_port_base + 1000)]
-    try:
-        subprocess.run(command, capture_output=True, text=True, timeout=SERF_TIMEOUT_S, check=True)
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"serf_bench.py did not finish within {SERF_TIMEOUT_S:.0f} s"}
-    except subprocess.CalledProcessError as error:
-        return {"skipped": f"serf_bench.py failed (exit {error.returncode}): {error.stderr.strip()[-300:]}"}
+    failures = []
+    for attempt in range(SERF_ATTEMPTS):     # a port of the block may be taken by someone else: another block
+        port_base = arguments.serf_port_base + attempt * SERF_PORT_BLOCK
+        command = [sys.executable, str(SERF_BENCH), "-n", str(nodes), "-k", str(arguments.serf_events), "--fire", "rpc",
+                   "--workdir", str(workdir / f"serf-{nodes}"), "--json", str(out), "--final-wait", "20",
+                   "--bind-base", str(port_base), "--rpc-base", str(port_base + SERF_PORT_BLOCK // 2)]
+        try:
+            subprocess.run(command, capture_output=True, text=True, timeout=SERF_TIMEOUT_S, check=True)
+            break
+        except subprocess.TimeoutExpired:
+            return {"skipped": f"serf_bench.py did not finish within {SERF_TIMEOUT_S:.0f} s"}
+        except subprocess.CalledProcessError as error:
+            failures.append(f"serf_bench.py failed (exit {error.returncode}): {error.stderr.strip().splitlines()[-1][:200]}")
+    else:
+        return {"skipped": "; ".join(failures)}
     result = json.loads(out.read_text().splitlines()[-1])
     return {"bootstrap_s": result.get("bootstrap_s"), "event_last_agent_ms": result.get("last_agent_ms_stream"),
             "late_events": result.get("late_events"), "rss_kb": result.get("rss_kb"), "command": " ".join(command)}
@@ -234,8 +242,10 @@ def markdown(results: list[dict], meta: dict) -> str:
         cells = []
         for result in measured:
             figures = result.get(side) or {}
-            if key is not None:
-                cells.append(str(figures.get(key, figures.get("failed", figures.get("skipped", "")))))
+            if "failed" in figures or "skipped" in figures:
+                cells.append("failed" if "failed" in figures else "skipped")
+            elif key is not None:
+                cells.append(str(figures.get(key, "")))
             elif side == "synapse":
                 cells.append(f"{figures.get('modules_compiled', 0):.0f} / {figures.get('modules_loaded_from_disk', 0):.0f}")
             else:
@@ -244,6 +254,9 @@ def markdown(results: list[dict], meta: dict) -> str:
     lines += [""] + [f"- N={result['nodes']}: load before `{result['load_before']['uptime']}`, after "
                      f"`{result['load_after']['uptime']}`" for result in measured]
     lines += [f"- N={result['nodes']}: skipped: {result['skipped']}" for result in results if "skipped" in result]
+    lines += [f"- N={result['nodes']} {side}: {reason}: {figures[reason]}" for result in measured
+              for side in ("synapse", "serf") for figures in [result.get(side) or {}]
+              for reason in ("failed", "skipped") if reason in figures]
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +270,8 @@ def main() -> int:
                         help="the nodes share one compiled-module cache (cluster up's default)")
     parser.add_argument("--serf", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--serf-events", type=int, default=10)
-    parser.add_argument("--serf-port-base", type=int, default=37000)
+    parser.add_argument("--serf-port-base", type=int, default=21000,
+                        help="below the ephemeral range (32768+), where outgoing connections would take ports")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="start no new N after this long")
     arguments = parser.parse_args()
     if not all(1 <= nodes for nodes in arguments.nodes) or not 1 <= arguments.idle_s <= 600:
