@@ -45,7 +45,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "bench"))
 
-from bench_governance import (HEADLINE, STEP_TIMEOUT_S, derived, load_now, milestones, ok, open_proposal,  # noqa: E402
+from bench_governance import (HEADLINE, PER_NODE_STAGES, STEP_TIMEOUT_S, derived, load_now, milestones, ok, open_proposal,  # noqa: E402
                               wait_executed, wait_for_raft_leader)
 from cluster.addresses import HOSTS_PER_BLOCK_MAX  # noqa: E402
 from cluster.local import LocalCluster  # noqa: E402
@@ -136,6 +136,11 @@ def wait_reports(cluster: LocalCluster, proposal_id: str, nodes: int) -> None:
                                  for index in range(nodes)), STEP_TIMEOUT_S * 2, "every report on every node")
 
 
+def _median_gap(earlier: list, later: list) -> float | None:
+    gaps = [b - a for a, b in zip(earlier, later) if None not in (a, b)]
+    return round(statistics.median(gaps), 1) if gaps else None
+
+
 def run_upgrade(cluster: LocalCluster, package) -> dict:
     """Proposed on the last node, floor(N/2) early approvals, then the deciding vote (timed)."""
     nodes = len(cluster.nodes)
@@ -151,12 +156,13 @@ def run_upgrade(cluster: LocalCluster, package) -> dict:
     record.update(proposal_id=proposal_id, decider=decider, vote_acknowledged_ms=acknowledged_ms, decider_validator=cluster.nodes[decider].is_validator)
     rows = derived(record, [handle.index for handle in cluster.nodes if handle.is_validator])
     first_seen = min((value for value in record["ratified_ms"] if value is not None), default=None)
+    stages = {name: _median_gap(record[first], record[second]) for name, (first, second) in PER_NODE_STAGES.items()}
     everywhere = rows[HEADLINE]
     return {"proposal_id": proposal_id, "executed_everywhere_ms": everywhere,
             "ratified_everywhere_ms": rows["ratified on every node (EXECUTE_UPGRADE visible)"],
             "execute_seen_to_executed_everywhere_ms": (round(everywhere - first_seen, 1)
                                                        if None not in (everywhere, first_seen) else None),
-            "executed_first_node_ms": rows["executed on the first node"],
+            "executed_first_node_ms": rows["executed on the first node"], "per_node_stage_median_ms": stages,
             "modules_compiled": metric_sum(cluster, 'synapse_sandbox_compiled_cache{event="compiled"}'),
             "modules_loaded_from_disk": metric_sum(cluster, 'synapse_sandbox_compiled_cache{event="loaded_from_disk"}'),
             "sandbox_runs": metric_sum(cluster, "synapse_sandbox_runs_total")}
@@ -177,7 +183,7 @@ def bench_synapse(nodes: int, package, arguments: argparse.Namespace, workdir: P
         print(f"N={nodes}: last vote -> executed everywhere {upgrade['executed_everywhere_ms']} ms "
               f"(EXECUTE_UPGRADE first seen -> executed everywhere {upgrade['execute_seen_to_executed_everywhere_ms']} ms; "
               f"compiled {upgrade['modules_compiled']:.0f}x, loaded {upgrade['modules_loaded_from_disk']:.0f}x, "
-              f"sandbox runs {upgrade['sandbox_runs']:.0f})", flush=True)
+              f"sandbox runs {upgrade['sandbox_runs']:.0f}); on one node, median: {upgrade['per_node_stage_median_ms']}", flush=True)
         wait_reports(cluster, upgrade["proposal_id"], nodes)
         time.sleep(SETTLE_S)
         idle = idle_cores(cluster, arguments.idle_s)
