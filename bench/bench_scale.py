@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "bench"))
 
 from bench_governance import (HEADLINE, PER_NODE_STAGES, STEP_TIMEOUT_S, derived, load_now, milestones, ok, open_proposal,  # noqa: E402
-                              wait_executed, wait_for_raft_leader)
+                              statuses, wait_for_raft_leader)
 from cluster.addresses import HOSTS_PER_BLOCK_MAX  # noqa: E402
 from cluster.local import LocalCluster  # noqa: E402
 from cluster.package_server import PackageServer  # noqa: E402
@@ -60,6 +60,8 @@ VOTING_PERIOD_MS = 600_000
 VERSION = "1.2.0"               # what the spec's crate sets
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 3.0
+EXECUTED_LOOK_INTERVAL_S = 1.0
+EXECUTED_TIMEOUT_PER_NODE_S = 1.5
 START_TIMEOUT_PER_NODE_S = 2.0
 SERF_TIMEOUT_S = 300.0
 SERF_ATTEMPTS = 2
@@ -134,6 +136,21 @@ def metric_sum(cluster: LocalCluster, sample: str) -> float:
 def wait_reports(cluster: LocalCluster, proposal_id: str, nodes: int) -> None:
     cluster.wait_for(lambda: all(len(ok(cluster.api(index).get(f"/proposals/{proposal_id}"))["reports"]) == nodes
                                  for index in range(nodes)), STEP_TIMEOUT_S * 2, "every report on every node")
+
+
+def wait_executed(cluster: LocalCluster, proposal_id: str) -> None:
+    """Look every second (N requests a look: light on the nodes), for at most EXECUTED_TIMEOUT_PER_NODE_S * N;
+    the figures come from the nodes' own stamps, not from when this loop saw them."""
+    deadline = time.monotonic() + max(STEP_TIMEOUT_S, EXECUTED_TIMEOUT_PER_NODE_S * len(cluster.nodes))
+    while True:
+        time.sleep(EXECUTED_LOOK_INTERVAL_S)
+        found = statuses(cluster, proposal_id)
+        if "failed" in found:
+            raise ClusterError(f"{proposal_id} failed on node {found.index('failed')}")
+        if set(found) == {"executed"}:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{proposal_id} not executed everywhere in time: {len(found) - found.count('executed')} nodes left")
 
 
 def _median_gap(earlier: list, later: list) -> float | None:

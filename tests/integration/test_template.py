@@ -17,6 +17,7 @@ import pytest
 from cluster.local import LocalCluster
 from node.errors import ClusterError
 from tests.integration.test_node_process import is_alive, wait_dead
+from tests.polling import poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def test_kill_stop_pause_and_restart_work_through_the_template(tmp_path):
         assert restarted != killed and int(stat_fields(restarted)[1]) == template_pid, "restart goes through the template"
         assert cluster.api(0).get(f"/log/{note['id']}").status == 200
         cluster.pause(1)
-        assert stat_fields(cluster.nodes[1].pid)[0] == "T"
+        poll_until(lambda: stat_fields(cluster.nodes[1].pid)[0] == "T", what="node 1 stopped by SIGSTOP", timeout_s=10)
         cluster.resume(1)
         assert cluster.api(1).get("/health").status == 200
         assert cluster.stop(1) == 0, "SIGTERM: a clean stop, its exit code reported by the template"
@@ -94,3 +95,20 @@ def test_the_template_and_its_nodes_die_with_their_launcher_even_on_kill_9(tmp_p
         launcher.wait(timeout=10)
         launcher.stdout.close()
     wait_dead(pids)
+
+
+def test_the_template_refuses_malformed_requests_and_pids_it_did_not_start(tmp_path):
+    from cluster.template import NodeTemplate
+    template = NodeTemplate.start(env=dict(os.environ), detached=False, log_path=tmp_path / "template.log")
+    try:
+        with pytest.raises(ClusterError, match="refused spawn: TypeError: config must be a path string"):
+            template._request({"op": "spawn", "config": 7, "cwd": "/", "stdout": "/dev/null", "stderr": "/dev/null",
+                               "env": {}, "detached": False})
+        with pytest.raises(ClusterError, match="refused reap: ValueError: pid 1 is not a node this template started"):
+            template._request({"op": "reap", "pid": 1})
+        with pytest.raises(ClusterError, match="unknown op 'exec'"):
+            template._request({"op": "exec"})
+        assert template.reap(1) is None
+    finally:
+        template.close()
+    assert not is_alive(template.pid)
