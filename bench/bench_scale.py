@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPOSITORY / "bench"))
 from bench_governance import (HEADLINE, PER_NODE_STAGES, STEP_TIMEOUT_S, derived, load_now, milestones, ok, open_proposal,  # noqa: E402
                               statuses, wait_for_raft_leader)
 from cluster.addresses import HOSTS_PER_BLOCK_MAX  # noqa: E402
-from cluster.local import LocalCluster  # noqa: E402
+from cluster.local import LocalCluster, NodeApi  # noqa: E402
 from cluster.package_server import PackageServer  # noqa: E402
 from node.errors import ClusterError  # noqa: E402
 
@@ -60,6 +60,7 @@ VOTING_PERIOD_MS = 600_000
 VERSION = "1.2.0"               # what the spec's crate sets
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 3.0
+HTTP_TIMEOUT_S = 30.0
 EXECUTED_LOOK_INTERVAL_S = 1.0
 EXECUTED_TIMEOUT_PER_NODE_S = 1.5
 START_TIMEOUT_PER_NODE_S = 2.0
@@ -185,10 +186,18 @@ def run_upgrade(cluster: LocalCluster, package) -> dict:
             "sandbox_runs": metric_sum(cluster, "synapse_sandbox_runs_total")}
 
 
+class BenchCluster(LocalCluster):
+    """A LocalCluster whose API calls wait longer: at N >= 100 on 2 cores a busy node may take seconds."""
+
+    def api(self, index: int) -> NodeApi:
+        handle = self._check_index(index)
+        return NodeApi(handle.api_url, handle.token, timeout_s=HTTP_TIMEOUT_S)
+
+
 def bench_synapse(nodes: int, package, arguments: argparse.Namespace, workdir: Path) -> dict:
     environment = {"SYNAPSE_SPAWN": arguments.spawn}
     started = time.monotonic()
-    cluster = LocalCluster(nodes=nodes, validators=VALIDATORS, data_dir=workdir / f"n{nodes}", reputations=[REPUTATION] * nodes,
+    cluster = BenchCluster(nodes=nodes, validators=VALIDATORS, data_dir=workdir / f"n{nodes}", reputations=[REPUTATION] * nodes,
                            governance={"voting_period_ms": VOTING_PERIOD_MS}, extra_env=environment,
                            start_timeout_s=max(60.0, START_TIMEOUT_PER_NODE_S * nodes),
                            shared_compiled_cache=arguments.shared_cache)
@@ -240,9 +249,10 @@ def bench_one(nodes: int, package, arguments: argparse.Namespace, workdir: Path)
     result: dict = {"nodes": nodes, "load_before": load_before}
     try:
         result["synapse"] = bench_synapse(nodes, package, arguments, workdir)
-    except ClusterError as error:
-        result["synapse"] = {"failed": error.one_line()}
-        print(f"N={nodes}: FAILED: {error.one_line()}", flush=True)
+    except (ClusterError, OSError) as error:     # e.g. nodes too busy to answer: a figure we could not take
+        reason = error.one_line() if isinstance(error, ClusterError) else f"{type(error).__name__}: {error}"
+        result["synapse"] = {"failed": reason}
+        print(f"N={nodes}: FAILED: {reason}", flush=True)
     if arguments.serf:
         result["serf"] = bench_serf(nodes, arguments, workdir)
         print(f"N={nodes}: serf {result['serf']}", flush=True)
