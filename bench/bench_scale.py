@@ -45,8 +45,8 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "bench"))
 
-from bench_governance import (HEADLINE, PER_NODE_STAGES, STEP_TIMEOUT_S, derived, load_now, milestones, ok, open_proposal,  # noqa: E402
-                              statuses, wait_for_raft_leader)
+from bench_governance import (HEADLINE, PER_NODE_STAGES, STEP_TIMEOUT_S, derived, load_now, milestones, ok,  # noqa: E402
+                              statuses, visible_at_ns, wait_for_raft_leader)
 from cluster.addresses import HOSTS_PER_BLOCK_MAX  # noqa: E402
 from cluster.local import LocalCluster, NodeApi  # noqa: E402
 from cluster.package_server import PackageServer  # noqa: E402
@@ -61,6 +61,7 @@ VERSION = "1.2.0"               # what the spec's crate sets
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 3.0
 HTTP_TIMEOUT_S = 30.0
+VISIBILITY_IDS_MAX = 100        # GET /gossip/visibility's bound
 EXECUTED_LOOK_INTERVAL_S = 1.0
 EXECUTED_TIMEOUT_PER_NODE_S = 1.5
 START_TIMEOUT_PER_NODE_S = 2.0
@@ -139,6 +140,30 @@ def wait_reports(cluster: LocalCluster, proposal_id: str, nodes: int) -> None:
                                  for index in range(nodes)), STEP_TIMEOUT_S * 2, "every report on every node")
 
 
+def visible_everywhere(cluster: LocalCluster, ids: list[str]) -> bool:
+    """GET /gossip/visibility takes at most VISIBILITY_IDS_MAX ids: ask in chunks (N/2 votes at N=200)."""
+    chunks = [ids[start:start + VISIBILITY_IDS_MAX] for start in range(0, len(ids), VISIBILITY_IDS_MAX)]
+    return all(all(stamp is not None for chunk in chunks for stamp in visible_at_ns(cluster.api(index), chunk).values())
+               for index in range(len(cluster.nodes)))
+
+
+def open_proposal(cluster: LocalCluster, package, proposer: int, early: list[int]) -> str:
+    """Propose, cast the early votes, return once all of it is visible everywhere and still `voting`."""
+    body = {"title": f"bench upgrade to {VERSION}", "description": "bench/bench_scale.py", "version": VERSION,
+            "package_url": package.http_url, "package_hash": "sha256:" + package.sha256, "package_size": package.size}
+    created = ok(cluster.api(proposer).post("/upgrades/propose", body), 201, "POST /upgrades/propose")
+    proposal_id, ids = created["proposal_id"], [created["entry_id"]]
+    timeout_s = max(STEP_TIMEOUT_S, EXECUTED_TIMEOUT_PER_NODE_S * len(cluster.nodes))
+    cluster.wait_for(lambda: visible_everywhere(cluster, ids), timeout_s, f"proposal {proposal_id} on every node")
+    for index in early:
+        ids.append(ok(cluster.api(index).post(f"/proposals/{proposal_id}/vote", {"vote": "approval"}), 201, "a vote")["entry_id"])
+    cluster.wait_for(lambda: visible_everywhere(cluster, ids), timeout_s, "the early votes on every node")
+    found = statuses(cluster, proposal_id)
+    if set(found) != {"voting"}:
+        raise ClusterError(f"{proposal_id} should still be voting everywhere before the deciding vote: {sorted(set(found), key=str)}")
+    return proposal_id
+
+
 def wait_executed(cluster: LocalCluster, proposal_id: str) -> None:
     """Look every second (N requests a look: light on the nodes), for at most EXECUTED_TIMEOUT_PER_NODE_S * N;
     the figures come from the nodes' own stamps, not from when this loop saw them."""
@@ -163,7 +188,7 @@ def run_upgrade(cluster: LocalCluster, package) -> dict:
     """Proposed on the last node, floor(N/2) early approvals, then the deciding vote (timed)."""
     nodes = len(cluster.nodes)
     proposer, early, decider = nodes - 1, [index for index in range(nodes // 2)], nodes // 2
-    proposal_id = open_proposal(cluster, package, VERSION, proposer, early)
+    proposal_id = open_proposal(cluster, package, proposer, early)
     sent_ns = time.time_ns()
     voted = ok(cluster.api(decider).post(f"/proposals/{proposal_id}/vote", {"vote": "approval"}), 201, "the deciding vote")
     acknowledged_ms = round((time.time_ns() - sent_ns) / 1e6, 2)
