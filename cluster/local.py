@@ -278,7 +278,7 @@ class LocalCluster:
     def _spawn(self, handle: NodeHandle) -> None:
         env = {**os.environ, **self._extra_env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH", "")]))
-        template = self._node_template(env)
+        template = self._node_template(env, handle)
         if template is not None:
             handle.process = template.spawn(config_path=handle.config_path, cwd=handle.data_dir, env=env, detached=self._detached,
                                             stdout_path=handle.data_dir / STDOUT_FILE_NAME,
@@ -292,14 +292,14 @@ class LocalCluster:
                 **({"start_new_session": True} if self._detached else {"process_group": 0, "preexec_fn": _die_with_parent(os.getpid())}))
         handle.paused = False
 
-    def _node_template(self, env: Mapping[str, str]) -> NodeTemplate | None:
+    def _node_template(self, env: Mapping[str, str], handle: NodeHandle) -> NodeTemplate | None:
         """The cluster's template, started on first use; None for SYNAPSE_SPAWN=exec, or (with a warning)
-        when it cannot start: plain spawning always works."""
+        when it cannot start: plain spawning always works. Its log goes to the cluster's data dir (that of
+        the node's parent when a caller spawns without starting the cluster, as `cluster fault restart` does)."""
         if self._spawn_mode == "template" and self._template is None:
-            assert self.data_dir is not None
+            log_dir = self.data_dir if self.data_dir is not None else handle.data_dir.parent
             try:
-                self._template = NodeTemplate.start(env=env, detached=self._detached,
-                                                    log_path=self.data_dir / TEMPLATE_LOG_FILE_NAME)
+                self._template = NodeTemplate.start(env=env, detached=self._detached, log_path=log_dir / TEMPLATE_LOG_FILE_NAME)
             except ClusterError as error:
                 print(f"warning: starting nodes without the template: {error.one_line()}", file=sys.stderr)
                 self._spawn_mode = "exec"
