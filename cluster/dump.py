@@ -73,6 +73,7 @@ KNOWN_LEFT_OUT = (  # why a file not on the allowlist is not, when there is more
     (re.compile(r"(^|/)raft/"), "PySyncObj's binary journal; the Raft state is in api/status.json"),
     (re.compile(r"(^|/)log/entries\.bin$"), "the entry log, binary; its entries are in api/log.jsonl (GET /log) when the node runs"),
     (re.compile(r"(^|/)compiled/"), "the sandbox's compiled-code cache"),
+    (re.compile(r"^compiled-cache/"), "the compiled-code cache the cluster's nodes share, and its key"),
     (re.compile(r"(^|/)upgrades/cache/"), "downloaded packages: their URLs and hashes are in the proposals"),
     (re.compile(r"^packages/"), "proposed package binaries: their hashes are in the proposals"),
 )

@@ -86,7 +86,12 @@ SANDBOX_COMPILE_ALLOWANCE_MS = 120_000     # added to the wall timeout of an asy
 SANDBOX_RUNS_CONCURRENT_MAX = 2
 SANDBOX_MEMORY_CACHE_ENTRIES_MAX = 16      # compiled modules kept in memory
 SANDBOX_DISK_CACHE_ENTRIES_MAX = 64        # compiled modules kept on disk
+SANDBOX_SHARED_CACHE_LOCK_WAIT_MS = 60_000  # a node waits this long for another's compile, then compiles itself
+SANDBOX_SHARED_CACHE_LOCK_POLL_MS = 20
 SANDBOX_REFUSALS_SHOWN_MAX = 3             # in an error message; inspect() lists them all
+
+# --- the node template (node/forkserver.py) ------------------------------------------------------
+FORKSERVER_REQUEST_SIZE_MAX_BYTES = 1 * MiB  # one spawn request: paths and the launcher's environment
 
 # --- raft transport --------------------------------------------------------------------------------
 RAFT_REFUSAL_LOG_INTERVAL_MS = 5_000       # per reason and claimed validator: a flood cannot fill the log

@@ -280,7 +280,8 @@ class Node:
                                       now_ms=self.now_ms, ipfs_gateways=config.ipfs_gateways, package_ca_file=config.package_ca_file,
                                       package_private_addresses_allowed=config.package_private_addresses_allowed,
                                       on_version=self.state.set_current_version, fault_point=fault_point,
-                                      store_open_timeout_ms=settings.store_open_timeout_ms)
+                                      store_open_timeout_ms=settings.store_open_timeout_ms,
+                                      shared_compiled_cache_dir=config.sandbox_shared_cache_dir)
         rules = GovernanceRules(approval_threshold_pct=genesis.governance.approval_threshold_pct,
                                 quorum_pct=genesis.governance.quorum_pct, voting_period_ms=genesis.governance.voting_period_ms,
                                 open_proposals_per_author_max=genesis.governance.open_proposals_per_author_max)

@@ -23,6 +23,8 @@ Why it works as it does:
   the same state, at twice the cost, plus a window where a wall-clock interruption or memory pressure
   could fail the second run after the first passed. So: the dry-run's checked output IS what execute
   commits; "execute" is the atomic commit of that state (node.store documents the commit protocol).
+  Each run counts its sandbox calls: the `upgrade_executed` log line says `sandbox_runs` (1), and
+  /metrics has `synapse_sandbox_runs_total` and `synapse_upgrade_last_sandbox_runs`.
 - Blocking work (fsync, hashing megabytes, JSON of big states) runs in worker threads, each awaited with
   a timeout. A store call that times out cannot be cancelled (a half-abandoned commit would race the
   next one), so it is left to finish and every later operation is refused (errors.Unavailable) until
@@ -86,12 +88,14 @@ class _Prepared:
 
 
 class _Run:
-    """The step one pipeline run is at; moves only through pipeline.next_step."""
+    """The step one pipeline run is at (moves only through pipeline.next_step), and how many times it
+    ran the package: one run per execution is the contract (node.upgrader's docstring)."""
 
-    __slots__ = ("step",)
+    __slots__ = ("step", "sandbox_runs")
 
     def __init__(self) -> None:
         self.step = Step.START
+        self.sandbox_runs = 0
 
     def advance(self, target: Step) -> None:
         self.step = pipeline.next_step(self.step, target)
@@ -128,7 +132,7 @@ class UpgradeManager:
             _tag_step(error, run.step)
             raise
         self._log("info", "upgrade_dry_run", version=version, state_hash=prepared.new_state_hash,
-                  fuel_consumed=prepared.fuel_consumed, changes=changes["total"])
+                  fuel_consumed=prepared.fuel_consumed, changes=changes["total"], sandbox_runs=run.sandbox_runs)
         return {"success": True, "version": version, "from_version": prepared.from_version,
                 "state_hash": prepared.new_state_hash, "fuel_consumed": prepared.fuel_consumed,
                 "output_size_bytes": prepared.output_size_bytes, "changes": changes}
@@ -151,9 +155,10 @@ class UpgradeManager:
                 await self._commit_upgrade(run, prepared, proposal_id=proposal_id, version=version, sequence=sequence)
             except Exception as error:
                 return await self._fail(run, error, proposal_id=proposal_id, version=version, sequence=sequence)
+            self._metrics.set("upgrade_last_sandbox_runs", run.sandbox_runs)
             self._log("info", "upgrade_executed", proposal_id=proposal_id, sequence=sequence, version=version,
                       from_version=prepared.from_version, state_hash=prepared.new_state_hash,
-                      fuel_consumed=prepared.fuel_consumed)
+                      fuel_consumed=prepared.fuel_consumed, sandbox_runs=run.sandbox_runs)
             return UpgradeResult(success=True, version=version, state_hash=prepared.new_state_hash, error=None,
                                  sequence=sequence, proposal_id=proposal_id, fuel_consumed=prepared.fuel_consumed)
 
@@ -217,6 +222,8 @@ class UpgradeManager:
         actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package")
         pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
         run.advance(Step.DRY_RUN)
+        run.sandbox_runs += 1
+        self._metrics.inc("sandbox_runs_total")
         started_ms = self._now_ms()
         try:
             output = await self._sandbox.run_upgrade_async(wasm, state_bytes)

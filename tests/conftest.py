@@ -36,14 +36,16 @@ def _read_proc(pid: str, name: str) -> bytes:
 
 
 def find_session_node_processes(session_id: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live `python -m node` process whose environment has our session id."""
+    """(pid, command line) of every live `python -m node` (or `-m node.forkserver`, the template nodes are
+    forked from) process whose environment has our session id."""
     marker = f"{SESSION_ENV}={session_id}".encode()
     found = []
     for entry in _PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         arguments = _read_proc(entry.name, "cmdline").split(b"\0")
-        runs_node = any(first == b"-m" and second == b"node" for first, second in zip(arguments, arguments[1:]))
+        runs_node = any(first == b"-m" and second in (b"node", b"node.forkserver")     # a node, or the template of nodes
+                        for first, second in zip(arguments, arguments[1:]))
         if not runs_node or marker not in _read_proc(entry.name, "environ").split(b"\0"):
             continue
         status = _read_proc(entry.name, "stat")

@@ -148,6 +148,11 @@ def test_an_upgrade_runs_everywhere_and_a_network_rollback_undoes_it_everywhere(
     assert {r["node_id"] for r in reports} == {node.node_id for node in cluster.nodes}
     assert all(document["diverged"] is False and document["execution"]["sequence"] == 1 for document in documents)
     assert len(documents[0]["execution"]["certificate_signers"]) >= 2, "a majority of the 3 validators signed"
+    assert [metric(cluster.api(index), "synapse_sandbox_runs_total") for index in ALL] == [1.0] * NODES, \
+        "each node ran the package once: the dry run's output is what it committed"
+    compiled = [metric(cluster.api(index), 'synapse_sandbox_compiled_cache{event="compiled"}') for index in ALL]
+    loaded = [metric(cluster.api(index), 'synapse_sandbox_compiled_cache{event="loaded_from_disk"}') for index in ALL]
+    assert (sum(compiled), sum(loaded)) == (1, NODES - 1), "one node compiled the package, the others loaded its artifact"
 
     rollback = ok(cluster.api(4).post("/rollbacks/propose", {"target_proposal_id": proposal_id}), 201)
     assert (rollback["action"], rollback["version"]) == ("rollback", "1.0.0")
