@@ -5,8 +5,8 @@ Why it works as it does:
   item by item, never before its time (an item that comes late runs at once, and the history shows
   when it really ran). One thread drives everything, as in the scenario runner, so node processes
   die with it and the history reads in the order things happened.
-- The cluster, faults and HTTP calls are the scenario runner's own (LocalCluster, the scenario
-  Driver with ProcessFaults and NetworkFaults, the package server): chaos is a generated scenario,
+- The cluster, faults and HTTP calls are the scenario runner's own (a provider of cluster/providers/,
+  the scenario Driver with ProcessFaults over it, the package server): chaos is a generated scenario,
   not a second testbed. An ExitStack tears everything down in reverse order whatever happens.
 - Every operation is recorded as Jepsen does (cluster/chaos_history.py): a node's 2xx is `ok`, a
   4xx is `fail` (refused: definitely not done), no answer or a 5xx is `info`. An operation aimed at a
@@ -36,8 +36,7 @@ from cluster import chaos_adversary as adversary
 from cluster.chaos_folder import write_finals, write_run_document
 from cluster.chaos_history import HISTORY_FILE_NAME, HistoryRecorder
 from cluster.chaos_plan import FAULT_KINDS, LIVENESS_VERSION, VOTING_PERIOD_MS, Item, Schedule, schedule_lines
-from cluster.faults import network_capability
-from cluster.local import LocalCluster
+from cluster.providers import make_provider
 from cluster.package_server import PackageServer, build_package
 from cluster.report import copy_node_files
 from cluster.safety import NodeSnapshot, logs_converged, one_version_and_state_hash
@@ -138,7 +137,7 @@ class ChaosRun:
 
     def _preflight(self) -> None:
         if any(item.op in NETWORK_OPS for item in self.schedule.items):
-            capability = network_capability()
+            capability = make_provider("loopback").capabilities()["partition"]
             if not capability.available:
                 others = ",".join(kind for kind in FAULT_KINDS if not kind.startswith("partition") and kind != "cut_one_way")
                 raise FaultInjectionUnavailable(f"this schedule cuts the network, but partitions are not possible here: "
@@ -166,12 +165,15 @@ class ChaosRun:
         options = self.schedule.options
         server, served = self._packages(stack, data_dir)
         self.echo(f"starting {options.nodes} nodes ({options.validators} validators), {len(served)} packages served ...")
-        cluster = LocalCluster(nodes=options.nodes, validators=options.validators, data_dir=data_dir / "cluster",
-                               start_timeout_s=START_TIMEOUT_S, governance={"voting_period_ms": VOTING_PERIOD_MS},
-                               network_limits={"sandbox_fuel": SANDBOX_FUEL}, config_limits={"gossip_interval_ms": 100},
-                               ipfs_gateways=(server.gateway_url,), extra_env={FAULT_POINTS_VARIABLE: "1"})
-        stack.enter_context(cluster)
-        self.driver = Driver(scenario=None, cluster=cluster, rng=None, packages=server, log=self.echo)
+        provider = make_provider("loopback", nodes=options.nodes, validators=options.validators, data_dir=data_dir / "cluster",
+                                 start_timeout_s=START_TIMEOUT_S, governance={"voting_period_ms": VOTING_PERIOD_MS},
+                                 network_limits={"sandbox_fuel": SANDBOX_FUEL}, config_limits={"gossip_interval_ms": 100},
+                                 extra_env={FAULT_POINTS_VARIABLE: "1"})
+        stack.callback(provider.close)
+        provider.setup()
+        provider.start(ipfs_gateways=(server.gateway_url,))
+        cluster = provider.cluster
+        self.driver = Driver(scenario=None, provider=provider, rng=None, packages=server, log=self.echo)
         self.driver.served.update({str(key): value for key, value in served.items()})
         stack.callback(self.driver.close)
         genesis = load_genesis(cluster.genesis_path)
@@ -262,13 +264,11 @@ class ChaosRun:
         return crashed
 
     def _partition(self, item: Item) -> tuple[str, dict]:
-        groups = [[self.driver.host(index) for index in group] for group in item.value["groups"]]
-        self.driver.network().partition(groups)
-        return "ok", {"groups": item.value["groups"], "rules": len(self.driver.network().rules())}
+        self.driver.network().partition([[index - 1 for index in group] for group in item.value["groups"]])
+        return "ok", {"groups": item.value["groups"], "rules": len(self.driver.network().cut_links())}
 
     def _cut(self, item: Item) -> tuple[str, dict]:
-        self.driver.network().cut([self.driver.host(index) for index in item.value["from"]],
-                                  [self.driver.host(index) for index in item.value["to"]])
+        self.driver.network().cut([index - 1 for index in item.value["from"]], [index - 1 for index in item.value["to"]])
         return "ok", {"from": item.value["from"], "to": item.value["to"]}
 
     def _heal(self, item: Item) -> tuple[str, dict]:

@@ -59,10 +59,14 @@ def _fail(error: SynapseError, status: int = EXIT_FAILED) -> None:
 # --- the detached cluster --------------------------------------------------------------------
 
 
-def _detached_cluster_class(say=click.echo):
+def _detached_cluster_class(say=click.echo, provider: str = "loopback"):
     from cluster.local import LocalCluster
 
-    class DetachedCluster(LocalCluster):
+    base = LocalCluster
+    if provider == "netns":   # a namespace per node (cluster/providers/netns.py)
+        from cluster.providers.netns import NetnsCluster as base
+
+    class DetachedCluster(base):
         """LocalCluster(detached=True) that shows each node as it becomes healthy."""
 
         def _wait_healthy(self, handles) -> None:
@@ -145,9 +149,11 @@ def cluster() -> None:
 @click.option("--voting-period-ms", type=int, default=None, help="genesis voting period (default 60000)")
 @click.option("--timeout", "timeout_s", type=float, default=UP_TIMEOUT_S, show_default=True, help="seconds to wait for health")
 @click.option("--json", "as_json", is_flag=True, help="print the cluster file as JSON on stdout (progress goes to stderr)")
+@click.option("--provider", type=click.Choice(["loopback", "netns"]), default=None,
+              help="loopback (default: processes on 127.A.B.i) or netns (a network namespace per node; root)")
 @click.pass_context
 def up(context: click.Context, node_count: int, validator_count: int, data_dir: Path | None, voting_period_ms: int | None,
-       timeout_s: float, as_json: bool) -> None:
+       timeout_s: float, as_json: bool, provider: str | None) -> None:
     """Start N nodes (genesis, keys, configs made), wait until healthy with a Raft leader, print them.
     On a stopped cluster's data dir: start its nodes again, with their keys, logs and state."""
     if data_dir is None:
@@ -155,14 +161,15 @@ def up(context: click.Context, node_count: int, validator_count: int, data_dir: 
     data_dir = data_dir.absolute()
     say = functools.partial(click.echo, err=as_json)
     say(f"data dir: {data_dir}")
-    cluster_class = _detached_cluster_class(say)
     if (data_dir / "cluster.json").exists():
         stopped = _stopped_cluster(context, data_dir)
+        cluster_class = _detached_cluster_class(say, stopped.get("provider", "loopback"))
         launched = cluster_class.reopen(data_dir, stopped, start_timeout_s=timeout_s, detached=True)
         say(f"starting the stopped cluster again ({len(stopped['nodes'])} nodes; keys, logs and state kept) ...")
     else:
         say(f"starting {node_count} nodes ({validator_count} validator{'s' if validator_count != 1 else ''}) ...")
         governance = {"voting_period_ms": voting_period_ms} if voting_period_ms else None
+        cluster_class = _detached_cluster_class(say, provider or "loopback")
         launched = cluster_class(nodes=node_count, validators=validator_count, data_dir=data_dir,
                                  start_timeout_s=timeout_s, governance=governance, detached=True)
     try:
@@ -212,7 +219,7 @@ def _stopped_cluster(context: click.Context, data_dir: Path) -> dict:
         _fail(ClusterError(f"{data_dir} already holds a cluster, and it runs ({', '.join(running)})",
                            hint=f"stop it with 'synapse cluster down --data-dir {data_dir}', or choose another --data-dir"), EXIT_USAGE)
     given = [f"--{name.replace('_', '-')}" for name, option in (("nodes", "node_count"), ("validators", "validator_count"),
-                                                                 ("voting_period_ms", "voting_period_ms"))
+                                                                 ("voting_period_ms", "voting_period_ms"), ("provider", "provider"))
              if context.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE]
     if given:
         _fail(ClusterError(f"{data_dir} holds a stopped cluster whose genesis fixes {', '.join(given)}",
@@ -392,7 +399,7 @@ def down(data_dir: Path | None, timeout_s: float) -> None:
     for label, node in running.items():
         _signal_group(node["pid"], signal.SIGKILL)
         click.echo(f"{label}: did not stop within {timeout_s:.0f} s, killed (SIGKILL)")
-    _remove_chain_if_free(document)
+    _remove_chain_if_free(document, data_dir)
     from cluster import package_host
 
     if package_host.stop(data_dir):
@@ -411,13 +418,22 @@ def _signal_group(pid: int, signal_number: int) -> None:
         pass
 
 
-def _remove_chain_if_free(document: dict) -> None:
+def _remove_chain_if_free(document: dict, data_dir: Path) -> None:
     from cluster.addresses import LOCK_DIR
     from cluster.doctor import _lock_is_free
     from cluster.faults import remove_stale_chain
 
     block = document.get("address_block")
-    if block and _lock_is_free(LOCK_DIR / f"{block}.lock"):
+    if block and document.get("provider") == "netns":
+        from cluster.providers import netns_net
+        from cluster.providers.netns_attached import stop_helpers
+
+        if stop_helpers(data_dir, len(document["nodes"])):   # link faults set on the running cluster
+            click.echo("link faults: helpers stopped")
+        removed = netns_net.remove_stale(only=netns_net.subnet_number(block))  # only if no process of it holds the lock
+        if removed:
+            click.echo(f"network: removed {len(removed)} namespaces and links of {block}.0/24")
+    elif block and _lock_is_free(LOCK_DIR / f"{block}.lock"):
         remove_stale_chain(block)
 
 

@@ -311,6 +311,8 @@ def _network_fault(running: RunningCluster, step) -> list[str]:
     from cluster.addresses import lock_running_block, parse_block
     from cluster.faults import NetworkFaults, unbound_peer_connections
 
+    if running.document.get("provider") == "netns":
+        return _netns_fault(running, step)
     lease = lock_running_block(parse_block(running.block_prefix))
     if lease is None:
         raise ClusterError(f"the address block {running.block_prefix}.0/24 is held by the process that launched this cluster "
@@ -359,7 +361,41 @@ def _link_fault(running: RunningCluster, kind: str, table: dict) -> list[str]:
                      "process on a loopback address and a link cannot be delayed, made lossy or limited",
                      hint="start a cluster with 'synapse cluster up --provider netns' (root), then run this again; "
                           "on loopback: kill, stop, restart, pause, resume, partition, isolate, cut, skew, crash_at")
-    raise _Usage(f"'{kind}' on the netns provider is not available in this build", hint="update Synapse-NG")
+    try:
+        step = parse_fault_step(table, nodes=len(running.nodes))
+    except ScenarioFormatError as error:
+        raise _Usage(error.message, hint=_usage_hint(kind)) from None
+    return _netns_fault(running, step)
+
+
+def _netns_fault(running: RunningCluster, step) -> list[str]:
+    """A network fault on a netns cluster, through its provider attached to the running cluster
+    (cluster/providers/netns_attached.py): rules in the namespaces, detached helpers; heal or down clears them."""
+    from cluster.providers import attach_provider
+
+    provider = attach_provider(running.data_dir, running.document)
+    params = step.params
+    if step.do == "bandwidth":
+        nodes = running.resolve(params["nodes"])
+        provider.bandwidth([index - 1 for index in nodes], kbit=params["kbit"])
+        return [f"bandwidth {params['kbit']} kbit/s on {', '.join(map(running.label, nodes))}; it stays until 'synapse cluster heal'"]
+    if step.do in ("delay", "loss"):
+        sources, destinations = running.resolve(params["from"]), running.resolve(params["to"])
+        zero_based = ([index - 1 for index in sources], [index - 1 for index in destinations])
+        if step.do == "delay":
+            provider.delay(*zero_based, ms=params["ms"], jitter_ms=params.get("jitter_ms", 0))
+            shown = f"delay {params['ms']} ms (jitter {params.get('jitter_ms', 0)} ms)"
+        else:
+            provider.loss(*zero_based, percent=params["percent"])
+            shown = f"loss {params['percent']} %"
+        return [f"{shown} on {', '.join(map(running.label, sources))} -> {', '.join(map(running.label, destinations))}; "
+                "it stays until 'synapse cluster heal'"]
+    groups = _groups_of(running, step)
+    if step.do == "cut":
+        provider.cut([index - 1 for index in groups[0]], [index - 1 for index in groups[1]])
+    else:
+        provider.partition([[index - 1 for index in group] for group in groups])
+    return [f"{step.do}: {len(provider.cut_links())} links cut in the namespaces; it stays until 'synapse cluster heal' or 'down'"]
 
 
 class _Usage(ClusterError):
@@ -394,7 +430,12 @@ def heal_cluster(running: RunningCluster) -> list[str]:
     from node.clock import clear_skew
 
     lines = []
-    if network_capability().available:
+    if running.document.get("provider") == "netns":
+        from cluster.providers import attach_provider
+
+        attach_provider(running.data_dir, running.document).heal()
+        lines.append("network: partitions, cuts, delay, loss and bandwidth cleared in every namespace")
+    elif network_capability().available:
         lease = lock_running_block(parse_block(running.block_prefix))
         if lease is None:
             lines.append(f"partitions: not touched, the block {running.block_prefix}.0/24 is held by the process that launched "

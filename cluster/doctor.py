@@ -5,7 +5,8 @@ missing, and a test run must not fail mysteriously because a killed run left a D
 processes behind. Each check says ok / warn / fail, what it found, and what to do. `fail` means a
 feature will not work here (partitions, the C toolchain, ...); `warn` means it works but something
 needs attention (stale runs). Checks only look; `fix=True` removes what is provably stale (an
-iptables chain whose address block nobody holds) and nothing else.
+iptables chain whose address block nobody holds, namespaces and bridges of a netns subnet nobody
+holds) and nothing else.
 """
 
 from __future__ import annotations
@@ -99,19 +100,52 @@ def check_firewall() -> Check:
 
 
 def check_namespaces() -> Check:
-    """Informational: network namespaces would allow isolating nodes further; partitions do not need them."""
-    if not Path("/proc/self/ns/net").exists():
-        return Check(name="namespaces", status="warn", detail="no /proc/self/ns/net: this kernel has no network namespaces",
-                     hint="not needed by the testbed today")
+    """The netns provider: namespaces (probed with unshare), NFQUEUE for delay/loss, tc for bandwidth.
+    A warning, not a failure: the default loopback provider needs none of it."""
+    from cluster.providers.netns import nfqueue_problem
+    from cluster.providers.netns_net import netns_problem
+
+    name = "netns provider (delay, loss, bandwidth)"
+    problem = netns_problem()
     unshare = shutil.which("unshare")
-    if unshare is None:
-        return Check(name="namespaces", status="ok", detail="network namespaces exist (unshare(1) not installed)")
-    try:
-        completed = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return Check(name="namespaces", status="ok", detail=f"network namespaces exist; unshare --net did not run: {error}")
-    usable = "usable" if completed.returncode == 0 else f"not usable here ({completed.stderr.strip()[:120]})"
-    return Check(name="namespaces", status="ok", detail=f"network namespaces {usable}")
+    if problem is None and unshare is not None:
+        try:
+            completed = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True, timeout=10)
+            problem = None if completed.returncode == 0 else f"unshare --net failed: {completed.stderr.strip()[:120]}"
+        except (OSError, subprocess.TimeoutExpired) as error:
+            problem = f"unshare --net did not run: {error}"
+    if problem is None:
+        from cluster.providers.netns_net import probe
+
+        problem = probe()
+    if problem:
+        return Check(name=name, status="warn", detail=f"not usable here: {problem}",
+                     hint="only scenarios with provider = \"netns\" need it; run as root after: sudo sh scripts/install-toolchain.sh")
+    queue = nfqueue_problem()
+    if queue:
+        return Check(name=name, status="warn", detail=f"namespaces and tc work; delay and loss do not: {queue}",
+                     hint="apt-get install libnetfilter-queue-dev, then pip install -e '.[netns]'")
+    return Check(name=name, status="ok", detail="namespaces, veths, per-namespace iptables, NFQUEUE (NetfilterQueue), tc TBF: "
+                                                "all tried in a throw-away namespace; no netem needed")
+
+
+def check_stale_namespaces(*, fix: bool = False) -> Check:
+    """Namespaces, veths and bridges of netns clusters whose subnet lock nobody holds (a crashed launcher)."""
+    from cluster.providers import netns_net
+
+    name = "stale netns clusters"
+    if netns_net.netns_problem():
+        return Check(name=name, status="ok", detail="not checked: the netns provider is not usable here")
+    leftovers = netns_net.stale()
+    shown = ", ".join(f"{netns_net.subnet_block(number).prefix}.0/24 ({len(things['namespaces'])} ns, {len(things['links'])} links)"
+                      for number, things in sorted(leftovers.items()))
+    if not leftovers:
+        return Check(name=name, status="ok", detail="no namespace or bridge left by a dead cluster")
+    if fix:
+        removed = netns_net.remove_stale()
+        return Check(name=name, status="ok", detail=f"removed {len(removed)} namespaces and links of dead clusters: {shown}")
+    return Check(name=name, status="warn", detail=f"left by dead clusters: {shown}",
+                 hint="run 'synapse doctor --fix' to remove them (no process holds their subnets)")
 
 
 def check_stale_chains(*, fix: bool = False) -> Check:
@@ -223,7 +257,8 @@ def check_rust_toolchain() -> Check:
 
 def run_checks(*, fix: bool = False) -> list[Check]:
     checks: list[Callable[[], Check]] = [check_python, check_python_packages, check_wasmtime, check_loopback, check_free_block,
-                                         check_firewall, check_namespaces, lambda: check_stale_chains(fix=fix), check_stale_processes,
+                                         check_firewall, check_namespaces, lambda: check_stale_chains(fix=fix),
+                                         lambda: check_stale_namespaces(fix=fix), check_stale_processes,
                                          check_c_toolchain, check_rust_toolchain]
     results = []
     for check in checks:

@@ -213,8 +213,7 @@ class LocalCluster:
         if self._existing is not None:
             self._start_existing(self._existing)
             return
-        self._lease = acquire_block(hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
-        remove_stale_chain(self._lease.block.prefix)  # a killed scenario run may have left DROP rules on this block
+        self._lease = self._lease_block(None)
         if self._given_data_dir is not None:
             self.data_dir = self._given_data_dir
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -236,9 +235,7 @@ class LocalCluster:
         if not document.get("address_block"):
             raise ClusterError("the cluster file names no address block, so its nodes' addresses are unknown",
                                hint="start a new cluster in another --data-dir")
-        self._lease = acquire_given_block(parse_block(document["address_block"]), hosts=self._node_count,
-                                          ports=(API_PORT, RAFT_PORT))
-        remove_stale_chain(self._lease.block.prefix)
+        self._lease = self._lease_block(document["address_block"])
         self.adopt(document)
         for handle in self.nodes:
             self._spawn(handle)
@@ -267,28 +264,55 @@ class LocalCluster:
         if self._template is not None:
             self._template.close()
             self._template = None
+        self._release_network()
         if self._lease is not None:
             self._lease.release()
             self._lease = None
         if remove_data and self._given_data_dir is None and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    # --- hooks of the providers (cluster/providers/): where the nodes live ----------------------
+
+    def _lease_block(self, given_prefix: str | None) -> BlockLease:
+        """Lock a free address block (or the stopped cluster's own, `given_prefix`) for the nodes."""
+        if given_prefix is None:
+            lease = acquire_block(hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
+        else:
+            lease = acquire_given_block(parse_block(given_prefix), hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
+        remove_stale_chain(lease.block.prefix)  # a killed scenario run may have left DROP rules on this block
+        return lease
+
+    # Nodes fork from the template (cluster/template.py), which runs in this namespace: a provider whose
+    # nodes start elsewhere (the netns provider's `ip netns exec`) sets this False and uses _node_command.
+    _forks_from_template = True
+
+    def _node_command(self, handle: NodeHandle) -> tuple[list[str], dict]:
+        """The node's command line and extra Popen options (the netns provider prefixes `ip netns exec`)."""
+        return [sys.executable, "-m", "node", "--config", str(handle.config_path)], {}
+
+    def _release_network(self) -> None:
+        """After every node stopped, before the block is released: remove what the provider set up."""
+
+    def _provider_document(self) -> dict:
+        return {"provider": "loopback"}
+
     # --- one node -----------------------------------------------------------------------------
 
     def _spawn(self, handle: NodeHandle) -> None:
         env = {**os.environ, **self._extra_env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH", "")]))
-        template = self._node_template(env, handle)
+        template = self._node_template(env, handle) if self._forks_from_template else None
         if template is not None:
             handle.process = template.spawn(config_path=handle.config_path, cwd=handle.data_dir, env=env, detached=self._detached,
                                             stdout_path=handle.data_dir / STDOUT_FILE_NAME,
                                             stderr_path=handle.data_dir / STDERR_FILE_NAME)
             handle.paused = False
             return
+        command, options = self._node_command(handle)
         with open(handle.data_dir / STDOUT_FILE_NAME, "ab") as stdout, open(handle.data_dir / STDERR_FILE_NAME, "ab") as stderr:
             handle.process = subprocess.Popen(
-                [sys.executable, "-m", "node", "--config", str(handle.config_path)],
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=handle.data_dir, env=env, close_fds=True,
+                command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=handle.data_dir, env=env, close_fds=True,
+                **options,
                 **({"start_new_session": True} if self._detached else {"process_group": 0, "preexec_fn": _die_with_parent(os.getpid())}))
         handle.paused = False
 
@@ -438,7 +462,7 @@ class LocalCluster:
         assert self.data_dir is not None
         document = {
             "network_id": self.network_id, "genesis": str(self.genesis_path),
-            "address_block": self._lease.block.prefix if self._lease else None,
+            "address_block": self._lease.block.prefix if self._lease else None, **self._provider_document(),
             "nodes": [{"index": h.index, "node_id": h.node_id, "api_url": h.api_url, "raft_address": h.raft_address,
                        "validator": h.is_validator, "data_dir": str(h.data_dir), "token_file": str(h.token_file), "pid": h.pid}
                       for h in self.nodes],

@@ -46,6 +46,10 @@ RANDOM_GROUPS = ("validators", "non_validators", "followers", "majority", "minor
 VOTING_PERIOD_MIN_MS = 1_000
 HOOK_ARGS_MAX = 64
 SEED_MAX = 2**63 - 1
+PROVIDERS = ("loopback", "netns")    # cluster/providers/__init__.py PROVIDERS (this module stays pure)
+LINK_FAULT_STEPS = ("delay", "loss", "bandwidth")
+LINK_DELAY_MAX_MS = 60_000
+BANDWIDTH_KBIT_RANGE = (8, 10_000_000)
 PACKAGE_SOURCE_SUFFIXES = (".wat", ".wasm", ".c")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
@@ -104,6 +108,7 @@ class ClusterShape:
     limits: Mapping[str, int] = field(default_factory=dict)      # node limits (config), network ones go to genesis
     # A local cluster's packages are on loopback: allowed unless the story is about the public-only policy.
     allow_private_addresses: bool = True
+    provider: str = "loopback"   # what runs the nodes: "loopback" (the default) or "netns" (real link faults)
 
     def __post_init__(self) -> None:
         if not 1 <= self.validators <= self.nodes <= NODES_MAX:
@@ -228,6 +233,12 @@ def _choice(*choices: str) -> Callable[[object, _Context], str]:
             raise _Invalid(f"is {value!r:.40}; it must be one of {', '.join(choices)}")
         return value  # type: ignore[return-value]
     return validate
+
+
+def _percent(value: object, context: _Context) -> float:
+    if type(value) not in (int, float) or not 0 <= value <= 100:
+        raise _Invalid(f"must be a percentage from 0 to 100, got {value!r:.40}")
+    return float(value)
 
 
 def _any_value(value: object, context: _Context) -> object:
@@ -403,6 +414,10 @@ ACTIONS: Mapping[str, _Schema] = {
     "cut": _Schema({"from": _selector, "to": _selector}),
     "skew": _Schema({"nodes": _selector, "ms": _integer(-CLOCK_SKEW_FAULT_MAX_MS, CLOCK_SKEW_FAULT_MAX_MS)}),
     "heal": _Schema({}),
+    "delay": _Schema({"from": _selector, "to": _selector, "ms": _integer(0, LINK_DELAY_MAX_MS)},
+                     {"jitter_ms": _integer(0, LINK_DELAY_MAX_MS)}),
+    "loss": _Schema({"from": _selector, "to": _selector, "percent": _percent}),
+    "bandwidth": _Schema({"nodes": _selector, "kbit": _integer(*BANDWIDTH_KBIT_RANGE)}),
     "serve": _Schema({"package": _package, "available": _boolean}),
     "wait": _Schema({"duration": _duration}),
     "hook": _Schema({"hook": _hook}, {"args": _hook_args, "within": _duration}),
@@ -550,7 +565,7 @@ def _parse_cluster(document: Mapping[str, Any]) -> ClusterShape:
     table = document.get("cluster", {})
     if not isinstance(table, dict):
         raise ScenarioFormatError("cluster: must be a table", hint="write [cluster] with nodes = 5, validators = 3")
-    _check_keys("cluster", table, {"nodes", "validators", "reputations", "governance", "limits", "allow_private_addresses"})
+    _check_keys("cluster", table, {"nodes", "validators", "reputations", "governance", "limits", "allow_private_addresses", "provider"})
     context = _Context(nodes=0, packages=frozenset(), saved={})
     nodes = _validated("cluster.nodes", table.get("nodes", 5), _integer(1, NODES_MAX), context)
     validators = _validated("cluster.validators", table.get("validators", min(3, nodes)), _integer(1, nodes), context)
@@ -563,8 +578,9 @@ def _parse_cluster(document: Mapping[str, Any]) -> ClusterShape:
     allow_private = table.get("allow_private_addresses", True)
     if type(allow_private) is not bool:
         raise ScenarioFormatError("cluster.allow_private_addresses: must be true or false")
+    provider = _validated("cluster.provider", table.get("provider", "loopback"), _choice(*PROVIDERS), context)
     return ClusterShape(nodes=nodes, validators=validators, reputations=tuple(reputations) if reputations else None,
-                        governance=governance, limits=dict(limits), allow_private_addresses=allow_private)
+                        governance=governance, limits=dict(limits), allow_private_addresses=allow_private, provider=provider)
 
 
 def _parse_limits(table: object, context: _Context) -> dict[str, int]:
@@ -632,6 +648,10 @@ def parse_scenario(document: Mapping[str, Any], *, path: Path | None = None, bas
         raise ScenarioFormatError(f"steps: a scenario needs 1 to {STEPS_MAX} [[steps]] tables", hint='add [[steps]] with do = "..."')
     context = _Context(nodes=shape.nodes, packages=frozenset(package.name for package in packages), saved={})
     steps = tuple(_parse_step(index, table, context) for index, table in enumerate(tables))
+    for step in steps:
+        if step.do in LINK_FAULT_STEPS and shape.provider != "netns":
+            raise ScenarioFormatError(f"{step.path}.do: {step.do!r} needs provider = \"netns\" (the {shape.provider} provider has no {step.do})",
+                                      hint='add provider = "netns" to [cluster] (a network namespace per node; needs root: see synapse doctor)')
     return Scenario(path=path, cluster=shape, packages=packages, steps=steps, **header)
 
 

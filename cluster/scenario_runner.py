@@ -3,8 +3,12 @@
 Why it works as it does:
 - One thread drives everything, synchronously, in file order: a scenario is a story and its history
   must read like one. Node processes die with this thread (LocalCluster's parent-death signal), and an
-  ExitStack tears down in reverse order whatever happened: paused nodes resumed, the iptables chain
-  removed, nodes stopped, the package server closed, the address block released.
+  ExitStack tears down in reverse order whatever happened: paused nodes resumed, network faults
+  healed, nodes stopped, the provider's network removed (iptables chain, namespaces), the package
+  server closed, the address block released.
+- The cluster runs on the scenario's provider (`[cluster] provider`, cluster/providers/): set up
+  first, so the package server binds an address every node reaches (127.0.0.1 on loopback, the
+  bridge on netns), then the nodes. Steps reach faults only through the provider interface.
 - The run stops playing steps at the first failed or broken step (later steps would only fail in
   cascade), but it still heals the network, resumes paused nodes and runs the shared safety checks
   (cluster/safety.py), so a failing run says as much as it can about the state it left.
@@ -27,12 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.faults import network_capability
-from cluster.local import LocalCluster
 from cluster.package_server import PackageServer, build_package
 from cluster.report import RunRecord, StepRecord, copy_node_files, log_excerpt, outcome_record, report_folder, write_report
+from cluster.providers import make_provider
 from cluster.safety import logs_converged, one_version_and_state_hash
-from cluster.scenario import Scenario, Step
+from cluster.scenario import LINK_FAULT_STEPS, Scenario, Step
 from cluster.scenario_steps import ACTIONS, CHECKS, Driver, Judgement, StepFailed, run_hook
 from node.config import NETWORK_LIMITS
 from node.errors import FaultInjectionUnavailable, SynapseError
@@ -105,35 +108,48 @@ class ScenarioRun:
 
     def _preflight(self) -> None:
         """Refuse before starting anything when a step needs what this machine cannot do."""
-        if needs_partitions(self.scenario):
-            capability = network_capability()
-            if not capability.available:
+        provider = make_provider(self.scenario.cluster.provider)
+        needed = sorted({step.do if step.do in LINK_FAULT_STEPS else "partition" for step in self.scenario.steps
+                         if step.do in PARTITION_ACTIONS + LINK_FAULT_STEPS})
+        capabilities = provider.capabilities()
+        for kind in needed:
+            capability = capabilities[kind]
+            if capability.available:
+                continue
+            if kind == "partition":
                 raise FaultInjectionUnavailable(f"this scenario cuts the network, but network partitions are not possible on this "
-                                                f"machine: {capability.detail}", hint=capability.hint)
+                                                f"machine: {capability.detail}", hint=capability.hint or None)
+            raise FaultInjectionUnavailable(f"this scenario needs {kind}, which the {provider.name} provider cannot do on this "
+                                            f"machine: {capability.detail}", hint=capability.hint or None)
 
     def _start(self, stack: contextlib.ExitStack, data_dir: Path) -> None:
         echo = self.options.echo
+        shape = self.scenario.cluster
+        provider = make_provider(
+            shape.provider, nodes=shape.nodes, validators=shape.validators, data_dir=data_dir / "cluster", start_timeout_s=START_TIMEOUT_S,
+            governance=dict(shape.governance) or None, reputations=list(shape.reputations) if shape.reputations else None,
+            network_limits={key: value for key, value in shape.limits.items() if key in NETWORK_LIMITS} or None,
+            config_limits={key: value for key, value in shape.limits.items() if key not in NETWORK_LIMITS} or None,
+            private_addresses_allowed=shape.allow_private_addresses,
+            extra_env={FAULT_POINTS_VARIABLE: "1"})  # a testbed cluster: `crash_at` steps can arm crash points
+        provider.seed = self.seed
+        stack.callback(provider.close)  # also when setup or start fails half-way
+        provider.setup()
         packages = None
         served = {}
         if self.scenario.packages:
-            packages = stack.enter_context(PackageServer())
+            packages = stack.enter_context(PackageServer(host=provider.host_address))
             for spec in self.scenario.packages:
                 data = build_package(spec.source, data_dir / "builds")
                 served[spec.name] = packages.add(spec.name, data, corrupt=spec.corrupt)
                 echo(f"package {spec.name}: {len(data):,} bytes, sha256 {served[spec.name].sha256[:16]}..., {served[spec.name].http_url}")
-        shape = self.scenario.cluster
-        echo(f"starting {shape.nodes} nodes ({shape.validators} validator{'s' if shape.validators != 1 else ''}) ...")
-        cluster = LocalCluster(
-            nodes=shape.nodes, validators=shape.validators, data_dir=data_dir / "cluster", start_timeout_s=START_TIMEOUT_S,
-            governance=dict(shape.governance) or None, reputations=list(shape.reputations) if shape.reputations else None,
-            network_limits={key: value for key, value in shape.limits.items() if key in NETWORK_LIMITS} or None,
-            config_limits={key: value for key, value in shape.limits.items() if key not in NETWORK_LIMITS} or None,
-            ipfs_gateways=(packages.gateway_url,) if packages else (), private_addresses_allowed=shape.allow_private_addresses,
-            extra_env={FAULT_POINTS_VARIABLE: "1"})  # a testbed cluster: `crash_at` steps can arm crash points
-        stack.enter_context(cluster)
-        self._driver = Driver(scenario=self.scenario, cluster=cluster, rng=self.rng, packages=packages, served=served, log=echo)
+        echo(f"starting {shape.nodes} nodes ({shape.validators} validator{'s' if shape.validators != 1 else ''}) "
+             f"on the {provider.name} provider ...")
+        stack.callback(provider.close)  # nodes stop before the package server closes
+        provider.start(ipfs_gateways=(packages.gateway_url,) if packages else ())
+        self._driver = Driver(scenario=self.scenario, provider=provider, rng=self.rng, packages=packages, served=served, log=echo)
         stack.callback(self._driver.close)
-        for handle in cluster.nodes:
+        for handle in provider.cluster.nodes:
             label = f"node-{handle.index + 1}"
             self.record.nodes[label] = {"node_id": handle.node_id, "api_url": handle.api_url, "validator": handle.is_validator}
             self._log_paths[label] = handle.data_dir

@@ -1,8 +1,8 @@
 """What each scenario step does against a running cluster, and how each assertion judges it.
 
 Why it works as it does:
-- A `Driver` holds everything a step may touch: the cluster (cluster/local.py), process and network
-  faults (cluster/faults.py), the package server, the run's seeded random generator and the values
+- A `Driver` holds everything a step may touch: the provider (cluster/providers/: its `cluster`, its
+  process and network faults), the process states (cluster/faults.py), the package server, the run's seeded random generator and the values
   saved by earlier steps (`save_as`). Hooks (`hook = "module:function"`) receive the same Driver, so
   what TOML cannot say is written against one documented object (see `Driver`).
 - Actions go through the nodes' public HTTP API only, exactly as a user with curl would: a scenario
@@ -11,10 +11,11 @@ Why it works as it does:
 - An assertion is a function that looks once and returns a `Judgement` (ok, expected, seen, the nodes
   concerned). The runner polls it until `within` runs out, or throughout `during`; so a check never
   sleeps on its own, and a failure always carries what was expected and what was seen last.
-- Network faults are opened lazily at the first partition step: a scenario without partitions runs on
-  a machine without iptables, and one with partitions fails there with the reason, never pretends.
-  Before cutting, the driver checks that every node talks to its peers from its own address (see
-  faults.unbound_peer_connections), since otherwise rules by source address would not hold.
+- Network faults go through the provider interface only (partition, cut, delay, loss, bandwidth,
+  heal), in 0-based node indexes; the provider opens what it needs at the first fault, so a scenario
+  without partitions runs on a machine without iptables, and one with them fails there with the
+  reason, never pretends. On loopback, before cutting, the driver checks that every node talks to its
+  peers from its own address (faults.unbound_peer_connections): rules by source address need that.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cluster.faults import NetworkFaults, NodeView, ProcessFaults, resolve, unbound_peer_connections
+from cluster.faults import NodeView, ProcessFaults, resolve, unbound_peer_connections
 from cluster.package_server import PackageServer, ServedPackage
 from cluster.safety import NodeSnapshot, Outcome, safety_outcomes
 from cluster.scenario import Scenario, Selector, Step, parse_selector
@@ -78,24 +79,29 @@ class Driver:
     For hooks: `api(index)` is a node's HTTP client (1-based index; `.get(path)`, `.post(path, body)`
     return `.status` and `.data`), `resolve(selector_text)` turns "validators" or ["node-1", 3] into
     indexes, `saved` holds earlier `save_as` values, `rng` is the run's seeded random.Random,
-    `cluster` is the LocalCluster, `processes` the ProcessFaults, `network()` the NetworkFaults
-    (opened on first use), `log(text)` prints a progress line. The pytest plugin's cluster handle
-    (cluster/testing.py) drives its cluster through a Driver too, with no scenario (and so no hooks)."""
+    `provider` is the Provider (cluster/providers/base.py: partition, delay, loss, heal, ... on
+    0-based indexes), `cluster` its LocalCluster, `processes` the ProcessFaults, `log(text)` prints a
+    progress line. The pytest plugin's cluster handle (cluster/testing.py) drives its cluster through
+    a Driver too (a LoopbackProvider adopting its LocalCluster), with no scenario (and so no hooks)."""
 
     scenario: Scenario | None
-    cluster: Any
+    provider: Any
     rng: Any
     packages: PackageServer | None = None
     served: dict[str, ServedPackage] = field(default_factory=dict)
     saved: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
     processes: ProcessFaults = field(init=False)
-    _network: NetworkFaults | None = field(init=False, default=None)
+    _faulted: bool = field(init=False, default=False)   # a network fault was injected since the last heal
     skewed: set[int] = field(init=False, default_factory=set)   # nodes whose clock a skew step moved
     _deferred: list[Callable[[], None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        self.processes = ProcessFaults(self.cluster, len(self.cluster.nodes))
+        self.processes = ProcessFaults(self.provider, len(self.cluster.nodes))
+
+    @property
+    def cluster(self) -> Any:
+        return self.provider.cluster
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -150,10 +156,10 @@ class Driver:
                     answers[candidate] = answers.get(candidate, 0) + 1
         return max(answers, key=answers.get) if answers else None
 
-    def network(self) -> NetworkFaults:
-        if self._network is None:
-            self._network = NetworkFaults.open(self.block_prefix)
-        return self._network
+    def network(self) -> Any:
+        """The provider, as the one that injects network faults (marks the run as needing a heal)."""
+        self._faulted = True
+        return self.provider
 
     def defer(self, cleanup: Callable[[], None]) -> None:
         """For hooks that start something (a server): `cleanup` runs when the run ends, last in first out."""
@@ -179,9 +185,9 @@ class Driver:
             self.clear_skews()
             self.processes.resume_all()
         finally:
-            if self._network is not None:
-                self._network.close()
-                self._network = None
+            if self._faulted:
+                self._faulted = False
+                self.provider.heal()
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -324,6 +330,8 @@ def _process_action(action: str) -> Callable[[Driver, Step], str]:
 
 
 def _check_partitions_hold(driver: Driver) -> None:
+    if driver.provider.name != "loopback":
+        return  # a node in a namespace of its own has one address: nothing else to send from
     pids = {driver.handle(index).pid: driver.host(index) for index in driver.live_indexes() if driver.handle(index).pid}
     problems = unbound_peer_connections(pids, driver.block_prefix)
     if problems:
@@ -334,9 +342,9 @@ def _check_partitions_hold(driver: Driver) -> None:
 def cut_groups(driver: Driver, groups: Sequence[Sequence[int]]) -> str:
     _check_partitions_hold(driver)
     network = driver.network()
-    network.partition([[driver.host(index) for index in group] for group in groups])
+    network.partition([[index - 1 for index in group] for group in groups])
     shown = " | ".join("{" + ", ".join(str(index) for index in group) + "}" for group in groups)
-    return f"partitioned {shown}: {len(network.rules())} links cut"
+    return f"partitioned {shown}: {len(network.cut_links())} links cut"
 
 
 def _do_partition(driver: Driver, step: Step) -> str:
@@ -359,17 +367,38 @@ def _do_isolate(driver: Driver, step: Step) -> str:
 def _do_cut(driver: Driver, step: Step) -> str:
     sources, destinations = driver.resolve(step.params["from"]), driver.resolve(step.params["to"])
     _check_partitions_hold(driver)
-    driver.network().cut([driver.host(index) for index in sources], [driver.host(index) for index in destinations])
+    driver.network().cut([index - 1 for index in sources], [index - 1 for index in destinations])
     return f"cut {sources} -> {destinations}"
+
+
+def _do_delay(driver: Driver, step: Step) -> str:
+    sources, destinations = driver.resolve(step.params["from"]), driver.resolve(step.params["to"])
+    jitter_ms = step.params.get("jitter_ms", 0)
+    driver.network().delay([index - 1 for index in sources], [index - 1 for index in destinations], ms=step.params["ms"],
+                           jitter_ms=jitter_ms)
+    return f"delay {step.params['ms']} ms (jitter {jitter_ms} ms) on {sources} -> {destinations}"
+
+
+def _do_loss(driver: Driver, step: Step) -> str:
+    sources, destinations = driver.resolve(step.params["from"]), driver.resolve(step.params["to"])
+    driver.network().loss([index - 1 for index in sources], [index - 1 for index in destinations], percent=step.params["percent"])
+    return f"loss {step.params['percent']} % on {sources} -> {destinations}"
+
+
+def _do_bandwidth(driver: Driver, step: Step) -> str:
+    nodes = driver.resolve(step.params["nodes"])
+    driver.network().bandwidth([index - 1 for index in nodes], kbit=step.params["kbit"])
+    return f"bandwidth {step.params['kbit']} kbit/s on {', '.join(map(driver.label, nodes))}"
 
 
 def _do_heal(driver: Driver, step: Step) -> str:
     cleared = driver.clear_skews()
     clocks = f"; clocks of {', '.join(map(driver.label, cleared))} real again" if cleared else ""
-    if driver._network is None:
+    if not driver._faulted:
         return ("nothing to heal" + clocks) if not cleared else clocks[2:]
-    driver.network().heal()
-    return "every link restored" + clocks
+    driver.provider.heal()
+    driver._faulted = False
+    return "every link restored (partitions, delay, loss, bandwidth)" + clocks
 
 
 def _do_skew(driver: Driver, step: Step) -> str:
@@ -404,6 +433,7 @@ ACTIONS: Mapping[str, Callable[[Driver, Step], str]] = {
     "rollback": _do_rollback, "kill": _process_action("kill"), "stop": _process_action("stop"),
     "restart": _process_action("restart"), "pause": _process_action("pause"), "resume": _process_action("resume"),
     "crash_at": _do_crash_at, "partition": _do_partition, "isolate": _do_isolate, "cut": _do_cut, "heal": _do_heal, "skew": _do_skew, "serve": _do_serve, "wait": _do_wait,
+    "delay": _do_delay, "loss": _do_loss, "bandwidth": _do_bandwidth,
 }
 
 

@@ -33,6 +33,7 @@ from cluster.local import LocalCluster, NodeApi, NodeHandle
 from cluster.package_server import ServedPackage
 from cluster.polling import TIMEOUT_S_MAX, poll_until
 from cluster.safety import Outcome, logs_converged, one_version_and_state_hash
+from cluster.providers.loopback import LoopbackProvider
 from cluster.scenario_steps import Driver, cut_groups
 from cluster.upgrade_client import WAIT_GOALS, Target, call, vote, wait_for
 from node.errors import ClusterError
@@ -99,7 +100,8 @@ class SynapseCluster:
     def __init__(self, local: LocalCluster) -> None:
         self.local = local
         # No scenario (so no hooks) and no random node groups here; the generator is only the Driver's field.
-        self._driver = Driver(scenario=None, cluster=local, rng=random.Random(0))
+        self._provider = LoopbackProvider.adopt(local)   # its faults through the provider interface (cluster/providers/)
+        self._driver = Driver(scenario=None, provider=self._provider, rng=random.Random(0))
         self.nodes = [ClusterNode(handle) for handle in local.nodes]
         self._partitioned = False
         self._closed = False
@@ -297,7 +299,7 @@ class SynapseCluster:
         try:
             self._driver.close()
         finally:
-            self.local.close()
+            self._provider.close()   # the partition chain, then every node (LocalCluster.close)
 
     def __enter__(self) -> "SynapseCluster":
         return self

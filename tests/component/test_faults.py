@@ -214,9 +214,9 @@ def test_a_scenario_that_cuts_the_network_stops_before_starting_where_it_cannot(
     from cluster.scenario import load_scenario
     from cluster.scenario_runner import RunOptions, run_scenario
 
-    monkeypatch.setattr("cluster.scenario_runner.network_capability",
+    monkeypatch.setattr("cluster.providers.loopback.network_capability",
                         lambda: Capability(available=False, detail="not root (uid 1000)", hint="run as root"))
-    monkeypatch.setattr("cluster.scenario_runner.LocalCluster.start", lambda self: pytest.fail("no cluster may start"))
+    monkeypatch.setattr("cluster.local.LocalCluster.start", lambda self: pytest.fail("no cluster may start"))
     repository = Path(__file__).resolve().parents[2]
     lines: list[str] = []
     record = run_scenario(load_scenario(repository / "scenarios" / "partition_heal_log.toml", repository=repository),

@@ -8,8 +8,9 @@ Why it works as it does:
   folder under tmp_path. On failure the assertion message holds the run's progress lines (seed first:
   replay with `synapse scenario run FILE --seed S`) and the report's summary.md (for each failure:
   expected, seen, and the node log lines around it).
-- A scenario that cuts the network needs root and iptables; where they are missing the test is
-  skipped with the reason and how to get them (never passed, never failed for the machine's sake).
+- A scenario that cuts the network needs root and iptables, one on the netns provider needs root,
+  namespaces and NetfilterQueue; where they are missing the test is skipped with the reason and how
+  to get them (never passed, never failed for the machine's sake).
 - A quick check validates every file and resolves every hook it names, so a typo fails in
   milliseconds, before any cluster starts.
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from cluster.faults import network_capability
+from cluster.providers.netns import nfqueue_problem
+from cluster.providers.netns_net import netns_problem
 from cluster.scenario import load_scenario
 from cluster.scenario_runner import REPOSITORY, RunOptions, ScenarioRun, needs_partitions
 from cluster.scenario_steps import load_hook
@@ -41,6 +44,8 @@ SHIPPED = {
     "compromised_validator_raft", "raft_stranger_flood", "raft_fd_exhaustion",
     # issue 12: a node-side clock skew
     "clock_skew", "clock_skew_short_period",
+    # issue 12: link faults on the netns provider
+    "validator_links_delay", "lossy_member",
 }
 
 
@@ -67,6 +72,9 @@ def test_scenario_passes(path: Path, tmp_path: Path):
         capability = network_capability()
         if not capability.available:
             pytest.skip(f"{path.name} cuts the network, which needs root and iptables here: {capability.detail}; {capability.hint}")
+    if scenario.cluster.provider == "netns" and (netns_problem() or nfqueue_problem()):
+        pytest.skip(f"{path.name} runs on the netns provider, which cannot run here: {netns_problem() or nfqueue_problem()}; "
+                    "run as root after scripts/install-toolchain.sh")
     lines: list[str] = []
     run = ScenarioRun(scenario, RunOptions(report_root=tmp_path / "runs", echo=lines.append))
     record = run.run()
