@@ -311,7 +311,7 @@ def test_scenario_run_in_parallel_prefixes_progress_and_reports_the_worst(tmp_pa
     progress = result.stderr.splitlines()
     assert "[one note] verdict: PASS" in " ".join(progress) and "[no such note] seed: 7 (replay with --seed 7)" in progress
     assert all(line.startswith(("[one note] ", "[no such note] ")) for line in progress if line.strip()), progress
-    starts = [index for index, line in enumerate(progress) if line.endswith("starting 2 nodes (1 validator) ...")]
+    starts = [index for index, line in enumerate(progress) if "starting 2 nodes (1 validator)" in line]
     verdicts = [index for index, line in enumerate(progress) if "verdict:" in line]
     assert len(starts) == 2 and max(starts) < min(verdicts), "both clusters started before either run ended"
     too_many = synapse("scenario", "run", "-j", "9", str(passing), tmp=tmp_path)
