@@ -205,7 +205,7 @@ class LocalCluster:
             self._start_existing(self._existing)
             return
         self._lease = acquire_block(hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
-        remove_stale_chain(self._lease.block.prefix)  # a killed scenario run may have left DROP rules on this block
+        remove_stale_chain(self._lease.block.prefix, width=self._lease.block.width)  # a killed scenario run may have left DROP rules on this block
         if self._given_data_dir is not None:
             self.data_dir = self._given_data_dir
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ class LocalCluster:
                                hint="start a new cluster in another --data-dir")
         self._lease = acquire_given_block(parse_block(document["address_block"]), hosts=self._node_count,
                                           ports=(API_PORT, RAFT_PORT))
-        remove_stale_chain(self._lease.block.prefix)
+        remove_stale_chain(self._lease.block.prefix, width=self._lease.block.width)
         self.data_dir = self._given_data_dir
         self.genesis_path, self.network_id = Path(document["genesis"]), document["network_id"]
         self.nodes = [NodeHandle(index=node["index"], node_id=node["node_id"], api_url=node["api_url"],

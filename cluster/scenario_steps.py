@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cluster.addresses import width_for
 from cluster.faults import NetworkFaults, NodeView, ProcessFaults, resolve, unbound_peer_connections
 from cluster.package_server import PackageServer, ServedPackage
 from cluster.scenario import Scenario, Selector, Step, parse_selector
@@ -146,7 +147,7 @@ class Driver:
 
     def network(self) -> NetworkFaults:
         if self._network is None:
-            self._network = NetworkFaults.open(self.block_prefix)
+            self._network = NetworkFaults.open(self.block_prefix, width=width_for(self.node_count))
         return self._network
 
     def defer(self, cleanup: Callable[[], None]) -> None:
@@ -285,7 +286,7 @@ def _process_action(action: str) -> Callable[[Driver, Step], str]:
 
 def _check_partitions_hold(driver: Driver) -> None:
     pids = {driver.handle(index).pid: driver.host(index) for index in driver.live_indexes() if driver.handle(index).pid}
-    problems = unbound_peer_connections(pids, driver.block_prefix)
+    problems = unbound_peer_connections(pids, driver.block_prefix, width_for(driver.node_count))
     if problems:
         raise ClusterError(f"a partition would not hold: {problems[0]} ({len(problems)} such connection(s))",
                            hint="every node must bind its outgoing sockets to its own address (gossip connector, Raft transport)")
