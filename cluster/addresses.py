@@ -166,19 +166,26 @@ def block_is_free(block: AddressBlock, *, hosts: int, ports: Sequence[int]) -> b
     return True
 
 
-def _lease_if_free(block: AddressBlock, *, hosts: int, ports: Sequence[int],
-                   lock_dir: Path) -> tuple[BlockLease | None, str]:
-    """(a lease, "") when the block's lock was free and every address can be bound; else (None, "locked")
-    or (None, "in_use"), holding nothing."""
+def _lock_all(block: AddressBlock, lock_dir: Path) -> BlockLease | None:
+    """The locks of every /24 of `block`, taken in ascending order: all of them, or none (None)."""
     descriptors: list[int] = []
-    for prefix in block.prefixes():  # ascending order, both or none
+    for prefix in block.prefixes():
         descriptor = _try_lock(lock_dir / f"{prefix}.lock")
         if descriptor is None:
             for held in descriptors:
                 os.close(held)
-            return None, "locked"
+            return None
         descriptors.append(descriptor)
-    lease = BlockLease(block, lock_dir / f"{block.prefix}.lock", descriptors)
+    return BlockLease(block, lock_dir / f"{block.prefix}.lock", descriptors)
+
+
+def _lease_if_free(block: AddressBlock, *, hosts: int, ports: Sequence[int],
+                   lock_dir: Path) -> tuple[BlockLease | None, str]:
+    """(a lease, "") when the block's lock was free and every address can be bound; else (None, "locked")
+    or (None, "in_use"), holding nothing."""
+    lease = _lock_all(block, lock_dir)
+    if lease is None:
+        return None, "locked"
     try:
         if block_is_free(block, hosts=hosts, ports=ports):
             return lease, ""
@@ -206,6 +213,15 @@ def acquire_block(*, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR
                       hint="too many clusters are running: stop some, or check for leftover node processes")
 
 
+def lock_running_block(block: AddressBlock, *, lock_dir: Path = LOCK_DIR) -> BlockLease | None:
+    """The lock of a block whose nodes may be running (their sockets are the block's, so no bind check):
+    held while something changes what belongs to the block, e.g. the iptables chain of a hand-made
+    partition (cluster/cli_fault.py, `synapse doctor --fix`), so that no two such changes interleave and
+    none runs while a launcher (`cluster up`, a scenario run, a test) holds the block. None when held."""
+    _lock_directory(lock_dir)
+    return _lock_all(block, lock_dir)
+
+
 def acquire_given_block(block: AddressBlock, *, hosts: int, ports: Sequence[int], lock_dir: Path = LOCK_DIR) -> BlockLease:
     """Lock this very block (a stopped cluster's, whose configs name its addresses), as wide as
     `hosts` nodes need, or say why not."""
@@ -217,5 +233,15 @@ def acquire_given_block(block: AddressBlock, *, hosts: int, ports: Sequence[int]
     if why == "locked":
         raise ConfigError(f"address block {block.cidr} is held by another cluster being started or run here",
                           hint="wait for it, or stop the cluster that uses it")
-    raise ConfigError(f"an address of block {block.prefix}.0/24 is in use (a node of this cluster may still run)",
+    raise ConfigError(f"an address of block {block.cidr} is in use (a node of this cluster may still run)",
                       hint="see 'synapse cluster status'; stop what listens there, then start the cluster again")
+
+
+def lock_block(block: AddressBlock, *, lock_dir: Path = LOCK_DIR) -> BlockLease:
+    """Lock this block without probing its addresses: for a cluster some of whose nodes listen there while
+    others restart (`synapse cluster restart`), so that no new cluster takes it meanwhile."""
+    lease = lock_running_block(block, lock_dir=lock_dir)
+    if lease is None:
+        raise ConfigError(f"address block {block.cidr} is held by another command starting or restarting nodes there",
+                          hint="wait for it to finish, then try again")
+    return lease

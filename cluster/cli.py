@@ -37,9 +37,12 @@ def _register() -> None:
     main.add_command(package)
     __import__("cluster.cli_node", fromlist=["register"]).register(main)  # synapse genesis / synapse node
     __import__("cluster.cli_cluster", fromlist=["register"]).register(main)  # synapse cluster / scenario / doctor
+    __import__("cluster.cli_fault", fromlist=["register"]).register(main)  # synapse cluster fault / heal
     main.add_command(__import__("cluster.demo", fromlist=["demo"]).demo)  # synapse demo
     __import__("cluster.cli_chaos", fromlist=["register"]).register(main)  # synapse chaos
     __import__("cluster.cli_upgrade", fromlist=["register"]).register(main)  # synapse upgrade
+    __import__("cluster.cli_restart", fromlist=["register"]).register(main)  # synapse cluster restart
+    __import__("cluster.cli_dump", fromlist=["register"]).register(main)  # synapse cluster dump
 
 
 _register()

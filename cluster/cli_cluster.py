@@ -30,11 +30,13 @@ import signal
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import click
 
 from node.errors import ClusterError, SynapseError
+from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -43,6 +45,8 @@ UP_TIMEOUT_S = 60.0
 LEADER_TIMEOUT_S = 30.0
 FOLLOW_POLL_S = 0.3
 POINTER_FILE = Path(tempfile.gettempdir()) / f"synapse-ng-last-cluster-{os.getuid()}"
+# `cluster up` runs a testbed: `synapse cluster fault` (cluster/cli_fault.py) may arm skews and crash points.
+TESTBED_ENV = types.MappingProxyType({FAULT_POINTS_VARIABLE: "1"})
 
 
 def _fail(error: SynapseError, status: int = EXIT_FAILED) -> None:
@@ -73,6 +77,10 @@ def _detached_cluster_class(say=click.echo):
                         say(f"  node-{handle.index + 1} healthy ({len(handles) - len(waiting)}/{len(handles)})")
                 time.sleep(0.1)
             super()._wait_healthy(handles)
+
+        def _spawn(self, handle) -> None:
+            self._extra_env.update(TESTBED_ENV)  # a testbed: `synapse cluster fault` may arm skews and crash points
+            super()._spawn(handle)
 
     return DetachedCluster
 
@@ -249,7 +257,12 @@ def _config_path(node: dict) -> Path:
 @cluster.command("status")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document (every node's process and health)")
-def status(data_dir: Path | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="a live table (role, version, state hash, Raft leader, entries, open proposals) "
+                                            "until Ctrl-C; with --json one JSON line per update")
+@click.option("--interval", "interval_s", type=click.FloatRange(0.2, 3600.0), default=2.0, show_default=True,
+              help="seconds between updates with --watch")
+@click.option("--count", type=click.IntRange(1, 100_000), default=None, hidden=True, help="stop --watch after N updates")
+def status(data_dir: Path | None, as_json: bool, watch: bool, interval_s: float, count: int | None) -> None:
     """Each node's process, health, version, log size and peers. Exit 1 unless all are healthy."""
     from cluster.local import NodeApi
 
@@ -258,6 +271,9 @@ def status(data_dir: Path | None, as_json: bool) -> None:
         document = load_cluster_file(data_dir)
     except SynapseError as error:
         _fail(error, EXIT_USAGE)
+    if watch:  # cluster/cli_watch.py; it exits 0 on Ctrl-C or SIGTERM
+        from cluster.cli_watch import watch_cluster
+        sys.exit(watch_cluster(lambda: load_cluster_file(data_dir), interval_s=interval_s, count=count, as_json=as_json))
     rows, healthy, found = [], 0, []
     for node in document["nodes"]:
         alive = node_process_alive(node.get("pid"), _config_path(node))
@@ -443,11 +459,16 @@ def check(files: tuple[Path, ...]) -> None:
 @click.option("--keep-data", is_flag=True, help="keep the cluster's data dirs (keys included) after the run")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document (each run's verdict, seed, report) on stdout; "
                                                       "progress goes to stderr")
-def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: bool, as_json: bool) -> None:
+@click.option("-j", "--jobs", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="run up to N scenarios at once (each its own cluster); progress lines are prefixed with the scenario's name")
+def run(files: tuple[Path, ...], seed: int | None, report_dir: Path, keep_data: bool, as_json: bool, jobs: int) -> None:
     """Run each scenario on its own fresh cluster; exit 0 only if every one passes."""
     from cluster.scenario_runner import RunOptions, ScenarioRun
 
     scenarios = _load_all(files, as_json=as_json)  # every file is validated before anything starts
+    if jobs > 1 and len(scenarios) > 1:  # cluster/scenario_parallel.py: one process per scenario; exit status: the worst
+        from cluster.scenario_parallel import run_in_parallel
+        sys.exit(run_in_parallel(scenarios, jobs=jobs, seed=seed, report_dir=report_dir, keep_data=keep_data, as_json=as_json))
     say = functools.partial(click.echo, err=as_json)
     runs = []
     for loaded in scenarios:
@@ -500,5 +521,7 @@ def doctor(fix: bool, as_json: bool) -> None:
 
 def register(main: click.Group) -> None:
     main.add_command(cluster)
+    __import__("cluster.cli_prometheus", fromlist=["register"]).register(cluster)  # synapse cluster prometheus-config
     main.add_command(scenario)
     main.add_command(doctor)
+    __import__("cluster.cli_k8s", fromlist=["register"]).register(cluster)  # manifests / up-kubernetes / chaos-kubernetes

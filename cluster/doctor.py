@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.addresses import LOCK_DIR, acquire_block
-from cluster.faults import block_of_chain, network_capability, remove_stale_chain, synapse_chains
+from cluster.addresses import LOCK_DIR, acquire_block, lock_running_block, parse_block
+from cluster.faults import block_listeners, block_of_chain, network_capability, remove_stale_chain, synapse_chains
 from node.errors import SynapseError
 
 INSTALL_HINT = "run: sudo sh scripts/install-toolchain.sh"
@@ -115,18 +115,33 @@ def check_namespaces() -> Check:
 
 
 def check_stale_chains(*, fix: bool = False) -> Check:
+    """A chain is stale when nobody holds its block's lock AND nothing listens on the block: a chain of a
+    running cluster's hand-made partition (`synapse cluster fault ... partition`) is neither, and stays
+    until `synapse cluster heal` or `down` removes it."""
     capability = network_capability()
     if not capability.available:
         return Check(name="stale partitions", status="ok", detail="not checked: iptables is not usable here")
-    stale = [chain for chain in synapse_chains() if _lock_is_free(LOCK_DIR / f"{block_of_chain(chain)}.lock")]
+    chains = [chain for chain in synapse_chains() if _lock_is_free(LOCK_DIR / f"{block_of_chain(chain)}.lock")]
+    running = [chain for chain in chains if block_listeners(block_of_chain(chain))]
+    stale = [chain for chain in chains if chain not in running]
+    kept = f"; {len(running)} hand-made partition(s) of running clusters kept ({', '.join(running)}: 'synapse cluster heal' " \
+           "removes them)" if running else ""
     if not stale:
-        return Check(name="stale partitions", status="ok", detail="no iptables chain left by a dead run")
+        return Check(name="stale partitions", status="ok", detail="no iptables chain left by a dead run" + kept)
     if fix:
-        for chain in stale:
-            remove_stale_chain(block_of_chain(chain))
-        return Check(name="stale partitions", status="ok", detail=f"removed {len(stale)} stale chain(s): {', '.join(stale)}")
-    return Check(name="stale partitions", status="warn", detail=f"{len(stale)} chain(s) of dead runs still drop traffic: {', '.join(stale)}",
+        removed = [chain for chain in stale if _remove_if_still_stale(block_of_chain(chain))]
+        return Check(name="stale partitions", status="ok", detail=f"removed {len(removed)} stale chain(s): {', '.join(removed)}" + kept)
+    return Check(name="stale partitions", status="warn", detail=f"{len(stale)} chain(s) of dead runs still drop traffic: {', '.join(stale)}" + kept,
                  hint="run 'synapse doctor --fix' to remove them (their address blocks are not held by anyone)")
+
+
+def _remove_if_still_stale(block_prefix: str) -> bool:
+    """Under the block's lock (a launcher or `cluster fault` may take it meanwhile), check again and remove."""
+    lease = lock_running_block(parse_block(block_prefix))
+    if lease is None:
+        return False
+    with lease:
+        return not block_listeners(block_prefix) and remove_stale_chain(block_prefix)
 
 
 def node_processes() -> list[tuple[int, str]]:

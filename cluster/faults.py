@@ -221,6 +221,24 @@ class NetworkFaults:
             raise
         return cls(block_prefix, iptables, width)
 
+    @classmethod
+    def attach(cls, block_prefix: str, *, width: int = 1,
+               run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> "NetworkFaults":
+        """The block's chain as it is now, created if missing, with its cuts read back: for a partition
+        made by hand on a running cluster (`synapse cluster fault`), which outlives the command that
+        made it. The caller holds the block's lock file while it changes rules (cluster/cli_fault.py)."""
+        capability = network_capability(run=run)
+        if not capability.available:
+            raise FaultInjectionUnavailable(f"network partitions are not possible on this machine: {capability.detail}", hint=capability.hint)
+        iptables, chain = _Iptables(run), chain_name(block_prefix)
+        if not iptables.chain_exists(chain):
+            return cls.open(block_prefix, width=width, run=run)
+        if iptables.call("-C", *_jump_rule(block_prefix, chain, width), check=False).returncode != 0:
+            iptables.call("-I", *_jump_rule(block_prefix, chain, width))
+        faults = cls(block_prefix, iptables, width)
+        faults._rules = faults.rules()
+        return faults
+
     def _check_host(self, host: str) -> str:
         try:
             inside = ipaddress.ip_address(host) in self._network
@@ -460,6 +478,24 @@ def _socket_inodes(pid: int) -> set[str]:
     except OSError:
         pass
     return inodes
+
+
+def block_listeners(block_prefix: str, width: int = 1) -> list[str]:
+    """The addresses of the block that something listens on now (from /proc/net/tcp): a running
+    cluster's nodes hold their block this way once the launcher that locked it has exited."""
+    network = ipaddress.ip_network(AddressBlock(block_prefix, width).cidr)
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as handle:
+            rows = [line.split() for line in handle.readlines()[1:]]
+    except OSError:
+        return []
+    listening = set()
+    for row in rows:
+        if len(row) > 3 and row[3] == "0A":  # LISTEN
+            host, port = _proc_address(row[1])
+            if ipaddress.ip_address(host) in network:
+                listening.add(f"{host}:{port}")
+    return sorted(listening)
 
 
 def unbound_peer_connections(hosts_by_pid: Mapping[int, str], block_prefix: str, width: int = 1) -> list[str]:

@@ -29,10 +29,12 @@ from node.core.canonical import sha256_hex
 from node.fsutil import write_atomic
 from node.errors import ConfigError
 from node.identity import Identity
+from node.sandbox_disk_cache import create_shared_cache
 
 GENESIS_FILE_NAME = "genesis.json"
 CONFIG_FILE_NAME = "config.toml"
 RAFT_SECRET_FILE_NAME = "raft_secret"
+SHARED_COMPILED_CACHE_DIR_NAME = "compiled-cache"   # DIR/compiled-cache: one compiled-module cache per local cluster
 DEFAULT_API_PORT = 8000
 DEFAULT_RAFT_PORT = 9000
 DEFAULT_REPUTATION = 100
@@ -93,8 +95,9 @@ def create_network(out_dir: Path, *, nodes: int, validators: int, block: Address
                    reputations: Sequence[int] | None = None, governance: Mapping[str, int] | None = None,
                    network_limits: Mapping[str, int] | None = None, config_limits: Mapping[str, int] | None = None,
                    network_id: str | None = None, ipfs_gateways: Sequence[str] = (),
-                   private_addresses_allowed: bool = True) -> CreatedNetwork:
+                   private_addresses_allowed: bool = True, shared_compiled_cache: bool = False) -> CreatedNetwork:
     """Write out_dir/genesis.json and out_dir/node-<i>/{node_key, config.toml, raft_secret (validators)}.
+    `shared_compiled_cache`: the nodes (all on this machine) share out_dir/compiled-cache, whose key is made here.
 
     Members are node-1..node-N at block.host(i); node-1..node-K are the validators."""
     _check_counts(nodes, validators, reputations)
@@ -125,11 +128,15 @@ def create_network(out_dir: Path, *, nodes: int, validators: int, block: Address
     }
     genesis = parse_genesis(document)  # the node's own validation, before anything is written
     created = []
+    shared_cache_dir = None
+    if shared_compiled_cache:
+        create_shared_cache(out_dir / SHARED_COMPILED_CACHE_DIR_NAME)
+        shared_cache_dir = f"../{SHARED_COMPILED_CACHE_DIR_NAME}"
     for index, member in enumerate(genesis.members, start=1):
         node_dir = out_dir / node_dir_name(index)
         config_text = render_config(data_dir=".", genesis=f"../{GENESIS_FILE_NAME}", api_host=block.host(index), api_port=api_port,
                                     raft_address=member.raft_address, limits=config_limits, ipfs_gateways=tuple(ipfs_gateways),
-                                    private_addresses_allowed=private_addresses_allowed)
+                                    private_addresses_allowed=private_addresses_allowed, sandbox_shared_cache_dir=shared_cache_dir)
         write_atomic(node_dir / CONFIG_FILE_NAME, config_text.encode(), mode=0o644)
         if member.validator:
             write_atomic(node_dir / RAFT_SECRET_FILE_NAME, raft_secret.encode(), mode=0o600)

@@ -17,6 +17,8 @@ Why it works as it does:
 - Every wait has a timeout, and a node that fails to come up is reported with the last lines of its
   log, so a failing test says why.
 - The HTTP helper is plain urllib (no proxy: the environment's http_proxy must never see 127.x).
+- Nodes are forked from a preloaded template (cluster/template.py) unless SYNAPSE_SPAWN=exec: each
+  is still a process of its own (pid, process group, data dir), only its imports are already done.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from cluster.addresses import BlockLease, acquire_block, acquire_given_block, parse_block
 from cluster.faults import remove_stale_chain
 from cluster.genesis import create_network
+from cluster.template import NodeTemplate, TemplateProcess, spawn_mode
 from node.api import API_TOKEN_FILE_NAME, read_token
 from node.errors import ClusterError
 from node.logging_setup import LOG_FILE_NAME
@@ -53,6 +56,7 @@ LOG_TAIL_LINES = 15
 CLUSTER_FILE_NAME = "cluster.json"
 STDERR_FILE_NAME = "stderr.log"
 STDOUT_FILE_NAME = "stdout.log"
+TEMPLATE_LOG_FILE_NAME = "template.log"
 _PR_SET_PDEATHSIG = 1
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +135,7 @@ class NodeHandle:
     config_path: Path
     is_validator: bool
     token: str | None = None
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    process: subprocess.Popen | TemplateProcess | None = field(default=None, repr=False)
     paused: bool = False
 
     @property
@@ -154,7 +158,8 @@ class LocalCluster:
                  start_timeout_s: float | None = None, governance: Mapping[str, int] | None = None,
                  network_limits: Mapping[str, int] | None = None, config_limits: Mapping[str, int] | None = None,
                  reputations: list[int] | None = None, extra_env: Mapping[str, str] | None = None,
-                 ipfs_gateways: Sequence[str] = (), private_addresses_allowed: bool = True, detached: bool = False) -> None:
+                 ipfs_gateways: Sequence[str] = (), private_addresses_allowed: bool = True, detached: bool = False,
+                 shared_compiled_cache: bool = True) -> None:
         self._node_count = nodes
         self._validator_count = validators
         self._given_data_dir = Path(data_dir) if data_dir is not None else None
@@ -162,10 +167,14 @@ class LocalCluster:
         self._start_timeout_s = start_timeout_s if start_timeout_s is not None else max(START_TIMEOUT_S, START_TIMEOUT_PER_NODE_S * nodes)
         self._network_options = {"governance": governance, "network_limits": network_limits,
                                  "config_limits": config_limits, "reputations": reputations, "ipfs_gateways": tuple(ipfs_gateways),
-                                 "private_addresses_allowed": private_addresses_allowed}
+                                 "private_addresses_allowed": private_addresses_allowed,
+                                 # the nodes compile each package once per machine (DIR/compiled-cache)
+                                 "shared_compiled_cache": shared_compiled_cache}
         # detached: nodes outlive this process (`synapse cluster up`): a session of their own, no parent-death signal.
         self._detached = detached
         self._extra_env = dict(extra_env or {})
+        self._spawn_mode = spawn_mode({**os.environ, **self._extra_env})
+        self._template: NodeTemplate | None = None
         self._existing: dict | None = None   # a stopped cluster's cluster.json, for reopen()
         self._lease: BlockLease | None = None
         self.data_dir: Path | None = None
@@ -230,16 +239,21 @@ class LocalCluster:
         self._lease = acquire_given_block(parse_block(document["address_block"]), hosts=self._node_count,
                                           ports=(API_PORT, RAFT_PORT))
         remove_stale_chain(self._lease.block.prefix, width=self._lease.block.width)
+        self.adopt(document)
+        for handle in self.nodes:
+            self._spawn(handle)
+        self._wait_healthy(self.nodes)
+        self._write_cluster_file()
+
+    def adopt(self, document: Mapping) -> None:
+        """Take the nodes `document` (a cluster file) names as this cluster's, starting none of them: reopen's
+        start(), and `synapse cluster restart` (cluster/cli_restart.py), which then restarts them one by one."""
         self.data_dir = self._given_data_dir
         self.genesis_path, self.network_id = Path(document["genesis"]), document["network_id"]
         self.nodes = [NodeHandle(index=node["index"], node_id=node["node_id"], api_url=node["api_url"],
                                  raft_address=node["raft_address"], data_dir=Path(node["data_dir"]),
                                  config_path=Path(node["data_dir"]) / "config.toml", is_validator=node["validator"])
                       for node in document["nodes"]]
-        for handle in self.nodes:
-            self._spawn(handle)
-        self._wait_healthy(self.nodes)
-        self._write_cluster_file()
 
     def close(self, *, remove_data: bool = False) -> None:
         """Stop every node (SIGTERM, then SIGKILL after a grace period) and release the address block."""
@@ -250,6 +264,9 @@ class LocalCluster:
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for handle in self.nodes:
             self._reap(handle, deadline)
+        if self._template is not None:
+            self._template.close()
+            self._template = None
         if self._lease is not None:
             self._lease.release()
             self._lease = None
@@ -261,12 +278,32 @@ class LocalCluster:
     def _spawn(self, handle: NodeHandle) -> None:
         env = {**os.environ, **self._extra_env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH", "")]))
+        template = self._node_template(env, handle)
+        if template is not None:
+            handle.process = template.spawn(config_path=handle.config_path, cwd=handle.data_dir, env=env, detached=self._detached,
+                                            stdout_path=handle.data_dir / STDOUT_FILE_NAME,
+                                            stderr_path=handle.data_dir / STDERR_FILE_NAME)
+            handle.paused = False
+            return
         with open(handle.data_dir / STDOUT_FILE_NAME, "ab") as stdout, open(handle.data_dir / STDERR_FILE_NAME, "ab") as stderr:
             handle.process = subprocess.Popen(
                 [sys.executable, "-m", "node", "--config", str(handle.config_path)],
                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=handle.data_dir, env=env, close_fds=True,
                 **({"start_new_session": True} if self._detached else {"process_group": 0, "preexec_fn": _die_with_parent(os.getpid())}))
         handle.paused = False
+
+    def _node_template(self, env: Mapping[str, str], handle: NodeHandle) -> NodeTemplate | None:
+        """The cluster's template, started on first use; None for SYNAPSE_SPAWN=exec, or (with a warning)
+        when it cannot start: plain spawning always works. Its log goes to the cluster's data dir (that of
+        the node's parent when a caller spawns without starting the cluster, as `cluster fault restart` does)."""
+        if self._spawn_mode == "template" and self._template is None:
+            log_dir = self.data_dir if self.data_dir is not None else handle.data_dir.parent
+            try:
+                self._template = NodeTemplate.start(env=env, detached=self._detached, log_path=log_dir / TEMPLATE_LOG_FILE_NAME)
+            except ClusterError as error:
+                print(f"warning: starting nodes without the template: {error.one_line()}", file=sys.stderr)
+                self._spawn_mode = "exec"
+        return self._template
 
     def _signal(self, handle: NodeHandle, signal_number: int) -> None:
         if handle.process is None or handle.process.poll() is not None:

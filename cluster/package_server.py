@@ -22,6 +22,7 @@ import base64
 import hashlib
 import shutil
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -91,6 +92,13 @@ class ServedPackage:
     http_url: str
     ipfs_url: str
     corrupt: bool
+
+    def proposal_fields(self, *, via: str = "http") -> dict:
+        """What POST /upgrades/propose needs besides title and version: URL (http or ipfs), hash, size."""
+        if via not in ("http", "ipfs"):
+            raise ClusterError(f"a package is served via http or ipfs, not {via!r}")
+        return {"package_url": self.ipfs_url if via == "ipfs" else self.http_url, "package_hash": f"sha256:{self.sha256}",
+                "package_size": self.size}
 
 
 class PackageRequestHandler(BaseHTTPRequestHandler):
@@ -177,6 +185,12 @@ class PackageServer:
             self._by_path[f"/ipfs/{package.cid}"] = owner or name
             self._requests.setdefault(name, 0)
         return package
+
+    def add_file(self, source: Path, *, name: str | None = None, corrupt: bool = False) -> ServedPackage:
+        """Build `source` (.wat, .c or .wasm, see build_package) and serve it, named after the file by default."""
+        with tempfile.TemporaryDirectory(prefix="synapse-package-build-") as work_dir:
+            data = build_package(Path(source), Path(work_dir))
+        return self.add(name or Path(source).stem, data, corrupt=corrupt)
 
     def package(self, name: str) -> ServedPackage:
         return self._packages[name]

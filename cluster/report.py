@@ -133,12 +133,15 @@ def log_excerpt(log_path: Path, *, around_s: float, window_s: float = EXCERPT_WI
 def report_folder(report_root: Path, scenario_name: str, started_at: float) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started_at))
     base = Path(report_root) / f"{stamp}-{_SAFE_NAME.sub('-', scenario_name).strip('-')[:60] or 'scenario'}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     folder, suffix = base, 1
-    while folder.exists():
-        suffix += 1
-        folder = base.with_name(f"{base.name}-{suffix}")
-    folder.mkdir(parents=True)
-    return folder
+    while True:  # mkdir decides, not exists(): `scenario run -j N` starts runs of one scenario in the same second
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            suffix += 1
+            folder = base.with_name(f"{base.name}-{suffix}")
 
 
 def copy_node_files(folder: Path, label: str, files: Mapping[str, Path], final_state: Mapping) -> None:

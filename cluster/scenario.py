@@ -30,6 +30,7 @@ from cluster.addresses import NODES_MAX
 from node.config import LIMIT_RANGES
 from node.core.semver import VERSION_LENGTH_MAX, is_valid_version
 from node.fault_points import POINTS as FAULT_POINTS
+from node.limits import CLOCK_SKEW_FAULT_MAX_MS
 from node.errors import ScenarioFormatError
 
 SCENARIO_SIZE_MAX_BYTES = 1024 * 1024
@@ -400,6 +401,7 @@ ACTIONS: Mapping[str, _Schema] = {
     "partition": _Schema({"groups": _groups}),
     "isolate": _Schema(_NODES),
     "cut": _Schema({"from": _selector, "to": _selector}),
+    "skew": _Schema({"nodes": _selector, "ms": _integer(-CLOCK_SKEW_FAULT_MAX_MS, CLOCK_SKEW_FAULT_MAX_MS)}),
     "heal": _Schema({}),
     "serve": _Schema({"package": _package, "available": _boolean}),
     "wait": _Schema({"duration": _duration}),
@@ -631,6 +633,16 @@ def parse_scenario(document: Mapping[str, Any], *, path: Path | None = None, bas
     context = _Context(nodes=shape.nodes, packages=frozenset(package.name for package in packages), saved={})
     steps = tuple(_parse_step(index, table, context) for index, table in enumerate(tables))
     return Scenario(path=path, cluster=shape, packages=packages, steps=steps, **header)
+
+
+def parse_fault_step(table: Mapping[str, Any], *, nodes: int) -> Step:
+    """One fault given outside a file (`synapse cluster fault KIND --KEY VALUE`): the same keys and
+    validators as a step of a scenario on a cluster of `nodes` nodes; errors name the key as `--key`."""
+    try:
+        return _parse_step(0, dict(table), _Context(nodes=nodes, packages=frozenset(), saved={}))
+    except ScenarioFormatError as error:
+        message = re.sub(r"^steps\[0\]\.(\w+)", lambda match: "--" + match.group(1).replace("_", "-"), error.message)
+        raise ScenarioFormatError(message.replace("steps[0]: ", ""), hint=error.hint) from None
 
 
 def load_scenario(path: Path, *, repository: Path | None = None) -> Scenario:

@@ -31,13 +31,12 @@ from cluster.faults import network_capability
 from cluster.local import LocalCluster
 from cluster.package_server import PackageServer, build_package
 from cluster.report import RunRecord, StepRecord, copy_node_files, log_excerpt, outcome_record, report_folder, write_report
-from cluster.safety import NodeSnapshot, Outcome, logs_converged, one_version_and_state_hash, safety_outcomes
+from cluster.safety import logs_converged, one_version_and_state_hash
 from cluster.scenario import Scenario, Step
 from cluster.scenario_steps import ACTIONS, CHECKS, Driver, Judgement, StepFailed, run_hook
-from node.config import NETWORK_LIMITS, load_genesis
+from node.config import NETWORK_LIMITS
 from node.errors import FaultInjectionUnavailable, SynapseError
 from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
-from node.identity import verify_signature
 from node.logging_setup import LOG_FILE_NAME
 
 POLL_INTERVAL_S = 0.2
@@ -212,19 +211,14 @@ class ScenarioRun:
         driver.close()
         self.options.echo("safety checks on the live nodes ...")
         began_wall, began = time.time(), time.monotonic()
-        genesis = load_genesis(driver.cluster.genesis_path)
-        validators = {member.node_id: member.public_key for member in genesis.validators}
         settle_end = time.monotonic() + self.scenario.settle_ms / 1000
         while True:
-            snapshots, unreadable = self._snapshots(driver)
+            snapshots, unreadable = driver.snapshots()
             converging = [logs_converged(snapshots), one_version_and_state_hash(snapshots)]
             if (all(outcome.ok for outcome in converging) and not unreadable) or time.monotonic() >= settle_end:
                 break
             time.sleep(POLL_INTERVAL_S)
-        outcomes = safety_outcomes(snapshots, network_id=genesis.network_id, validators=validators, verify=verify_signature)
-        if unreadable:
-            outcomes.insert(0, Outcome(name="every live node answers", ok=False, expected="each live node serves GET /log and /health",
-                                       seen=f"{len(unreadable)} node(s) did not answer", nodes=tuple(unreadable)))
+        outcomes = driver.safety_outcomes(snapshots, unreadable)
         for outcome in outcomes:
             record = outcome_record(outcome, started_at=began_wall, duration_s=time.monotonic() - began)
             if record.status != "passed":
@@ -234,20 +228,6 @@ class ScenarioRun:
             for detail in outcome.details if not outcome.ok else ():
                 self.options.echo(f"        {detail}")
         self._collect_finals(driver)
-
-    def _snapshots(self, driver: Driver) -> tuple[list[NodeSnapshot], list[str]]:
-        snapshots, unreadable = [], []
-        for index in driver.live_indexes():
-            try:
-                entries = driver.read_log(index)
-                state = driver.read_state(index)
-                version = state.get("version") if state else (driver.api(index).get("/health").data or {}).get("version")
-            except (OSError, SynapseError):
-                unreadable.append(driver.label(index))
-                continue
-            snapshots.append(NodeSnapshot(label=driver.label(index), node_id=driver.handle(index).node_id, entries=tuple(entries),
-                                          version=version, state_hash=state.get("state_hash") if state else None))
-        return snapshots, unreadable
 
     def _collect_finals(self, driver: Driver) -> None:
         """Each node's final health, state and log (while the cluster still runs)."""

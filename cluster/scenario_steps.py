@@ -33,9 +33,13 @@ from urllib.parse import quote
 from cluster.addresses import width_for
 from cluster.faults import NetworkFaults, NodeView, ProcessFaults, resolve, unbound_peer_connections
 from cluster.package_server import PackageServer, ServedPackage
+from cluster.safety import NodeSnapshot, Outcome, safety_outcomes
 from cluster.scenario import Scenario, Selector, Step, parse_selector
+from node.config import load_genesis
 from node.errors import ClusterError, SynapseError
+from node.clock import arm_skew, clear_skew
 from node.fault_points import arm
+from node.identity import verify_signature
 
 LOG_PAGE_LIMIT = 500
 LOG_ENTRIES_READ_MAX = 200_000
@@ -76,9 +80,10 @@ class Driver:
     return `.status` and `.data`), `resolve(selector_text)` turns "validators" or ["node-1", 3] into
     indexes, `saved` holds earlier `save_as` values, `rng` is the run's seeded random.Random,
     `cluster` is the LocalCluster, `processes` the ProcessFaults, `network()` the NetworkFaults
-    (opened on first use), `log(text)` prints a progress line."""
+    (opened on first use), `log(text)` prints a progress line. The pytest plugin's cluster handle
+    (cluster/testing.py) drives its cluster through a Driver too, with no scenario (and so no hooks)."""
 
-    scenario: Scenario
+    scenario: Scenario | None
     cluster: Any
     rng: Any
     packages: PackageServer | None = None
@@ -87,6 +92,7 @@ class Driver:
     log: Callable[[str], None] = print
     processes: ProcessFaults = field(init=False)
     _network: NetworkFaults | None = field(init=False, default=None)
+    skewed: set[int] = field(init=False, default_factory=set)   # nodes whose clock a skew step moved
     _deferred: list[Callable[[], None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -163,8 +169,15 @@ class Driver:
             while self._deferred:
                 self._deferred.pop()()
 
+    def clear_skews(self) -> list[int]:
+        """Take every armed skew away (node/clock.py): those clocks are real time again within a refresh."""
+        cleared = sorted(index for index in self.skewed if clear_skew(self.handle(index).data_dir))
+        self.skewed.clear()
+        return cleared
+
     def _close_faults(self) -> None:
         try:
+            self.clear_skews()
             self.processes.resume_all()
         finally:
             if self._network is not None:
@@ -214,6 +227,33 @@ class Driver:
             raise ClusterError(f"GET /state on {self.label(index)} answered {response.status}: {response.text[:200]}")
         return response.data
 
+    def snapshots(self) -> tuple[list[NodeSnapshot], list[str]]:
+        """What the safety checks judge: each live node's log, version and state hash; and the labels of
+        the live nodes that did not answer."""
+        snapshots, unreadable = [], []
+        for index in self.live_indexes():
+            try:
+                entries = self.read_log(index)
+                state = self.read_state(index)
+                version = state.get("version") if state else (self.api(index).get("/health").data or {}).get("version")
+            except (OSError, SynapseError):
+                unreadable.append(self.label(index))
+                continue
+            snapshots.append(NodeSnapshot(label=self.label(index), node_id=self.handle(index).node_id, entries=tuple(entries),
+                                          version=version, state_hash=state.get("state_hash") if state else None))
+        return snapshots, unreadable
+
+    def safety_outcomes(self, snapshots: Sequence[NodeSnapshot], unreadable: Sequence[str]) -> list[Outcome]:
+        """The shared safety checks (cluster/safety.py) over `snapshots`, against this cluster's genesis;
+        first a failed "every live node answers" when some live node did not."""
+        genesis = load_genesis(self.cluster.genesis_path)
+        validators = {member.node_id: member.public_key for member in genesis.validators}
+        outcomes = safety_outcomes(snapshots, network_id=genesis.network_id, validators=validators, verify=verify_signature)
+        if unreadable:
+            outcomes.insert(0, Outcome(name="every live node answers", ok=False, expected="each live node serves GET /log and /health",
+                                       seen=f"{len(unreadable)} node(s) did not answer", nodes=tuple(unreadable)))
+        return outcomes
+
 
 # --- actions ---------------------------------------------------------------------------------
 
@@ -233,10 +273,10 @@ def _do_note(driver: Driver, step: Step) -> str:
 def _do_propose(driver: Driver, step: Step) -> str:
     (index,) = driver.resolve(step.params.get("on"), default="node-1")
     package = driver.served[step.params["package"]]
+    fields = package.proposal_fields(via="ipfs" if step.params.get("via") == "ipfs" else "http")
     body = {"title": step.params.get("title", step.label), "description": step.params.get("description", f"scenario step {step.index}"),
-            "version": step.params["version"],
-            "package_url": package.ipfs_url if step.params.get("via") == "ipfs" else package.http_url,
-            "package_hash": step.params.get("hash", f"sha256:{package.sha256}"), "package_size": step.params.get("size", package.size)}
+            "version": step.params["version"], **fields,
+            "package_hash": step.params.get("hash", fields["package_hash"]), "package_size": step.params.get("size", fields["package_size"])}
     response = driver.call(index, "POST", "/upgrades/propose", body, expect_error=step.params.get("expect_error"))
     if "expect_error" in step.params:
         return f"refused as expected: {response.status}"
@@ -292,7 +332,7 @@ def _check_partitions_hold(driver: Driver) -> None:
                            hint="every node must bind its outgoing sockets to its own address (gossip connector, Raft transport)")
 
 
-def _cut_groups(driver: Driver, groups: Sequence[Sequence[int]]) -> str:
+def cut_groups(driver: Driver, groups: Sequence[Sequence[int]]) -> str:
     _check_partitions_hold(driver)
     network = driver.network()
     network.partition([[driver.host(index) for index in group] for group in groups])
@@ -306,7 +346,7 @@ def _do_partition(driver: Driver, step: Step) -> str:
                                         for selector in selectors]
     taken = sorted({index for group in resolved if group for index in group})
     groups = [group if group is not None else driver.resolve(selector, excluded=taken) for group, selector in zip(resolved, selectors)]
-    return _cut_groups(driver, groups)
+    return cut_groups(driver, groups)
 
 
 def _do_isolate(driver: Driver, step: Step) -> str:
@@ -314,7 +354,7 @@ def _do_isolate(driver: Driver, step: Step) -> str:
     rest = [index for index in range(1, driver.node_count + 1) if index not in nodes]
     if not rest:
         raise ClusterError("isolate names every node: there is nobody to isolate them from")
-    return _cut_groups(driver, [nodes, rest])
+    return cut_groups(driver, [nodes, rest])
 
 
 def _do_cut(driver: Driver, step: Step) -> str:
@@ -325,10 +365,21 @@ def _do_cut(driver: Driver, step: Step) -> str:
 
 
 def _do_heal(driver: Driver, step: Step) -> str:
+    cleared = driver.clear_skews()
+    clocks = f"; clocks of {', '.join(map(driver.label, cleared))} real again" if cleared else ""
     if driver._network is None:
-        return "nothing to heal"
+        return ("nothing to heal" + clocks) if not cleared else clocks[2:]
     driver.network().heal()
-    return "every link restored"
+    return "every link restored" + clocks
+
+
+def _do_skew(driver: Driver, step: Step) -> str:
+    """Arm a clock skew (node/clock.py): the cluster runs with SYNAPSE_FAULT_POINTS=1, as for crash points."""
+    nodes = driver.resolve(step.params["nodes"])
+    for index in nodes:
+        arm_skew(driver.handle(index).data_dir, step.params["ms"])
+        driver.skewed.add(index)
+    return f"clock of {', '.join(map(driver.label, nodes))} skewed by {step.params['ms']:+d} ms"
 
 
 def _do_serve(driver: Driver, step: Step) -> str:
@@ -353,7 +404,7 @@ ACTIONS: Mapping[str, Callable[[Driver, Step], str]] = {
     "note": _do_note, "propose": _do_propose, "propose_rollback": _do_propose_rollback, "vote": _do_vote,
     "rollback": _do_rollback, "kill": _process_action("kill"), "stop": _process_action("stop"),
     "restart": _process_action("restart"), "pause": _process_action("pause"), "resume": _process_action("resume"),
-    "crash_at": _do_crash_at, "partition": _do_partition, "isolate": _do_isolate, "cut": _do_cut, "heal": _do_heal, "serve": _do_serve, "wait": _do_wait,
+    "crash_at": _do_crash_at, "partition": _do_partition, "isolate": _do_isolate, "cut": _do_cut, "heal": _do_heal, "skew": _do_skew, "serve": _do_serve, "wait": _do_wait,
 }
 
 
@@ -561,7 +612,7 @@ def _check_log_lacks(driver: Driver, step: Step) -> Judgement:
 
 
 def _check_log_converged(driver: Driver, step: Step) -> Judgement:
-    from cluster.safety import NodeSnapshot, logs_converged
+    from cluster.safety import logs_converged
 
     nodes = driver.resolve(step.params.get("on"), default="live")
     snapshots = [NodeSnapshot(label=driver.label(index), node_id=driver.handle(index).node_id, entries=tuple(driver.read_log(index)),

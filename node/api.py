@@ -46,14 +46,13 @@ from node.core.entries import KINDS, Entry, is_entry_id, is_node_id
 from node.core.schemas import parse_request
 from node.fsutil import read_private_file
 from node.errors import BadRequest, ConfigError, NotFound, SynapseError, Unauthorized, Unavailable
-from node.metrics import Metrics
+from node.metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Metrics
 
 API_TOKEN_FILE_NAME = "api_token"
 API_TOKEN_BYTES = 32
 LOG_PAGE_LIMIT_MAX = 500
 LOG_PAGE_LIMIT_DEFAULT = 100
 APPEND_TIMEOUT_S = 30.0
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _JSON_READ_CHUNK_BYTES = 64 * 1024
 _TOKEN = re.compile(r"^[0-9a-f]{64}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -347,8 +346,9 @@ def refresh_gauges(app: web.Application) -> None:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
+    """prometheus_client's generate_latest over this node's own registry (node/metrics.py)."""
     refresh_gauges(request.app)
-    return web.Response(body=request.app[METRICS].render().encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+    return web.Response(body=request.app[METRICS].render_bytes(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 
 def add_health_routes(app: web.Application) -> None:

@@ -199,6 +199,9 @@ class NodeConfig:
     # (a proposer could otherwise make every node probe its internal network); local clusters say so.
     package_private_addresses_allowed: bool = False
     log_level: str = "info"
+    # A compiled-module cache shared with the other nodes of a local cluster (node/sandbox_disk_cache.py);
+    # None: this node's own cache in its data dir.
+    sandbox_shared_cache_dir: Path | None = None
     limits: Limits = Limits()
     limits_set: frozenset[str] = frozenset()  # the limits this file sets explicitly
 
@@ -213,6 +216,7 @@ _CONFIG_SCHEMA: Mapping[str, frozenset[str]] = {
     "raft": frozenset({"address"}),
     "packages": frozenset({"ipfs_gateways", "ca_file", "allow_private_addresses"}),
     "log": frozenset({"level"}),
+    "sandbox": frozenset({"shared_cache_dir"}),
     "limits": frozenset(LIMIT_RANGES),
 }
 _REQUIRED = (("node", "data_dir"), ("node", "genesis"), ("api", "host"), ("api", "port"), ("raft", "address"))
@@ -308,6 +312,8 @@ def parse_config(document: Mapping[str, Any], *, config_path: Path) -> NodeConfi
         package_private_addresses_allowed=_boolean("packages.allow_private_addresses",
                                                    document.get("packages", {}).get("allow_private_addresses", False)),
         log_level=level,
+        sandbox_shared_cache_dir=(_path_field("sandbox.shared_cache_dir", document["sandbox"]["shared_cache_dir"], base_dir)
+                                  if "shared_cache_dir" in document.get("sandbox", {}) else None),
         limits=Limits(**limits_given),
         limits_set=frozenset(limits_given),
     )
@@ -315,9 +321,10 @@ def parse_config(document: Mapping[str, Any], *, config_path: Path) -> NodeConfi
 
 def render_config(*, data_dir: str, genesis: str, api_host: str, api_port: int, raft_address: str,
                   ipfs_gateways: tuple[str, ...] = (), limits: Mapping[str, int] | None = None,
-                  private_addresses_allowed: bool = True) -> str:
+                  private_addresses_allowed: bool = True, sandbox_shared_cache_dir: str | None = None) -> str:
     """The TOML text of a config file (what `synapse genesis create` writes). json.dumps quotes TOML basic strings.
-    `private_addresses_allowed`: true for a local network (its packages are on loopback addresses)."""
+    `private_addresses_allowed`: true for a local network (its packages are on loopback addresses).
+    `sandbox_shared_cache_dir`: a compiled-module cache shared by the nodes of a local cluster."""
     lines = ["# Synapse-NG node configuration. Relative paths are relative to this file's directory.",
              "[node]", f"data_dir = {json.dumps(data_dir)}", f"genesis = {json.dumps(genesis)}", "",
              "[api]", f"host = {json.dumps(api_host)}", f"port = {int(api_port)}", "",
@@ -326,6 +333,10 @@ def render_config(*, data_dir: str, genesis: str, api_host: str, api_port: int, 
              "# A local network: packages are served from this machine's loopback addresses. Leave this",
              "# false on a real network unless its package mirror is on a private network.",
              f"allow_private_addresses = {'true' if private_addresses_allowed else 'false'}", ""]
+    if sandbox_shared_cache_dir is not None:
+        lines += ["[sandbox]", "# Compile each package once per machine: the nodes of this local cluster share this",
+                  "# cache (its key, cache.key, was made by the launcher; remove the line for a per-node cache).",
+                  f"shared_cache_dir = {json.dumps(sandbox_shared_cache_dir)}", ""]
     if limits:
         lines += ["[limits]"] + [f"{name} = {int(value)}" for name, value in sorted(limits.items())] + [""]
     return "\n".join(lines)

@@ -196,7 +196,8 @@ class Gossip:
 
     def __init__(self, *, log: CrdtLog, logfile: AppendOnlyFile, self_id: str, peers: Mapping[str, str], settings: GossipSettings,
                  rng: random.Random, now_ms: Callable[[], int], on_visible: Callable[[Sequence[Entry]], None],
-                 metrics: Metrics, logger: logging.Logger, local_host: str | None = None) -> None:
+                 metrics: Metrics, logger: logging.Logger, local_host: str | None = None,
+                 now_ns: Callable[[], int] = time.time_ns) -> None:
         """`peers`: node_id -> base URL ("http://127.12.7.2:7000"), without this node. `local_host`: the
         address outbound calls leave from (this node's own address), so that receivers can limit
         requests per source even when every node of a local cluster shares one loopback interface."""
@@ -213,6 +214,7 @@ class Gossip:
         self._settings = settings
         self._rng = rng
         self._now_ms = now_ms
+        self._now_ns = now_ns  # the node's clock (node/clock.py), for the time an entry became visible
         self._on_visible = on_visible
         self._metrics = metrics
         self._logger = logger
@@ -228,7 +230,7 @@ class Gossip:
         self._inbound_by_source: dict[str, int] = {}
         self._request_ids = itertools.count(1)
         self._answers: dict[int, asyncio.Future] = {}   # request id -> the Reply's message or the Refuse's error
-        self._visible_at_ns = BoundedMap(GOSSIP_VISIBILITY_MEMORY_ENTRIES_MAX)  # id -> CLOCK_REALTIME ns
+        self._visible_at_ns = BoundedMap(GOSSIP_VISIBILITY_MEMORY_ENTRIES_MAX)  # id -> the node clock's ns
         self._metrics.set("gossip_peers_up", 0)
         self._metrics.set("gossip_fanout", self._core.fanout)
 
@@ -377,9 +379,11 @@ class Gossip:
             answer.set_exception(_Refused(effect.error, effect.reason))
 
     def _became_visible(self, entries: Sequence[Entry]) -> None:
-        now_ns = time.time_ns()
+        now_ns, now_ms = self._now_ns(), self._now_ms()
         for entry in entries:
             self._visible_at_ns.put(entry.id, now_ns)
+            if entry.author != self._self_id:   # spread: the author's HLC time -> visible here (never a replay: load() is silent)
+                self._metrics.observe("entry_spread_seconds", (now_ms - entry.hlc.wall_ms) / 1000)
         try:
             self._on_visible(list(entries))
         except Exception:  # a consumer's bug must not stop gossip

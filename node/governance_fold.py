@@ -8,6 +8,11 @@ Why it works as it does:
   logged and counted (`synapse_execute_refused_total`), whoever signed the entry.
 - Divergence is loud: the reports of one sequence are compared; a node whose state hash differs from
   the strict majority's is flagged and logged at ERROR once per (sequence, disagreement).
+- Timings (node/metrics.py HISTOGRAMS): the moment a valid EXECUTE_UPGRADE is first folded live (not
+  while the stored log is replayed at start, see `replaying`) is remembered per sequence (bounded), for
+  the executor's `ratified_to_executed_seconds`, and `vote_to_ratified_seconds` observes it minus the
+  proposal's decision time (the deciding vote's HLC time, or the voting deadline) as soon as this node
+  knows that: gossip may bring a certificate before the proposal or its votes.
 - This node's own entries seen in the log (reports, closes, RATIFY audits) are remembered here, so the
   jobs that publish them never publish one twice, also after a restart (the stored log is folded first).
 """
@@ -15,18 +20,20 @@ Why it works as it does:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from node.core.certificates import verify_certificate
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry
+from node.core.gossip_rules import BoundedMap
 from node.core.governance import Governance, ReportView
 from node.core.quorum import is_majority
 from node.errors import CertificateError, NotFound
 from node.identity import verify_signature
 from node.logging_setup import log_event
 from node.metrics import Metrics
-from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX
+from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX, METRICS_TIMINGS_PENDING_MAX
 
 
 _logger = logging.getLogger("synapse.governance")
@@ -67,6 +74,18 @@ class GovernanceFold:
         self.reported_sequences: set[int] = set()            # sequences this node's EXECUTION_REPORT covers
         self.ratify_audited: set[tuple[str, int]] = set()    # (proposal, sequence) of this node's RATIFY entries
         self.close_attested: set[str] = set()                # proposals whose CLOSE entry this node published
+        self.certificate_seen_ms = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> when a valid one was folded live
+        self._replaying = False
+        self._ratification_untimed = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> (proposal, seen ms)
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Fold the stored log at start: state as usual, but no timing (those events happened before)."""
+        self._replaying = True
+        try:
+            yield
+        finally:
+            self._replaying = False
 
     def wake(self, callback: Callable[[], None]) -> None:
         self._wakers.append(callback)
@@ -83,6 +102,8 @@ class GovernanceFold:
             self.governance.note_equivocations(equivocations)
         for proposal_id in sorted(touched_reports):
             self._check_divergence(proposal_id)
+        if self._ratification_untimed:
+            self._time_ratifications()
         if any(entry.kind != "NOTE" for entry in entries):
             for wake in self._wakers:
                 wake()
@@ -109,6 +130,33 @@ class GovernanceFold:
             self._metrics.inc("execute_refused_total", reason="bad_certificate")
             log_event(self._logger, logging.ERROR, "execute_refused", entry_id=entry.id, author=entry.author,
                       proposal_id=entry.body["proposal_id"], sequence=entry.body["sequence"], reason=error.message)
+            return
+        if not self._replaying:
+            self._time_ratification(entry)
+
+    def _time_ratification(self, entry: Entry) -> None:
+        """The first valid certificate of a sequence seen live: remember when; it is timed from the
+        decision once this node knows the decision (the certificate may arrive before the votes)."""
+        sequence = entry.body["sequence"]
+        if sequence in self.certificate_seen_ms:    # another validator's EXECUTE_UPGRADE for it: timed once
+            return
+        seen_ms = self._now_ms()
+        self.certificate_seen_ms.put(sequence, seen_ms)
+        self._ratification_untimed.put(sequence, (entry.body["proposal_id"], seen_ms))
+
+    def _time_ratifications(self) -> None:
+        """Observe vote -> ratified for each certificate whose proposal's decision time is now known."""
+        for sequence, (proposal_id, seen_ms) in list(self._ratification_untimed.items()):
+            try:
+                view = self.governance.proposal(proposal_id, state=self._state(), now_ms=self._now_ms())
+            except NotFound:
+                continue       # the proposal has not reached this node yet
+            if view.decided_at_ms is None:
+                if view.closed:    # closed without a decision time (decided before any vote): nothing to time
+                    del self._ratification_untimed[sequence]
+                continue           # else the votes that decided it have not reached this node yet
+            del self._ratification_untimed[sequence]
+            self._metrics.observe("vote_to_ratified_seconds", (seen_ms - view.decided_at_ms) / 1000)
 
     def _check_divergence(self, proposal_id: str) -> None:
         try:

@@ -132,7 +132,13 @@ class GovernanceService:
             def check(body: Mapping[str, Any]) -> None:
                 self.governance.check_can_propose(body, state=self._state(), now_ms=now_ms, author=self.node_id)
 
-            entry = await self._author.append("PROPOSAL", lambda sequence: make_body(sequence, now_ms), check)
+            # The deadline counts from the entry's own HLC, which a peer's fast clock (within clock_skew_max_ms)
+            # may have pulled ahead of this node's clock: counted from now_ms, a voting period shorter than
+            # that lead would give a deadline before the entry's clock, and every node would refuse the
+            # proposal (bad_deadline) after it was signed and sent. (Built inside append, under its lock,
+            # just before the entry: the parents cannot change in between.)
+            entry = await self._author.append(
+                "PROPOSAL", lambda sequence: make_body(sequence, max(now_ms, self._author.clock_floor_ms())), check)
         log_event(self._logger, logging.INFO, "proposal_created", proposal_id=entry.body["proposal_id"],
                   action=entry.body["action"], version=entry.body["version"], entry_id=entry.id)
         return self.governance.proposal(entry.body["proposal_id"], state=self._state(), now_ms=self._now_ms())

@@ -23,6 +23,9 @@ NODE_STARTUP_TIMEOUT_MS = 120_000          # the awaits of start-up (re-verifyin
 API_SOCKET_BACKLOG_CONNECTIONS_MAX = 512   # listen() backlog of the HTTP API socket
 RAFT_SECRET_SIZE_MAX_BYTES = 1 * KiB
 FAULT_POINT_FILE_SIZE_MAX_BYTES = 256      # the testbed's fault-point file (node/fault_points.py)
+CLOCK_SKEW_FILE_SIZE_MAX_BYTES = 64        # the testbed's clock-skew file (node/clock.py)
+CLOCK_SKEW_FAULT_MAX_MS = 86_400_000       # a testbed skew moves the clock by at most a day either way
+CLOCK_SKEW_REFRESH_MS = 100                # a running node re-reads its skew file at most this often
 
 # --- config and genesis files (node/config.py) -----------------------------------------------------
 CONFIG_FILE_SIZE_MAX_BYTES = 1 * MiB
@@ -41,6 +44,7 @@ NODE_LOG_FIELD_TEXT_LENGTH_MAX = 4000      # characters of one text field of a l
 METRICS_NAMES_MAX = 500
 METRICS_SERIES_PER_METRIC_MAX = 1_000      # label values may come from the network: bounded per metric
 METRICS_LABEL_VALUE_LENGTH_MAX = 200
+METRICS_TIMINGS_PENDING_MAX = 1_000        # started timings remembered (e.g. certificate seen, execution pending)
 
 # --- the entry log file (log/entries.bin) ----------------------------------------------------------
 LOGFILE_RECORD_SIZE_MAX_BYTES = 1 * MiB    # entries are far smaller (64 KiB by default); a larger length is corruption
@@ -82,7 +86,12 @@ SANDBOX_COMPILE_ALLOWANCE_MS = 120_000     # added to the wall timeout of an asy
 SANDBOX_RUNS_CONCURRENT_MAX = 2
 SANDBOX_MEMORY_CACHE_ENTRIES_MAX = 16      # compiled modules kept in memory
 SANDBOX_DISK_CACHE_ENTRIES_MAX = 64        # compiled modules kept on disk
+SANDBOX_SHARED_CACHE_LOCK_WAIT_MS = 60_000  # a node waits this long for another's compile, then compiles itself
+SANDBOX_SHARED_CACHE_LOCK_POLL_MS = 20
 SANDBOX_REFUSALS_SHOWN_MAX = 3             # in an error message; inspect() lists them all
+
+# --- the node template (node/forkserver.py) ------------------------------------------------------
+FORKSERVER_REQUEST_SIZE_MAX_BYTES = 1 * MiB  # one spawn request: paths and the launcher's environment
 
 # --- raft transport --------------------------------------------------------------------------------
 RAFT_REFUSAL_LOG_INTERVAL_MS = 5_000       # per reason and claimed validator: a flood cannot fill the log

@@ -38,6 +38,11 @@ class LocalAuthor:
         self._append_timeout_ms = append_timeout_ms
         self._lock = asyncio.Lock()
 
+    def clock_floor_ms(self) -> int:
+        """The wall time the next local entry's HLC is at least at (CrdtLog.clock_floor): ahead of this
+        node's clock when a peer's clock runs ahead."""
+        return self._log.clock_floor(self._node_id).wall_ms
+
     async def append(self, kind: str, body: Body, check: Callable[[Mapping[str, Any]], None] | None = None) -> Entry:
         """Build (with this node's next sequence when `body` is a function of it), check, sign, persist
         and publish one local entry. Raises what `check` raises, with nothing written."""

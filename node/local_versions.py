@@ -36,7 +36,9 @@ class LocalVersions:
     def __init__(self, *, genesis: Genesis, limits: Limits, data_dir: Path, metrics: Metrics, now_ms: Callable[[], int],
                  ipfs_gateways: Sequence[str] = (), package_ca_file: Path | None = None,
                  package_private_addresses_allowed: bool = True, on_version: Callable[[str], None] | None = None,
-                 fault_point: Callable[[str], None] | None = None, store_open_timeout_ms: int = 120_000) -> None:
+                 fault_point: Callable[[str], None] | None = None, store_open_timeout_ms: int = 120_000,
+                 shared_compiled_cache_dir: Path | None = None) -> None:
+        self._shared_compiled_cache_dir = shared_compiled_cache_dir
         self._limits = limits
         self._data_dir = Path(data_dir)
         self._metrics = metrics
@@ -52,6 +54,7 @@ class LocalVersions:
         self.store: VersionStore | None = None
         self.manager: UpgradeManager | None = None
         self._fetcher: PackageFetcher | None = None
+        self._sandbox: Sandbox | None = None
 
     async def context(self, app: Any) -> AsyncIterator[None]:
         await self.start()
@@ -80,13 +83,15 @@ class LocalVersions:
                                         module_size_max_bytes=limits.package_size_max_bytes,
                                         output_size_max_bytes=limits.sandbox_output_max_bytes,
                                         wall_timeout_ms=limits.sandbox_wall_timeout_ms),
-                          compiled_cache_dir=self._data_dir / COMPILED_DIR_NAME)
+                          compiled_cache_dir=self._data_dir / COMPILED_DIR_NAME,
+                          shared_cache_dir=self._shared_compiled_cache_dir)
         self._fetcher = PackageFetcher(PackageCache(self.store.cache_dir), ipfs_gateways=self._ipfs_gateways,
                                        ca_file=self._package_ca_file,
                                        private_addresses_allowed=self._package_private_addresses_allowed,
                                        limits=FetchLimits(package_size_max_bytes=limits.package_size_max_bytes),
                                        logger=logging.getLogger("synapse.packages"))
-        self.manager = UpgradeManager(self.store, self._fetcher, sandbox, now_ms=self._now_ms,
+        self._sandbox = sandbox
+        self.manager = UpgradeManager(self.store, self._fetcher, sandbox, now_ms=self._now_ms, metrics=self._metrics,
                                       logger=logging.getLogger("synapse.upgrader"))
         await self.refresh_state()
 
@@ -108,6 +113,9 @@ class LocalVersions:
         self._state = await asyncio.to_thread(json.loads, raw)
         self._on_version(version)
         self._metrics.set("applied_sequence", store.applied_sequence)
+        if self._sandbox is not None:     # how this node got its compiled modules: compiled, from disk, refused
+            for event, count in self._sandbox.cache_stats().items():
+                self._metrics.set("sandbox_compiled_cache", count, event=event)
 
     def network_state(self) -> Mapping:
         """The live network state as last read (reputations and version for governance)."""

@@ -42,9 +42,10 @@ def _jsonable(value: Any) -> Any:
 class JsonLineFormatter(logging.Formatter):
     """Formats a record as {"ts", "level", "node", "event", "fields"} on one line."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, clock: Any = None) -> None:
         super().__init__()
         self.node_id = node_id
+        self.clock = clock  # node/clock.py NodeClock: `ts` is the node's time of day (skewed with it in the testbed)
 
     def format(self, record: logging.LogRecord) -> str:
         fields = dict(getattr(record, "fields", None) or {})
@@ -52,7 +53,7 @@ class JsonLineFormatter(logging.Formatter):
             fields.setdefault("logger", record.name)
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
-        wall_s = record.created
+        wall_s = record.created if self.clock is None else self.clock.shift_s(record.created)
         line = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_s)) + f".{int(wall_s % 1 * 1000):03d}Z",
             "level": record.levelname.lower(),
@@ -63,9 +64,10 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
-def configure_logging(*, node_id: str, data_dir: Path | None, level: str = "info") -> logging.Logger:
-    """Send every record of this process to stderr and (if given) <data_dir>/node.log as JSON lines."""
-    formatter = JsonLineFormatter(node_id)
+def configure_logging(*, node_id: str, data_dir: Path | None, level: str = "info", clock: Any = None) -> logging.Logger:
+    """Send every record of this process to stderr and (if given) <data_dir>/node.log as JSON lines,
+    dated by `clock` (the node's NodeClock) when given."""
+    formatter = JsonLineFormatter(node_id, clock)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -90,6 +90,10 @@ class RaftTiming:
     retry_delay_first_s: float = 0.05
     retry_delay_max_s: float = 1.0
     stop_timeout_s: float = 10.0
+    # PySyncObj caches a peer's resolved address for 600 s (30 s for a failure) by default: with DNS names
+    # (the kubernetes provider) a validator restarted with a new pod IP stayed unreachable for 10 minutes.
+    dns_cache_s: float = 5.0
+    dns_fail_cache_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.raft_min_timeout_s < self.raft_max_timeout_s:
@@ -309,6 +313,7 @@ class ValidatorRaft:
             raftMinTimeout=timing.raft_min_timeout_s, raftMaxTimeout=timing.raft_max_timeout_s,
             appendEntriesPeriod=timing.append_entries_period_s, connectionTimeout=timing.connection_timeout_s,
             connectionRetryTime=timing.connection_retry_time_s,
+            dnsCacheTime=timing.dns_cache_s, dnsFailCacheTime=timing.dns_fail_cache_s,
             leaderFallbackTimeout=timing.leader_fallback_timeout_s, commandsQueueSize=timing.commands_queue_max,
             maxBindRetries=timing.bind_retries_max, bindRetryTime=timing.bind_retry_time_s,
             logCompactionMinEntries=timing.log_compaction_min_entries,

@@ -202,10 +202,16 @@ class SecureConnection:
     def getSendBufferSize(self) -> int:  # noqa: N802
         return len(self._write)
 
-    def connect(self, host: str, port: int) -> bool:
+    def connect(self, host: str | None, port: int) -> bool:
         self._reset()
         self._initiator = True
         self.started_at = self._last_read_at = monotonic_time()
+        if host is None:
+            # PySyncObj passes its resolver's answer: None while a peer's DNS name does not resolve (a pod
+            # not yet published). socket.connect((None, port)) raised TypeError, which aborted the whole
+            # Raft tick and leaked the socket, at every retry.
+            logger.warning("raft: cannot open a connection to port %s: the peer's host name does not resolve (yet)", port)
+            return False
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         except OSError as error:

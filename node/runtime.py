@@ -36,7 +36,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -48,6 +48,7 @@ from node.core.crdt_log import CrdtLog, LogLimits
 from node.core.entries import Entry
 from node.fsutil import read_private_file
 from node.errors import ConfigError, StoreError, SynapseError
+from node.clock import NodeClock, clock_for
 from node.fault_points import fault_point_for
 from node.gossip import Gossip, GossipSettings
 from node.core.governance import Governance
@@ -78,6 +79,7 @@ _logger = logging.getLogger("synapse")
 
 
 def wall_ms() -> int:
+    """Real time of day. The node itself reads its `Prepared.clock` (node/clock.py), which the testbed may skew."""
     return time.time_ns() // 1_000_000
 
 
@@ -97,6 +99,7 @@ class Prepared:
     server_socket: socket.socket
     logfile: LogFile
     stored_raws: list[bytes]
+    clock: NodeClock = field(default_factory=NodeClock)  # every time of day the node reads (node/clock.py)
 
     def close(self) -> None:
         self.server_socket.close()
@@ -176,8 +179,9 @@ def prepare(config_path: Path, *, configure_logs: bool = True) -> Prepared:
     config = load_config(config_path)
     check_data_dir(config)
     identity = Identity.load_or_create(config.data_dir / "node_key")
+    clock = clock_for(config.data_dir, os.environ)
     if configure_logs:
-        configure_logging(node_id=identity.node_id, data_dir=config.data_dir, level=config.log_level)
+        configure_logging(node_id=identity.node_id, data_dir=config.data_dir, level=config.log_level, clock=clock)
     genesis = load_genesis(config.genesis_path)
     member = member_for(config, genesis, identity.node_id)
     limits = resolve_limits(config, genesis)
@@ -191,7 +195,7 @@ def prepare(config_path: Path, *, configure_logs: bool = True) -> Prepared:
         server_socket.close()
         raise
     return Prepared(config=config, genesis=genesis, identity=identity, member=member, limits=limits, api_token=token,
-                    server_socket=server_socket, logfile=logfile, stored_raws=stored_raws)
+                    server_socket=server_socket, logfile=logfile, stored_raws=stored_raws, clock=clock)
 
 
 # --- the running node ------------------------------------------------------------------------
@@ -246,7 +250,8 @@ class Node:
                  governance_settings: GovernanceSettings = GovernanceSettings()) -> None:
         self.prepared = prepared
         genesis, limits, node_id = prepared.genesis, prepared.limits, prepared.identity.node_id
-        self.metrics = Metrics()
+        self.now_ms = prepared.clock.now_ms
+        self.metrics = Metrics.for_node()
         self.log = CrdtLog(network_id=genesis.network_id, members=genesis.public_keys(), verify=verify_signature, limits=log_limits(limits))
         self.state = NodeState(genesis=genesis, metrics=self.metrics)
         self.gossip = Gossip(
@@ -258,12 +263,12 @@ class Node:
                                     request_body_max_bytes=limits.gossip_request_body_max_bytes,
                                     call_timeout_ms=limits.gossip_call_timeout_ms,
                                     first_write_wait_ms=limits.gossip_first_write_wait_ms),
-            rng=rng or random.Random(), now_ms=wall_ms, on_visible=self.state.on_visible, metrics=self.metrics,
+            rng=rng or random.Random(), now_ms=self.now_ms, now_ns=prepared.clock.now_ns, on_visible=self.state.on_visible, metrics=self.metrics,
             logger=logging.getLogger("synapse.gossip"), local_host=prepared.config.api_host)
         self.state.peers_up_source = self.gossip.peers_up
         self.state.visible_at_ns_source = self.gossip.visible_at_ns
         self.author = LocalAuthor(node_id=node_id, log=self.log, sign=prepared.identity.sign, publish=self.gossip.publish,
-                                  now_ms=wall_ms, append_timeout_ms=governance_settings.append_timeout_ms)
+                                  now_ms=self.now_ms, append_timeout_ms=governance_settings.append_timeout_ms)
         self._wire_governance(governance_settings)
 
     def _wire_governance(self, settings: GovernanceSettings) -> None:
@@ -273,10 +278,11 @@ class Node:
         validators = {member.node_id: member.public_key for member in genesis.validators}
         fault_point = fault_point_for(config.data_dir, os.environ)
         self.versions = LocalVersions(genesis=genesis, limits=prepared.limits, data_dir=config.data_dir, metrics=self.metrics,
-                                      now_ms=wall_ms, ipfs_gateways=config.ipfs_gateways, package_ca_file=config.package_ca_file,
+                                      now_ms=self.now_ms, ipfs_gateways=config.ipfs_gateways, package_ca_file=config.package_ca_file,
                                       package_private_addresses_allowed=config.package_private_addresses_allowed,
                                       on_version=self.state.set_current_version, fault_point=fault_point,
-                                      store_open_timeout_ms=settings.store_open_timeout_ms)
+                                      store_open_timeout_ms=settings.store_open_timeout_ms,
+                                      shared_compiled_cache_dir=config.sandbox_shared_cache_dir)
         rules = GovernanceRules(approval_threshold_pct=genesis.governance.approval_threshold_pct,
                                 quorum_pct=genesis.governance.quorum_pct, voting_period_ms=genesis.governance.voting_period_ms,
                                 open_proposals_per_author_max=genesis.governance.open_proposals_per_author_max)
@@ -285,19 +291,19 @@ class Node:
                                 planted_bugs=planted_bugs_for(os.environ))
         self.fold = GovernanceFold(governance=governance, log=self.log, node_id=prepared.identity.node_id,
                                    network_id=genesis.network_id, validators=validators, metrics=self.metrics,
-                                   state=self.versions.network_state, now_ms=wall_ms)
+                                   state=self.versions.network_state, now_ms=self.now_ms)
         self.executor = UpgradeExecutor(fold=self.fold, versions=self.versions, author=self.author,
                                         network_id=genesis.network_id, validators=validators, metrics=self.metrics,
-                                        now_ms=wall_ms, settings=settings, fault_point=fault_point)
+                                        now_ms=self.now_ms, settings=settings, fault_point=fault_point)
         self.fold.wake(self.executor.wake)
         self.driver = None
         if prepared.member.validator:
             self.driver = RatificationDriver(config=raft_config_for(prepared, settings), identity=prepared.identity,
                                              fold=self.fold, versions=self.versions, author=self.author,
-                                             network_id=genesis.network_id, now_ms=wall_ms, settings=settings)
+                                             network_id=genesis.network_id, now_ms=self.now_ms, settings=settings)
             self.fold.wake(self.driver.wake)
         self.governance = GovernanceService(node_id=prepared.identity.node_id, limits=prepared.limits, fold=self.fold,
-                                            versions=self.versions, author=self.author, now_ms=wall_ms, settings=settings,
+                                            versions=self.versions, author=self.author, now_ms=self.now_ms, settings=settings,
                                             driver=self.driver)
         self.state.subscribe(self.fold.on_visible)
 
@@ -317,6 +323,7 @@ class Node:
         api.add_metrics_routes(app)
         self.gossip.add_routes(app)
         api_governance.add_governance_routes(app, self.governance)
+        app.setdefault(api.HEALTH_EXTRAS, []).append(self._clock_facts)
         openapi.add_openapi_route(app)
         app.cleanup_ctx.append(self._logfile_context)
         app.cleanup_ctx.append(self._gossip_context)
@@ -326,6 +333,15 @@ class Node:
         app.cleanup_ctx.append(self.executor.context)
         return app
 
+    def _clock_facts(self) -> dict:
+        """GET /health: this node's time of day (so clock trouble between hosts is visible at a glance), and
+        on a testbed node (SYNAPSE_FAULT_POINTS=1) the skew the testbed armed (node/clock.py)."""
+        clock = self.prepared.clock
+        facts: dict = {"time_ms": clock.now_ms()}
+        if clock.skewable:
+            facts["clock_skew_ms"] = clock.skew_ms()
+        return facts
+
     async def _logfile_context(self, app: web.Application) -> AsyncIterator[None]:
         logfile = self.prepared.logfile
         self.metrics.set("log_torn_tail_bytes", logfile.torn_tail_bytes)
@@ -333,7 +349,8 @@ class Node:
         log_event(_logger, logging.INFO, "log_loaded", stored=len(self.prepared.stored_raws), accepted=accepted,
                   visible=self.log.visible_count(), torn_tail_bytes=logfile.torn_tail_bytes)
         self.prepared.stored_raws = []
-        self.state.on_visible(self.log.visible())  # load() does not call on_visible: listeners start from the stored log
+        with self.fold.replaying():                # load() does not call on_visible: listeners start from the stored log
+            self.state.on_visible(self.log.visible())
         yield
         logfile.close()
 

@@ -25,7 +25,8 @@ Why it works as it does:
   in memory (bounded LRU) and on disk. `Module.deserialize` runs native code, so a disk artifact is
   trusted only if it carries this node's HMAC (key made on first use, mode 0600), under a name bound to
   sha256(wasm) + wasmtime version + engine config; anything else is recompiled and overwritten
-  (node/sandbox_disk_cache.py).
+  (node/sandbox_disk_cache.py). The nodes of one local cluster may share that disk cache (a key made
+  by the launcher): one compiles under a file lock, the others wait and load its artifact.
 - Calls are blocking (wasmtime releases the GIL while wasm runs); `run_upgrade_async` runs them in the
   loop's executor so the event loop never blocks.
 """
@@ -355,7 +356,10 @@ def parse_state_object(output: bytes, producer: str) -> dict:
 class Sandbox:
     """Runs packages. Thread-safe: one engine and one compiled-module cache, a fresh Store per call."""
 
-    def __init__(self, limits: SandboxLimits = SandboxLimits(), compiled_cache_dir: Path | None = None) -> None:
+    def __init__(self, limits: SandboxLimits = SandboxLimits(), compiled_cache_dir: Path | None = None, *,
+                 shared_cache_dir: Path | None = None) -> None:
+        """`compiled_cache_dir`: this node's own disk cache; `shared_cache_dir` (which wins): a cache
+        shared by the nodes of a local cluster, made by the launcher (sandbox_disk_cache.create_shared_cache)."""
         if not isinstance(limits, SandboxLimits):
             raise errors.ConfigError(f"limits must be a SandboxLimits, got {type(limits).__name__}")
         self._limits = limits
@@ -363,12 +367,14 @@ class Sandbox:
         self._engine = wasmtime.Engine(config)
         wasmtime_version = importlib.metadata.version("wasmtime")
         self._fingerprint = sha256_hex(f"wasmtime={wasmtime_version};{described};{platform.machine()}".encode())[:20]
-        self._disk = None if compiled_cache_dir is None else DiskCache(Path(compiled_cache_dir), self._fingerprint)
+        self._disk = (DiskCache(Path(shared_cache_dir), self._fingerprint, shared=True) if shared_cache_dir is not None
+                      else None if compiled_cache_dir is None else DiskCache(Path(compiled_cache_dir), self._fingerprint))
         self._memory_cache: OrderedDict[str, _Compiled] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._run_slots = threading.BoundedSemaphore(SANDBOX_RUNS_CONCURRENT_MAX)
         self._ticker = _EpochTicker(self._engine, SANDBOX_EPOCH_TICK_MS)
-        self._stats = {"compiled": 0, "loaded_from_disk": 0, "memory_hits": 0, "artifacts_refused": 0, "artifacts_written": 0}
+        self._stats = {"compiled": 0, "loaded_from_disk": 0, "memory_hits": 0, "artifacts_refused": 0, "artifacts_written": 0,
+                       "compile_lock_timeouts": 0}
 
     @property
     def limits(self) -> SandboxLimits:
@@ -460,24 +466,38 @@ class Sandbox:
         return None
 
     def _module(self, wasm: bytes, digest: str) -> wasmtime.Module:
-        """Deserialize this node's own artifact if there is an authentic one; otherwise compile and store."""
-        if self._disk is not None:
-            payload, refused = self._disk.load(digest)
-            if payload is not None:
-                try:
-                    module = wasmtime.Module.deserialize(self._engine, payload)
-                except wasmtime.WasmtimeError:
-                    refused = True  # e.g. written by another wasmtime build: recompile
-                else:
-                    self._count("loaded_from_disk")
-                    return module
-            if refused:
+        """Deserialize an authentic artifact if there is one; otherwise compile (under the artifact's
+        lock, so nodes sharing the cache compile it once) and store."""
+        if self._disk is None:
+            self._count("compiled")
+            return wasmtime.Module(self._engine, wasm)
+        module, refused = self._from_disk(digest)
+        if module is not None:
+            return module
+        with self._disk.compiling(digest) as locked:
+            if not locked:
+                self._count("compile_lock_timeouts")
+            module, refused_again = self._from_disk(digest)  # another node may have written it while we waited
+            if refused or refused_again:
                 self._count("artifacts_refused")
-        module = wasmtime.Module(self._engine, wasm)
-        self._count("compiled")
-        if self._disk is not None and self._disk.store(digest, bytes(module.serialize())):
-            self._count("artifacts_written")
+            if module is not None:
+                return module
+            module = wasmtime.Module(self._engine, wasm)
+            self._count("compiled")
+            if self._disk.store(digest, bytes(module.serialize())):
+                self._count("artifacts_written")
         return module
+
+    def _from_disk(self, digest: str) -> tuple[wasmtime.Module | None, bool]:
+        payload, refused = self._disk.load(digest)
+        if payload is None:
+            return None, refused
+        try:
+            module = wasmtime.Module.deserialize(self._engine, payload)
+        except wasmtime.WasmtimeError:
+            return None, True  # e.g. written by another wasmtime build: recompile
+        self._count("loaded_from_disk")
+        return module, False
 
     def _count(self, name: str) -> None:
         with self._cache_lock:

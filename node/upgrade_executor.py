@@ -115,6 +115,7 @@ class UpgradeExecutor:
             if following is None:
                 return
             await self._apply(following)
+            self._time_execution(following)
             if store.applied_sequence == applied_sequence:     # a bug, never a reason to spin
                 raise Unavailable(f"upgrade sequence {following.sequence} was run but the store did not advance",
                                   hint="see the node log; the executor retries with backoff")
@@ -142,6 +143,13 @@ class UpgradeExecutor:
                       proposal_id=execution.proposal_id, sequence=execution.sequence, success=report["success"],
                       version=report["version"], state_hash=report["state_hash"], error=report["error"],
                       entry_id=entry.id)
+
+    def _time_execution(self, execution: CertifiedExecution) -> None:
+        """This node ran the sequence and reported it: the time since it saw the certificate."""
+        seen_ms = self._fold.certificate_seen_ms.get(execution.sequence)     # kept: it also marks the sequence as timed
+        if seen_ms is not None and execution.sequence in self._fold.reported_sequences:
+            self._metrics.observe("ratified_to_executed_seconds", (self._now_ms() - seen_ms) / 1000,
+                                  action=execution.body["action"])
 
     def _voted_package(self, execution: CertifiedExecution) -> tuple[str | None, int | None, str | None]:
         """(package_url, package_size, target_proposal_id) from the PROPOSAL the community voted on when

@@ -23,6 +23,8 @@ Why it works as it does:
   the same state, at twice the cost, plus a window where a wall-clock interruption or memory pressure
   could fail the second run after the first passed. So: the dry-run's checked output IS what execute
   commits; "execute" is the atomic commit of that state (node.store documents the commit protocol).
+  Each run counts its sandbox calls: the `upgrade_executed` log line says `sandbox_runs` (1), and
+  /metrics has `synapse_sandbox_runs_total` and `synapse_upgrade_last_sandbox_runs`.
 - Blocking work (fsync, hashing megabytes, JSON of big states) runs in worker threads, each awaited with
   a timeout. A store call that times out cannot be cancelled (a half-abandoned commit would race the
   next one), so it is left to finish and every later operation is refused (errors.Unavailable) until
@@ -45,6 +47,7 @@ from node.core.canonical import sha256_hex, state_hash
 from node.core.pipeline import FailureKind, SequenceDecision, Step
 from node.core.semver import is_valid_version
 from node.errors import PackageFetchError, RollbackError, StoreError, SynapseError, Unavailable
+from node.metrics import Metrics
 from node.store import VersionStore
 from node.limits import UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_STORE_TIMEOUT_MS
 
@@ -85,12 +88,14 @@ class _Prepared:
 
 
 class _Run:
-    """The step one pipeline run is at; moves only through pipeline.next_step."""
+    """The step one pipeline run is at (moves only through pipeline.next_step), and how many times it
+    ran the package: one run per execution is the contract (node.upgrader's docstring)."""
 
-    __slots__ = ("step",)
+    __slots__ = ("step", "sandbox_runs")
 
     def __init__(self) -> None:
         self.step = Step.START
+        self.sandbox_runs = 0
 
     def advance(self, target: Step) -> None:
         self.step = pipeline.next_step(self.step, target)
@@ -98,7 +103,10 @@ class _Run:
 
 class UpgradeManager:
     def __init__(self, store: VersionStore, fetcher, sandbox, *, now_ms: Callable[[], int], logger: logging.Logger | None = None,
-                 fetch_timeout_ms: int = UPGRADE_FETCH_TIMEOUT_MS, store_timeout_ms: int = UPGRADE_STORE_TIMEOUT_MS) -> None:
+                 fetch_timeout_ms: int = UPGRADE_FETCH_TIMEOUT_MS, store_timeout_ms: int = UPGRADE_STORE_TIMEOUT_MS,
+                 metrics: Metrics | None = None) -> None:
+        """`metrics`: where the package fetch and sandbox run durations are observed (a node's registry)."""
+        self._metrics = metrics if metrics is not None else Metrics()
         self._store = store
         self._fetcher = fetcher
         self._sandbox = sandbox
@@ -124,7 +132,7 @@ class UpgradeManager:
             _tag_step(error, run.step)
             raise
         self._log("info", "upgrade_dry_run", version=version, state_hash=prepared.new_state_hash,
-                  fuel_consumed=prepared.fuel_consumed, changes=changes["total"])
+                  fuel_consumed=prepared.fuel_consumed, changes=changes["total"], sandbox_runs=run.sandbox_runs)
         return {"success": True, "version": version, "from_version": prepared.from_version,
                 "state_hash": prepared.new_state_hash, "fuel_consumed": prepared.fuel_consumed,
                 "output_size_bytes": prepared.output_size_bytes, "changes": changes}
@@ -147,9 +155,10 @@ class UpgradeManager:
                 await self._commit_upgrade(run, prepared, proposal_id=proposal_id, version=version, sequence=sequence)
             except Exception as error:
                 return await self._fail(run, error, proposal_id=proposal_id, version=version, sequence=sequence)
+            self._metrics.set("upgrade_last_sandbox_runs", run.sandbox_runs)
             self._log("info", "upgrade_executed", proposal_id=proposal_id, sequence=sequence, version=version,
                       from_version=prepared.from_version, state_hash=prepared.new_state_hash,
-                      fuel_consumed=prepared.fuel_consumed)
+                      fuel_consumed=prepared.fuel_consumed, sandbox_runs=run.sandbox_runs)
             return UpgradeResult(success=True, version=version, state_hash=prepared.new_state_hash, error=None,
                                  sequence=sequence, proposal_id=proposal_id, fuel_consumed=prepared.fuel_consumed)
 
@@ -213,7 +222,15 @@ class UpgradeManager:
         actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package")
         pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
         run.advance(Step.DRY_RUN)
-        output = await self._sandbox.run_upgrade_async(wasm, state_bytes)
+        run.sandbox_runs += 1
+        self._metrics.inc("sandbox_runs_total")
+        started_ms = self._now_ms()
+        try:
+            output = await self._sandbox.run_upgrade_async(wasm, state_bytes)
+        except Exception:
+            self._observe_since("sandbox_run_seconds", started_ms, result="failed")
+            raise
+        self._observe_since("sandbox_run_seconds", started_ms, result="ok")
         old_state, new_hash = await self._in_thread(_judge_output, state_bytes, output.state, version,
                                                     timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="checking the new state")
         return _Prepared(from_version=from_version, from_state_hash=from_state_hash, old_state=old_state,
@@ -232,10 +249,20 @@ class UpgradeManager:
         run.advance(Step.RECORD)
 
     async def _fetch(self, package_url: str, digest: str, package_size: int | None) -> bytes:
+        started_ms = self._now_ms()
         try:
-            return await asyncio.wait_for(self._fetcher.fetch(package_url, digest, package_size), self._fetch_timeout_ms / 1000)
+            wasm = await asyncio.wait_for(self._fetcher.fetch(package_url, digest, package_size), self._fetch_timeout_ms / 1000)
         except TimeoutError:
+            self._observe_since("package_fetch_seconds", started_ms, result="failed")
             raise PackageFetchError(f"the package download did not finish within {self._fetch_timeout_ms} ms") from None
+        except Exception:
+            self._observe_since("package_fetch_seconds", started_ms, result="failed")
+            raise
+        self._observe_since("package_fetch_seconds", started_ms, result="ok")
+        return wasm
+
+    def _observe_since(self, histogram: str, started_ms: int, **labels: str) -> None:
+        self._metrics.observe(histogram, (self._now_ms() - started_ms) / 1000, **labels)
 
     async def _fail(self, run: _Run, error: Exception, *, proposal_id: str, version: str, sequence: int) -> UpgradeResult:
         failed_step = run.step

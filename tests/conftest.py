@@ -6,6 +6,11 @@ How: the session marks its environment with SYNAPSE_TEST_SESSION=<random id> bef
 whose environment carries that id. Any survivor is a leak: it is killed (so it harms nobody else) and
 the run fails, naming it. This needs no cooperation from the code that started the process, so it also
 catches nodes started by a test that forgot LocalCluster.
+
+The cluster fixtures (synapse_cluster, package_server, wait_until) are the ones users get: the package's
+pytest plugin (cluster/pytest_plugin.py). An install of synapse-ng loads it through its entry point; a
+checkout run with an older install does not, so it is registered here then, under the same name (pytest
+refuses one module registered twice, and `-p no:synapse` still turns it off).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import signal
 from pathlib import Path
 
 import pytest
+
+import cluster.pytest_plugin
 
 SESSION_ENV = "SYNAPSE_TEST_SESSION"
 _PROC = Path("/proc")
@@ -29,14 +36,16 @@ def _read_proc(pid: str, name: str) -> bytes:
 
 
 def find_session_node_processes(session_id: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live `python -m node` process whose environment has our session id."""
+    """(pid, command line) of every live `python -m node` (or `-m node.forkserver`, the template nodes are
+    forked from) process whose environment has our session id."""
     marker = f"{SESSION_ENV}={session_id}".encode()
     found = []
     for entry in _PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         arguments = _read_proc(entry.name, "cmdline").split(b"\0")
-        runs_node = any(first == b"-m" and second == b"node" for first, second in zip(arguments, arguments[1:]))
+        runs_node = any(first == b"-m" and second in (b"node", b"node.forkserver")     # a node, or the template of nodes
+                        for first, second in zip(arguments, arguments[1:]))
         if not runs_node or marker not in _read_proc(entry.name, "environ").split(b"\0"):
             continue
         status = _read_proc(entry.name, "stat")
@@ -48,6 +57,9 @@ def find_session_node_processes(session_id: str) -> list[tuple[int, str]]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(SESSION_ENV, secrets.token_hex(8))
+    plugins = config.pluginmanager
+    if not plugins.has_plugin(cluster.pytest_plugin.PLUGIN_NAME) and not plugins.is_registered(cluster.pytest_plugin):
+        plugins.register(cluster.pytest_plugin, cluster.pytest_plugin.PLUGIN_NAME)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

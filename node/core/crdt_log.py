@@ -420,13 +420,22 @@ class CrdtLog:
         chosen.extend(entry.id for entry in others[: self._limits.parents_max - len(chosen)])
         return tuple(sorted(chosen))
 
+    def _clock_of(self, parents: tuple[str, ...]) -> Hlc:
+        return max([self._entries[p].hlc for p in parents] + [HLC_ZERO])
+
+    def clock_floor(self, author: str) -> Hlc:
+        """The highest clock among the parents `author`'s next entry would name: its hlc is above this.
+        A body that dates itself (a proposal's deadline) must count from here, not from a clock that
+        may lie behind it when a peer's clock runs ahead (within clock_skew_max_ms)."""
+        return self._clock_of(self.heads(author))
+
     def new_entry(self, *, kind: str, author: str, body: Mapping[str, Any], sign: Callable[[bytes], bytes], now_ms: int,
                   clock: Hlc | None = None) -> Entry:
         """Build and sign the next entry of `author` (a local identity): next sequence, current heads
         as parents, and an hlc above every parent and above `clock` (the node's own clock, if kept).
         It is NOT added: persist it, then add() it."""
         parents = self.heads(author)
-        floor = max([self._entries[p].hlc for p in parents] + [clock or HLC_ZERO])
+        floor = max(self._clock_of(parents), clock or HLC_ZERO)
         return make_entry(network_id=self._network_id, kind=kind, author=author, sequence=self.next_sequence(author),
                           parents=parents, hlc=hlc_tick(floor, now_ms), body=body, sign=sign)
 

@@ -18,6 +18,7 @@ import wasmtime
 from cluster.package_server import PackageServer
 from node import errors
 from node.core.canonical import state_hash
+from node.metrics import Metrics
 from node.packages import FetchLimits, PackageCache, PackageFetcher
 from node.sandbox import Sandbox, SandboxLimits
 from node.store import VersionStore
@@ -111,6 +112,17 @@ async def test_an_upgrade_runs_the_package_and_commits_the_new_state(node):
         "version": "1.1.0", "executed_at": "2025-09-15T10:30:00Z", "proposal_id": "up-1", "success": True,
         "event": "upgrade", "sequence": 1}
     assert node.store.versions() == ["1.0.0", "1.1.0"]
+
+
+async def test_an_execution_runs_the_package_once_and_says_so(node, caplog):
+    caplog.set_level("INFO", logger="synapse.upgrader")
+    metrics = Metrics()
+    node.manager = UpgradeManager(node.store, node.fetcher, node.sandbox, now_ms=lambda: NOW_MS, metrics=metrics)
+    assert (await node.upgrade("1.1.0", 1)).success and (await node.upgrade("1.2.0", 2)).success
+    assert node.sandbox.runs == 2, "one sandbox run per execution: the checked dry-run output is what was committed"
+    assert metrics.get("sandbox_runs_total") == 2 and metrics.get("upgrade_last_sandbox_runs") == 1
+    executed = [record.fields for record in caplog.records if record.getMessage() == "upgrade_executed"]
+    assert [fields["sandbox_runs"] for fields in executed] == [1, 1]
 
 
 async def test_a_dry_run_reports_the_would_be_state_and_changes_nothing(node):

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from cluster.local import LocalCluster, NodeApi
-from cluster.package_server import PackageServer as ClusterPackageServer
 from node.core.certificates import certificate_statement
 from node.core.closing import EMPTY_VOTES_DIGEST
 from node.core.entries import make_entry
@@ -42,40 +41,22 @@ FEATURE_FLAG = REPOSITORY / "examples" / "wat" / "feature_flag.wat"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-# --- a package server -------------------------------------------------------------------------------
-
-
-class PackageServer:
-    """The testbed's package server (cluster/package_server.py), answering with the fields a proposal names."""
-
-    def __init__(self) -> None:
-        self._server = ClusterPackageServer()
-
-    def add(self, name: str, wasm: bytes) -> dict:
-        package = self._server.add(Path(name).stem, wasm)
-        return {"package_url": package.http_url, "package_hash": "sha256:" + package.sha256, "package_size": package.size}
-
-    def close(self) -> None:
-        self._server.close()
+# --- the network (the package's pytest plugin: synapse_cluster, package_server) --------------------
 
 
 @pytest.fixture
-def package_server():
-    server = PackageServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    with LocalCluster(nodes=NODES, validators=VALIDATORS, data_dir=tmp_path / "cluster",
-                      governance={"voting_period_ms": 60_000}, network_limits={"sandbox_fuel": 50_000_000}) as running:
-        yield running
+def cluster(synapse_cluster) -> LocalCluster:
+    """The plugin starts it, and stops it whatever the test did; these tests drive the LocalCluster underneath."""
+    return synapse_cluster(nodes=NODES, validators=VALIDATORS, governance={"voting_period_ms": 60_000},
+                           limits={"sandbox_fuel": 50_000_000}).local
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def served(package_server, file_name: str, wasm: bytes) -> dict:
+    """Serve a package; what a proposal names of it (URL, hash, size)."""
+    return package_server.add(Path(file_name).stem, wasm).proposal_fields()
 
 
 def ok(response, status: int = 200):
@@ -150,7 +131,7 @@ ALL = list(range(NODES))
 def test_an_upgrade_runs_everywhere_and_a_network_rollback_undoes_it_everywhere(cluster, package_server):
     genesis = states(cluster, ALL)
     assert len({state["state_hash"] for state in genesis}) == 1 and genesis[0]["version"] == "1.0.0"
-    package = package_server.add("feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
+    package = served(package_server, "feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
     proposal_id = propose(cluster, 3, package, "1.2.0", "Upgrade to v1.2.0: Add Feature Flag")
     vote(cluster, [0, 1, 3], proposal_id)
 
@@ -167,6 +148,11 @@ def test_an_upgrade_runs_everywhere_and_a_network_rollback_undoes_it_everywhere(
     assert {r["node_id"] for r in reports} == {node.node_id for node in cluster.nodes}
     assert all(document["diverged"] is False and document["execution"]["sequence"] == 1 for document in documents)
     assert len(documents[0]["execution"]["certificate_signers"]) >= 2, "a majority of the 3 validators signed"
+    assert [metric(cluster.api(index), "synapse_sandbox_runs_total") for index in ALL] == [1.0] * NODES, \
+        "each node ran the package once: the dry run's output is what it committed"
+    compiled = [metric(cluster.api(index), 'synapse_sandbox_compiled_cache{event="compiled"}') for index in ALL]
+    loaded = [metric(cluster.api(index), 'synapse_sandbox_compiled_cache{event="loaded_from_disk"}') for index in ALL]
+    assert (sum(compiled), sum(loaded)) == (1, NODES - 1), "one node compiled the package, the others loaded its artifact"
 
     rollback = ok(cluster.api(4).post("/rollbacks/propose", {"target_proposal_id": proposal_id}), 201)
     assert (rollback["action"], rollback["version"]) == ("rollback", "1.0.0")
@@ -180,7 +166,7 @@ def test_an_upgrade_runs_everywhere_and_a_network_rollback_undoes_it_everywhere(
 
 
 def test_a_rejected_proposal_never_executes_and_forged_votes_never_count(cluster, package_server):
-    package = package_server.add("feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
+    package = served(package_server, "feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
     rejected_id = propose(cluster, 0, package, "1.2.0", "a proposal the network rejects")
     cluster.wait_for(lambda: cluster.api(4).get(f"/proposals/{rejected_id}").status == 200, WITHIN_S, "the proposal on node 4")
 
@@ -214,7 +200,7 @@ def test_a_rejected_proposal_never_executes_and_forged_votes_never_count(cluster
 
 def test_a_forged_execute_upgrade_and_malicious_packages_fail_everywhere_with_the_state_untouched(cluster, package_server):
     genesis = states(cluster, ALL)
-    feature_flag = package_server.add("feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
+    feature_flag = served(package_server, "feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
 
     # Node 5's key (a member, not a validator) signs an EXECUTE_UPGRADE whose certificate holds ONE
     # validator's real signature: a minority. Pushed to node 5 itself, it spreads to every node.
@@ -234,7 +220,7 @@ def test_a_forged_execute_upgrade_and_malicious_packages_fail_everywhere_with_th
     assert states(cluster, ALL) == genesis
 
     for sequence, (file_name, error_name) in enumerate([("endless_loop.wat", "FuelExhausted"), ("panic.wat", "WasmTrap")], 1):
-        package = package_server.add(file_name, wat_to_wasm(TEST_PACKAGES / file_name))
+        package = served(package_server, file_name, wat_to_wasm(TEST_PACKAGES / file_name))
         proposal_id = propose(cluster, sequence, package, "1.1.0", f"malicious: {file_name}")
         vote(cluster, [0, 2, 4], proposal_id)
         documents = wait_status(cluster, ALL, proposal_id, "failed")
@@ -261,7 +247,7 @@ def test_the_raft_leader_killed_during_ratification_does_not_stop_the_upgrade(cl
 
     (leader_index,) = cluster.wait_for(agreed_leader, WITHIN_S, "one Raft leader on every validator")
     live = [index for index in ALL if index != leader_index]
-    package = package_server.add("feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
+    package = served(package_server, "feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
     proposal_id = propose(cluster, live[-1], package, "1.2.0")
     vote(cluster, live[:2], proposal_id)                    # 200 of 500: not decided yet
     cluster.kill(leader_index)                              # SIGKILL: no goodbye to its Raft peers
@@ -278,32 +264,31 @@ def test_the_raft_leader_killed_during_ratification_does_not_stop_the_upgrade(cl
 
 
 @pytest.mark.parametrize("point", ["backup_written", "committed", "before_report"])
-def test_a_node_killed_inside_an_upgrade_comes_back_with_it_applied_once_and_reported_once(tmp_path, package_server, point):
+def test_a_node_killed_inside_an_upgrade_comes_back_with_it_applied_once_and_reported_once(synapse_cluster, package_server, point):
     """The crash lands exactly where it hurts (node/fault_points.py): just before the store's commit
     point, just after it, or after the whole commit and before the node's EXECUTION_REPORT. The restarted node must neither lose the
     upgrade nor run it twice, and must report it exactly once."""
     victim = 4
-    with LocalCluster(nodes=NODES, validators=VALIDATORS, data_dir=tmp_path / "cluster",
-                      governance={"voting_period_ms": 60_000}, network_limits={"sandbox_fuel": 50_000_000},
-                      extra_env={"SYNAPSE_FAULT_POINTS": "1"}) as cluster:
-        arm(cluster.nodes[victim].data_dir, point)
-        package = package_server.add("feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
-        proposal_id = propose(cluster, 0, package, "1.2.0")
-        vote(cluster, [0, 1, 2], proposal_id)
-        wait_status(cluster, [0, 1, 2, 3], proposal_id, "executed")
-        handle = cluster.nodes[victim]
-        cluster.wait_for(lambda: handle.process.poll() is not None, WITHIN_S, f"node {victim} to die at {point}")
-        assert handle.process.returncode == -signal.SIGKILL
-        assert not (handle.data_dir / "fault_point").exists(), "a crash point fires once"
+    cluster = synapse_cluster(nodes=NODES, validators=VALIDATORS, governance={"voting_period_ms": 60_000},
+                              limits={"sandbox_fuel": 50_000_000}, extra_env={"SYNAPSE_FAULT_POINTS": "1"}).local
+    arm(cluster.nodes[victim].data_dir, point)
+    package = served(package_server, "feature_flag.wasm", wat_to_wasm(FEATURE_FLAG))
+    proposal_id = propose(cluster, 0, package, "1.2.0")
+    vote(cluster, [0, 1, 2], proposal_id)
+    wait_status(cluster, [0, 1, 2, 3], proposal_id, "executed")
+    handle = cluster.nodes[victim]
+    cluster.wait_for(lambda: handle.process.poll() is not None, WITHIN_S, f"node {victim} to die at {point}")
+    assert handle.process.returncode == -signal.SIGKILL
+    assert not (handle.data_dir / "fault_point").exists(), "a crash point fires once"
 
-        cluster.restart(victim)
-        wait_status(cluster, ALL, proposal_id, "executed")
-        upgraded = states(cluster, ALL)
-        assert {(state["version"], state["state_hash"], state["applied_sequence"]) for state in upgraded} == {
-            ("1.2.0", upgraded[0]["state_hash"], 1)}
-        reports = cluster.wait_for(lambda: len(proposal(cluster, 0, proposal_id)["reports"]) == NODES and
-                                   proposal(cluster, 0, proposal_id)["reports"], WITHIN_S, "every node's report on node 0")
-        assert sorted(r["node_id"] for r in reports) == sorted(node.node_id for node in cluster.nodes)
-        assert {(r["success"], r["state_hash"]) for r in reports} == {(True, upgraded[0]["state_hash"])}
-        history = ok(cluster.api(victim).get("/upgrades/history"))["history"]
-        assert [record["sequence"] for record in history if record.get("sequence") is not None] == [1]
+    cluster.restart(victim)
+    wait_status(cluster, ALL, proposal_id, "executed")
+    upgraded = states(cluster, ALL)
+    assert {(state["version"], state["state_hash"], state["applied_sequence"]) for state in upgraded} == {
+        ("1.2.0", upgraded[0]["state_hash"], 1)}
+    reports = cluster.wait_for(lambda: len(proposal(cluster, 0, proposal_id)["reports"]) == NODES and
+                               proposal(cluster, 0, proposal_id)["reports"], WITHIN_S, "every node's report on node 0")
+    assert sorted(r["node_id"] for r in reports) == sorted(node.node_id for node in cluster.nodes)
+    assert {(r["success"], r["state_hash"]) for r in reports} == {(True, upgraded[0]["state_hash"])}
+    history = ok(cluster.api(victim).get("/upgrades/history"))["history"]
+    assert [record["sequence"] for record in history if record.get("sequence") is not None] == [1]

@@ -39,6 +39,8 @@ SHIPPED = {
     "chained_upgrades_rollback", "partition_heal_log", "crash_pause_catch_up", "ssrf_gateway_host", "odd_versions",
     # issue 8: the validators' Raft transport
     "compromised_validator_raft", "raft_stranger_flood", "raft_fd_exhaustion",
+    # issue 12: a node-side clock skew
+    "clock_skew", "clock_skew_short_period",
 }
 
 

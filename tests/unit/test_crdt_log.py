@@ -342,6 +342,20 @@ def test_new_entry_clock_is_above_parents_and_the_given_clock():
     assert entry.hlc == Hlc(NOW_MS + 25_000, 1)
 
 
+def test_clock_floor_is_what_the_next_entry_must_be_above():
+    """A body that dates itself (a proposal's deadline) counts from clock_floor: a peer 20 s ahead (inside
+    the bound) pulls it 20 s past this node's clock, and the entry's hlc is above it."""
+    log = new_log(PEOPLE)
+    assert log.clock_floor(ALICE.node_id) == Hlc(0, 0)
+    mine = write(log, ALICE)
+    assert log.clock_floor(ALICE.node_id) == mine.hlc
+    log.add(forge(BOB, sequence=1, hlc=Hlc(NOW_MS + 20_000, 3)), now_ms=NOW_MS)
+    floor = log.clock_floor(ALICE.node_id)
+    assert floor == Hlc(NOW_MS + 20_000, 3)
+    entry = log.new_entry(kind="NOTE", author=ALICE.node_id, body=note_body(), sign=ALICE.sign, now_ms=NOW_MS)
+    assert entry.hlc > floor and entry.hlc.wall_ms == floor.wall_ms
+
+
 # --- digest and delta ---------------------------------------------------------------------------------
 
 
