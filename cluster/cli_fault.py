@@ -313,20 +313,21 @@ def _network_fault(running: RunningCluster, step) -> list[str]:
 
     if running.document.get("provider") == "netns":
         return _netns_fault(running, step)
-    lease = lock_running_block(parse_block(running.block_prefix))
+    block = parse_block(running.block_prefix, hosts=len(running.nodes))
+    lease = lock_running_block(block)
     if lease is None:
-        raise ClusterError(f"the address block {running.block_prefix}.0/24 is held by the process that launched this cluster "
+        raise ClusterError(f"the address block {block.cidr} is held by the process that launched this cluster "
                            "(a scenario run, a test, or a 'cluster up' still starting): its partitions are its own",
                            hint="wait for it to finish, or break a cluster started with 'synapse cluster up'")
     with lease:
         groups = _groups_of(running, step)
         pids = {running.node(index)["pid"]: running.host(index) for index in range(1, len(running.nodes) + 1)
                 if running.state(index) == "up"}
-        problems = unbound_peer_connections(pids, running.block_prefix)
+        problems = unbound_peer_connections(pids, running.block_prefix, block.width)
         if problems:
             raise ClusterError(f"a partition would not hold: {problems[0]} ({len(problems)} such connection(s))",
                                hint="every node must bind its outgoing sockets to its own address")
-        network = NetworkFaults.attach(running.block_prefix)
+        network = NetworkFaults.attach(running.block_prefix, width=block.width)
         if step.do == "cut":
             network.cut([running.host(index) for index in groups[0]], [running.host(index) for index in groups[1]])
             shown = f"cut {', '.join(map(running.label, groups[0]))} -> {', '.join(map(running.label, groups[1]))}"
@@ -436,15 +437,16 @@ def heal_cluster(running: RunningCluster) -> list[str]:
         attach_provider(running.data_dir, running.document).heal()
         lines.append("network: partitions, cuts, delay, loss and bandwidth cleared in every namespace")
     elif network_capability().available:
-        lease = lock_running_block(parse_block(running.block_prefix))
+        block = parse_block(running.block_prefix, hosts=len(running.nodes))
+        lease = lock_running_block(block)
         if lease is None:
-            lines.append(f"partitions: not touched, the block {running.block_prefix}.0/24 is held by the process that launched "
+            lines.append(f"partitions: not touched, the block {block.cidr} is held by the process that launched "
                          "this cluster (its partitions are its own)")
         else:
             with lease:
                 chain = chain_name(running.block_prefix)
                 cut = chain in synapse_chains()
-                remove_stale_chain(running.block_prefix)
+                remove_stale_chain(running.block_prefix, width=block.width)
                 lines.append(f"partitions: chain {chain} removed, every link restored" if cut else "partitions: none")
     else:
         lines.append(f"partitions: none possible here ({network_capability().detail})")

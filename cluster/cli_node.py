@@ -29,7 +29,7 @@ def genesis() -> None:
 @click.option("--nodes", "node_count", type=int, required=True, help="number of members N")
 @click.option("--validators", "validator_count", type=int, required=True, help="number of validators K (node-1..node-K), K <= N")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True, help="an empty directory")
-@click.option("--address-block", default="127.0.0", show_default=True, help="loopback block 127.A.B: node i gets 127.A.B.i")
+@click.option("--address-block", default="127.0.0", show_default=True, help="loopback block 127.A.B: node i gets 127.A.B.i (beyond 254 nodes: 127.A.B.0/23, B even)")
 @click.option("--api-port", type=int, default=8000, show_default=True, help="API (and gossip) port of every node")
 @click.option("--raft-port", type=int, default=9000, show_default=True, help="Raft port of every validator")
 @click.option("--voting-period-ms", type=int, default=60_000, show_default=True, help="how long a proposal is open for votes")
@@ -40,7 +40,7 @@ def create(node_count: int, validator_count: int, out_dir: Path, address_block: 
     from cluster.genesis import create_network
 
     try:
-        network = create_network(out_dir, nodes=node_count, validators=validator_count, block=parse_block(address_block),
+        network = create_network(out_dir, nodes=node_count, validators=validator_count, block=parse_block(address_block, hosts=node_count),
                                  api_port=api_port, raft_port=raft_port, governance={"voting_period_ms": voting_period_ms})
     except SynapseError as error:
         raise _fail(error) from None

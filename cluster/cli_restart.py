@@ -80,7 +80,7 @@ def restarting_cluster(data_dir: Path, document: dict, *, timeout_s: float, say)
                 raise ClusterError("the cluster file names no address block, so its nodes' addresses are unknown",
                                    hint="start a new cluster in another --data-dir")
             self.adopt(document)
-            self._lease = lock_block(parse_block(document["address_block"]))
+            self._lease = lock_block(parse_block(document["address_block"], hosts=len(document["nodes"])))
             for handle, node in zip(self.nodes, document["nodes"]):
                 if node_process_alive(node.get("pid"), _config_path(node)):
                     handle.process = AdoptedProcess(node["pid"], handle.config_path)

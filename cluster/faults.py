@@ -11,8 +11,9 @@ Why it works as it does:
   link" nemesis, observed through TCP.) Clients outside the cluster (the scenario runner, curl) use
   127.0.0.1 as their source and are never cut, so the runner can watch both sides of a partition.
 - The rules live in a chain of their own per cluster block (`SYNAPSE-127-A-B`), jumped to from OUTPUT
-  only for `-d 127.A.B.0/24`: nothing outside the cluster's block can ever be dropped, and the
-  `prefix` of every address is checked before a rule is written. Rules are written with one
+  only for `-d 127.A.B.0/24` (`/23` for a wide block of more than 254 nodes, cluster/addresses.py):
+  nothing outside the cluster's block can ever be dropped, and every address is checked to lie in
+  the block before a rule is written. Rules are written with one
   `iptables-restore --noflush` batch, so a partition appears at once rather than pair by pair.
   Heal flushes the chain; `close` removes the jump and the chain. A run killed by SIGKILL may leave
   a chain behind: `remove_stale_chain` removes it, and LocalCluster calls it right after acquiring a
@@ -39,6 +40,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cluster.addresses import NODES_MAX, AddressBlock
 from cluster.scenario import Selector
 from node.core.quorum import majority_of
 from node.errors import ClusterError, FaultInjectionUnavailable
@@ -46,7 +48,7 @@ from node.errors import ClusterError, FaultInjectionUnavailable
 IPTABLES_TIMEOUT_S = 15
 IPTABLES_WAIT_S = 10        # -w: wait this long for the xtables lock held by another run
 CHAIN_PREFIX = "SYNAPSE-"
-RULES_MAX = 64 * 64
+RULES_MAX = NODES_MAX * NODES_MAX       # every ordered pair of the largest cluster
 _BLOCK = re.compile(r"^127\.(\d{1,3})\.(\d{1,3})$")
 _CHAIN = re.compile(r"^SYNAPSE-127-(\d{1,3})-(\d{1,3})$")
 INSTALL_HINT = "run as root with iptables installed (sudo sh scripts/install-toolchain.sh), or run scenarios without partitions"
@@ -138,25 +140,44 @@ class _Iptables:
         return [line.split()[1] for line in listing.splitlines() if line.startswith("-N ")]
 
 
-def _jump_rule(block_prefix: str, chain: str) -> tuple[str, ...]:
-    return ("OUTPUT", "-d", f"{block_prefix}.0/24", "-j", chain)
+def _jump_rule(block_prefix: str, chain: str, width: int = 1) -> tuple[str, ...]:
+    return ("OUTPUT", "-d", AddressBlock(block_prefix, width).cidr, "-j", chain)
 
 
-def remove_stale_chain(block_prefix: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> bool:
-    """Remove the block's chain and its jump if a killed run left them. True if something was removed.
+def _stale_jumps(block_prefix: str) -> list[tuple[str, str, int]]:
+    """(prefix, chain, width) of every jump that may cover this /24: its own chain's (as a small or a
+    wide block), and, for an odd B, the /23 jump of a wide block that started at B-1."""
+    first, second, third = block_prefix.split(".")
+    jumps = [(block_prefix, chain_name(block_prefix), 1)]
+    if int(third) % 2 == 0:
+        jumps.append((block_prefix, chain_name(block_prefix), 2))
+    else:
+        enclosing = f"{first}.{second}.{int(third) - 1}"
+        jumps.append((enclosing, chain_name(enclosing), 2))
+    return jumps
 
-    Call it right after acquiring the block (its lock proves nobody else uses the chain). A machine
-    without iptables or root has no chain to remove: then it does nothing."""
+
+def remove_stale_chain(block_prefix: str, *, width: int = 1,
+                       run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> bool:
+    """Remove what a killed run left on the block's `width` /24s (chains and jumps that could drop its
+    traffic). True if something was removed.
+
+    Call it right after acquiring the block (its locks prove nobody else uses these chains, and that no
+    live wide block covers them: a wide block holds both /24s' locks). A machine without iptables or
+    root has no chain to remove: then it does nothing."""
     if not network_capability(run=run).available:
         return False
-    iptables, chain = _Iptables(run), chain_name(block_prefix)
-    removed = False
-    while iptables.call("-D", *_jump_rule(block_prefix, chain), check=False).returncode == 0:
-        removed = True
-    if iptables.chain_exists(chain):
-        iptables.call("-F", chain)
-        iptables.call("-X", chain)
-        removed = True
+    chain_name(block_prefix)  # refuses anything but a loopback block 127.A.B
+    iptables, removed = _Iptables(run), False
+    for prefix in AddressBlock(block_prefix, width).prefixes():
+        for jump_prefix, chain, jump_width in _stale_jumps(prefix):
+            while iptables.call("-D", *_jump_rule(jump_prefix, chain, jump_width), check=False).returncode == 0:
+                removed = True
+        chain = chain_name(prefix)
+        if iptables.chain_exists(chain):
+            iptables.call("-F", chain)
+            iptables.call("-X", chain)
+            removed = True
     return removed
 
 
@@ -171,33 +192,38 @@ def synapse_chains(*, run: Callable[..., subprocess.CompletedProcess] = subproce
 class NetworkFaults:
     """Partitions and cuts between the nodes of one address block. Use `open`, then close (or `with`)."""
 
-    def __init__(self, block_prefix: str, iptables: _Iptables) -> None:
+    def __init__(self, block_prefix: str, iptables: _Iptables, width: int = 1) -> None:
         self.block_prefix = block_prefix
+        self.width = width
         self.chain = chain_name(block_prefix)
-        self._network = ipaddress.ip_network(f"{block_prefix}.0/24")
+        self.cidr = AddressBlock(block_prefix, width).cidr
+        self._network = ipaddress.ip_network(self.cidr)
         self._iptables = iptables
         self._rules: list[tuple[str, str]] = []
         self._open = True
 
     @classmethod
-    def open(cls, block_prefix: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> "NetworkFaults":
-        """Check the machine can do it, remove any stale chain of this block, and install an empty chain."""
+    def open(cls, block_prefix: str, *, width: int = 1,
+             run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> "NetworkFaults":
+        """Check the machine can do it, remove any stale chain of this block (`width` /24s: 2 for a
+        cluster of more than 254 nodes), and install an empty chain."""
         capability = network_capability(run=run)
         if not capability.available:
             raise FaultInjectionUnavailable(f"network partitions are not possible on this machine: {capability.detail}", hint=capability.hint)
         chain = chain_name(block_prefix)
-        remove_stale_chain(block_prefix, run=run)
+        remove_stale_chain(block_prefix, width=width, run=run)
         iptables = _Iptables(run)
         iptables.call("-N", chain)
         try:
-            iptables.call("-I", *_jump_rule(block_prefix, chain))
+            iptables.call("-I", *_jump_rule(block_prefix, chain, width))
         except BaseException:
             iptables.call("-X", chain, check=False)
             raise
-        return cls(block_prefix, iptables)
+        return cls(block_prefix, iptables, width)
 
     @classmethod
-    def attach(cls, block_prefix: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> "NetworkFaults":
+    def attach(cls, block_prefix: str, *, width: int = 1,
+               run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> "NetworkFaults":
         """The block's chain as it is now, created if missing, with its cuts read back: for a partition
         made by hand on a running cluster (`synapse cluster fault`), which outlives the command that
         made it. The caller holds the block's lock file while it changes rules (cluster/cli_fault.py)."""
@@ -206,10 +232,10 @@ class NetworkFaults:
             raise FaultInjectionUnavailable(f"network partitions are not possible on this machine: {capability.detail}", hint=capability.hint)
         iptables, chain = _Iptables(run), chain_name(block_prefix)
         if not iptables.chain_exists(chain):
-            return cls.open(block_prefix, run=run)
-        if iptables.call("-C", *_jump_rule(block_prefix, chain), check=False).returncode != 0:
-            iptables.call("-I", *_jump_rule(block_prefix, chain))
-        faults = cls(block_prefix, iptables)
+            return cls.open(block_prefix, width=width, run=run)
+        if iptables.call("-C", *_jump_rule(block_prefix, chain, width), check=False).returncode != 0:
+            iptables.call("-I", *_jump_rule(block_prefix, chain, width))
+        faults = cls(block_prefix, iptables, width)
         faults._rules = faults.rules()
         return faults
 
@@ -219,7 +245,7 @@ class NetworkFaults:
         except ValueError:
             inside = False
         if not inside:
-            raise ClusterError(f"{host!r} is not an address of the cluster block {self.block_prefix}.0/24",
+            raise ClusterError(f"{host!r} is not an address of the cluster block {self.cidr}",
                                hint="partitions only ever cut traffic between the cluster's own nodes")
         return host
 
@@ -272,7 +298,7 @@ class NetworkFaults:
         if self._open:
             self._open = False
             self._rules.clear()
-            remove_stale_chain(self.block_prefix, run=self._iptables._run)
+            remove_stale_chain(self.block_prefix, width=self.width, run=self._iptables._run)
 
     def __enter__(self) -> "NetworkFaults":
         return self
@@ -454,10 +480,10 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def block_listeners(block_prefix: str) -> list[str]:
+def block_listeners(block_prefix: str, width: int = 1) -> list[str]:
     """The addresses of the block that something listens on now (from /proc/net/tcp): a running
     cluster's nodes hold their block this way once the launcher that locked it has exited."""
-    network = ipaddress.ip_network(f"{block_prefix}.0/24")
+    network = ipaddress.ip_network(AddressBlock(block_prefix, width).cidr)
     try:
         with open("/proc/net/tcp", encoding="ascii") as handle:
             rows = [line.split() for line in handle.readlines()[1:]]
@@ -472,10 +498,10 @@ def block_listeners(block_prefix: str) -> list[str]:
     return sorted(listening)
 
 
-def unbound_peer_connections(hosts_by_pid: Mapping[int, str], block_prefix: str) -> list[str]:
+def unbound_peer_connections(hosts_by_pid: Mapping[int, str], block_prefix: str, width: int = 1) -> list[str]:
     """Connections a node holds to another address of its block from a source address that is not its
     own: iptables rules by source address cannot cut those, so a partition would not hold."""
-    network = ipaddress.ip_network(f"{block_prefix}.0/24")
+    network = ipaddress.ip_network(AddressBlock(block_prefix, width).cidr)
     try:
         with open("/proc/net/tcp", encoding="ascii") as handle:
             rows = [line.split() for line in handle.readlines()[1:]]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from cluster.addresses import HOSTS_PER_BLOCK_MAX, AddressBlock
+from cluster.addresses import NODES_MAX, AddressBlock
 from node.config import FIRST_VERSION, Genesis, api_url_for, join_host_port, parse_genesis, render_config
 from node.core.canonical import sha256_hex
 from node.fsutil import write_atomic
@@ -63,8 +63,8 @@ def node_dir_name(index: int) -> str:
 
 
 def _check_counts(nodes: int, validators: int, reputations: Sequence[int] | None) -> None:
-    if type(nodes) is not int or not 1 <= nodes <= HOSTS_PER_BLOCK_MAX:
-        raise ConfigError(f"--nodes must be from 1 to {HOSTS_PER_BLOCK_MAX}, got {nodes}")
+    if type(nodes) is not int or not 1 <= nodes <= NODES_MAX:
+        raise ConfigError(f"--nodes must be from 1 to {NODES_MAX}, got {nodes}")
     if type(validators) is not int or not 1 <= validators <= nodes:
         raise ConfigError(f"--validators must be from 1 to the number of nodes ({nodes}), got {validators}",
                           hint="validators are chosen among the members: K <= N")
@@ -101,6 +101,9 @@ def create_network(out_dir: Path, *, nodes: int, validators: int, block: Address
 
     Members are node-1..node-N at block.host(i); node-1..node-K are the validators."""
     _check_counts(nodes, validators, reputations)
+    if nodes > block.hosts_max:
+        raise ConfigError(f"the address block {block.cidr} holds {block.hosts_max} nodes, not {nodes}",
+                          hint="take the block with acquire_block(hosts=N) or parse_block(text, hosts=N)")
     if api_port == raft_port:
         raise ConfigError(f"--api-port and --raft-port are both {api_port}", hint="give each role its own port")
     out_dir = Path(out_dir).absolute()

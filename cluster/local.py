@@ -278,8 +278,9 @@ class LocalCluster:
         if given_prefix is None:
             lease = acquire_block(hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
         else:
-            lease = acquire_given_block(parse_block(given_prefix), hosts=self._node_count, ports=(API_PORT, RAFT_PORT))
-        remove_stale_chain(lease.block.prefix)  # a killed scenario run may have left DROP rules on this block
+            lease = acquire_given_block(parse_block(given_prefix, hosts=self._node_count), hosts=self._node_count,
+                                        ports=(API_PORT, RAFT_PORT))
+        remove_stale_chain(lease.block.prefix, width=lease.block.width)  # a killed scenario run may have left DROP rules on this block
         return lease
 
     # Nodes fork from the template (cluster/template.py), which runs in this namespace: a provider whose

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.addresses import NODES_MAX
 from node.config import LIMIT_RANGES
 from node.core.semver import VERSION_LENGTH_MAX, is_valid_version
 from node.fault_points import POINTS as FAULT_POINTS
@@ -33,7 +34,6 @@ from node.limits import CLOCK_SKEW_FAULT_MAX_MS
 from node.errors import ScenarioFormatError
 
 SCENARIO_SIZE_MAX_BYTES = 1024 * 1024
-NODES_MAX = 64
 STEPS_MAX = 500
 PACKAGES_MAX = 32
 TEXT_LENGTH_MAX = 4096

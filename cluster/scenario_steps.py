@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cluster.addresses import width_for
 from cluster.faults import NodeView, ProcessFaults, resolve, unbound_peer_connections
 from cluster.package_server import PackageServer, ServedPackage
 from cluster.safety import NodeSnapshot, Outcome, safety_outcomes
@@ -333,7 +334,7 @@ def _check_partitions_hold(driver: Driver) -> None:
     if driver.provider.name != "loopback":
         return  # a node in a namespace of its own has one address: nothing else to send from
     pids = {driver.handle(index).pid: driver.host(index) for index in driver.live_indexes() if driver.handle(index).pid}
-    problems = unbound_peer_connections(pids, driver.block_prefix)
+    problems = unbound_peer_connections(pids, driver.block_prefix, width_for(driver.node_count))
     if problems:
         raise ClusterError(f"a partition would not hold: {problems[0]} ({len(problems)} such connection(s))",
                            hint="every node must bind its outgoing sockets to its own address (gossip connector, Raft transport)")

@@ -67,6 +67,7 @@ class Limits:
     log_entries_max: int = 1_000_000
     gossip_fanout: int = 0  # 0 = automatic: ceil(ln N) + 1
     gossip_interval_ms: int = 200
+    gossip_quiet_interval_max_ms: int = 0  # 0 = automatic: 16 x gossip_interval_ms; = gossip_interval_ms: no backoff
     gossip_batch_entries_max: int = 256
     gossip_call_timeout_ms: int = 2_000
     gossip_request_body_max_bytes: int = 4 * MiB
@@ -77,6 +78,10 @@ class Limits:
     def __post_init__(self) -> None:
         for name, (low, high) in LIMIT_RANGES.items():
             _check_int(f"limits.{name}", getattr(self, name), low, high)
+        if self.gossip_quiet_interval_max_ms and self.gossip_quiet_interval_max_ms < self.gossip_interval_ms:
+            raise ConfigError(f"limits.gossip_quiet_interval_max_ms ({self.gossip_quiet_interval_max_ms}) is below "
+                              f"limits.gossip_interval_ms ({self.gossip_interval_ms})",
+                              hint="set it to 0 (automatic), to gossip_interval_ms (no backoff while quiet) or higher")
         if self.gossip_request_body_max_bytes < self.entry_size_max_bytes + 1024:
             raise ConfigError(f"limits.gossip_request_body_max_bytes ({self.gossip_request_body_max_bytes}) is smaller than "
                               f"one entry (limits.entry_size_max_bytes = {self.entry_size_max_bytes}) plus 1024 bytes of framing",
@@ -96,6 +101,7 @@ LIMIT_RANGES: Mapping[str, tuple[int, int]] = {
     "log_entries_max": (1, 100_000_000),
     "gossip_fanout": (0, 64),
     "gossip_interval_ms": (10, 600_000),
+    "gossip_quiet_interval_max_ms": (0, 600_000),
     "gossip_batch_entries_max": (1, 10_000),
     "gossip_call_timeout_ms": (10, 600_000),
     "gossip_request_body_max_bytes": (2048, 256 * MiB),

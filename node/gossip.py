@@ -47,7 +47,7 @@ from aiohttp import web
 
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry, is_entry_id, is_node_id
-from node.core.gossip_effects import Count, Effect, Event, Gauge, Persist, Refuse, Reply, Send, Visible
+from node.core.gossip_effects import Count, Effect, Event, Gauge, Persist, Refuse, Reply, Send, Visible, Wake
 from node.core.gossip_messages import (  # noqa: F401  (re-exported: tests, bench and peers' tools import them from here)
     DIGEST_HASH_BYTES, Offer, Push, Pushed, Sync, Synced, Want, decode_message, digest_hash_of,
 )
@@ -223,6 +223,7 @@ class Gossip:
         self._publish_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task | None = None
+        self._tick_wake = asyncio.Event()               # set by the core's Wake: the quiet period snapped back
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
         self._inbound_total = 0
@@ -363,6 +364,8 @@ class Gossip:
                 self._metrics.set(effect.name, effect.value)
             elif kind is Event:
                 self._logger.log(LOG_LEVELS[effect.level], effect.name, extra={"fields": dict(effect.fields)})
+            elif kind is Wake:
+                self._tick_wake.set()
             else:
                 raise AssertionError(f"unknown gossip effect {effect!r}")
 
@@ -446,9 +449,15 @@ class Gossip:
     # --- timers --------------------------------------------------------------------------------------
 
     async def _anti_entropy_loop(self) -> None:
+        """Tick after the core's current period; a Wake (the quiet period snapped back) restarts the
+        wait with the new, shorter period instead."""
         while not self._stopping:
-            await asyncio.sleep(self._core.next_tick_delay_ms(self._rng) / 1000)
-            self._execute(self._core.tick(self._now_ms(), self._rng))
+            self._tick_wake.clear()
+            delay_s = self._core.next_tick_delay_ms(self._rng) / 1000
+            try:
+                await asyncio.wait_for(self._tick_wake.wait(), delay_s)
+            except TimeoutError:
+                self._execute(self._core.tick(self._now_ms(), self._rng))
 
     # --- inbound handlers ----------------------------------------------------------------------------
 

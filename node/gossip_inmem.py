@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 from node.core.crdt_log import CrdtLog
 from node.core.entries import Entry
-from node.core.gossip_effects import Count, Effect, Event, Gauge, Persist, Refuse, Reply, Send, Visible
+from node.core.gossip_effects import Count, Effect, Event, Gauge, Persist, Refuse, Reply, Send, Visible, Wake
 from node.core.gossip_messages import Offer, Push, Pushed, Sync, Synced, Want, decode_message
 from node.core.gossip_protocol import GossipCore
 from node.core.gossip_settings import GossipSettings
@@ -78,6 +78,7 @@ class InmemNode:
     events: list[Event] = field(default_factory=list)
     answers: dict[int, Any] = field(default_factory=dict)      # local request id -> Reply message or Refuse error
     writing: bool = False                                         # a local publish is in flight
+    tick_generation: int = 0                                      # a Wake makes earlier scheduled ticks stale
 
 
 @dataclass(slots=True)
@@ -154,9 +155,12 @@ class InmemNetwork:
     # --- executing effects -------------------------------------------------------------------------
 
     def _schedule_tick(self, node: InmemNode) -> None:
-        self.at(max(1, round(node.core.next_tick_delay_ms(node.rng))), self._tick, node)
+        node.tick_generation += 1
+        self.at(max(1, round(node.core.next_tick_delay_ms(node.rng))), self._tick, node, node.tick_generation)
 
-    def _tick(self, node: InmemNode) -> None:
+    def _tick(self, node: InmemNode, generation: int) -> None:
+        if generation != node.tick_generation:  # rescheduled by a Wake since
+            return
         self._execute(node, node.core.tick(self.now_ms, node.rng))
         self._schedule_tick(node)
 
@@ -178,6 +182,8 @@ class InmemNetwork:
                 node.gauges[effect.name] = effect.value
             elif kind is Event:
                 node.events.append(effect)
+            elif kind is Wake:
+                self._schedule_tick(node)
             else:
                 raise AssertionError(f"unknown gossip effect {effect!r}")
 

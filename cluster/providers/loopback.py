@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cluster.addresses import width_for
 from cluster.faults import NetworkFaults, network_capability
 from cluster.local import LocalCluster
 from cluster.providers.base import FAULT_KINDS, LINK_FAULT_KINDS, Capability, Provider
@@ -73,7 +74,7 @@ class LoopbackProvider(Provider):
 
     def _faults(self) -> NetworkFaults:
         if self._network is None:
-            self._network = NetworkFaults.open(self._block_prefix())
+            self._network = NetworkFaults.open(self._block_prefix(), width=width_for(len(self.cluster.nodes)))
         return self._network
 
     def _block_prefix(self) -> str:

@@ -84,7 +84,13 @@ class Event:
     fields: tuple[tuple[str, Any], ...] = ()
 
 
-Effect = Send | Reply | Refuse | Persist | Visible | Count | Gauge | Event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wake:
+    """The anti-entropy period snapped back (gossip_backoff.py): the tick scheduled with the longer, quiet
+    period is too far away. Reschedule it after next_tick_delay_ms()."""
+
+
+Effect = Send | Reply | Refuse | Persist | Visible | Count | Gauge | Event | Wake
 
 
 def count(name: str, amount: int = 1, **labels: str) -> Count:

@@ -36,20 +36,20 @@ Why it works as it does:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from node.core.crdt_log import AddStatus, CrdtLog, parse_digest
 from node.core.entries import ENTRY_SIZE_MAX_BYTES, Entry, decode_entry
-from node.core.gossip_effects import Effect, Persist, Refuse, Reply, Send, Visible, count, event, Gauge
+from node.core.gossip_backoff import AntiEntropyPace, PaceEvent
+from node.core.gossip_effects import Effect, Persist, Refuse, Reply, Send, Visible, Wake, count, event, Gauge
 from node.core.gossip_messages import IDS_PER_MESSAGE_MAX, Offer, Push, Pushed, Sync, Synced, Want, digest_hash_of, pack
+from node.core.gossip_round import PULL_BATCHES_PER_ROUND_MAX, Round, RoundPhase, enter
 from node.core.gossip_rules import BoundedMap, batches_by_size, remote_may_have_more
 from node.core.gossip_settings import GossipSettings, fanout_for
 from node.core.hlc import WALL_MS_MAX
 from node.errors import BadRequest, Conflict, EntryRefused, SynapseError, Unavailable
 
 HOLDERS_MEMORY_MAX = 4_096           # entries for which we remember which peers hold them
-PULL_BATCHES_PER_ROUND_MAX = 64      # a restarted node catches up with up to 64 batches per round
 ROUNDS_RUNNING_MAX = 4               # anti-entropy rounds at once (a slow peer never blocks the others)
 MESSAGE_ENVELOPE_BYTES = 1_024       # room left in a request for everything but entry bytes
 
@@ -96,34 +96,6 @@ class _Ingestion:
     local: bool = False                 # this node's own entry: added by `done`, never forwarded
 
 
-class RoundPhase(Enum):
-    ASKED = "asked"        # (1) my digest's hash sent
-    TAKING = "taking"      # the answer carried entries: on their way to disk
-    PUSHING = "pushing"    # (2) pushing what the peer's digest lacks
-    PULLING = "pulling"    # (3) pulling batches while the peer has more
-    OVER = "over"          # a result was counted; late answers are ignored
-
-
-# The one table of an anti-entropy round; any phase may also end (OVER) on failure or timeout.
-ROUND_TRANSITIONS: Mapping[RoundPhase, frozenset[RoundPhase]] = {
-    RoundPhase.ASKED: frozenset({RoundPhase.TAKING, RoundPhase.PUSHING, RoundPhase.OVER}),
-    RoundPhase.TAKING: frozenset({RoundPhase.PUSHING, RoundPhase.OVER}),
-    RoundPhase.PUSHING: frozenset({RoundPhase.PULLING, RoundPhase.OVER}),
-    RoundPhase.PULLING: frozenset({RoundPhase.PULLING, RoundPhase.OVER}),
-    RoundPhase.OVER: frozenset(),
-}
-
-
-@dataclass(slots=True)
-class _Round:
-    peer_id: str
-    deadline_ms: int
-    phase: RoundPhase = RoundPhase.ASKED
-    lacking: bool = False
-    theirs: Mapping[str, tuple] | None = None
-    pulls_left: int = PULL_BATCHES_PER_ROUND_MAX
-
-
 @dataclass(slots=True)
 class _Call:
     """An outbound call in flight and what to do with its reply (`on_reply`) or failure (`on_failure`)."""
@@ -146,7 +118,7 @@ class GossipCore:
         self._next_id = 0
         self._calls: dict[int, _Call] = {}
         self._ingestions: dict[int, _Ingestion] = {}
-        self._rounds: dict[str, _Round] = {}
+        self._rounds: dict[str, Round] = {}
         self._flows = 0                      # background exchanges running (bounded by outbound_tasks_max)
         self._inbox_entries = 0
         self._persisting: set[str] = set()
@@ -158,6 +130,7 @@ class GossipCore:
         self._skipped_round = False
         self._expected = BoundedMap(settings.inbox_max)          # id -> deadline_ms (answered "want")
         self._holders = BoundedMap(HOLDERS_MEMORY_MAX)           # id -> set of peer ids known to hold it
+        self.pace = AntiEntropyPace(base_ms=settings.interval_ms, max_ms=settings.quiet_period_max_ms)
 
     # --- plumbing ----------------------------------------------------------------------------------
 
@@ -193,8 +166,13 @@ class GossipCore:
         return sum(1 for peer in self.peers.values() if peer.up)
 
     def next_tick_delay_ms(self, rng: Random) -> float:
-        """When to call tick() next: about interval_ms, jittered so nodes' rounds do not synchronize."""
-        return self.settings.interval_ms * (0.75 + rng.random() / 2)
+        """When to call tick() next: about the current period (interval_ms, longer while the network is
+        quiet), jittered so nodes' rounds do not synchronize. A `Wake` effect cuts a long wait short."""
+        return self.pace.period_ms * (0.75 + rng.random() / 2)
+
+    def _pace(self, pace_event: PaceEvent) -> None:
+        if self.pace.on(pace_event):
+            self._out.append(Wake())
 
     # --- start-up, stored entries, the write gate --------------------------------------------------
 
@@ -303,6 +281,7 @@ class GossipCore:
             self._out.append(Refuse(request_id=request_id, error=refusal, reason=""))
             return
         self._out.append(count("gossip_entries_published_total"))
+        self._pace(PaceEvent.CHANGE)
         if outcome.newly_visible:
             self._out.append(Visible(entries=tuple(outcome.newly_visible)))
         self._out.append(Reply(request_id=request_id, message=None))
@@ -388,6 +367,8 @@ class GossipCore:
                 self._out.append(count("entries_refused_total", reason=reason))
         for status in ("added", "pending", "duplicate"):
             self._out.append(count("gossip_entries_received_total", getattr(result, status), status=status))
+        if result.added or result.pending:
+            self._pace(PaceEvent.CHANGE)
         if result.newly_visible:
             self._out.append(Visible(entries=tuple(result.newly_visible)))
             self._forward(result.newly_visible, ingestion.sender_id, now_ms, rng)
@@ -531,7 +512,7 @@ class GossipCore:
                 or not self._begin_flow()):
             return
         peer.syncing = True
-        round_ = _Round(peer_id, now_ms + self.settings.call_timeout_ms * (PULL_BATCHES_PER_ROUND_MAX + 3))
+        round_ = Round(peer_id, now_ms + self.settings.call_timeout_ms * (PULL_BATCHES_PER_ROUND_MAX + 3))
         self._rounds[peer_id] = round_
         missing = sorted(self.log.missing_parents())
         want = tuple(rng.sample(missing, min(len(missing), self.settings.want_ids_max)))
@@ -541,20 +522,16 @@ class GossipCore:
                    self._live(round_, lambda: self._end_round(round_, "failed")))
 
     @staticmethod
-    def _live(round_: _Round, step: Callable[..., None]) -> Callable[..., None]:
+    def _live(round_: Round, step: Callable[..., None]) -> Callable[..., None]:
         """A continuation of `round_` that does nothing once the round is over (timed out)."""
         def guarded(*arguments: Any) -> None:
             if round_.phase is not RoundPhase.OVER:
                 step(*arguments)
         return guarded
 
-    @staticmethod
-    def _enter(round_: _Round, phase: RoundPhase) -> None:
-        if phase not in ROUND_TRANSITIONS[round_.phase]:  # a bug in this file, never the peer's doing
-            raise AssertionError(f"an anti-entropy round cannot go from {round_.phase.value} to {phase.value}")
-        round_.phase = phase
+    _enter = staticmethod(enter)
 
-    def _end_round(self, round_: _Round, result: str) -> None:
+    def _end_round(self, round_: Round, result: str) -> None:
         if round_.phase is RoundPhase.OVER:
             return
         self._enter(round_, RoundPhase.OVER)
@@ -563,15 +540,17 @@ class GossipCore:
         self._flows -= 1
         if result in ("in_sync", "pulled", "pushed"):
             self.heard_digest = True  # a peer's digest was compared with ours (its claims on our entries noted)
+        self._pace(PaceEvent.QUIET_ROUND if result == "in_sync" else PaceEvent.CHANGE if result in ("pulled", "pushed")
+                   else PaceEvent.NO_NEWS)
         self._out.append(count("gossip_rounds_total", result=result))
 
-    def _round_failed(self, round_: _Round, error: SynapseError) -> None:
+    def _round_failed(self, round_: Round, error: SynapseError) -> None:
         """Our side failed (the disk, a full inbox): the round ends; the next one retries."""
         if round_.phase is not RoundPhase.OVER:
             self._out.append(event("warning", "gossip_round_failed", peer=round_.peer_id, error=error.one_line()))
             self._end_round(round_, "error")
 
-    def _round_answered(self, round_: _Round, reply: Synced, now_ms: int, rng: Random) -> None:
+    def _round_answered(self, round_: Round, reply: Synced, now_ms: int, rng: Random) -> None:
         """Exchange (1) answered: take the entries it carried, then compare digests."""
         if not reply.raws:
             self._round_compare(round_, reply, now_ms, rng)
@@ -581,25 +560,26 @@ class GossipCore:
                      done=self._live(round_, lambda _, now, rng_: self._round_compare(round_, reply, now, rng_)),
                      failed=lambda error: self._round_failed(round_, error))
 
-    def _round_compare(self, round_: _Round, reply: Synced, now_ms: int, rng: Random) -> None:
+    def _round_compare(self, round_: Round, reply: Synced, now_ms: int, rng: Random) -> None:
         if reply.digest is None:  # our digests were equal: nothing of ours is missing
             self._end_round(round_, "in_sync" if not reply.raws else "pulled")
             return
         self._enter(round_, RoundPhase.PUSHING)
+        self._pace(PaceEvent.CHANGE)  # the peer's digest differs from ours
         round_.theirs = parse_digest(reply.digest)
         self._note_digest(round_.theirs)
         lacking = self.log.entries_missing_from(reply.digest, limit=self.settings.batch_entries_max)
         round_.lacking = bool(lacking)
         self._push(round_.peer_id, lacking, self._live(round_, lambda: self._round_pushed(round_)))
 
-    def _round_pushed(self, round_: _Round) -> None:
+    def _round_pushed(self, round_: Round) -> None:
         """Exchange (2) done: pull if the peer's digest shows entries this node lacks."""
         if remote_may_have_more(self.log.digest(), round_.theirs):
             self._round_pull(round_)
         else:
             self._end_round(round_, "pushed" if round_.lacking else "in_sync")
 
-    def _round_pull(self, round_: _Round) -> None:
+    def _round_pull(self, round_: Round) -> None:
         """Exchange (3): send my digest and pull a bounded batch; repeat while there is more."""
         self._enter(round_, RoundPhase.PULLING)
         round_.pulls_left -= 1
@@ -688,5 +668,8 @@ class GossipCore:
         chosen = batches[0] if batches else []
         more = more or len(batches) > 1
         self._out.append(count("gossip_entries_sent_total", len(chosen)))
-        send_digest = sync.digest is None and sync.digest_hash != digest_hash_of(digest)
+        differs = sync.digest is not None or sync.digest_hash != digest_hash_of(digest)
+        if differs:
+            self._pace(PaceEvent.CHANGE)  # a peer's digest differs from ours: one of us lacks something
+        send_digest = sync.digest is None and differs
         return Synced(digest=digest if send_digest else None, raws=tuple(entry.raw for entry in chosen), more=more)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from node.core.gossip_messages import IDS_PER_MESSAGE_MAX
 from node.errors import ConfigError
 
+QUIET_INTERVAL_FACTOR = 16            # automatic quiet_interval_max_ms: 200 ms -> 3.2 s
+QUIET_INTERVAL_MAX_MS = 600_000
 # With persist_queue_max_bytes = None: this many full request bodies may wait for the disk at once.
 PERSIST_QUEUE_REQUEST_BODIES = 16
 
@@ -21,6 +23,9 @@ PERSIST_QUEUE_REQUEST_BODIES = 16
 class GossipSettings:
     fanout: int | None = None            # None -> ceil(ln N) + 1, N = cluster size
     interval_ms: int = 200               # anti-entropy period (one random peer per period)
+    # While rounds find nothing to exchange, the period doubles up to this; any change snaps it back to
+    # interval_ms (gossip_backoff.py). None -> QUIET_INTERVAL_FACTOR x interval_ms; = interval_ms: no backoff.
+    quiet_interval_max_ms: int | None = None
     batch_entries_max: int = 256         # entries per push / sync reply
     request_body_max_bytes: int = 4 * 1024 * 1024
     call_timeout_ms: int = 2_000         # every outbound call, and reading an inbound body
@@ -53,6 +58,12 @@ class GossipSettings:
                 raise ConfigError(f"gossip setting {name} must be an int in {minimum}..{maximum}, got {value!r}")
         if self.fanout is not None and (type(self.fanout) is not int or not 1 <= self.fanout <= 1_000):
             raise ConfigError(f"gossip setting fanout must be None (automatic) or an int in 1..1000, got {self.fanout!r}")
+        if self.quiet_interval_max_ms is not None and (
+                type(self.quiet_interval_max_ms) is not int
+                or not self.interval_ms <= self.quiet_interval_max_ms <= QUIET_INTERVAL_MAX_MS):
+            raise ConfigError(f"gossip setting quiet_interval_max_ms must be None (automatic: {QUIET_INTERVAL_FACTOR} x "
+                              f"interval_ms) or an int from interval_ms ({self.interval_ms}) to {QUIET_INTERVAL_MAX_MS}, "
+                              f"got {self.quiet_interval_max_ms!r}")
         if self.backoff_max_ms < self.backoff_base_ms:
             raise ConfigError("gossip setting backoff_max_ms must be >= backoff_base_ms")
         if self.inbox_max < self.batch_entries_max:
@@ -63,6 +74,13 @@ class GossipSettings:
             raise ConfigError(f"gossip setting persist_queue_max_bytes must be None (automatic) or an int from "
                               f"request_body_max_bytes ({self.request_body_max_bytes}: one full push must fit) to 64 GiB, "
                               f"got {self.persist_queue_max_bytes!r}")
+
+    @property
+    def quiet_period_max_ms(self) -> int:
+        """quiet_interval_max_ms, or its automatic value (never below interval_ms)."""
+        if self.quiet_interval_max_ms is not None:
+            return self.quiet_interval_max_ms
+        return max(self.interval_ms, min(QUIET_INTERVAL_MAX_MS, QUIET_INTERVAL_FACTOR * self.interval_ms))
 
     @property
     def persist_queue_limit_bytes(self) -> int:

@@ -24,6 +24,7 @@ Why it works as it does:
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,11 @@ class Governance:
         self._equivocation_pairs: set[tuple[str, str]] = set()
         self._authors: dict[str, str] = {}                     # entry id -> author, for applied governance entries
         self._proposals_by_author: dict[str, list[Entry]] = {}
+        # Kept as entries fold, so that folding a proposal does not scan the history (issue 11):
+        self._orphans = 0                                      # buckets without a proposal (yet)
+        self._deadlines_by_author: dict[str, list[int]] = {}   # sorted voting deadlines of each author's proposals
+        self._top_sequence_by_author: dict[str, int] = {}      # highest sequence among each author's proposals
+        self._irregular_authors: set[str] = set()              # authors with a void (equivocated) governance entry
         self._problems: deque[Problem] = deque(maxlen=rules.problems_max)
         self._problem_counts: Counter[str] = Counter()
         self._handlers: dict[str, Callable[[Entry], None]] = {
@@ -222,6 +228,8 @@ class Governance:
             self._equivocation_pairs.add(pair)
             self._void.update(pair)
             author = self._authors.get(first) or self._authors.get(second)
+            if author is not None:
+                self._irregular_authors.add(author)
             self._problem("equivocation", f"entries {pair[0][:12]} and {pair[1][:12]} share an author and a sequence: "
                           "both are void", pair[0], author)
 
@@ -243,7 +251,7 @@ class Governance:
         bucket = self._buckets.get(proposal_id)
         if bucket is not None:
             return bucket
-        orphans = sum(1 for b in self._buckets.values() if b.proposal is None)
+        orphans = self._orphans
         full = (len(self._buckets) - orphans >= self._rules.proposals_max if entry.kind == "PROPOSAL"
                 else orphans >= self._rules.orphan_proposals_max)
         if full:
@@ -251,6 +259,7 @@ class Governance:
                           entry.id, entry.author)
             return None
         bucket = self._buckets[proposal_id] = _Bucket()
+        self._orphans += 1
         return bucket
 
     def _apply_proposal(self, entry: Entry) -> None:
@@ -273,8 +282,15 @@ class Governance:
             return
         bucket = self._bucket(proposal_id, entry)
         if bucket is not None:
+            if bucket.proposal is None:
+                self._orphans -= 1
             bucket.proposal = entry
             self._proposals_by_author.setdefault(entry.author, []).append(entry)
+            insort(self._deadlines_by_author.setdefault(entry.author, []), entry.body["voting_deadline_ms"])
+            top = self._top_sequence_by_author.get(entry.author, 0)
+            self._top_sequence_by_author[entry.author] = max(top, entry.sequence)
+            if entry.id in self._void:
+                self._irregular_authors.add(entry.author)
 
     def _open_proposals_refusal(self, entry: Entry) -> tuple[str, str] | None:
         """One member may not hold more than open_proposals_per_author_max proposals whose voting periods
@@ -282,9 +298,14 @@ class Governance:
         proposals (lower sequence): those are its causal ancestors, folded before this entry on every
         node, so every node reaches the same verdict whatever else has arrived."""
         created_ms = entry.hlc.wall_ms
-        open_count = sum(1 for earlier in self._proposals_by_author.get(entry.author, ())
-                         if earlier.sequence < entry.sequence and earlier.body["voting_deadline_ms"] >= created_ms
-                         and earlier.id not in self._void)
+        if entry.author not in self._irregular_authors and self._top_sequence_by_author.get(entry.author, 0) < entry.sequence:
+            # The usual case: every proposal of the author is earlier and none is void; count by bisection.
+            deadlines = self._deadlines_by_author.get(entry.author, [])
+            open_count = len(deadlines) - bisect_left(deadlines, created_ms)
+        else:  # an equivocating author: the scan, as the rule reads
+            open_count = sum(1 for earlier in self._proposals_by_author.get(entry.author, ())
+                             if earlier.sequence < entry.sequence and earlier.body["voting_deadline_ms"] >= created_ms
+                             and earlier.id not in self._void)
         if open_count < self._rules.open_proposals_per_author_max:
             return None
         return ("too_many_open_proposals", f"author {entry.author} already has {open_count} proposals open for voting; "

@@ -35,6 +35,7 @@ Why this shape:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -214,6 +215,9 @@ class RatificationMachine:
         self._records: dict[str, _Record] = {}
         self._sequences: dict[int, str] = {}
         self._next_sequence = 1
+        # validator -> its closes and ratifications waiting for a majority (the quota), kept as commands
+        # apply: a scan of every record per command made apply cost grow with the history (issue 11).
+        self._pending: Counter[str] = Counter()
 
     # --- closing the vote ----------------------------------------------------------------------
 
@@ -245,6 +249,7 @@ class RatificationMachine:
         if record is None:
             record = self._records[proposal_id] = _Record()
         record.closes[validator_id] = vote_ids
+        self._pending[validator_id] += 1
         counted = counted_votes({v: frozenset(unpack_vote_ids(packed)) for v, packed in record.closes.items()},
                                 len(self._validators))
         if counted is None:
@@ -252,6 +257,7 @@ class RatificationMachine:
                                        message=f"{validator_id} closed {proposal_id} "
                                                f"({len(record.closes)} of {len(self._validators)} closes)")
         record.phase = next_phase(record.phase, "votes_counted")
+        self._pending.subtract(tuple(record.closes))   # no ratification yet: ratify is refused until closed
         record.vote_ids = pack_vote_ids(counted)
         record.votes_digest = votes_digest(record.vote_ids)
         event = VotingClosed(proposal_id=proposal_id, votes_digest=record.votes_digest, vote_ids=record.vote_ids)
@@ -283,6 +289,8 @@ class RatificationMachine:
         if refusal is not None:
             return refusal
         record.ratifications[validator_id] = (*ratified, signature)
+        if record.phase == COLLECTING:
+            self._pending[validator_id] += 1
         agreeing = sum(1 for value in record.ratifications.values() if value[:3] == ratified)
         if record.phase != COLLECTING or agreeing < self._majority:
             return RatificationOutcome(status="ratification_recorded", proposal_id=proposal_id,
@@ -316,6 +324,7 @@ class RatificationMachine:
 
     def _assign(self, proposal_id: str, record: _Record, ratified: tuple) -> RatificationOutcome:
         record.phase = next_phase(record.phase, "majority_ratified")
+        self._pending.subtract(tuple(record.ratifications))
         record.sequence, record.ratified = self._next_sequence, ratified
         self._sequences[record.sequence] = proposal_id
         self._next_sequence += 1
@@ -326,9 +335,8 @@ class RatificationMachine:
                                    message=f"{proposal_id} is upgrade sequence {record.sequence}", events=(event,))
 
     def _pending_count(self, validator_id: str) -> int:
-        return sum(1 for record in self._records.values()
-                   if (record.phase == CLOSING and validator_id in record.closes)
-                   or (record.phase == COLLECTING and validator_id in record.ratifications))
+        """Records where `validator_id` closed (voting not closed yet) or ratified (no majority yet)."""
+        return self._pending[validator_id]
 
     # --- phase 2 -----------------------------------------------------------------------------
 
@@ -413,6 +421,7 @@ class RatificationMachine:
             record.ratifications = {v: (a, h, ver, sig) for v, a, h, ver, sig in ratifications}
             record.signatures = {validator_id: sig for validator_id, sig in signatures}
             self._records[proposal_id] = record
+            self._pending.update(_pending_validators(record))
             if sequence is not None:
                 if type(sequence) is not int or sequence in self._sequences:
                     raise ValueError(f"sequence {sequence!r} is invalid or assigned twice")
@@ -420,6 +429,15 @@ class RatificationMachine:
         self._next_sequence = data["next_sequence"]
         if type(self._next_sequence) is not int or self._next_sequence != len(self._sequences) + 1:
             raise ValueError("next_sequence does not follow the assigned sequences")
+
+
+def _pending_validators(record: _Record) -> tuple[str, ...]:
+    """The validators whose quota `record` takes: its closers while closing, its ratifiers while collecting."""
+    if record.phase == CLOSING:
+        return tuple(record.closes)
+    if record.phase == COLLECTING:
+        return tuple(record.ratifications)
+    return ()
 
 
 def _record_view(proposal_id: str, record: _Record) -> RatificationRecord:

@@ -415,3 +415,41 @@ def test_package_builds_fail_clearly(tmp_path):
     (tmp_path / "p.txt").write_text("x")
     with pytest.raises(ClusterError, match="not .wat, .c or .wasm"):
         build_package(tmp_path / "p.txt", tmp_path)
+
+
+@pytest.fixture
+def wide_block():
+    """A block for 256 nodes (two /24s, one /23) with echo servers on hosts 1, 2 (first /24) and 255, 256
+    (second /24); yields the prefix and those addresses."""
+    with ExitStack() as stack:
+        lease = stack.enter_context(acquire_block(hosts=256, ports=(PORT,)))
+        hosts = [lease.block.host(index) for index in (1, 2, 255, 256)]
+        servers = EchoServers(hosts)
+        stack.callback(servers.close)
+        yield lease.block, hosts
+
+
+@needs_iptables
+def test_a_wide_blocks_partition_cuts_across_its_two_slash_24s_and_heals(wide_block):
+    block, (one, two, far, farther) = wide_block
+    assert far.rsplit(".", 1)[0] != one.rsplit(".", 1)[0]        # host 255 lives in the second /24
+    with NetworkFaults.open(block.prefix, width=2) as faults:
+        assert jump_present(block.prefix) and faults.cidr == f"{block.prefix}.0/23"
+        faults.partition([[one, two], [far]])
+        assert not reachable(one, far) and not reachable(far, two)
+        assert reachable(one, two) and reachable(far, farther) and reachable(one, farther)
+        faults.heal()
+        assert reachable(one, far)
+    assert not chain_present(block.prefix) and not jump_present(block.prefix)
+
+
+@needs_iptables
+def test_a_stale_wide_jump_is_removed_by_whoever_takes_either_half_next(wide_block):
+    block, (one, _two, far, _farther) = wide_block
+    crashed = NetworkFaults.open(block.prefix, width=2)
+    crashed.cut([one], [far])                   # ... and the run dies here without closing
+    assert not reachable(one, far)
+    second_half = block.prefixes()[1]
+    assert remove_stale_chain(second_half) is True   # a small cluster that takes 127.A.(B+1) next
+    assert reachable(one, far) and not jump_present(block.prefix)
+    assert remove_stale_chain(block.prefix) is True and not chain_present(block.prefix)

@@ -88,3 +88,32 @@ def test_a_run_replays_exactly_from_its_seed() -> None:
     assert first.now_ms == second.now_ms and first.delivered == second.delivered
     assert [log_state(node.core.log) for node in first.nodes.values()] == [log_state(node.core.log) for node in second.nodes.values()]
     assert [node.metrics for node in first.nodes.values()] == [node.metrics for node in second.nodes.values()]
+
+
+def rounds_started(network: InmemNetwork) -> int:
+    return sum(amount for node in network.nodes.values() for (name, labels), amount in node.metrics.items()
+               if name == "gossip_rounds_total" and dict(labels).get("result") != "skipped_in_flight")
+
+
+def test_a_quiet_network_backs_off_and_a_new_entry_still_reaches_everyone_in_time() -> None:
+    """Issue 11: once nothing changes, each node runs an anti-entropy round about every
+    quiet_interval_max_ms instead of every interval_ms; one new entry, on the same lossy network, still
+    reaches every node within ROUNDS_MAX base periods (eager push, then repair at the fast rate)."""
+    seed, nodes = seed_of_this_run(), 20
+    network, converged, _ = run(seed, nodes=nodes)
+    assert converged
+    network.run(until=lambda: False, check_every_ms=1_000, virtual_ms_max=20_000)      # quiet: the period grows
+    before, window_ms = rounds_started(network), 10_000
+    network.run(until=lambda: False, check_every_ms=1_000, virtual_ms_max=window_ms)
+    per_node_per_s = (rounds_started(network) - before) / nodes / (window_ms / 1000)
+    quiet_max_ms = SETTINGS.quiet_period_max_ms
+    assert per_node_per_s <= 1.25 * 1000 / (0.75 * quiet_max_ms), f"{per_node_per_s:.2f} rounds/s per node while quiet"
+    assert all(node.core.pace.period_ms == quiet_max_ms for node in network.nodes.values())
+    author, person = network.nodes[PEOPLE[7].node_id], PEOPLE[7]
+    network.publish(author, kind="NOTE", body={"text": "after a long quiet"}, sign=person.sign)
+    expected = nodes * ENTRIES_PER_NODE + 1
+    started_ms = network.now_ms
+    reached = network.run(until=lambda: all(node.core.log.visible_count() == expected for node in network.nodes.values()),
+                          check_every_ms=50, virtual_ms_max=ROUNDS_MAX * SETTINGS.interval_ms)
+    assert reached, f"seed {seed}: the new entry did not reach every node within {ROUNDS_MAX} base periods"
+    print(f"quiet: {per_node_per_s:.2f} rounds/s per node; the new entry reached all in {network.now_ms - started_ms} virtual ms")

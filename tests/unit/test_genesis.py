@@ -80,8 +80,8 @@ def test_create_never_overwrites_a_network(network):
 @pytest.mark.parametrize("nodes, validators, expected", [
     (3, 4, "--validators must be from 1 to the number of nodes (3)"),
     (3, 0, "--validators must be from 1"),
-    (0, 0, "--nodes must be from 1 to 254"),
-    (255, 1, "--nodes must be from 1 to 254"),
+    (0, 0, "--nodes must be from 1 to 256"),
+    (257, 1, "--nodes must be from 1 to 256"),
 ])
 def test_create_refuses_bad_counts(tmp_path, nodes, validators, expected):
     with pytest.raises(ConfigError) as caught:

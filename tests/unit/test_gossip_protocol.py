@@ -171,7 +171,7 @@ def test_a_failed_disk_makes_nothing_visible_and_refuses_the_push() -> None:
 
 
 def test_a_round_moves_only_along_its_table_and_ignores_answers_once_over() -> None:
-    from node.core.gossip_protocol import ROUND_TRANSITIONS, RoundPhase, _Round
+    from node.core.gossip_round import ROUND_TRANSITIONS, Round as _Round, RoundPhase
     assert all(RoundPhase.OVER in targets for phase, targets in ROUND_TRANSITIONS.items() if phase is not RoundPhase.OVER)
     with pytest.raises(AssertionError, match="cannot go from over to pulling"):
         GossipCore._enter(_Round("0123456789abcdef", 0, RoundPhase.OVER), RoundPhase.PULLING)

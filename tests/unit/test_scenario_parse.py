@@ -151,7 +151,7 @@ def test_a_name_saved_twice_or_of_the_wrong_kind_is_refused():
     ('[scenario]\nname = "x"\ntimeout = "forever"\n', "scenario.timeout"),
     ('[scenario]\nname = "x"\nseed = -1\n', "scenario.seed"),
     ('[scenario]\nname = "x"\n[cluster]\nnodes = 0\n', "cluster.nodes"),
-    ('[scenario]\nname = "x"\n[cluster]\nnodes = 65\n', "cluster.nodes"),
+    ('[scenario]\nname = "x"\n[cluster]\nnodes = 257\n', "cluster.nodes"),
     ('[scenario]\nname = "x"\n[cluster]\nnodes = 3\nvalidators = 4\n', "cluster.validators"),
     ('[scenario]\nname = "x"\n[cluster]\nnodes = 2\nreputations = [1]\n', "cluster.reputations"),
     ('[scenario]\nname = "x"\n[cluster.governance]\nvoting_period = "500ms"\n', "cluster.governance.voting_period"),
