@@ -114,6 +114,12 @@ class DnsHosts:
     def __init__(self, *, namespace: str, validators: int, cluster_domain: str) -> None:
         self._namespace, self._validators, self._domain = namespace, validators, cluster_domain
 
+    hosts_max = NODES_MAX  # create_network's check of the plan's size (build_network refuses more first)
+
+    @property
+    def cidr(self) -> str:
+        return f"the DNS names of namespace {self._namespace}"
+
     def host(self, index: int) -> str:
         service = VALIDATORS_SERVICE if index <= self._validators else MEMBERS_SERVICE
         return f"node-{index}-0.{service}.{self._namespace}.svc.{self._domain}"

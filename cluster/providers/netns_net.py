@@ -174,7 +174,7 @@ def lease_subnet(*, given: int | None = None, lock_dir: Path = LOCK_DIR, numbers
         names = Names(number)
         descriptor = _try_lock(lock_path(names, lock_dir))
         if descriptor is not None:
-            return BlockLease(names.block, lock_path(names, lock_dir), descriptor)
+            return BlockLease(names.block, lock_path(names, lock_dir), [descriptor])
     if given is not None:
         raise ConfigError(f"netns subnet {subnet_block(given).prefix}.0/24 is held by a running cluster or launcher",
                           hint="stop the cluster that uses it ('synapse cluster down'), then start this one again")
