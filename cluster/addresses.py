@@ -116,6 +116,11 @@ class BlockLease:
     def held(self) -> bool:
         return bool(self._descriptors)
 
+    @property
+    def descriptors(self) -> tuple[int, ...]:
+        """The open lock files (empty once released): passed to children that must hold the block while they live."""
+        return tuple(self._descriptors)
+
     def __enter__(self) -> "BlockLease":
         return self
 

@@ -40,10 +40,9 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _descriptor(lease: BlockLease) -> int:
     """The lease's open lock file: passed to children so they hold the subnet while they live."""
-    descriptor = lease._descriptor  # noqa: SLF001 (BlockLease exposes no accessor; read-only use)
-    if descriptor is None:
+    if not lease.descriptors:
         raise ClusterError("the subnet lease was already released")
-    return descriptor
+    return lease.descriptors[0]
 
 
 def take_subnet(nodes: int, given_prefix: str | None = None) -> tuple[BlockLease, net.Names]:
