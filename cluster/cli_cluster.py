@@ -35,7 +35,7 @@ from pathlib import Path
 
 import click
 
-from node.errors import ClusterError, SynapseError
+from node.errors import ClusterError, ConfigError, SynapseError
 from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
 
 EXIT_FAILED = 1
@@ -149,13 +149,21 @@ def cluster() -> None:
 @click.option("--voting-period-ms", type=int, default=None, help="genesis voting period (default 60000)")
 @click.option("--timeout", "timeout_s", type=float, default=UP_TIMEOUT_S, show_default=True, help="seconds to wait for health")
 @click.option("--json", "as_json", is_flag=True, help="print the cluster file as JSON on stdout (progress goes to stderr)")
-@click.option("--provider", type=click.Choice(["loopback", "netns"]), default=None,
-              help="loopback (default: processes on 127.A.B.i) or netns (a network namespace per node; root)")
+@click.option("--provider", type=click.Choice(["loopback", "netns", "kubernetes"]), default=None,
+              help="loopback (default: processes on 127.A.B.i), netns (a network namespace per node; root), or "
+                   "kubernetes (applies the manifests in --data-dir that 'synapse cluster manifests' wrote)")
 @click.pass_context
 def up(context: click.Context, node_count: int, validator_count: int, data_dir: Path | None, voting_period_ms: int | None,
        timeout_s: float, as_json: bool, provider: str | None) -> None:
     """Start N nodes (genesis, keys, configs made), wait until healthy with a Raft leader, print them.
     On a stopped cluster's data dir: start its nodes again, with their keys, logs and state."""
+    if provider == "kubernetes":
+        if data_dir is None or not (data_dir / "manifests").is_dir():
+            _fail(ConfigError("the kubernetes provider starts the network whose manifests --data-dir holds",
+                              hint="write them first: synapse cluster manifests --provider kubernetes --nodes N "
+                                   "--validators K -o DIR; then: synapse cluster up --provider kubernetes --data-dir DIR"), EXIT_USAGE)
+        context.invoke(cluster.get_command(context, "up-kubernetes"), data_dir=data_dir.absolute(), timeout_s=timeout_s, as_json=as_json)
+        return
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="synapse-cluster-"))
     data_dir = data_dir.absolute()

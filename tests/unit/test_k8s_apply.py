@@ -77,6 +77,15 @@ def test_up_applies_everything_in_order_waits_for_health_and_writes_cluster_json
     assert read_token(Path(first["token_file"])) == base64.b64decode(secret["data"]["api_token"]).decode().strip()
 
 
+def test_cluster_up_with_the_kubernetes_provider_is_the_same_apply(manifest_dir, fake, tmp_path):
+    result = CliRunner().invoke(main, ["cluster", "up", "--provider", "kubernetes", "--data-dir", str(manifest_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [kind for kind, _, _ in fake.applied][:2] == ["Namespace", "ConfigMap"]
+    assert json.loads(result.stdout)["provider"] == "kubernetes"
+    refused = CliRunner().invoke(main, ["cluster", "up", "--provider", "kubernetes", "--data-dir", str(tmp_path / "empty")])
+    assert refused.exit_code == 2 and "synapse cluster manifests --provider kubernetes" in refused.output
+
+
 def test_up_json_prints_one_document(manifest_dir, fake):
     result = CliRunner().invoke(main, ["cluster", "up-kubernetes", "--data-dir", str(manifest_dir), "--json"])
     assert result.exit_code == 0
