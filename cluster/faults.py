@@ -480,15 +480,20 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
+def _tcp_rows() -> list[list[str]]:
+    """The IPv4 TCP sockets of this network namespace, one split line of /proc/net/tcp each ([] if unreadable)."""
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as handle:
+            return [line.split() for line in handle.readlines()[1:]]
+    except OSError:
+        return []
+
+
 def block_listeners(block_prefix: str, width: int = 1) -> list[str]:
     """The addresses of the block that something listens on now (from /proc/net/tcp): a running
     cluster's nodes hold their block this way once the launcher that locked it has exited."""
     network = ipaddress.ip_network(AddressBlock(block_prefix, width).cidr)
-    try:
-        with open("/proc/net/tcp", encoding="ascii") as handle:
-            rows = [line.split() for line in handle.readlines()[1:]]
-    except OSError:
-        return []
+    rows = _tcp_rows()
     listening = set()
     for row in rows:
         if len(row) > 3 and row[3] == "0A":  # LISTEN
@@ -502,11 +507,7 @@ def unbound_peer_connections(hosts_by_pid: Mapping[int, str], block_prefix: str,
     """Connections a node holds to another address of its block from a source address that is not its
     own: iptables rules by source address cannot cut those, so a partition would not hold."""
     network = ipaddress.ip_network(AddressBlock(block_prefix, width).cidr)
-    try:
-        with open("/proc/net/tcp", encoding="ascii") as handle:
-            rows = [line.split() for line in handle.readlines()[1:]]
-    except OSError:
-        return []
+    rows = _tcp_rows()
     by_inode = {row[9]: row for row in rows if len(row) > 9 and row[3] in ("01", "02")}  # ESTABLISHED, SYN_SENT
     problems = []
     for pid, own_host in hosts_by_pid.items():
