@@ -28,8 +28,9 @@ MARGIN_LEFT_PX = 80
 MARGIN_TOP_PX = 24
 LATENCY_HEIGHT_PX = 220
 COLOURS = {"ok": "#2e9d4a", "fail": "#d2453a", "info": "#e7a02a"}
-FAULT_COLOURS = {"kill": "#8a8a8a", "pause": "#6f8fd8", "crash_at": "#b05fd0", "partition": "#f0c05a", "cut": "#f08a5a"}
-HEALS = {"restart": "kill", "resume": "pause", "recover": "crash_at", "heal": None}
+FAULT_COLOURS = {"kill": "#8a8a8a", "pause": "#6f8fd8", "crash_at": "#b05fd0", "partition": "#f0c05a", "cut": "#f08a5a",
+                 "skew": "#4fb8b0", "delay": "#c8a0e0", "loss": "#e070a0"}
+HEALS = {"restart": "kill", "resume": "pause", "recover": "crash_at", "heal": None, "unskew": "skew"}
 VERDICT_COLOURS = {"valid": "#2e9d4a", "invalid": "#d2453a", "unknown": "#e7a02a"}
 
 
@@ -52,6 +53,8 @@ def _fault_bands(facts: RunFacts, end_ms: int) -> list[tuple[int, int, str, list
                 nodes = [f"node-{index}" for group in invoke.value.get("groups", []) for index in group]
             elif invoke.f == "cut":
                 nodes = [f"node-{index}" for index in list(invoke.value.get("from", [])) + list(invoke.value.get("to", []))]
+            elif invoke.f in ("delay", "loss"):
+                nodes = [f"node-{index}" for index in invoke.value.get("links_of", [])]
             open_faults[fault] = (invoke.time_ms, invoke.f, nodes)
         elif invoke.f in HEALS and fault in open_faults:
             start, kind, nodes = open_faults.pop(fault)

@@ -7,7 +7,7 @@ Why it works as it does (Jepsen's generators, made replayable):
   the run, and `shrink` can delete items and run the rest. Nothing here looks at a clock or a node.
 - Three sources, kept apart as Jepsen keeps its nemesis apart from the client workload:
   the nemesis (faults: kill -9 + restart, SIGSTOP/SIGCONT, partitions, one-way cuts, crash points
-  inside an upgrade), the workload (honest proposals, votes, rollback proposals, notes) and the
+  inside an upgrade; opt-in: a node's clock skewed, one node's links delayed or lossy), the workload (honest proposals, votes, rollback proposals, notes) and the
   adversary (a Byzantine member and validator whose keys it holds: backdated and equivocating votes,
   replayed entries, EXECUTE_UPGRADEs with forged or minority certificates, a proposal flood).
 - Every fault is a pair: a start item and its heal item (restart, resume, heal, recover), both in
@@ -28,8 +28,14 @@ from dataclasses import dataclass, field
 
 SCHEDULE_FORMAT = "synapse-chaos-schedule/v1"
 FAULT_KINDS = ("kill", "pause", "partition_halves", "partition_validators", "cut_one_way", "crash_at")
+# Opt-in kinds (`--faults ...,skew,delay,loss`): not in `all`, so the default schedule of a seed is unchanged.
+OPTIONAL_FAULT_KINDS = ("skew", "delay", "loss")
+ALL_FAULT_KINDS = FAULT_KINDS + OPTIONAL_FAULT_KINDS
+LINK_FAULT_KINDS = ("delay", "loss")      # only a provider with real links (netns) can inject these
+PROVIDERS = ("loopback", "netns")
 ADVERSARY_KINDS = ("backdated_vote", "equivocating_vote", "replay", "forged_execute", "minority_execute", "flood")
-NEMESIS_OPS = ("kill", "restart", "pause", "resume", "partition", "cut", "heal", "crash_at", "recover")
+NEMESIS_OPS = ("kill", "restart", "pause", "resume", "partition", "cut", "heal", "crash_at", "recover", "skew", "unskew",
+               "delay", "loss")
 WORKLOAD_OPS = ("propose", "vote", "propose_rollback", "note")
 # The upgrade steps where a node may be made to kill itself (node/fault_points.py POINTS).
 CRASH_POINTS = ("backup_written", "committed", "live_state_written", "current_version_written", "history_written",
@@ -47,6 +53,11 @@ ADVERSARY_GAP_MIN_MS, ADVERSARY_GAP_MAX_MS = 5_000, 12_000
 VOTERS_PER_PROPOSAL_MAX = 4
 FLOOD_PROPOSALS = 8
 FAULTS_AT_ONCE_MAX = 2
+SKEW_MAX_MS = 20_000              # a skew moves one node's clock by 500 ms..20 s, either way
+SKEW_MIN_MS = 500
+DELAY_MIN_MS, DELAY_MAX_MS = 50, 300
+DELAY_JITTER_MAX_MS = 50
+LOSS_MIN_PERCENT, LOSS_MAX_PERCENT = 5, 30
 ITEMS_MAX = 2_000
 SEED_MAX = 2**63 - 1
 LIVENESS_VERSION = "9.9.9"        # the final liveness upgrade, newer than anything the ladder reaches
@@ -66,6 +77,7 @@ class ChaosOptions:
     faults: tuple[str, ...] = FAULT_KINDS
     adversary: tuple[str, ...] = ADVERSARY_KINDS
     faults_at_once_max: int = FAULTS_AT_ONCE_MAX
+    provider: str = "loopback"
 
     def __post_init__(self) -> None:
         if not NODES_MIN <= self.nodes <= NODES_MAX:
@@ -75,12 +87,18 @@ class ChaosOptions:
         if not DURATION_MIN_MS <= self.duration_ms <= DURATION_MAX_MS:
             raise PlanError(f"--duration must be {DURATION_MIN_MS // 1000} s..{DURATION_MAX_MS // 1000} s, "
                             f"not {self.duration_ms / 1000:g} s")
-        for name, given, known in (("--faults", self.faults, FAULT_KINDS), ("--adversary", self.adversary, ADVERSARY_KINDS)):
+        for name, given, known in (("--faults", self.faults, ALL_FAULT_KINDS), ("--adversary", self.adversary, ADVERSARY_KINDS)):
             unknown = sorted(set(given) - set(known))
             if unknown:
                 raise PlanError(f"{name}: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)} (or 'none')")
         if not 1 <= self.faults_at_once_max <= self.nodes:
             raise PlanError(f"at most 1..{self.nodes} faults at once, not {self.faults_at_once_max}")
+        if self.provider not in PROVIDERS:
+            raise PlanError(f"--provider must be one of {', '.join(PROVIDERS)}, not {self.provider!r}")
+        links = [kind for kind in self.faults if kind in LINK_FAULT_KINDS]
+        if links and self.provider != "netns":
+            raise PlanError(f"--faults {','.join(links)}: the {self.provider} provider cannot delay or drop packets; "
+                            f"run with --provider netns (as root), or leave {' and '.join(links)} out of --faults")
 
     @property
     def adversary_member(self) -> int:
@@ -95,14 +113,16 @@ class ChaosOptions:
     def as_dict(self) -> dict:
         return {"seed": self.seed, "nodes": self.nodes, "validators": self.validators, "duration_ms": self.duration_ms,
                 "faults": list(self.faults), "adversary": list(self.adversary),
-                "faults_at_once_max": self.faults_at_once_max}
+                "faults_at_once_max": self.faults_at_once_max,
+                **({"provider": self.provider} if self.provider != "loopback" else {})}   # old schedules stay byte-identical
 
     @classmethod
     def from_dict(cls, document: Mapping) -> "ChaosOptions":
         try:
             return cls(seed=int(document["seed"]), nodes=int(document["nodes"]), validators=int(document["validators"]),
                        duration_ms=int(document["duration_ms"]), faults=tuple(document["faults"]),
-                       adversary=tuple(document["adversary"]), faults_at_once_max=int(document["faults_at_once_max"]))
+                       adversary=tuple(document["adversary"]), faults_at_once_max=int(document["faults_at_once_max"]),
+                       provider=str(document.get("provider", "loopback")))
         except (KeyError, TypeError, ValueError) as error:
             raise PlanError(f"the schedule's options are incomplete or malformed ({error!r}); "
                             "re-plan it with `synapse chaos plan`") from None
@@ -170,10 +190,13 @@ def _fault_items(kind: str, options: ChaosOptions, rng: random.Random, busy: set
     every node it could hit is already faulted."""
     everyone = list(range(1, options.nodes + 1))
     free = [node for node in everyone if node not in busy]
-    if kind in ("kill", "pause", "crash_at"):
+    if kind in ("kill", "pause", "crash_at", "skew"):
         if not free:
             return None
         node = rng.choice(free)
+        if kind == "skew":
+            skew_ms = rng.choice((-1, 1)) * rng.randint(SKEW_MIN_MS, SKEW_MAX_MS)
+            return "skew", (node,), {"ms": skew_ms}, "unskew", (node,), {}
         if kind == "kill":
             return "kill", (node,), {}, "restart", (node,), {}
         if kind == "pause":
@@ -194,6 +217,14 @@ def _fault_items(kind: str, options: ChaosOptions, rng: random.Random, busy: set
         if not rest:
             return None
         return "partition", (), {"groups": [side, rest], "kind": kind}, "heal", (), {}
+    if kind in LINK_FAULT_KINDS:
+        # One node's links, both ways: every packet it sends or receives is delayed (or some are dropped).
+        node = rng.choice(everyone)
+        if kind == "delay":
+            value = {"ms": rng.randint(DELAY_MIN_MS, DELAY_MAX_MS), "jitter_ms": rng.randint(0, DELAY_JITTER_MAX_MS)}
+        else:
+            value = {"percent": rng.randint(LOSS_MIN_PERCENT, LOSS_MAX_PERCENT)}
+        return kind, (), {"links_of": [node], **value, "kind": kind}, "heal", (), {}
     assert kind == "cut_one_way", kind
     source = rng.choice(everyone)
     others = [node for node in everyone if node != source]
@@ -214,7 +245,7 @@ def plan_nemesis(options: ChaosOptions, rng: random.Random) -> list[tuple[int, s
             moment = min(window[0] for window in active) + 1
             continue
         kind = rng.choice(options.faults)
-        network = kind.startswith("partition") or kind == "cut_one_way"
+        network = kind.startswith("partition") or kind in ("cut_one_way", *LINK_FAULT_KINDS)   # a heal undoes them all
         busy = {node for window in active for node in window[2]}
         drawn = None if network and any(window[1] for window in active) else _fault_items(kind, options, rng, busy)
         if drawn is not None:
@@ -375,15 +406,18 @@ def parse_schedule(lines: Iterable[str]) -> Schedule:
     return Schedule(options=ChaosOptions.from_dict(documents[0]["options"]), items=items)
 
 
-def parse_kinds(text: str, known: Sequence[str], what: str) -> tuple[str, ...]:
-    """'all', 'none' or a comma-separated list of kinds."""
+def parse_kinds(text: str, known: Sequence[str], what: str, optional: Sequence[str] = ()) -> tuple[str, ...]:
+    """'all', 'none' or a comma-separated list of kinds; `optional` kinds are accepted when named, never in 'all'."""
     text = text.strip()
     if text == "all":
         return tuple(known)
     if text in ("", "none"):
         return ()
     kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    unknown = [kind for kind in kinds if kind not in known]
+    if "all" in kinds:
+        kinds = tuple(dict.fromkeys([*known, *(kind for kind in kinds if kind != "all")]))
+    unknown = [kind for kind in kinds if kind not in known and kind not in optional]
     if unknown:
-        raise PlanError(f"{what}: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}, 'all' or 'none'")
+        raise PlanError(f"{what}: unknown kind(s) {', '.join(unknown)}; choose from {', '.join((*known, *optional))}, "
+                        "'all' or 'none'")
     return kinds

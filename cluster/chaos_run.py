@@ -35,12 +35,13 @@ from typing import Any
 from cluster import chaos_adversary as adversary
 from cluster.chaos_folder import write_finals, write_run_document
 from cluster.chaos_history import HISTORY_FILE_NAME, HistoryRecorder
-from cluster.chaos_plan import FAULT_KINDS, LIVENESS_VERSION, VOTING_PERIOD_MS, Item, Schedule, schedule_lines
+from cluster.chaos_plan import FAULT_KINDS, LINK_FAULT_KINDS, LIVENESS_VERSION, VOTING_PERIOD_MS, Item, Schedule, schedule_lines
 from cluster.providers import make_provider
 from cluster.package_server import PackageServer, build_package
 from cluster.report import copy_node_files
 from cluster.safety import NodeSnapshot, logs_converged, one_version_and_state_hash
 from cluster.scenario_steps import Driver
+from node.clock import arm_skew, clear_skew
 from node.config import load_genesis
 from node.errors import FaultInjectionUnavailable, SynapseError
 from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE, FILE_NAME as FAULT_POINT_FILE, arm
@@ -136,17 +137,24 @@ class ChaosRun:
             shutil.rmtree(data_dir, ignore_errors=True)
 
     def _preflight(self) -> None:
+        provider = self.schedule.options.provider
+        for kind in LINK_FAULT_KINDS:
+            if any(item.op == kind for item in self.schedule.items):
+                capability = make_provider(provider).capabilities()[kind]
+                if not capability.available:
+                    raise FaultInjectionUnavailable(f"this schedule has {kind} faults, which the {provider} provider cannot inject "
+                                                    f"here: {capability.detail}", hint=capability.hint or f"leave {kind} out of --faults")
         if any(item.op in NETWORK_OPS for item in self.schedule.items):
-            capability = make_provider("loopback").capabilities()["partition"]
+            capability = make_provider(provider).capabilities()["partition"]
             if not capability.available:
                 others = ",".join(kind for kind in FAULT_KINDS if not kind.startswith("partition") and kind != "cut_one_way")
                 raise FaultInjectionUnavailable(f"this schedule cuts the network, but partitions are not possible here: "
                                                 f"{capability.detail}", hint=f"{capability.hint}; or run with --faults {others}")
 
-    def _packages(self, stack: contextlib.ExitStack, data_dir: Path) -> tuple[PackageServer, dict]:
+    def _packages(self, stack: contextlib.ExitStack, data_dir: Path, host: str) -> tuple[PackageServer, dict]:
         import wasmtime
 
-        server = stack.enter_context(PackageServer())
+        server = stack.enter_context(PackageServer(host=host))   # an address every node reaches (the netns bridge)
         served = {}
         for item in self.schedule.items:
             if item.op != "propose":
@@ -163,14 +171,14 @@ class ChaosRun:
 
     def _start(self, stack: contextlib.ExitStack, data_dir: Path, log_dirs: dict[str, Path]) -> None:
         options = self.schedule.options
-        server, served = self._packages(stack, data_dir)
-        self.echo(f"starting {options.nodes} nodes ({options.validators} validators), {len(served)} packages served ...")
-        provider = make_provider("loopback", nodes=options.nodes, validators=options.validators, data_dir=data_dir / "cluster",
+        provider = make_provider(options.provider, nodes=options.nodes, validators=options.validators, data_dir=data_dir / "cluster",
                                  start_timeout_s=START_TIMEOUT_S, governance={"voting_period_ms": VOTING_PERIOD_MS},
                                  network_limits={"sandbox_fuel": SANDBOX_FUEL}, config_limits={"gossip_interval_ms": 100},
-                                 extra_env={FAULT_POINTS_VARIABLE: "1"})
+                                 extra_env={FAULT_POINTS_VARIABLE: "1"})   # crash points and clock skews can be armed
         stack.callback(provider.close)
         provider.setup()
+        server, served = self._packages(stack, data_dir, provider.host_address)
+        self.echo(f"starting {options.nodes} nodes ({options.validators} validators, {options.provider}), {len(served)} packages served ...")
         provider.start(ipfs_gateways=(server.gateway_url,))
         cluster = provider.cluster
         self.driver = Driver(scenario=None, provider=provider, rng=None, packages=server, log=self.echo)
@@ -275,6 +283,29 @@ class ChaosRun:
         self.driver.network().heal()
         return "ok", {}
 
+    def _skew(self, item: Item) -> tuple[str, dict]:
+        for index in item.nodes:
+            arm_skew(self.driver.handle(index).data_dir, int(item.value["ms"]))
+            self.driver.skewed.add(index)   # the driver's close (the final heal) clears it too
+        return "ok", {"ms": item.value["ms"]}
+
+    def _unskew(self, item: Item) -> tuple[str, dict]:
+        cleared = [f"node-{index}" for index in item.nodes if clear_skew(self.driver.handle(index).data_dir)]
+        self.driver.skewed.difference_update(item.nodes)
+        return "ok", {"cleared": cleared}
+
+    def _link_fault(self, item: Item) -> tuple[str, dict]:
+        """One node's links both ways (to and from every other node), delayed or lossy until the heal."""
+        node = [index - 1 for index in item.value["links_of"]]
+        others = [index for index in range(self.driver.node_count) if index not in node]
+        network = self.driver.network()
+        for sources, destinations in ((node, others), (others, node)):
+            if item.op == "delay":
+                network.delay(sources, destinations, ms=int(item.value["ms"]), jitter_ms=int(item.value["jitter_ms"]))
+            else:
+                network.loss(sources, destinations, percent=float(item.value["percent"]))
+        return "ok", {key: item.value[key] for key in ("links_of", "ms", "jitter_ms", "percent") if key in item.value}
+
     def _crash_at(self, item: Item) -> tuple[str, dict]:
         for index in item.nodes:
             arm(self.driver.handle(index).data_dir, item.value["point"])
@@ -318,13 +349,14 @@ class ChaosRun:
         """Resume, heal the network, disarm crash points, restart every node this run took down."""
         self.echo("healing every fault ...")
         self.history.record("invoke", process="nemesis", op_id=0, f="final_heal", node=None)
+        unskewed = [f"node-{index}" for index in self.driver.clear_skews()]
         self.driver.close()
         self._note_crashes()
         for index in range(1, self.driver.node_count + 1):
             (self.driver.handle(index).data_dir / FAULT_POINT_FILE).unlink(missing_ok=True)
         down = [index for index in range(1, self.driver.node_count + 1) if self.driver.processes.state(index) in ("killed", "stopped")]
         self.driver.processes.apply("restart", down)
-        self.history.record("ok", process="nemesis", op_id=0, f="final_heal", node=None, value={"restarted": down})
+        self.history.record("ok", process="nemesis", op_id=0, f="final_heal", node=None, value={"restarted": down, "unskewed": unskewed})
 
     def _snapshots(self) -> list[NodeSnapshot]:
         result = []
@@ -427,7 +459,8 @@ OPERATIONS: dict[str, Callable[[ChaosRun, Item], tuple[str, dict]]] = {
     "kill": _process_operation("kill"), "restart": _process_operation("restart"),
     "pause": _process_operation("pause"), "resume": _process_operation("resume"),
     "partition": ChaosRun._partition, "cut": ChaosRun._cut, "heal": ChaosRun._heal, "crash_at": ChaosRun._crash_at,
-    "recover": ChaosRun._recover, "backdated_vote": ChaosRun._adversary, "equivocating_vote": ChaosRun._adversary,
+    "recover": ChaosRun._recover, "skew": ChaosRun._skew, "unskew": ChaosRun._unskew, "delay": ChaosRun._link_fault,
+    "loss": ChaosRun._link_fault, "backdated_vote": ChaosRun._adversary, "equivocating_vote": ChaosRun._adversary,
     "replay": ChaosRun._adversary, "forged_execute": ChaosRun._adversary, "minority_execute": ChaosRun._adversary,
     "flood": ChaosRun._adversary,
 }

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cluster.chaos_plan import Schedule, schedule_lines
 
-HEAL_OPS = ("restart", "resume", "heal", "recover")
+HEAL_OPS = ("restart", "resume", "heal", "recover", "unskew")
 RUNS_MAX_DEFAULT = 8
 SHRUNK_FILE_NAME = "shrunk-schedule.jsonl"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from cluster.chaos_plan import ADVERSARY_KINDS, FAULT_KINDS, SEED_MAX, ChaosOptions, PlanError, Schedule, make_schedule, \
+from cluster.chaos_plan import ADVERSARY_KINDS, FAULT_KINDS, OPTIONAL_FAULT_KINDS, PROVIDERS, SEED_MAX, ChaosOptions, PlanError, Schedule, make_schedule, \
     parse_kinds, parse_schedule, schedule_lines
 from cluster.scenario import ScenarioFormatError, parse_duration_ms
 
@@ -35,21 +35,28 @@ def _schedule_options(function):
         click.option("--nodes", type=int, default=5, show_default=True),
         click.option("--validators", type=int, default=3, show_default=True),
         click.option("--duration", default="120s", show_default=True, help="length of the schedule: 90s, 2m"),
-        click.option("--faults", default="all", show_default=True, help=f"comma list of {', '.join(FAULT_KINDS)}; all; none"),
+        click.option("--faults", default="all", show_default=True,
+                     help=f"comma list of {', '.join(FAULT_KINDS)}; all; none; opt-in (never in all): {', '.join(OPTIONAL_FAULT_KINDS)} "
+                          "(delay and loss need --provider netns)"),
         click.option("--adversary", default="all", show_default=True, help=f"comma list of {', '.join(ADVERSARY_KINDS)}; all; none"),
         click.option("--faults-at-once", "faults_at_once", type=int, default=2, show_default=True, help="at most this many faults overlap"),
+        click.option("--provider", type=click.Choice(PROVIDERS), default="loopback", show_default=True,
+                     help="what runs the nodes (as `synapse cluster up --provider`); netns needs root"),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def _options(seed: int | None, nodes: int, validators: int, duration: str, faults: str, adversary: str, faults_at_once: int) -> ChaosOptions:
+def _options(seed: int | None, nodes: int, validators: int, duration: str, faults: str, adversary: str, faults_at_once: int,
+             provider: str = "loopback") -> ChaosOptions:
     try:
         duration_ms = parse_duration_ms(duration)
         return ChaosOptions(seed=seed if seed is not None else random.SystemRandom().randrange(SEED_MAX), nodes=nodes,
-                            validators=validators, duration_ms=duration_ms, faults=parse_kinds(faults, FAULT_KINDS, "--faults"),
-                            adversary=parse_kinds(adversary, ADVERSARY_KINDS, "--adversary"), faults_at_once_max=faults_at_once)
+                            validators=validators, duration_ms=duration_ms,
+                            faults=parse_kinds(faults, FAULT_KINDS, "--faults", optional=OPTIONAL_FAULT_KINDS),
+                            adversary=parse_kinds(adversary, ADVERSARY_KINDS, "--adversary"), faults_at_once_max=faults_at_once,
+                            provider=provider)
     except (PlanError, ScenarioFormatError) as error:
         raise click.UsageError(str(error)) from None
 

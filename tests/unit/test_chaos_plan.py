@@ -103,3 +103,83 @@ def test_kind_lists():
 def test_plan_refuses_bad_options_and_says_what_to_do(arguments, message):
     result = CliRunner().invoke(main, ["chaos", "plan"] + (["--seed", "1"] if arguments else []) + arguments)
     assert result.exit_code == 2 and message in result.output
+
+
+# --- opt-in faults: clock skew (any provider), delay and loss (netns only) ----------------------
+
+OPT_IN = ("skew", "delay", "loss")
+
+
+def _nemesis(schedule):
+    return [item for item in schedule.items if item.source == "nemesis"]
+
+
+def test_opt_in_faults_are_never_drawn_unless_named():
+    assert not set(OPT_IN) & set(parse_kinds("all", FAULT_KINDS, "--faults", optional=OPT_IN))
+    for seed in range(20):
+        ops = {item.op for item in _nemesis(make_schedule(ChaosOptions(seed=seed, provider="netns")))}
+        assert not ops & {"skew", "unskew", "delay", "loss"}, (seed, ops)
+    assert parse_kinds("all,skew", FAULT_KINDS, "--faults", optional=OPT_IN) == FAULT_KINDS + ("skew",)
+    with pytest.raises(PlanError, match="unknown kind.*skew"):
+        parse_kinds("skew", FAULT_KINDS, "--faults")   # a list without the optional kinds refuses them
+
+
+def test_the_default_schedule_of_a_seed_is_unchanged_by_the_provider_option():
+    # The header names the provider only when it is not loopback: schedules written before stay byte-identical.
+    assert schedule_lines(make_schedule(ChaosOptions(seed=42))) == schedule_lines(make_schedule(ChaosOptions(seed=42, provider="loopback")))
+    assert "provider" not in schedule_lines(make_schedule(ChaosOptions(seed=42)))[0]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_skews_are_bounded_and_each_is_undone_on_its_node_before_the_end(seed):
+    schedule = make_schedule(ChaosOptions(seed=seed, duration_ms=60_000, faults=("skew",), adversary=()))
+    nemesis = _nemesis(schedule)
+    starts = [item for item in nemesis if item.op == "skew"]
+    assert starts and {item.op for item in nemesis} == {"skew", "unskew"}
+    for start in starts:
+        assert 500 <= abs(start.value["ms"]) <= 20_000 and len(start.nodes) == 1
+        (undo,) = [item for item in nemesis if item.op == "unskew" and item.value["fault"] == start.value["fault"]]
+        assert undo.nodes == start.nodes and start.at_ms < undo.at_ms <= 60_000 - HEAL_MARGIN_MS
+    assert parse_schedule(schedule_lines(schedule)) == schedule
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_delay_and_loss_hit_one_nodes_links_with_bounded_values_and_are_healed(seed):
+    options = ChaosOptions(seed=seed, nodes=4, validators=3, duration_ms=60_000, faults=("delay", "loss", "kill"), provider="netns")
+    schedule = make_schedule(options)
+    nemesis = _nemesis(schedule)
+    links = [item for item in nemesis if item.op in ("delay", "loss")]
+    assert links
+    for start in links:
+        (node,) = start.value["links_of"]
+        assert 1 <= node <= 4
+        if start.op == "delay":
+            assert 50 <= start.value["ms"] <= 300 and 0 <= start.value["jitter_ms"] <= 50
+        else:
+            assert 5 <= start.value["percent"] <= 30
+        (heal,) = [item for item in nemesis if item.op == "heal" and item.value["fault"] == start.value["fault"]]
+        assert start.at_ms < heal.at_ms
+    parsed = parse_schedule(schedule_lines(schedule))
+    assert parsed == schedule and parsed.options.provider == "netns"
+    assert schedule_lines(make_schedule(options)) == schedule_lines(schedule)   # same seed, same bytes
+
+
+def test_removing_a_skew_takes_its_undo_with_it_and_shrinking_never_removes_an_undo_alone():
+    from cluster.chaos_shrink import fault_ids, removable_ids
+
+    schedule = make_schedule(ChaosOptions(seed=5, duration_ms=60_000, faults=("skew",), adversary=()))
+    undos = {item.id for item in schedule.items if item.op == "unskew"}
+    assert undos and not undos & set(removable_ids(schedule))
+    start = next(item for item in schedule.items if item.op == "skew")
+    assert start.id in fault_ids(schedule)
+    smaller = schedule.without([start.id])
+    assert not [item for item in smaller.items if item.value.get("fault") == start.value["fault"]]
+
+
+@pytest.mark.parametrize("faults", ["delay", "kill,loss", "all,delay,loss"])
+def test_delay_and_loss_are_refused_on_loopback_at_option_time(faults):
+    result = CliRunner().invoke(main, ARGUMENTS + ["--faults", faults])
+    assert result.exit_code == 2 and "cannot delay or drop packets" in result.output and "--provider netns" in result.output
+    assert CliRunner().invoke(main, ARGUMENTS + ["--faults", faults, "--provider", "netns"]).exit_code == 0
+    with pytest.raises(PlanError, match="--provider netns"):
+        ChaosOptions(seed=1, faults=("loss",))
