@@ -304,7 +304,8 @@ class ChaosRun:
                 network.delay(sources, destinations, ms=int(item.value["ms"]), jitter_ms=int(item.value["jitter_ms"]))
             else:
                 network.loss(sources, destinations, percent=float(item.value["percent"]))
-        return "ok", {key: item.value[key] for key in ("links_of", "ms", "jitter_ms", "percent") if key in item.value}
+        shown = {key: item.value[key] for key in ("links_of", "ms", "jitter_ms", "percent") if key in item.value}
+        return "ok", {**shown, "links": len(network.link_faults())}   # read back from the provider
 
     def _crash_at(self, item: Item) -> tuple[str, dict]:
         for index in item.nodes:
