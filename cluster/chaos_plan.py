@@ -403,7 +403,34 @@ def parse_schedule(lines: Iterable[str]) -> Schedule:
         items = tuple(Item.from_dict(document) for document in documents[1:])
     except (KeyError, TypeError, ValueError, AssertionError) as error:
         raise PlanError(f"a schedule item is malformed ({error!r}); re-plan with `synapse chaos plan`") from None
-    return Schedule(options=ChaosOptions.from_dict(documents[0]["options"]), items=items)
+    options = ChaosOptions.from_dict(documents[0]["options"])
+    for item in items:
+        _check_bounds(item, options)
+    return Schedule(options=options, items=items)
+
+
+def _in(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _check_bounds(item: Item, options: ChaosOptions) -> None:
+    """A schedule file is edited by hand: the opt-in faults' values must stay inside what `plan` draws."""
+    value, nodes_ok = item.value, all(_in(node, 1, options.nodes) for node in item.nodes)
+    if item.op in ("skew", "unskew"):
+        skew_ms = value.get("ms")
+        ok = nodes_ok and len(item.nodes) == 1 and (item.op == "unskew" or (type(skew_ms) is int and SKEW_MIN_MS <= abs(skew_ms) <= SKEW_MAX_MS))
+    elif item.op in LINK_FAULT_KINDS:
+        links = value.get("links_of")
+        ok = (isinstance(links, list) and len(links) == 1 and _in(links[0], 1, options.nodes)
+              and (_in(value.get("ms"), DELAY_MIN_MS, DELAY_MAX_MS) and _in(value.get("jitter_ms"), 0, DELAY_JITTER_MAX_MS)
+                   if item.op == "delay" else _in(value.get("percent"), LOSS_MIN_PERCENT, LOSS_MAX_PERCENT)))
+    else:
+        return
+    if not ok:
+        raise PlanError(f"schedule item {item.id} ({item.op}) is out of bounds: skew {SKEW_MIN_MS}..{SKEW_MAX_MS} ms either way, "
+                        f"delay {DELAY_MIN_MS}..{DELAY_MAX_MS} ms (jitter <= {DELAY_JITTER_MAX_MS}), loss "
+                        f"{LOSS_MIN_PERCENT}..{LOSS_MAX_PERCENT} %, on one node of 1..{options.nodes}; "
+                        "re-plan with `synapse chaos plan`")
 
 
 def parse_kinds(text: str, known: Sequence[str], what: str, optional: Sequence[str] = ()) -> tuple[str, ...]:

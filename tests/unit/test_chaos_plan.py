@@ -1,6 +1,7 @@
 """The chaos schedule is pure and bounded: same seed and options, same bytes (through the CLI, twice);
 every fault is healed before the end; never more faults at once than allowed."""
 
+import json
 import random
 
 import pytest
@@ -183,3 +184,14 @@ def test_delay_and_loss_are_refused_on_loopback_at_option_time(faults):
     assert CliRunner().invoke(main, ARGUMENTS + ["--faults", faults, "--provider", "netns"]).exit_code == 0
     with pytest.raises(PlanError, match="--provider netns"):
         ChaosOptions(seed=1, faults=("loss",))
+
+
+@pytest.mark.parametrize(("op", "value", "nodes"), [
+    ("skew", {"ms": 86_400_000}, [1]), ("skew", {"ms": "5"}, [1]), ("skew", {"ms": 1000}, [9]),
+    ("delay", {"links_of": [1], "ms": 60_000, "jitter_ms": 0}, []), ("loss", {"links_of": [1], "percent": 100}, []),
+    ("loss", {"links_of": [7], "percent": 10}, [])])
+def test_a_hand_edited_schedule_with_out_of_bound_faults_is_refused(op, value, nodes):
+    lines = schedule_lines(make_schedule(ChaosOptions(seed=1, nodes=3, faults=(), adversary=(), provider="netns")))
+    lines.append(json.dumps({"id": 999, "at_ms": 5_000, "source": "nemesis", "op": op, "nodes": nodes, "value": value}))
+    with pytest.raises(PlanError, match="out of bounds"):
+        parse_schedule(lines)
