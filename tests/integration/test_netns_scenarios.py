@@ -27,7 +27,8 @@ import pytest
 from cluster.providers import netns_net
 from cluster.providers.netns import nfqueue_problem
 from cluster.scenario import load_scenario
-from cluster.scenario_runner import REPOSITORY, RunOptions, ScenarioRun
+from cluster.scenario_runner import REPOSITORY
+from tests.integration.test_scenarios import run_passing as run_shipped_passing
 
 PROBLEM = netns_net.netns_problem() or nfqueue_problem()
 SCENARIO_DIR = REPOSITORY / "scenarios"
@@ -37,22 +38,13 @@ ALL = os.environ.get("SYNAPSE_NETNS_ALL_SCENARIOS") == "1"
 LOOPBACK_SCENARIOS = sorted(path for path in SCENARIO_DIR.glob("*.toml") if load_scenario(path, repository=REPOSITORY).cluster.provider
                             == "loopback")
 ON_NETNS = LOOPBACK_SCENARIOS if ALL else [path for path in LOOPBACK_SCENARIOS if path.stem in SUBSET]
-SUMMARY_SHOWN_MAX_CHARACTERS = 20_000
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(PROBLEM is not None, reason=f"the netns provider cannot run here: {PROBLEM}; "
                                                                                "run as root after scripts/install-toolchain.sh")]
 
 
 def run_passing(scenario, tmp_path: Path):
-    lines: list[str] = []
-    run = ScenarioRun(scenario, RunOptions(report_root=tmp_path / "runs", echo=lines.append))
-    record = run.run()
-    if not record.passed:
-        summary_path = run.folder / "summary.md"
-        summary = summary_path.read_text(errors="replace") if summary_path.exists() else "(no summary.md was written)"
-        pytest.fail(f"{scenario.name}: verdict {record.verdict}" + (f" (aborted: {record.aborted})" if record.aborted else "")
-                    + "\n--- progress\n" + "\n".join(lines) + f"\n--- {summary_path}\n" + summary[:SUMMARY_SHOWN_MAX_CHARACTERS],
-                    pytrace=False)
+    record = run_shipped_passing(scenario, tmp_path)
     assert {outcome.status for outcome in record.safety} == {"passed"} and len(record.safety) == 4
     return record
 

@@ -33,6 +33,20 @@ SCENARIOS = sorted(SCENARIO_DIR.glob("*.toml"))
 SUMMARY_SHOWN_MAX_CHARACTERS = 20_000
 
 
+def run_passing(scenario, tmp_path: Path, *, label: str | None = None):
+    """Run a scenario; a failed run fails the test with its progress lines and its summary.md."""
+    lines: list[str] = []
+    run = ScenarioRun(scenario, RunOptions(report_root=tmp_path / "runs", echo=lines.append))
+    record = run.run()
+    if not record.passed:
+        summary_path = run.folder / "summary.md"
+        summary = summary_path.read_text(errors="replace") if summary_path.exists() else "(no summary.md was written)"
+        pytest.fail(f"{label or scenario.name}: verdict {record.verdict}" + (f" (aborted: {record.aborted})" if record.aborted else "")
+                    + "\n--- progress\n" + "\n".join(lines)
+                    + f"\n--- {summary_path}\n" + summary[:SUMMARY_SHOWN_MAX_CHARACTERS], pytrace=False)
+    return record
+
+
 # The stories the network must pass (issue 5), each its own file: a file lost is a story untold.
 SHIPPED = {
     "happy_path", "rejected_proposal", "quorum_not_reached", "hash_mismatch", "endless_loop_package",
@@ -75,15 +89,7 @@ def test_scenario_passes(path: Path, tmp_path: Path):
     if scenario.cluster.provider == "netns" and (netns_problem() or nfqueue_problem()):
         pytest.skip(f"{path.name} runs on the netns provider, which cannot run here: {netns_problem() or nfqueue_problem()}; "
                     "run as root after scripts/install-toolchain.sh")
-    lines: list[str] = []
-    run = ScenarioRun(scenario, RunOptions(report_root=tmp_path / "runs", echo=lines.append))
-    record = run.run()
-    if not record.passed:
-        summary_path = run.folder / "summary.md"
-        summary = summary_path.read_text(errors="replace") if summary_path.exists() else "(no summary.md was written)"
-        pytest.fail(f"{path.name}: verdict {record.verdict}" + (f" (aborted: {record.aborted})" if record.aborted else "")
-                    + "\n--- progress\n" + "\n".join(lines)
-                    + f"\n--- {summary_path}\n" + summary[:SUMMARY_SHOWN_MAX_CHARACTERS], pytrace=False)
+    record = run_passing(scenario, tmp_path, label=path.name)
     assert record.verdict == "PASS"
     assert {outcome.status for outcome in record.safety} == {"passed"} and len(record.safety) == 4
     assert len(record.steps) == len(scenario.steps), "every step ran"
