@@ -58,7 +58,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-# Immutable after construction and safe to share between the sandbox's concurrent runs.
+# Immutable once built; Decoder methods are thread-safe since msgspec 0.15 (msgspec PR #402), so the
+# sandbox's concurrent runs share it.
 _DECODER = msgspec.json.Decoder(float_hook=_finite_float)
 
 
