@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 
 import msgspec
 import pytest
@@ -297,3 +298,16 @@ def test_generated_outputs_catch_a_wrong_parser(kind, wrong):
         assert_same_as_stdlib(wrong, output)
     with pytest.raises(AssertionError):
         check()
+
+
+@pytest.mark.parametrize("digits_max", [1000, 0])
+def test_the_interpreters_integer_digit_limit_moves_both_paths_alike(digits_max):
+    """`sys.set_int_max_str_digits` (or PYTHONINTMAXSTRDIGITS) is a per-process setting that bounds
+    json.loads's integers; msgspec follows it, and where it refuses more (0: no limit) the stdlib decides."""
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(digits_max)
+    try:
+        for length in (999, 1000, 1001, 4300, 4301, 6000):
+            assert_same_as_stdlib(parse_state_object, b'{"a":' + b"9" * length + b"}")
+    finally:
+        sys.set_int_max_str_digits(before)
