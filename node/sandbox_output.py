@@ -74,7 +74,7 @@ def parse_state_object(output: bytes, producer: str) -> dict:
 def _parse_fast(output: bytes) -> dict | None:
     """The object msgspec reads, or None: then the stdlib path must decide (it may still accept)."""
     if b"\\" in output and (b"\\ud" in output or b"\\uD" in output):
-        return None                                  # surrogate escapes: msgspec refuses some the stdlib reads
+        return None                                  # surrogate escapes: the parsers read them differently
     try:
         output.decode("utf-8")                       # the stdlib's UTF-8 rules, not msgspec's own
     except UnicodeDecodeError:
