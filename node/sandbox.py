@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import ctypes
 import importlib.metadata
-import json
 import platform
 import re
 import struct
@@ -50,7 +49,8 @@ import wasmtime
 
 from node import errors
 from node.sandbox_disk_cache import DiskCache
-from node.core.canonical import JSON_DEPTH_MAX, canonical_json, json_depth_within, json_nesting_depth, sha256_hex
+from node.sandbox_output import one_line as _one_line, parse_state_object
+from node.core.canonical import sha256_hex
 from node.limits import (
     SANDBOX_COMPILE_ALLOWANCE_MS, SANDBOX_EPOCH_TICK_MS, SANDBOX_MEMORY_CACHE_ENTRIES_MAX, SANDBOX_MEMORY_NEAR_LIMIT_MIN_BYTES, SANDBOX_REFUSALS_SHOWN_MAX, SANDBOX_RUNS_CONCURRENT_MAX, SANDBOX_TABLE_ELEMENTS_MAX, SANDBOX_WASM_STACK_MAX_BYTES,
 )
@@ -266,19 +266,6 @@ class _Compiled:
     upgrade_info_known: bool = False
 
 
-def _one_line(text: str, length_max: int = 300) -> str:
-    """wasmtime's messages carry a backtrace and a 'Caused by:' chain; keep the cause, on one line."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if "Caused by:" in lines:
-        lines = lines[lines.index("Caused by:") + 1:]
-        cause = lines[-1] if lines else ""
-    else:
-        cause = lines[0] if lines else ""
-    cause = re.sub(r"^\d+:\s*", "", cause)
-    return cause if len(cause) <= length_max else cause[:length_max - 3] + "..."
-
-
-
 class _EpochTicker:
     """Advances the engine's epoch every tick while at least one call runs; idle, no thread exists."""
 
@@ -308,46 +295,6 @@ class _EpochTicker:
     def _tick(self, stop: threading.Event) -> None:
         while not stop.wait(self._tick_s):
             self._engine.increment_epoch()
-
-
-# --- output checks -------------------------------------------------------------------------------
-
-_JSON_KIND = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
-
-
-def parse_state_object(output: bytes, producer: str) -> dict:
-    """UTF-8, strict JSON (no NaN/Infinity, finite numbers, encodable strings), and an object at the top."""
-    try:
-        text = output.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise errors.BadOutput(f"{producer} returned {len(output):,} bytes that are not UTF-8 (bad byte at offset {error.start})") from None
-    if not json_depth_within(output):
-        raise errors.BadOutput(f"{producer} returned JSON nested {json_nesting_depth(output):,} levels deep, "
-                               f"over the limit of {JSON_DEPTH_MAX}")
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except ValueError as error:
-        raise errors.BadOutput(f"{producer} returned invalid JSON: {_one_line(str(error), 200)}") from None
-    if not isinstance(value, dict):
-        raise errors.BadOutput(f"{producer} returned a JSON {_JSON_KIND.get(type(value), 'value')}, not an object")
-    if "\\ud" in text or "\\uD" in text:
-        # A lone UTF-16 surrogate escape parses, but the state could never be stored or hashed.
-        try:
-            canonical_json(value)
-        except (UnicodeEncodeError, ValueError):
-            raise errors.BadOutput(f"{producer} returned a string with a lone UTF-16 surrogate escape") from None
-    return value
 
 
 # --- the sandbox ---------------------------------------------------------------------------------
