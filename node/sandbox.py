@@ -49,7 +49,7 @@ import wasmtime
 
 from node import errors
 from node.sandbox_disk_cache import DiskCache
-from node.sandbox_output import one_line as _one_line, parse_state_object
+from node.sandbox_output import one_line as _one_line, parse_state_object, pin_integer_digits
 from node.core.canonical import sha256_hex
 from node.limits import (
     SANDBOX_COMPILE_ALLOWANCE_MS, SANDBOX_EPOCH_TICK_MS, SANDBOX_MEMORY_CACHE_ENTRIES_MAX, SANDBOX_MEMORY_NEAR_LIMIT_MIN_BYTES, SANDBOX_REFUSALS_SHOWN_MAX, SANDBOX_RUNS_CONCURRENT_MAX, SANDBOX_TABLE_ELEMENTS_MAX, SANDBOX_WASM_STACK_MAX_BYTES,
@@ -310,6 +310,7 @@ class Sandbox:
         if not isinstance(limits, SandboxLimits):
             raise errors.ConfigError(f"limits must be a SandboxLimits, got {type(limits).__name__}")
         self._limits = limits
+        pin_integer_digits()  # outputs are judged alike on every node (node/sandbox_output.py)
         config, described = _engine_config()
         self._engine = wasmtime.Engine(config)
         wasmtime_version = importlib.metadata.version("wasmtime")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import msgspec
 
@@ -56,6 +57,18 @@ def _finite_float(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"number {text[:40]} is out of range")
     return value
+
+
+# Every node must judge an output's integers alike, but the interpreter's limit on integer digits
+# (int <-> str, which json.loads, msgspec and canonical_json all obey) is a per-process setting that
+# PYTHONINTMAXSTRDIGITS or -X int_max_str_digits change: a 4,301-digit integer would be refused on one
+# node and accepted on another. The sandbox pins it to CPython's default before it runs anything.
+INTEGER_DIGITS_MAX = 4_300
+
+
+def pin_integer_digits() -> None:
+    """Make this process's integer-digit limit the network's (INTEGER_DIGITS_MAX), whatever its environment said."""
+    sys.set_int_max_str_digits(INTEGER_DIGITS_MAX)
 
 
 # Immutable once built; Decoder methods are thread-safe since msgspec 0.15 (msgspec PR #402), so the
@@ -112,4 +125,4 @@ def parse_state_object_stdlib(output: bytes, producer: str) -> dict:
     return value
 
 
-__all__ = ["one_line", "parse_state_object", "parse_state_object_stdlib"]
+__all__ = ["INTEGER_DIGITS_MAX", "one_line", "parse_state_object", "parse_state_object_stdlib", "pin_integer_digits"]

@@ -311,3 +311,29 @@ def test_the_interpreters_integer_digit_limit_moves_both_paths_alike(digits_max)
             assert_same_as_stdlib(parse_state_object, b'{"a":' + b"9" * length + b"}")
     finally:
         sys.set_int_max_str_digits(before)
+
+
+def test_a_node_judges_long_integers_alike_whatever_its_environment_says(tmp_path):
+    """PYTHONINTMAXSTRDIGITS is per process: a node started with it must still refuse what others refuse."""
+    import subprocess
+    import sys
+
+    script = (
+        "from node import errors\n"
+        "from node.sandbox_output import parse_state_object\n"
+        "output = b'{\"n\": 1' + b'0' * 4300 + b'}'\n"
+        "def verdict():\n"
+        "    try:\n"
+        "        parse_state_object(output, 'upgrade()')\n"
+        "        return 'accepted'\n"
+        "    except errors.BadOutput:\n"
+        "        return 'refused'\n"
+        "before = verdict()\n"
+        "from node.sandbox import Sandbox\n"
+        "Sandbox()\n"
+        "print(before, verdict())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**__import__("os").environ, "PYTHONINTMAXSTRDIGITS": "0"})
+    assert result.returncode == 0, result.stderr
+    # Unlimited by the environment, the integer is accepted; once a sandbox exists, the network's limit holds.
+    assert result.stdout.split() == ["accepted", "refused"]
