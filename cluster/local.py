@@ -23,7 +23,6 @@ Why it works as it does:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from cluster.addresses import BlockLease, acquire_block, acquire_given_block, pa
 from cluster.faults import remove_stale_chain
 from cluster.genesis import create_network
 from cluster.template import NodeTemplate, TemplateProcess, spawn_mode
+from cluster.template import die_with_parent as _die_with_parent  # noqa: F401 (netns, scenario_parallel and tests import it from here)
 from node.api import API_TOKEN_FILE_NAME, read_token
 from node.errors import ClusterError
 from node.logging_setup import LOG_FILE_NAME
@@ -57,22 +57,11 @@ CLUSTER_FILE_NAME = "cluster.json"
 STDERR_FILE_NAME = "stderr.log"
 STDOUT_FILE_NAME = "stdout.log"
 TEMPLATE_LOG_FILE_NAME = "template.log"
-_PR_SET_PDEATHSIG = 1
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL this child when its parent dies; exit at once if it already has.
-    (libc is loaded in the parent: between fork and exec the child should only make system calls.)"""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-    return preexec
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from node.errors import ClusterError
 
@@ -61,7 +61,10 @@ def spawn_mode(environment: Mapping[str, str]) -> str:
     return mode
 
 
-def _die_with(parent_pid: int):
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when its parent dies; exit at once if it already has.
+    (libc is loaded in the parent: between fork and exec the child should only make system calls.)
+    The one such hook of the testbed: nodes, the template, scenario children (cluster/local.py re-exports it)."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def preexec() -> None:
@@ -143,7 +146,7 @@ class NodeTemplate:
                     [sys.executable, "-m", "node.forkserver", "--fd", str(theirs.fileno()),
                      "--room", "x" * COMMAND_LINE_ROOM_BYTES],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env), pass_fds=[theirs.fileno()],
-                    **({"start_new_session": True} if detached else {"process_group": 0, "preexec_fn": _die_with(os.getpid())}))
+                    **({"start_new_session": True} if detached else {"process_group": 0, "preexec_fn": die_with_parent(os.getpid())}))
         finally:
             theirs.close()
         template = cls(process, ours)
