@@ -31,7 +31,7 @@ from cluster.addresses import BlockLease
 from cluster.local import LocalCluster, NodeHandle, _die_with_parent
 from cluster.providers import netns_net as net
 from cluster.providers.base import FAULT_KINDS, Capability, LinkFault, Provider, merge_link_fault
-from node.errors import ClusterError, ConfigError, FaultInjectionUnavailable
+from node.errors import ClusterError, FaultInjectionUnavailable
 
 HELPER_READY_TIMEOUT_S = 15.0
 HELPER_STOP_TIMEOUT_S = 5.0
@@ -47,9 +47,6 @@ def _descriptor(lease: BlockLease) -> int:
 
 def take_subnet(nodes: int, given_prefix: str | None = None) -> tuple[BlockLease, net.Names]:
     """Lock a subnet, remove what dead clusters left (on it and elsewhere), build bridge and namespaces."""
-    if not 1 <= nodes < net.BRIDGE_HOST:
-        raise ConfigError(f"the netns provider runs 1 to {net.BRIDGE_HOST - 1} nodes on one /24 (.{net.BRIDGE_HOST} is the bridge), not {nodes}",
-                          hint="use the loopback provider for larger clusters (up to 256 nodes)")
     problem = net.netns_problem()
     if problem:
         raise FaultInjectionUnavailable(f"the netns provider cannot run here: {problem}", hint=net.INSTALL_HINT)

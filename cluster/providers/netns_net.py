@@ -208,7 +208,8 @@ def ensure_blackhole(*, run: Runner = subprocess.run) -> None:
 def build(names: Names, nodes: int, *, run: Runner = subprocess.run) -> None:
     """Bridge, namespaces, veths and addresses for nodes 1..`nodes`. On failure, removes what it made."""
     if not 1 <= nodes <= NODES_MAX:
-        raise ConfigError(f"a netns cluster has 1 to {NODES_MAX} nodes, not {nodes}")
+        raise ConfigError(f"a netns cluster has 1 to {NODES_MAX} nodes, not {nodes}",
+                          hint="use the loopback provider for larger clusters (up to 256 nodes)")
     ensure_blackhole(run=run)
     root = [f"link add {names.bridge} type bridge", f"addr add {names.bridge_address}/24 dev {names.bridge}",
             f"link set {names.bridge} up"]
