@@ -23,6 +23,10 @@ Why it works as it does (see NOTES-dependencies.md for the measurements behind e
   * Nothing is decided from "am I leader" (a cut-off leader may think it still leads for
     leaderFallbackTimeout): decisions happen inside committed replicated calls. has_leader() and
     leader() are for health reports only.
+  * Failover (issue 11): the tick wakes when the election deadline is due (not at the next 50 ms poll),
+    and a follower whose AUTHENTICATED session with its leader ends (a killed process closes its
+    sockets) stands for election within 0.15-0.3 s instead of 0.3-0.6 s after the last heartbeat; a
+    call failed by a leader change is resubmitted at once. Why, and the limits: node/core/raft_timing.py.
   * The SyncObj must be created on a long-lived thread (its tick thread stops when the creating thread
     dies): start() creates it on the event loop's thread.
 
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -54,10 +59,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj.syncobj import SyncObjException
+from pysyncobj.monotonic import monotonic as monotonic_time
+from pysyncobj.syncobj import _RAFT_STATE, SyncObjException
 
 from node.core.certificates import Verify, certificate_statement, ratify_statement
 from node.core.closing import close_statement, pack_vote_ids
+from node.core.raft_timing import LeaderLostWindow, leader_lost_deadline_s, retry_wait_s, tick_wait_s
 from node.core.ratification import Event, RatificationLimits, RatificationMachine, RatificationOutcome, RatificationView
 from node.errors import ConfigError, Unavailable
 from node.raft_plain_data import PlainDump, RaftDataRefused, install_plain_data_codecs
@@ -81,6 +88,10 @@ class RaftTiming:
     connection_timeout_s: float = 1.5
     connection_retry_time_s: float = 0.5
     leader_fallback_timeout_s: float = 2.5
+    # After the authenticated connection to the leader ends (its process died: kill -9 included), stand
+    # for election within this window instead of the whole election timeout (node/core/raft_timing.py).
+    leader_lost_timeout_min_s: float = 0.15
+    leader_lost_timeout_max_s: float = 0.3
     commands_queue_max: int = 1_000
     bind_retries_max: int = 5
     bind_retry_time_s: float = 0.2
@@ -106,6 +117,13 @@ class RaftTiming:
             raise ConfigError("raft timing: connection_timeout_s must be at least raft_max_timeout_s")
         if self.bind_retries_max < 1 or self.commands_queue_max < 1 or self.log_compaction_min_entries < 2:
             raise ConfigError("raft limits: bind_retries_max and commands_queue_max >= 1, log_compaction_min_entries >= 2")
+        self.leader_lost_window()
+
+    def leader_lost_window(self) -> LeaderLostWindow:
+        return LeaderLostWindow.checked(timeout_min_s=self.leader_lost_timeout_min_s,
+                                        timeout_max_s=self.leader_lost_timeout_max_s,
+                                        heartbeat_period_s=self.append_entries_period_s,
+                                        election_timeout_min_s=self.raft_min_timeout_s)
 
 
 def _check_address(name: str, address: object) -> str:
@@ -216,7 +234,37 @@ class _ReplicatedRatification(SyncObjConsumer):
 class _PlainDataSyncObj(SyncObj):
     """SyncObj whose command apply turns a refused (non-plain-data) log entry into a no-op, logged with
     its index: every honest validator refuses the same bytes, so they stay identical, and the entry never
-    runs. (PySyncObj would otherwise raise on every tick and stop applying the log.)"""
+    runs. (PySyncObj would otherwise raise on every tick and stop applying the log.)
+
+    Its tick also wakes when the election deadline (or, leading, the next heartbeat) is due instead of
+    at the next 50 ms poll timeout, and a follower whose authenticated session with its leader ended
+    stands for election sooner: node/core/raft_timing.py says why (failover after kill -9)."""
+
+    def __init__(self, *args, leader_lost_window: LeaderLostWindow, rng: random.Random, **kwargs) -> None:
+        # Set before SyncObj.__init__, which starts the tick thread.
+        self._leader_lost_window = leader_lost_window
+        self._random = rng
+        self.leader_sessions_lost = 0          # elections brought forward: for status() and the tests
+        super().__init__(*args, **kwargs)
+
+    def _onTick(self, timeToWait=0.0):  # noqa: N802, N803 - PySyncObj's names
+        if timeToWait > 0:
+            leading = self._SyncObj__raftState == _RAFT_STATE.LEADER
+            due_s = self._SyncObj__newAppendEntriesTime if leading else self._SyncObj__raftElectionDeadline
+            timeToWait = tick_wait_s(period_s=timeToWait, now_s=monotonic_time(), due_s=due_s)
+        SyncObj._onTick(self, timeToWait)
+
+    def authenticated_peer_lost(self, node) -> None:
+        """SecureTransport, on the tick thread: the authenticated session with partner `node` ended."""
+        if self._SyncObj__raftState != _RAFT_STATE.FOLLOWER or self._SyncObj__raftLeader != node:
+            return
+        deadline_s = leader_lost_deadline_s(window=self._leader_lost_window, now_s=monotonic_time(),
+                                            deadline_s=self._SyncObj__raftElectionDeadline,
+                                            random_fraction=self._random.random())
+        self._SyncObj__raftElectionDeadline = deadline_s
+        self.leader_sessions_lost += 1
+        logger.info("raft: the connection to the leader %s ended; standing for election in %.0f ms unless it "
+                    "comes back", getattr(node, "address", node), (deadline_s - monotonic_time()) * 1000)
 
     def _SyncObj__doApplyCommand(self, command):  # noqa: N802 - overrides SyncObj's private apply
         try:
@@ -276,6 +324,8 @@ class ValidatorRaft:
         # Created on the loop's thread: PySyncObj's tick thread stops when its creating thread ends.
         self._sync = _PlainDataSyncObj(self._config.self_address, list(self._config.partner_addresses),
                                        conf=self._conf(), consumers=[self._replicated],
+                                       leader_lost_window=self._config.timing.leader_lost_window(),
+                                       rng=random.Random(),
                                        transportClass=SecureTransport.factory(self._transport_identity(),
                                                                               self._config.transport_limits,
                                                                               self._set_transport))
@@ -389,10 +439,11 @@ class ValidatorRaft:
             except _CallFailed as failure:
                 if failure.reason not in _RETRYABLE:
                     raise Unavailable(f"raft {method} of {arguments[0]!r} was refused: {failure}") from None
-                last_failure = str(failure)
+                last_failure, leader_changed = str(failure), failure.reason == FAIL_REASON.LEADER_CHANGED
             except asyncio.TimeoutError:
-                last_failure = "attempt timed out"
-            await asyncio.sleep(max(0.0, min(delay_s, deadline - loop.time())))
+                last_failure, leader_changed = "attempt timed out", False
+            wait_s = retry_wait_s(leader_changed=leader_changed, backoff_s=delay_s)
+            await asyncio.sleep(max(0.0, min(wait_s, deadline - loop.time())))
             delay_s = min(delay_s * 2, self._config.timing.retry_delay_max_s)
 
     async def _call_once(self, method: str, arguments: tuple, timeout_s: float) -> RatificationOutcome:
@@ -462,7 +513,7 @@ class ValidatorRaft:
         partners = [node for node in sync.otherNodes]
         return {"running": True, "self": self._config.self_address, "leader": self.leader(),
                 "has_quorum": sync.hasQuorum, "term": sync.raftCurrentTerm, "commit_index": sync.raftCommitIndex,
-                "last_applied": sync.raftLastApplied,
+                "last_applied": sync.raftLastApplied, "leader_sessions_lost": sync.leader_sessions_lost,
                 "partners_connected": sum(1 for node in partners if sync.isNodeConnected(node)),
                 "partners": len(partners),
                 "transport": self._transport.status() if self._transport is not None else None}

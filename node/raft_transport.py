@@ -166,6 +166,7 @@ class SecureConnection:
         self._on_message: Callable[[dict], None] | None = None
         self._on_connected: Callable[[], None] | None = None
         self._on_disconnected: Callable[[], None] | None = None
+        self.ended_authenticated = False          # read by the transport's disconnect handler
         self.encryptor = None                     # read by TCPTransport; ours is the session
         if sock is not None:
             self._fileno = sock.fileno()
@@ -205,6 +206,7 @@ class SecureConnection:
     def connect(self, host: str | None, port: int) -> bool:
         self._reset()
         self._initiator = True
+        self.ended_authenticated = False
         self.started_at = self._last_read_at = monotonic_time()
         if host is None:
             # PySyncObj passes its resolver's answer: None while a peer's DNS name does not resolve (a pod
@@ -256,6 +258,7 @@ class SecureConnection:
         if self._fileno is not None:
             self._poller.unsubscribe(self._fileno)
             self._fileno = None
+        self.ended_authenticated = self._authenticated
         self._reset()
         self._transport.handshake_ended(self)
         if notify:
@@ -275,7 +278,12 @@ class SecureConnection:
         if event & POLL_EVENT_TYPE.ERROR:
             self.disconnect()
             return
-        if monotonic_time() - self._last_read_at > self._transport.connection_timeout_s:
+        # Only a connection in handshake is judged by its silence here. An authenticated link between two
+        # followers carries nothing while the leader lives: judged idle at its first event, it was cut
+        # exactly when a candidate's request_vote (or the answer) went through it, so the first election
+        # after a leader died split and a second one cost another timeout (issue 11). An authenticated
+        # peer's liveness is Raft's business (election timeout, leaderFallbackTimeout) and TCP keepalive's.
+        if not self._authenticated and monotonic_time() - self._last_read_at > self._transport.connection_timeout_s:
             self.disconnect()
             return
         if self._state == CONNECTION_STATE.CONNECTING and self._initiator:
@@ -457,6 +465,7 @@ class SecureConnection:
         self._private_key = None
         self._state = CONNECTION_STATE.CONNECTED
         self._authenticated = True
+        self._transport.session_established()
         self.peer_node, self.peer_address = peer.node_id, peer.address
         self._transport.handshake_ended(self)
         if self._initiator:
@@ -481,6 +490,7 @@ class SecureTransport(TCPTransport):
         self.identity, self.limits = identity, limits
         self._handshaking: dict[int, SecureConnection] = {}
         self._refusals: dict[str, int] = {}
+        self._sessions_established = 0
         self._refusal_logged_at: dict[tuple, float] = {}
         self._counters_lock = threading.Lock()
         on_created(self)
@@ -519,6 +529,17 @@ class SecureTransport(TCPTransport):
         node = self._connToNode(conn)
         if node is not None:
             self._onNodeConnected(node)
+
+    def _onDisconnected(self, conn):  # noqa: N802
+        # Only the end of an authenticated session with a partner we map tells the Raft member that a
+        # peer is gone (raft.py may then stand for election sooner if it was the leader): a stranger can
+        # open and fail connections of its own, never end a validator's session without its keys.
+        node = self._connToNode(conn)
+        session_ended = node is not None and node in self._nodes and conn.ended_authenticated
+        super()._onDisconnected(conn)          # may redial on the same connection object
+        peer_lost = getattr(self._syncObj, "authenticated_peer_lost", None)
+        if session_ended and peer_lost is not None:
+            peer_lost(node)
 
     def _onTick(self):  # noqa: N802
         super()._onTick()
@@ -583,6 +604,10 @@ class SecureTransport(TCPTransport):
             conn.disconnect()
         return len(pending)
 
+    def session_established(self) -> None:
+        with self._counters_lock:
+            self._sessions_established += 1
+
     def refuse(self, conn: SecureConnection, reason: str, detail: str) -> None:
         """Close a connection and say why, naming what the peer claimed (rate-limited per reason)."""
         with self._counters_lock:
@@ -606,9 +631,10 @@ class SecureTransport(TCPTransport):
     def status(self) -> dict:
         server = self._server
         with self._counters_lock:
-            refusals = dict(self._refusals)
+            refusals, sessions = dict(self._refusals), self._sessions_established
         return {"listening": bool(server is not None and server.listening),
                 "listener_failures": server.failures if server else 0,
                 "listener_rebinds": server.rebinds if server else 0,
                 "listener_last_error": server.last_error if server else None,
-                "unauthenticated_connections": len(self._handshaking), "refusals": refusals}
+                "unauthenticated_connections": len(self._handshaking), "refusals": refusals,
+                "sessions_established": sessions}
