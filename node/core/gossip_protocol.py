@@ -10,9 +10,19 @@ Why it works as it does:
   by default: with fan-out f the chance that a node is missed by every forwarder is about e^-f, and
   anti-entropy catches those). Every node forwards an entry exactly once: when it first becomes
   visible there (never a pending or refused entry, never on a duplicate), and never to the peer it
-  came from or to peers known to hold it. Forwarding is *offer/want*: the ids first, the full bytes
-  only to a peer that lacks them, so each node receives an entry's bytes about once. A peer that
-  answered "want" for an id answers "have" to other offers of it until `call_timeout_ms` passes.
+  came from or to peers known to hold it.
+
+- Forwarding goes in *waves*, as Nagle's algorithm and group commit batch: an entry that becomes
+  visible while no wave is open leaves at once; entries that become visible while one is open wait
+  for it and leave together in the next, one message per chosen peer. An idle network pays no delay;
+  a busy one (a hundred EXECUTION_REPORTs at once) sends a few messages per node instead of one per
+  entry per peer, and the busier it is the bigger the waves. A wave is open until each of its peers
+  answered (or failed); one stuck on a dead or partitioned peer stops holding the next after
+  `interval_ms`. A wave sends a peer its entries *inline* (one push) when they weigh at most
+  `push_inline_bytes_max` together: a duplicate copy of a few small entries costs less than the
+  extra round trip. Heavier sets go *offer/want*: the ids first, the full bytes only to a peer that
+  lacks them, so each node receives large entries about once. A peer that answered "want" for an id
+  answers "have" to other offers of it until `call_timeout_ms` passes.
 
 - Anti-entropy in at most three small exchanges. (1) I send my digest's hash and the ids of parents I
   miss; a peer with the same digest answers "in sync" in a few bytes. (2) Otherwise it answers its
@@ -130,6 +140,12 @@ class GossipCore:
         self._skipped_round = False
         self._expected = BoundedMap(settings.inbox_max)          # id -> deadline_ms (answered "want")
         self._holders = BoundedMap(HOLDERS_MEMORY_MAX)           # id -> set of peer ids known to hold it
+        # Forward waves: entries waiting for the next wave (id -> (entry, the peer it came from)), the
+        # current wave's number, its calls not answered yet, and when it left.
+        self._forward_queue: dict[str, tuple[Entry, str | None]] = {}
+        self._wave = 0
+        self._wave_open = 0
+        self._wave_started_ms = 0
         self.pace = AntiEntropyPace(base_ms=settings.interval_ms, max_ms=settings.quiet_period_max_ms)
 
     # --- plumbing ----------------------------------------------------------------------------------
@@ -385,30 +401,81 @@ class GossipCore:
     # --- eager push --------------------------------------------------------------------------------
 
     def _forward(self, entries: list[Entry], sender_id: str | None, now_ms: int, rng: Random) -> None:
-        """Offer newly visible entries to `fanout` peers (first receipt only). A large burst (a node
-        catching up) is not forwarded: the others most likely have it, and anti-entropy covers them."""
+        """Queue newly visible entries for the next forward wave (first receipt only). A large burst (a
+        node catching up) is not forwarded: the others most likely have it, and anti-entropy covers
+        them; nor is anything past a full queue (counted)."""
         if len(entries) > self.settings.batch_entries_max:
             return
-        ids = [entry.id for entry in entries]
-        exclude = {sender_id} if sender_id is not None else set()
-        exclude.update(peer_id for peer_id in self.peers
-                       if all(peer_id in self._holders.get(entry_id, ()) for entry_id in ids))
-        for peer_id in self._choose_peers(self.fanout, exclude=exclude, now_ms=now_ms, rng=rng):
-            if self._begin_flow():
-                self._offer(peer_id, entries)
+        queue = self._forward_queue
+        for entry in entries:
+            if entry.id not in queue and len(queue) >= self.settings.batch_entries_max:
+                self._out.append(count("gossip_forwards_dropped_total"))
+                continue
+            queue.setdefault(entry.id, (entry, sender_id))
+        self._flush_forwards(now_ms, rng)
+
+    def _flush_forwards(self, now_ms: int, rng: Random) -> None:
+        """Start the next wave if entries wait and no wave is open (or the open one is older than
+        `interval_ms`): one message per chosen peer, never an entry back to its sender or to a peer
+        known to hold it."""
+        if not self._forward_queue or (self._wave_open and now_ms - self._wave_started_ms < self.settings.interval_ms):
+            return
+        waiting = list(self._forward_queue.values())
+        self._forward_queue.clear()
+        self._wave += 1
+        wave, self._wave_open, self._wave_started_ms = self._wave, 0, now_ms
+        self._out.append(count("gossip_forward_waves_total"))
+        self._out.append(count("gossip_forward_wave_entries_total", len(waiting)))
+
+        def covered(peer_id: str, entry: Entry, sender_id: str | None) -> bool:
+            return peer_id == sender_id or peer_id in self._holders.get(entry.id, ())
+        exclude: set[str] | None = None      # peers that hold every waiting entry already
+        for entry, sender_id in waiting:
+            holding = set(self._holders.get(entry.id, ()))
+            if sender_id is not None:
+                holding.add(sender_id)
+            exclude = holding if exclude is None else exclude & holding
+            if not exclude:
+                break
+        for peer_id in self._choose_peers(self.fanout, exclude=exclude or set(), now_ms=now_ms, rng=rng):
+            entries = [entry for entry, sender_id in waiting if not covered(peer_id, entry, sender_id)]
+            if not entries or not self._begin_flow():
+                continue
+            self._wave_open += 1
+            answered = self._wave_answered(wave)
+            if sum(len(entry.raw) for entry in entries) <= self.settings.push_inline_bytes_max:
+                self._push(peer_id, entries, lambda answered=answered: (answered(), self._end_flow()))
+            else:
+                self._offer(peer_id, entries, answered)
+
+    def _wave_answered(self, wave: int) -> Then:
+        """A callback for one call of forward wave `wave`: the first call closes that call's slot."""
+        pending = [True]
+
+        def answered() -> None:
+            if pending[0] and wave == self._wave:
+                self._wave_open -= 1
+            pending[0] = False
+        return answered
 
     def _choose_peers(self, count_max: int, *, exclude: set[str], now_ms: int, rng: Random) -> list[str]:
         eligible = [peer.node_id for peer in self.peers.values() if peer.node_id not in exclude and peer.retry_at_ms <= now_ms]
         return rng.sample(eligible, min(count_max, len(eligible)))
 
-    def _offer(self, peer_id: str, entries: list[Entry]) -> None:
+    def _offer(self, peer_id: str, entries: list[Entry], answered: Then) -> None:
+        """Offer/want/push; `answered` once the peer answered the offer (or the call failed)."""
         def wanted(reply: Want, now_ms: int, rng: Random) -> None:
+            answered()
             wanted_ids = set(reply.ids)
             for entry in entries:
                 if entry.id not in wanted_ids:
                     self._note_holder(entry.id, peer_id)
             self._push(peer_id, [entry for entry in entries if entry.id in wanted_ids], self._end_flow)
-        self._send(peer_id, Offer(sender=self.self_id, ids=tuple(entry.id for entry in entries)), wanted, self._end_flow)
+
+        def failed() -> None:
+            answered()
+            self._end_flow()
+        self._send(peer_id, Offer(sender=self.self_id, ids=tuple(entry.id for entry in entries)), wanted, failed)
 
     def _push(self, peer_id: str, entries: list[Entry], then: Then) -> None:
         """Push entries in batches, one call after the other; `then` once done or a call failed."""
@@ -439,6 +506,7 @@ class GossipCore:
             return []
         self._peer_ok(call.peer_id)
         call.on_reply(message, now_ms, rng)
+        self._flush_forwards(now_ms, rng)
         return self._take()
 
     def call_failed(self, call_id: int, now_ms: int, rng: Random, *, busy: bool = False, dropped: bool = False,
@@ -456,6 +524,7 @@ class GossipCore:
         else:
             self._peer_failed(call.peer_id, now_ms, rng, error_type=error_type, detail=detail, path=path)
         call.on_failure()
+        self._flush_forwards(now_ms, rng)
         return self._take()
 
     def _peer_ok(self, peer_id: str) -> None:
@@ -487,6 +556,7 @@ class GossipCore:
         random peer that is not in backoff, unless the skip-a-round rule applies."""
         for round_ in [round_ for round_ in self._rounds.values() if round_.deadline_ms <= now_ms]:
             self._end_round(round_, "timeout")
+        self._flush_forwards(now_ms, rng)     # a wave stuck on a silent peer holds the next no longer
         # An entry is on its way to this node (it wanted one within the last period): a round now
         # would only meet it in flight and pay for full digests and a second copy. Skip ONE round;
         # the next runs whatever happens, so steady traffic never starves repair.

@@ -37,6 +37,9 @@ class GossipSettings:
     outbound_tasks_max: int = 256        # background sends at once (extra forwards are dropped)
     connections_max: int = 64            # the shared ClientSession's connection pool
     want_ids_max: int = 64               # missing parents asked for per anti-entropy round
+    # A forward wave sends a peer its entries inline (one push) when they weigh at most this many bytes
+    # together; heavier sets are offered first (offer -> want -> push). 0: always offer.
+    push_inline_bytes_max: int = 16 * 1024
     persist_timeout_ms: int = 30_000     # LogFile.append + fsync
     # Entry bytes waiting for (or in) LogFile.append; beyond it a write is refused at once (Unavailable:
     # peers retry by anti-entropy, a local writer gets 503). None -> 16 x request_body_max_bytes.
@@ -51,6 +54,7 @@ class GossipSettings:
             "inbound_requests_max": (1, 100_000), "inbound_per_source_max": (1, 100_000),
             "outbound_tasks_max": (1, 100_000), "connections_max": (1, 100_000), "want_ids_max": (0, IDS_PER_MESSAGE_MAX),
             "persist_timeout_ms": (100, 3_600_000), "first_write_wait_ms": (0, 600_000),
+            "push_inline_bytes_max": (0, 256 * 1024 * 1024),
         }
         for name, (minimum, maximum) in bounds.items():
             value = getattr(self, name)
