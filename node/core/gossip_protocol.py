@@ -24,6 +24,11 @@ Why it works as it does:
   lacks them, so each node receives large entries about once. A peer that answered "want" for an id
   answers "have" to other offers of it until `call_timeout_ms` passes.
 
+- Bulk kinds are not forwarded (`lazy_kinds`: EXECUTION_REPORT). Every node writes one when an
+  upgrade executes, all at once, and nothing network-wide waits for them: forwarded eagerly they cost
+  N x N x fanout messages (at N=100, 60,000 for one upgrade). Their author pushes them to `fanout`
+  peers as any entry; from there anti-entropy carries them, one exchange carrying all a peer lacks.
+
 - Anti-entropy in at most three small exchanges. (1) I send my digest's hash and the ids of parents I
   miss; a peer with the same digest answers "in sync" in a few bytes. (2) Otherwise it answers its
   full digest and I push what it lacks (one bounded batch). (3) If its digest shows something I lack,
@@ -403,11 +408,13 @@ class GossipCore:
     def _forward(self, entries: list[Entry], sender_id: str | None, now_ms: int, rng: Random) -> None:
         """Queue newly visible entries for the next forward wave (first receipt only). A large burst (a
         node catching up) is not forwarded: the others most likely have it, and anti-entropy covers
-        them; nor is anything past a full queue (counted)."""
+        them; nor are bulk kinds (`lazy_kinds`), nor anything past a full queue (counted)."""
         if len(entries) > self.settings.batch_entries_max:
             return
-        queue = self._forward_queue
+        queue, lazy_kinds = self._forward_queue, self.settings.lazy_kinds
         for entry in entries:
+            if entry.kind in lazy_kinds:
+                continue
             if entry.id not in queue and len(queue) >= self.settings.batch_entries_max:
                 self._out.append(count("gossip_forwards_dropped_total"))
                 continue

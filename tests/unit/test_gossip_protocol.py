@@ -14,9 +14,9 @@ from node.core.gossip_effects import Count, Persist, Refuse, Reply, Send, Visibl
 from node.core.gossip_messages import Offer, Push, Pushed, Sync, Synced, Want
 from node.core.gossip_protocol import GossipCore
 from node.core.gossip_settings import GossipSettings
-from node.errors import BadRequest, Unavailable
+from node.errors import BadRequest, ConfigError, Unavailable
 from node.core.hlc import Hlc
-from tests.logtools import NOW_MS, CountingVerify, forge, identities, new_log
+from tests.logtools import NOW_MS, CountingVerify, forge, identities, new_log, report_body
 
 PEOPLE = identities(10)
 VERIFY = CountingVerify()
@@ -117,6 +117,26 @@ def test_a_wave_stuck_on_a_silent_peer_holds_the_next_for_one_interval_only() ->
     # the late answer of the old wave does not close the new wave's last open slot
     core.receive_reply(wave[0].call_id, Pushed(added=1, duplicate=0, refused=0), later_ms, rng)
     assert receive_one(core, forge(PEOPLE[3], sequence=1), PEOPLE[3].node_id, rng, 3, NOW_MS + SETTINGS.interval_ms) == []
+
+
+def test_a_bulk_kind_is_pushed_by_its_author_but_never_forwarded() -> None:
+    core, rng = make_core(), random.Random(7)
+    report = forge(PEOPLE[1], sequence=1, kind="EXECUTION_REPORT", body=report_body())
+    assert receive_one(core, report, PEOPLE[1].node_id, rng, 1) == [] and core.log.is_visible(report.id)
+    note = forge(PEOPLE[2], sequence=1)
+    assert [set(send.message.raws) for send in receive_one(core, note, PEOPLE[2].node_id, rng, 2)] == [{note.raw}] * core.fanout
+    own = core.log.new_entry(kind="EXECUTION_REPORT", author=core.self_id, body=report_body(), sign=PEOPLE[0].sign, now_ms=NOW_MS)
+    pushed = of(persist_all(core, core.publish(own, NOW_MS, rng, request_id=3), rng), Send)
+    assert len(pushed) == core.fanout and all(send.message.raws == (own.raw,) for send in pushed)
+    eager = make_core(settings=replace(SETTINGS, lazy_kinds=()))
+    assert len(receive_one(eager, report, PEOPLE[1].node_id, rng, 1)) == eager.fanout
+
+
+def test_lazy_kinds_must_be_entry_kinds() -> None:
+    with pytest.raises(ConfigError, match="lazy_kinds must be a tuple of entry kinds"):
+        GossipSettings(lazy_kinds=("REPORT",))
+    with pytest.raises(ConfigError, match="lazy_kinds"):
+        GossipSettings(lazy_kinds=["EXECUTION_REPORT"])
 
 
 def test_a_heavy_wave_is_offered_first_and_only_wanted_entries_are_pushed() -> None:
