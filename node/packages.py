@@ -326,9 +326,11 @@ class PackageFetcher:
     async def _fetch_shared(self, shared: PackageCache, sources: list[_Source], digest: str, package_size: int | None,
                             size_cap_bytes: int) -> bytes:
         """From the machine's shared cache, or downloaded by this node under the digest's flock (the
-        other nodes wait for it, then read its file) and put there."""
-        async with self._shared_download_lock(shared, digest):
-            found = await asyncio.to_thread(self._shared_get, shared, digest)
+        other nodes wait for it, then read its file) and put there. Readers never take the lock."""
+        found = await asyncio.to_thread(self._shared_get, shared, digest)
+        async with self._shared_download_lock(shared, digest) if found is None else contextlib.nullcontext():
+            if found is None:
+                found = await asyncio.to_thread(self._shared_get, shared, digest)
             if found is not None:
                 _check_declared_size(len(found), package_size, f"the shared cache's package sha256:{digest}")
                 self._logger.info("package sha256:%s found in the shared cache (%d bytes)", digest, len(found))
@@ -348,9 +350,12 @@ class PackageFetcher:
     @contextlib.asynccontextmanager
     async def _shared_download_lock(self, shared: PackageCache, digest: str) -> AsyncIterator[None]:
         """An exclusive flock on the shared cache's `.<digest>.lock` (polled, never blocking the loop),
-        for at most `shared_lock_wait_ms`; past that, or without a lock file, go on without it (the
-        atomic rename keeps concurrent writers safe: only the download is duplicated)."""
-        lock_path = shared.path_for(digest).with_name(f".{digest}.lock")
+        held by the one node that downloads. A waiter stops waiting as soon as the package's file
+        appears (it reads it without the lock: the readers are not serialized), or after
+        `shared_lock_wait_ms`, or without a lock file: then it goes on without the lock (the atomic
+        rename keeps concurrent writers safe: only the download is duplicated)."""
+        package_path = shared.path_for(digest)
+        lock_path = package_path.with_name(f".{digest}.lock")
         try:
             shared.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -364,6 +369,8 @@ class PackageFetcher:
                     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if package_path.exists():          # written (atomically renamed in) by the holder
+                        break
                     if time.monotonic() >= deadline:
                         self._logger.warning("another node has held the download lock of sha256:%s for %d ms; downloading too",
                                              digest, self._shared_lock_wait_ms)

@@ -946,3 +946,24 @@ async def test_a_download_lock_held_past_the_bound_does_not_stop_a_node(start_si
         await fetcher.close()
         os.close(holder)
     assert site.total_hits == 1
+
+
+async def test_a_waiting_node_reads_the_file_as_soon_as_it_appears_without_waiting_for_the_lock(start_site, tmp_path):
+    import fcntl
+    site, base = await start_site({"/pkg.wasm": serve_bytes(PACKAGE)})
+    shared = tmp_path / "shared" / "packages"
+    shared.mkdir(parents=True)
+    holder = os.open(shared / f".{DIGEST}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)      # the downloading node keeps its lock a while after writing the file
+    fetcher = make_shared_fetcher(tmp_path, "node-1", shared, shared_lock_wait_ms=600_000)
+    try:
+        fetch = asyncio.create_task(fetcher.fetch(f"{base}/pkg.wasm", DIGEST, len(PACKAGE)))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not fetch.done()
+        PackageCache(shared).put(DIGEST, PACKAGE)
+        assert await asyncio.wait_for(fetch, 10) == PACKAGE
+    finally:
+        await fetcher.close()
+        os.close(holder)
+    assert site.total_hits == 0
