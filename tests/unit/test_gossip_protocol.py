@@ -152,14 +152,14 @@ def test_a_heavy_wave_is_offered_first_and_only_wanted_entries_are_pushed() -> N
 def test_the_forward_queue_is_bounded_and_drops_are_counted() -> None:
     core, rng = make_core(), random.Random(6)
     receive_one(core, forge(PEOPLE[1], sequence=1), PEOPLE[1].node_id, rng, 1)   # a wave is open
-    dropped = 0
+    dropped, parents = 0, ()
     for sequence in range(1, SETTINGS.batch_entries_max + 3):
-        entry = forge(PEOPLE[2], sequence=sequence, parents=() if sequence == 1 else (previous.id,), hlc=Hlc(NOW_MS, sequence))
-        previous = entry
+        entry = forge(PEOPLE[2], sequence=sequence, parents=parents, hlc=Hlc(NOW_MS, sequence))
+        parents = (entry.id,)
         effects = core.receive(PEOPLE[3].node_id, Push(sender=PEOPLE[3].node_id, raws=(entry.raw,)), NOW_MS, rng,
                                request_id=100 + sequence)
         dropped += counted(persist_all(core, effects, rng), "gossip_forwards_dropped_total")
-    assert dropped == 2 and len(core._forward_queue) == SETTINGS.batch_entries_max
+    assert dropped == 2 and len(core.waves) == SETTINGS.batch_entries_max
 
 
 def test_an_offered_entry_is_wanted_once_while_its_first_copy_is_on_its_way() -> None:
