@@ -64,6 +64,8 @@ LOCAL_PUBLISH_ATTEMPTS_MAX = 8             # rebuilds of a local entry whose seq
 PACKAGE_IPFS_GATEWAYS_MAX = 16
 PACKAGE_CACHE_FILE_SIZE_MAX_BYTES = 1 * GiB  # reading more from a cache file means it is not a package
 PACKAGE_SESSION_CLOSE_TIMEOUT_MS = 5_000
+PACKAGE_SHARED_LOCK_WAIT_MS = 30_000  # a node waits this long for another's download of a package, then downloads itself
+PACKAGE_SHARED_LOCK_POLL_MS = 20
 
 # --- upgrades --------------------------------------------------------------------------------------
 UPGRADE_FETCH_TIMEOUT_MS = 600_000

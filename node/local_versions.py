@@ -26,6 +26,7 @@ from node.store import VersionStore
 from node.upgrader import UpgradeManager
 
 COMPILED_DIR_NAME = "compiled"
+SHARED_PACKAGES_DIR_NAME = "packages"   # packages downloaded once per machine, in the shared cache dir
 
 _logger = logging.getLogger("synapse.governance")
 
@@ -89,6 +90,8 @@ class LocalVersions:
                                        ca_file=self._package_ca_file,
                                        private_addresses_allowed=self._package_private_addresses_allowed,
                                        limits=FetchLimits(package_size_max_bytes=limits.package_size_max_bytes),
+                                       shared=(PackageCache(self._shared_compiled_cache_dir / SHARED_PACKAGES_DIR_NAME)
+                                               if self._shared_compiled_cache_dir is not None else None),
                                        logger=logging.getLogger("synapse.packages"))
         self._sandbox = sandbox
         self.manager = UpgradeManager(self.store, self._fetcher, sandbox, now_ms=self._now_ms, metrics=self._metrics,

@@ -29,6 +29,12 @@ Why it works this way:
   record or an error message: every URL shown goes through `redact_url`, and text from aiohttp
   exceptions is scrubbed the same way.
 - File I/O (reading 64 MiB and hashing it, fsync) runs in a worker thread, never on the event loop.
+- Download once per machine (opt-in: the nodes of one local cluster, `[sandbox] shared_cache_dir`):
+  when an upgrade is ratified, N nodes on one host would fetch the same bytes at the same moment.
+  With a shared cache, one node downloads under an exclusive flock per digest while the others wait
+  (bounded: past PACKAGE_SHARED_LOCK_WAIT_MS they download themselves) and then read its file. The
+  shared cache is trusted no more than the network: every read is verified against the digest the
+  proposal names, so whoever can write the directory can only cause a download, never other bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -69,7 +76,8 @@ from node.errors import (
     PackageSourceRefused,
     StoreError,
 )
-from node.limits import PACKAGE_CACHE_FILE_SIZE_MAX_BYTES, PACKAGE_IPFS_GATEWAYS_MAX, PACKAGE_SESSION_CLOSE_TIMEOUT_MS
+from node.limits import (PACKAGE_CACHE_FILE_SIZE_MAX_BYTES, PACKAGE_IPFS_GATEWAYS_MAX, PACKAGE_SESSION_CLOSE_TIMEOUT_MS,
+                         PACKAGE_SHARED_LOCK_POLL_MS, PACKAGE_SHARED_LOCK_WAIT_MS)
 
 _READ_CHUNK_BYTES = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -262,6 +270,7 @@ class PackageFetcher:
 
     def __init__(self, cache: PackageCache, *, ipfs_gateways: Sequence[str] = (), limits: FetchLimits = FetchLimits(),
                  ca_file: Path | None = None, private_addresses_allowed: bool = True,
+                 shared: PackageCache | None = None, shared_lock_wait_ms: int = PACKAGE_SHARED_LOCK_WAIT_MS,
                  logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         """`ca_file`: a PEM bundle of certificate authorities trusted for https:// downloads on top of
         the system's (a mirror with a private CA); the system's trust store alone when None.
@@ -269,13 +278,16 @@ class PackageFetcher:
         addresses, checked on the addresses actually connected to (no DNS-rebinding gap); the
         configured IPFS gateways, chosen by the operator, are exempt for the URLs this node builds for
         ipfs:// (their `/ipfs/` prefix), never for their host as a whole. A proposer can then no longer
-        make every node probe its internal network (the hash check already stops any use of the bytes)."""
+        make every node probe its internal network (the hash check already stops any use of the bytes).
+        `shared`: a cache shared by the nodes of one machine (one download per machine, see above)."""
         if not isinstance(limits, FetchLimits):
             raise ConfigError(f"limits must be a FetchLimits, got {type(limits).__name__}")
         # True: aiohttp's own verifying context (built once per process); a context of our own only
         # when there are extra CAs (loading the system's store costs ~40 ms of CPU per node start).
         self._ssl_context: ssl.SSLContext | bool = _tls_context(ca_file) if ca_file is not None else True
         self._cache = cache
+        self._shared = shared
+        self._shared_lock_wait_ms = shared_lock_wait_ms
         self._gateways = _check_gateways(ipfs_gateways)
         self._private_allowed = private_addresses_allowed
         self._limits = limits
@@ -304,9 +316,69 @@ class PackageFetcher:
                 _check_declared_size(len(cached), package_size, f"the cached package sha256:{digest}")
                 self._logger.info("package sha256:%s found in cache (%d bytes)", digest, len(cached))
                 return cached
-            data = await self._download_from_sources(sources, digest, package_size, size_cap_bytes)
+            if self._shared is None:
+                data = await self._download_from_sources(sources, digest, package_size, size_cap_bytes)
+            else:
+                data = await self._fetch_shared(self._shared, sources, digest, package_size, size_cap_bytes)
             await asyncio.to_thread(self._cache.put, digest, data)
             return data
+
+    async def _fetch_shared(self, shared: PackageCache, sources: list[_Source], digest: str, package_size: int | None,
+                            size_cap_bytes: int) -> bytes:
+        """From the machine's shared cache, or downloaded by this node under the digest's flock (the
+        other nodes wait for it, then read its file) and put there. Readers never take the lock."""
+        found = await asyncio.to_thread(self._shared_get, shared, digest)
+        async with self._shared_download_lock(shared, digest) if found is None else contextlib.nullcontext():
+            if found is None:
+                found = await asyncio.to_thread(self._shared_get, shared, digest)
+            if found is not None:
+                _check_declared_size(len(found), package_size, f"the shared cache's package sha256:{digest}")
+                self._logger.info("package sha256:%s found in the shared cache (%d bytes)", digest, len(found))
+                return found
+            data = await self._download_from_sources(sources, digest, package_size, size_cap_bytes)
+            with contextlib.suppress(StoreError):     # a shared cache that cannot be written costs the others a download
+                await asyncio.to_thread(shared.put, digest, data)
+            return data
+
+    def _shared_get(self, shared: PackageCache, digest: str) -> bytes | None:
+        try:
+            return shared.get(digest)
+        except StoreError as error:      # unreadable: download instead
+            self._logger.warning("shared package cache unreadable (%s); downloading", error.one_line())
+            return None
+
+    @contextlib.asynccontextmanager
+    async def _shared_download_lock(self, shared: PackageCache, digest: str) -> AsyncIterator[None]:
+        """An exclusive flock on the shared cache's `.<digest>.lock` (polled, never blocking the loop),
+        held by the one node that downloads. A waiter stops waiting as soon as the package's file
+        appears (it reads it without the lock: the readers are not serialized), or after
+        `shared_lock_wait_ms`, or without a lock file: then it goes on without the lock (the atomic
+        rename keeps concurrent writers safe: only the download is duplicated)."""
+        package_path = shared.path_for(digest)
+        lock_path = package_path.with_name(f".{digest}.lock")
+        try:
+            shared.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            yield
+            return
+        try:
+            deadline = time.monotonic() + self._shared_lock_wait_ms / 1000
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if package_path.exists():          # written (atomically renamed in) by the holder
+                        break
+                    if time.monotonic() >= deadline:
+                        self._logger.warning("another node has held the download lock of sha256:%s for %d ms; downloading too",
+                                             digest, self._shared_lock_wait_ms)
+                        break
+                    await asyncio.sleep(PACKAGE_SHARED_LOCK_POLL_MS / 1000)
+            yield
+        finally:
+            os.close(descriptor)       # releases the flock
 
     async def close(self) -> None:
         """Closes the HTTP sessions. The fetcher cannot be used afterwards."""

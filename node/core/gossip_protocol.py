@@ -10,9 +10,15 @@ Why it works as it does:
   by default: with fan-out f the chance that a node is missed by every forwarder is about e^-f, and
   anti-entropy catches those). Every node forwards an entry exactly once: when it first becomes
   visible there (never a pending or refused entry, never on a duplicate), and never to the peer it
-  came from or to peers known to hold it. Forwarding is *offer/want*: the ids first, the full bytes
-  only to a peer that lacks them, so each node receives an entry's bytes about once. A peer that
-  answered "want" for an id answers "have" to other offers of it until `call_timeout_ms` passes.
+  came from or to peers known to hold it.
+
+- Forwarding goes in *waves* (gossip_waves.py: Nagle-like batches, one message per chosen peer). A
+  wave of at most `push_inline_bytes_max` bytes is pushed inline (a duplicate of a few small entries
+  costs less than a round trip); a heavier one goes *offer/want* (ids first, bytes only to a peer that
+  lacks them). A peer that answered "want" for an id answers "have" to offers of it for `call_timeout_ms`.
+
+- Bulk kinds (`lazy_kinds`: EXECUTION_REPORT, which every node writes at once and nobody waits for)
+  are pushed by their author only; anti-entropy carries them on (eagerly: N x N x fanout messages).
 
 - Anti-entropy in at most three small exchanges. (1) I send my digest's hash and the ids of parents I
   miss; a peer with the same digest answers "in sync" in a few bytes. (2) Otherwise it answers its
@@ -35,74 +41,24 @@ Why it works as it does:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from node.core.crdt_log import AddStatus, CrdtLog, parse_digest
 from node.core.entries import ENTRY_SIZE_MAX_BYTES, Entry, decode_entry
 from node.core.gossip_backoff import AntiEntropyPace, PaceEvent
 from node.core.gossip_effects import Effect, Persist, Refuse, Reply, Send, Visible, Wake, count, event, Gauge
+from node.core.gossip_records import Ingested, PeerState, Random, Then, Call, Ingestion
 from node.core.gossip_messages import IDS_PER_MESSAGE_MAX, Offer, Push, Pushed, Sync, Synced, Want, digest_hash_of, pack
 from node.core.gossip_round import PULL_BATCHES_PER_ROUND_MAX, Round, RoundPhase, enter
 from node.core.gossip_rules import BoundedMap, batches_by_size, remote_may_have_more
 from node.core.gossip_settings import GossipSettings, fanout_for
+from node.core.gossip_waves import ForwardWaves, peers_holding_all
 from node.core.hlc import WALL_MS_MAX
 from node.errors import BadRequest, Conflict, EntryRefused, SynapseError, Unavailable
 
 HOLDERS_MEMORY_MAX = 4_096           # entries for which we remember which peers hold them
 ROUNDS_RUNNING_MAX = 4               # anti-entropy rounds at once (a slow peer never blocks the others)
 MESSAGE_ENVELOPE_BYTES = 1_024       # room left in a request for everything but entry bytes
-
-
-class Random(Protocol):
-    """What the core needs of random.Random (passed in, seeded by the caller)."""
-
-    def random(self) -> float: ...
-    def choice(self, seq: Sequence[Any]) -> Any: ...
-    def sample(self, population: Sequence[Any], k: int) -> list: ...
-
-
-@dataclass(slots=True)
-class PeerState:
-    node_id: str
-    up: bool = False               # the last call succeeded
-    failures: int = 0              # consecutive failed calls
-    retry_at_ms: int = 0           # in backoff until then
-    syncing: bool = False          # an anti-entropy round with it is running
-
-
-@dataclass(slots=True)
-class Ingested:
-    added: int = 0
-    duplicate: int = 0
-    refused: int = 0
-    pending: int = 0
-    newly_visible: list[Entry] = field(default_factory=list)
-
-
-Then = Callable[[], None]            # what a flow does next, once a step is done or failed
-
-
-@dataclass(slots=True)
-class _Ingestion:
-    """Entries of one message waiting for their Persist; then `done` or `failed` continues."""
-
-    sender_id: str | None
-    raws_count: int
-    fresh: list[Entry]
-    result: Ingested
-    done: Callable[[Ingested, int, Random], None]
-    failed: Callable[[SynapseError], None]
-    local: bool = False                 # this node's own entry: added by `done`, never forwarded
-
-
-@dataclass(slots=True)
-class _Call:
-    """An outbound call in flight and what to do with its reply (`on_reply`) or failure (`on_failure`)."""
-
-    peer_id: str
-    on_reply: Callable[[Any, int, Random], None]
-    on_failure: Then
 
 
 class GossipCore:
@@ -116,8 +72,8 @@ class GossipCore:
         self.fanout = fanout_for(len(self.peers), settings.fanout)
         self._out: list[Effect] = []
         self._next_id = 0
-        self._calls: dict[int, _Call] = {}
-        self._ingestions: dict[int, _Ingestion] = {}
+        self._calls: dict[int, Call] = {}
+        self._ingestions: dict[int, Ingestion] = {}
         self._rounds: dict[str, Round] = {}
         self._flows = 0                      # background exchanges running (bounded by outbound_tasks_max)
         self._inbox_entries = 0
@@ -130,6 +86,7 @@ class GossipCore:
         self._skipped_round = False
         self._expected = BoundedMap(settings.inbox_max)          # id -> deadline_ms (answered "want")
         self._holders = BoundedMap(HOLDERS_MEMORY_MAX)           # id -> set of peer ids known to hold it
+        self.waves = ForwardWaves(queue_max=settings.batch_entries_max, patience_ms=settings.interval_ms)
         self.pace = AntiEntropyPace(base_ms=settings.interval_ms, max_ms=settings.quiet_period_max_ms)
 
     # --- plumbing ----------------------------------------------------------------------------------
@@ -145,7 +102,7 @@ class GossipCore:
     def _send(self, peer_id: str, message: Any, on_reply: Callable[[Any, int, Random], None],
               on_failure: Then) -> None:
         call_id = self._new_id()
-        self._calls[call_id] = _Call(peer_id, on_reply, on_failure)
+        self._calls[call_id] = Call(peer_id, on_reply, on_failure)
         self._out.append(Send(call_id=call_id, peer_id=peer_id, message=message))
 
     def _begin_flow(self) -> bool:
@@ -252,7 +209,7 @@ class GossipCore:
             self._out.append(Refuse(request_id=request_id, error=refused, reason=""))
             return self._take()
         batch_id = self._new_id()
-        self._ingestions[batch_id] = _Ingestion(
+        self._ingestions[batch_id] = Ingestion(
             None, 0, [entry], Ingested(), done=lambda _, now, rng_: self._published(entry, request_id, now, rng_),
             failed=lambda error: self._out.append(Refuse(request_id=request_id, error=error, reason="")), local=True)
         self._out.append(Persist(batch_id=batch_id, raws=(entry.raw,)))
@@ -320,7 +277,7 @@ class GossipCore:
                                f"{self.settings.inbox_max})", hint="retry later"))
             return
         self._inbox_entries += len(raws)
-        ingestion = _Ingestion(sender_id, len(raws), [], Ingested(), done, failed)
+        ingestion = Ingestion(sender_id, len(raws), [], Ingested(), done, failed)
         ingestion.fresh = self._admit(raws, sender_id, ingestion.result, now_ms)
         if not ingestion.fresh:
             self._finish_ingestion(ingestion, now_ms, rng)
@@ -347,7 +304,7 @@ class GossipCore:
             fresh.append(entry)
         return fresh
 
-    def _finish_ingestion(self, ingestion: _Ingestion, now_ms: int, rng: Random) -> None:
+    def _finish_ingestion(self, ingestion: Ingestion, now_ms: int, rng: Random) -> None:
         result = ingestion.result
         for entry in ingestion.fresh:
             self._persisting.discard(entry.id)
@@ -385,30 +342,55 @@ class GossipCore:
     # --- eager push --------------------------------------------------------------------------------
 
     def _forward(self, entries: list[Entry], sender_id: str | None, now_ms: int, rng: Random) -> None:
-        """Offer newly visible entries to `fanout` peers (first receipt only). A large burst (a node
-        catching up) is not forwarded: the others most likely have it, and anti-entropy covers them."""
+        """Queue newly visible entries for the next forward wave (first receipt only). A large burst (a
+        node catching up) is not forwarded: the others most likely have it, and anti-entropy covers
+        them; nor are bulk kinds (`lazy_kinds`), nor anything past a full queue (counted)."""
         if len(entries) > self.settings.batch_entries_max:
             return
-        ids = [entry.id for entry in entries]
-        exclude = {sender_id} if sender_id is not None else set()
-        exclude.update(peer_id for peer_id in self.peers
-                       if all(peer_id in self._holders.get(entry_id, ()) for entry_id in ids))
+        lazy_kinds = self.settings.lazy_kinds
+        dropped = self.waves.add((entry for entry in entries if entry.kind not in lazy_kinds), sender_id)
+        if dropped:
+            self._out.append(count("gossip_forwards_dropped_total", dropped))
+        self._flush_forwards(now_ms, rng)
+
+    def _flush_forwards(self, now_ms: int, rng: Random) -> None:
+        """Send the next wave if it may leave: one message per chosen peer, never an entry back to its
+        sender or to a peer known to hold it."""
+        if not self.waves.may_leave(now_ms):
+            return
+        waiting = self.waves.leave(now_ms)
+        self._out.append(count("gossip_forward_waves_total"))
+        self._out.append(count("gossip_forward_wave_entries_total", len(waiting)))
+        exclude = peers_holding_all(waiting, lambda entry_id: self._holders.get(entry_id, ()))
         for peer_id in self._choose_peers(self.fanout, exclude=exclude, now_ms=now_ms, rng=rng):
-            if self._begin_flow():
-                self._offer(peer_id, entries)
+            entries = [entry for entry, sender_id in waiting
+                       if peer_id != sender_id and peer_id not in self._holders.get(entry.id, ())]
+            if not entries or not self._begin_flow():
+                continue
+            answered = self.waves.call_sent()
+            if sum(len(entry.raw) for entry in entries) <= self.settings.push_inline_bytes_max:
+                self._push(peer_id, entries, lambda answered=answered: (answered(), self._end_flow()))
+            else:
+                self._offer(peer_id, entries, answered)
 
     def _choose_peers(self, count_max: int, *, exclude: set[str], now_ms: int, rng: Random) -> list[str]:
         eligible = [peer.node_id for peer in self.peers.values() if peer.node_id not in exclude and peer.retry_at_ms <= now_ms]
         return rng.sample(eligible, min(count_max, len(eligible)))
 
-    def _offer(self, peer_id: str, entries: list[Entry]) -> None:
+    def _offer(self, peer_id: str, entries: list[Entry], answered: Then) -> None:
+        """Offer/want/push; `answered` once the peer answered the offer (or the call failed)."""
         def wanted(reply: Want, now_ms: int, rng: Random) -> None:
+            answered()
             wanted_ids = set(reply.ids)
             for entry in entries:
                 if entry.id not in wanted_ids:
                     self._note_holder(entry.id, peer_id)
             self._push(peer_id, [entry for entry in entries if entry.id in wanted_ids], self._end_flow)
-        self._send(peer_id, Offer(sender=self.self_id, ids=tuple(entry.id for entry in entries)), wanted, self._end_flow)
+
+        def failed() -> None:
+            answered()
+            self._end_flow()
+        self._send(peer_id, Offer(sender=self.self_id, ids=tuple(entry.id for entry in entries)), wanted, failed)
 
     def _push(self, peer_id: str, entries: list[Entry], then: Then) -> None:
         """Push entries in batches, one call after the other; `then` once done or a call failed."""
@@ -439,6 +421,7 @@ class GossipCore:
             return []
         self._peer_ok(call.peer_id)
         call.on_reply(message, now_ms, rng)
+        self._flush_forwards(now_ms, rng)
         return self._take()
 
     def call_failed(self, call_id: int, now_ms: int, rng: Random, *, busy: bool = False, dropped: bool = False,
@@ -456,6 +439,7 @@ class GossipCore:
         else:
             self._peer_failed(call.peer_id, now_ms, rng, error_type=error_type, detail=detail, path=path)
         call.on_failure()
+        self._flush_forwards(now_ms, rng)
         return self._take()
 
     def _peer_ok(self, peer_id: str) -> None:
@@ -487,6 +471,7 @@ class GossipCore:
         random peer that is not in backoff, unless the skip-a-round rule applies."""
         for round_ in [round_ for round_ in self._rounds.values() if round_.deadline_ms <= now_ms]:
             self._end_round(round_, "timeout")
+        self._flush_forwards(now_ms, rng)     # a wave stuck on a silent peer holds the next no longer
         # An entry is on its way to this node (it wanted one within the last period): a round now
         # would only meet it in flight and pay for full digests and a second copy. Skip ONE round;
         # the next runs whatever happens, so steady traffic never starves repair.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from node.core.entries import KINDS
 from node.core.gossip_messages import IDS_PER_MESSAGE_MAX
 from node.errors import ConfigError
 
@@ -37,6 +38,13 @@ class GossipSettings:
     outbound_tasks_max: int = 256        # background sends at once (extra forwards are dropped)
     connections_max: int = 64            # the shared ClientSession's connection pool
     want_ids_max: int = 64               # missing parents asked for per anti-entropy round
+    # A forward wave sends a peer its entries inline (one push) when they weigh at most this many bytes
+    # together; heavier sets are offered first (offer -> want -> push). 0: always offer.
+    push_inline_bytes_max: int = 16 * 1024
+    # Kinds that only their author pushes: nobody forwards them eagerly, anti-entropy carries them (one
+    # exchange carries all a peer lacks). For entries nothing network-wide waits for, written by every
+    # node at once: N EXECUTION_REPORTs forwarded eagerly cost N x N x fanout messages.
+    lazy_kinds: tuple[str, ...] = ("EXECUTION_REPORT",)
     persist_timeout_ms: int = 30_000     # LogFile.append + fsync
     # Entry bytes waiting for (or in) LogFile.append; beyond it a write is refused at once (Unavailable:
     # peers retry by anti-entropy, a local writer gets 503). None -> 16 x request_body_max_bytes.
@@ -51,6 +59,7 @@ class GossipSettings:
             "inbound_requests_max": (1, 100_000), "inbound_per_source_max": (1, 100_000),
             "outbound_tasks_max": (1, 100_000), "connections_max": (1, 100_000), "want_ids_max": (0, IDS_PER_MESSAGE_MAX),
             "persist_timeout_ms": (100, 3_600_000), "first_write_wait_ms": (0, 600_000),
+            "push_inline_bytes_max": (0, 256 * 1024 * 1024),
         }
         for name, (minimum, maximum) in bounds.items():
             value = getattr(self, name)
@@ -66,6 +75,10 @@ class GossipSettings:
                               f"got {self.quiet_interval_max_ms!r}")
         if self.backoff_max_ms < self.backoff_base_ms:
             raise ConfigError("gossip setting backoff_max_ms must be >= backoff_base_ms")
+        if (type(self.lazy_kinds) is not tuple or len(self.lazy_kinds) > len(KINDS)
+                or any(kind not in KINDS for kind in self.lazy_kinds)):
+            raise ConfigError(f"gossip setting lazy_kinds must be a tuple of entry kinds ({', '.join(KINDS)}), "
+                              f"got {self.lazy_kinds!r}")
         if self.inbox_max < self.batch_entries_max:
             raise ConfigError("gossip setting inbox_max must be >= batch_entries_max (one full batch must fit)")
         if self.persist_queue_max_bytes is not None and (

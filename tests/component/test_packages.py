@@ -885,3 +885,85 @@ async def test_close_is_idempotent_and_final(make_fetcher, start_site):
     await fetcher.close()
     with pytest.raises(RuntimeError, match="after close"):
         await fetcher.fetch(f"{base}/other.wasm", OTHER_DIGEST)
+
+
+# --- one download per machine (a shared cache) ---------------------------------------------------
+
+
+def make_shared_fetcher(tmp_path: Path, name: str, shared_dir: Path, **options) -> PackageFetcher:
+    return PackageFetcher(PackageCache(tmp_path / name / "cache"), limits=FAST, shared=PackageCache(shared_dir), **options)
+
+
+async def test_nodes_sharing_a_cache_download_a_package_once_the_others_wait_and_read_it(start_site, tmp_path):
+    gate, arrived = asyncio.Event(), asyncio.Event()
+
+    async def gated(request: web.Request) -> web.Response:
+        arrived.set()
+        await gate.wait()
+        return web.Response(body=PACKAGE, content_type="application/wasm")
+    site, base = await start_site({"/pkg.wasm": gated})
+    shared = tmp_path / "shared" / "packages"
+    fetchers = [make_shared_fetcher(tmp_path, f"node-{index}", shared) for index in range(4)]
+    try:
+        fetches = [asyncio.create_task(fetcher.fetch(f"{base}/pkg.wasm", DIGEST, len(PACKAGE))) for fetcher in fetchers]
+        await asyncio.wait_for(arrived.wait(), 10)    # one node is downloading (it holds the digest's lock)
+        for _ in range(20):                            # let the others reach the lock (and any request of theirs arrive)
+            await asyncio.sleep(0)
+        gate.set()
+        assert await asyncio.gather(*fetches) == [PACKAGE] * 4
+    finally:
+        for fetcher in fetchers:
+            await fetcher.close()
+    assert site.total_hits == 1
+    assert (shared / f"{DIGEST}.wasm").read_bytes() == PACKAGE
+    assert all((tmp_path / f"node-{index}" / "cache" / f"{DIGEST}.wasm").read_bytes() == PACKAGE for index in range(4))
+
+
+async def test_a_tampered_file_in_the_shared_cache_is_never_used_the_package_is_downloaded(start_site, tmp_path):
+    site, base = await start_site({"/pkg.wasm": serve_bytes(PACKAGE)})
+    shared = tmp_path / "shared" / "packages"
+    shared.mkdir(parents=True)
+    (shared / f"{DIGEST}.wasm").write_bytes(OTHER + b"planted by whoever can write the shared directory")
+    fetcher = make_shared_fetcher(tmp_path, "node-1", shared)
+    try:
+        assert await fetcher.fetch(f"{base}/pkg.wasm", DIGEST, len(PACKAGE)) == PACKAGE
+    finally:
+        await fetcher.close()
+    assert site.total_hits == 1 and (shared / f"{DIGEST}.wasm").read_bytes() == PACKAGE   # replaced by the verified bytes
+
+
+async def test_a_download_lock_held_past_the_bound_does_not_stop_a_node(start_site, tmp_path):
+    import fcntl
+    site, base = await start_site({"/pkg.wasm": serve_bytes(PACKAGE)})
+    shared = tmp_path / "shared" / "packages"
+    shared.mkdir(parents=True)
+    holder = os.open(shared / f".{DIGEST}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)      # a node that hangs while holding it
+    fetcher = make_shared_fetcher(tmp_path, "node-1", shared, shared_lock_wait_ms=100)
+    try:
+        assert await fetcher.fetch(f"{base}/pkg.wasm", DIGEST, len(PACKAGE)) == PACKAGE
+    finally:
+        await fetcher.close()
+        os.close(holder)
+    assert site.total_hits == 1
+
+
+async def test_a_waiting_node_reads_the_file_as_soon_as_it_appears_without_waiting_for_the_lock(start_site, tmp_path):
+    import fcntl
+    site, base = await start_site({"/pkg.wasm": serve_bytes(PACKAGE)})
+    shared = tmp_path / "shared" / "packages"
+    shared.mkdir(parents=True)
+    holder = os.open(shared / f".{DIGEST}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)      # the downloading node keeps its lock a while after writing the file
+    fetcher = make_shared_fetcher(tmp_path, "node-1", shared, shared_lock_wait_ms=600_000)
+    try:
+        fetch = asyncio.create_task(fetcher.fetch(f"{base}/pkg.wasm", DIGEST, len(PACKAGE)))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not fetch.done()
+        PackageCache(shared).put(DIGEST, PACKAGE)
+        assert await asyncio.wait_for(fetch, 10) == PACKAGE
+    finally:
+        await fetcher.close()
+        os.close(holder)
+    assert site.total_hits == 0

@@ -6,6 +6,7 @@ Pure: cores are driven by hand with a fixed now_ms and a seeded random.Random; n
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -13,8 +14,9 @@ from node.core.gossip_effects import Count, Persist, Refuse, Reply, Send, Visibl
 from node.core.gossip_messages import Offer, Push, Pushed, Sync, Synced, Want
 from node.core.gossip_protocol import GossipCore
 from node.core.gossip_settings import GossipSettings
-from node.errors import BadRequest, Unavailable
-from tests.logtools import NOW_MS, CountingVerify, forge, identities, new_log
+from node.errors import BadRequest, ConfigError, Unavailable
+from node.core.hlc import Hlc
+from tests.logtools import NOW_MS, CountingVerify, forge, identities, new_log, report_body
 
 PEOPLE = identities(10)
 VERIFY = CountingVerify()
@@ -58,18 +60,106 @@ def test_a_new_local_entry_is_pushed_in_full_to_fanout_peers_once_it_is_on_disk(
         assert of(core.receive_reply(send.call_id, Pushed(added=1, duplicate=0, refused=0), NOW_MS, rng), Send) == []
 
 
-def test_a_received_entry_is_forwarded_once_by_offer_never_back_to_its_sender() -> None:
-    core, rng = make_core(), random.Random(2)
+@pytest.mark.parametrize("inline_bytes_max, message_type", [(16 * 1024, Push), (0, Offer)], ids=["inline", "offer"])
+def test_a_received_entry_is_forwarded_once_never_back_to_its_sender(inline_bytes_max: int, message_type: type) -> None:
+    core, rng = make_core(settings=replace(SETTINGS, push_inline_bytes_max=inline_bytes_max)), random.Random(2)
     entry, sender = forge(PEOPLE[1], sequence=1), PEOPLE[1].node_id
     effects = core.receive(sender, Push(sender=sender, raws=(entry.raw,)), NOW_MS, rng, request_id=1)
     assert of(effects, Reply) == [] and len(of(effects, Persist)) == 1   # answered only once on disk
     after = persist_all(core, effects, rng)
     assert of(after, Reply) == [Reply(request_id=1, message=Pushed(added=1, duplicate=0, refused=0))]
-    offers = of(after, Send)
-    assert len(offers) == core.fanout and all(type(send.message) is Offer and send.peer_id != sender for send in offers)
+    forwards = of(after, Send)
+    assert len(forwards) == core.fanout and all(type(send.message) is message_type and send.peer_id != sender for send in forwards)
+    if message_type is Push:   # a small entry goes inline: its bytes, not its id
+        assert all(send.message.raws == (entry.raw,) for send in forwards)
     again = core.receive(PEOPLE[2].node_id, Push(sender=PEOPLE[2].node_id, raws=(entry.raw,)), NOW_MS, rng, request_id=2)
     assert of(again, Send) == [] and of(again, Persist) == []
     assert of(again, Reply)[0].message == Pushed(added=0, duplicate=1, refused=0)
+
+
+def receive_one(core: GossipCore, entry, sender: str, rng: random.Random, request_id: int, now_ms: int = NOW_MS) -> list:
+    """`sender` pushes `entry`; the disk succeeds; what the core sent next."""
+    return of(persist_all(core, core.receive(sender, Push(sender=sender, raws=(entry.raw,)), now_ms, rng,
+                                             request_id=request_id), rng, now_ms), Send)
+
+
+def test_entries_visible_while_a_wave_is_open_leave_together_in_the_next_one_message_per_peer() -> None:
+    core, rng = make_core(), random.Random(3)
+    first = forge(PEOPLE[1], sequence=1)
+    wave = receive_one(core, first, PEOPLE[1].node_id, rng, 1)
+    assert len(wave) == core.fanout
+    later = [forge(PEOPLE[author], sequence=1) for author in (2, 3, 4)]
+    for number, entry in enumerate(later):   # the wave is open: nothing leaves
+        assert receive_one(core, entry, PEOPLE[2 + number].node_id, rng, 10 + number) == []
+    for send in wave[:-1]:                   # all but one peer answered: still open
+        assert of(core.receive_reply(send.call_id, Pushed(added=1, duplicate=0, refused=0), NOW_MS, rng), Send) == []
+    following = of(core.receive_reply(wave[-1].call_id, Pushed(added=1, duplicate=0, refused=0), NOW_MS, rng), Send)
+    assert len(following) == core.fanout and len({send.peer_id for send in following}) == core.fanout
+    for send in following:                   # one message each, never an entry back to the peer it came from
+        expected = {entry.raw for number, entry in enumerate(later) if PEOPLE[2 + number].node_id != send.peer_id}
+        assert type(send.message) is Push and set(send.message.raws) == expected
+
+
+def test_a_wave_stuck_on_a_silent_peer_holds_the_next_for_one_interval_only() -> None:
+    core, rng = make_core(), random.Random(4)
+    wave = receive_one(core, forge(PEOPLE[1], sequence=1), PEOPLE[1].node_id, rng, 1)
+    for send in wave[1:]:                    # one peer never answers
+        core.receive_reply(send.call_id, Pushed(added=1, duplicate=0, refused=0), NOW_MS, rng)
+    assert receive_one(core, forge(PEOPLE[2], sequence=1), PEOPLE[2].node_id, rng, 2) == []
+    early = core.tick(NOW_MS + SETTINGS.interval_ms - 1, rng)   # (an anti-entropy round may start: a Sync)
+    assert [send for send in of(early, Send) if type(send.message) is Push] == []
+    effects = core.tick(NOW_MS + SETTINGS.interval_ms, rng)
+    forwards = [send for send in of(effects, Send) if type(send.message) is Push]
+    assert len(forwards) == core.fanout
+    later_ms = NOW_MS + SETTINGS.interval_ms
+    for send in forwards[1:]:                # the new wave: all but one answered
+        core.receive_reply(send.call_id, Pushed(added=1, duplicate=0, refused=0), later_ms, rng)
+    # the late answer of the old wave does not close the new wave's last open slot
+    core.receive_reply(wave[0].call_id, Pushed(added=1, duplicate=0, refused=0), later_ms, rng)
+    assert receive_one(core, forge(PEOPLE[3], sequence=1), PEOPLE[3].node_id, rng, 3, NOW_MS + SETTINGS.interval_ms) == []
+
+
+def test_a_bulk_kind_is_pushed_by_its_author_but_never_forwarded() -> None:
+    core, rng = make_core(), random.Random(7)
+    report = forge(PEOPLE[1], sequence=1, kind="EXECUTION_REPORT", body=report_body())
+    assert receive_one(core, report, PEOPLE[1].node_id, rng, 1) == [] and core.log.is_visible(report.id)
+    note = forge(PEOPLE[2], sequence=1)
+    assert [set(send.message.raws) for send in receive_one(core, note, PEOPLE[2].node_id, rng, 2)] == [{note.raw}] * core.fanout
+    own = core.log.new_entry(kind="EXECUTION_REPORT", author=core.self_id, body=report_body(), sign=PEOPLE[0].sign, now_ms=NOW_MS)
+    pushed = of(persist_all(core, core.publish(own, NOW_MS, rng, request_id=3), rng), Send)
+    assert len(pushed) == core.fanout and all(send.message.raws == (own.raw,) for send in pushed)
+    eager = make_core(settings=replace(SETTINGS, lazy_kinds=()))
+    assert len(receive_one(eager, report, PEOPLE[1].node_id, rng, 1)) == eager.fanout
+
+
+def test_lazy_kinds_must_be_entry_kinds() -> None:
+    with pytest.raises(ConfigError, match="lazy_kinds must be a tuple of entry kinds"):
+        GossipSettings(lazy_kinds=("REPORT",))
+    with pytest.raises(ConfigError, match="lazy_kinds"):
+        GossipSettings(lazy_kinds=["EXECUTION_REPORT"])
+
+
+def test_a_heavy_wave_is_offered_first_and_only_wanted_entries_are_pushed() -> None:
+    core, rng = make_core(settings=replace(SETTINGS, push_inline_bytes_max=1)), random.Random(5)
+    entry = forge(PEOPLE[1], sequence=1)
+    offers = receive_one(core, entry, PEOPLE[1].node_id, rng, 1)
+    assert len(offers) == core.fanout and all(send.message == Offer(sender=core.self_id, ids=(entry.id,)) for send in offers)
+    pushes = of(core.receive_reply(offers[0].call_id, Want(ids=(entry.id,)), NOW_MS, rng), Send)
+    assert [send.message for send in pushes] == [Push(sender=core.self_id, raws=(entry.raw,))]
+    assert of(core.receive_reply(offers[1].call_id, Want(ids=()), NOW_MS, rng), Send) == []   # "have": nothing pushed
+
+
+def test_the_forward_queue_is_bounded_and_drops_are_counted() -> None:
+    core, rng = make_core(), random.Random(6)
+    receive_one(core, forge(PEOPLE[1], sequence=1), PEOPLE[1].node_id, rng, 1)   # a wave is open
+    dropped, parents = 0, ()
+    for sequence in range(1, SETTINGS.batch_entries_max + 3):
+        entry = forge(PEOPLE[2], sequence=sequence, parents=parents, hlc=Hlc(NOW_MS, sequence))
+        parents = (entry.id,)
+        effects = core.receive(PEOPLE[3].node_id, Push(sender=PEOPLE[3].node_id, raws=(entry.raw,)), NOW_MS, rng,
+                               request_id=100 + sequence)
+        dropped += counted(persist_all(core, effects, rng), "gossip_forwards_dropped_total")
+    assert dropped == 2 and len(core.waves) == SETTINGS.batch_entries_max
 
 
 def test_an_offered_entry_is_wanted_once_while_its_first_copy_is_on_its_way() -> None:
