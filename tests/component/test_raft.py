@@ -3,6 +3,7 @@
 the cluster survives losing its leader, and a restart from journal + dump keeps what was assigned.
 Every SyncObj is destroyed at the end, even when a test fails."""
 
+import contextlib
 import dataclasses
 import hashlib
 import socket
@@ -75,6 +76,12 @@ class Cluster:
         self.members[index] = member
         return member
 
+    async def start_all(self) -> None:
+        """All three members, then a leader known to each."""
+        for index in range(3):
+            await self.start(index)
+        await self.wait_for_leader()
+
     async def stop(self, index: int) -> None:
         await self.members.pop(index).stop()
 
@@ -113,15 +120,25 @@ def _raft_threads() -> int:
     return sum(1 for thread in threading.enumerate() if "_autoTickThread" in repr(getattr(thread, "_target", None)))
 
 
-@pytest.fixture
-async def cluster(tmp_path):
-    with acquire_block(hosts=3, ports=[RAFT_PORT]) as lease:
+@contextlib.asynccontextmanager
+async def running_cluster(tmp_path, *, with_stranger: bool = False):
+    """A Cluster on a leased block (a fourth host for a stranger when asked), every member stopped at
+    the end and no tick thread left behind."""
+    with acquire_block(hosts=4 if with_stranger else 3, ports=[RAFT_PORT]) as lease:
         cluster = Cluster(lease.block, tmp_path)
+        if with_stranger:
+            cluster.stranger_host = lease.block.host(4)
         try:
             yield cluster
         finally:
             await cluster.stop_all()
     assert _raft_threads() == 0, "a PySyncObj tick thread outlived its test"
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    async with running_cluster(tmp_path) as cluster:
+        yield cluster
 
 
 async def test_a_majority_ratifies_and_sequences_are_assigned_in_order(cluster):

@@ -9,8 +9,7 @@ import socket
 
 import pytest
 
-from cluster.addresses import acquire_block
-from tests.component.test_raft import RAFT_PORT, Cluster, _raft_threads
+from tests.component.test_raft import Cluster, running_cluster
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <_io.FileIO name='[^']*raft.journal.meta':pytest.PytestUnraisableExceptionWarning")
@@ -18,21 +17,13 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture
 async def cluster(tmp_path):
-    with acquire_block(hosts=4, ports=[RAFT_PORT]) as lease:
-        cluster = Cluster(lease.block, tmp_path)
-        cluster.stranger_host = lease.block.host(4)
-        try:
-            yield cluster
-        finally:
-            await cluster.stop_all()
-    assert _raft_threads() == 0, "a PySyncObj tick thread outlived its test"
+    async with running_cluster(tmp_path, with_stranger=True) as cluster:
+        yield cluster
 
 
 async def started(cluster: Cluster) -> int:
     """All three up, one commit through; returns the leader's index."""
-    for index in range(3):
-        await cluster.start(index)
-    await cluster.wait_for_leader()
+    await cluster.start_all()
     await cluster.ratify(0, "warm_up")
     return cluster.addresses.index(cluster.members[0].leader())
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.addresses import acquire_block
-from tests.component.test_raft import HASH, NETWORK, PASSWORD, RAFT_PORT, Cluster, _raft_threads
+from tests.component.test_raft import HASH, NETWORK, PASSWORD, RAFT_PORT, Cluster, running_cluster
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <_io.FileIO name='[^']*raft.journal.meta':pytest.PytestUnraisableExceptionWarning")
@@ -46,20 +45,8 @@ def evil_pickle(marker: Path, protocol: int = 2) -> bytes:
 
 @pytest.fixture
 async def cluster(tmp_path):
-    with acquire_block(hosts=4, ports=[RAFT_PORT]) as lease:
-        cluster = Cluster(lease.block, tmp_path)
-        cluster.stranger_host = lease.block.host(4)
-        try:
-            yield cluster
-        finally:
-            await cluster.stop_all()
-    assert _raft_threads() == 0, "a PySyncObj tick thread outlived its test"
-
-
-async def start_all(cluster: Cluster) -> None:
-    for index in range(3):
-        await cluster.start(index)
-    await cluster.wait_for_leader()
+    async with running_cluster(tmp_path, with_stranger=True) as cluster:
+        yield cluster
 
 
 async def still_ratifies(cluster: Cluster, proposal_id: str) -> None:
@@ -114,7 +101,7 @@ async def test_a_holder_of_the_shared_secret_cannot_run_code_with_a_pysyncobj_pi
     from pysyncobj.monotonic import monotonic
 
     caplog.set_level(logging.WARNING)
-    await start_all(cluster)
+    await cluster.start_all()
     marker = tmp_path / "pwned-by-secret"
     sealed = getEncryptor(PASSWORD).encrypt_at_time(zlib.compress(evil_pickle(marker), 3), int(monotonic()))
     sock = connect(cluster, 0)
@@ -167,7 +154,7 @@ def _attacker_handshake(cluster: Cluster, target: int, *, key_of: int, claim: in
 
 async def test_a_validator_key_cannot_impersonate_another_validator(cluster, caplog):
     caplog.set_level(logging.WARNING)
-    await start_all(cluster)
+    await cluster.start_all()
     impostor = cluster.identities[2].node_id
     # Validator 1's key, claiming to be validator 2 (whose address dials validator 0).
     sock, _ = await asyncio.to_thread(_attacker_handshake, cluster, 0, key_of=1, claim=2)
@@ -192,7 +179,7 @@ async def test_a_validator_key_holder_cannot_make_a_peer_unpickle_a_frame(cluste
     """What a holder of validator 2's key (and the shared secret) CAN do: authenticate as validator 2.
     What it cannot: make another validator unpickle what it sends."""
     caplog.set_level(logging.WARNING)
-    await start_all(cluster)
+    await cluster.start_all()
     marker = tmp_path / "pwned-by-validator"
     # A pickle inside an authenticated frame: not msgpack, refused, the connection closed.
     sock, session = await asyncio.to_thread(_attacker_handshake, cluster, 0, key_of=2, claim=2)
@@ -212,7 +199,7 @@ async def test_a_pickled_log_entry_is_refused_by_every_validator_and_on_journal_
     command is a global-referencing pickle; a follower forwards commands to the leader, the same path.
     Every validator refuses to apply it (a logged no-op, the same on all), and again on journal replay."""
     caplog.set_level(logging.WARNING)
-    await start_all(cluster)
+    await cluster.start_all()
     marker = tmp_path / "pwned-by-log-entry"
     leader = cluster.members[cluster.addresses.index(cluster.members[0].leader())]
     leader._sync._applyCommand(b"\x00" + evil_pickle(marker), None)
@@ -290,7 +277,7 @@ def _stream_giant_frame(cluster: Cluster, index: int, stop: threading.Event, sen
 
 
 async def test_a_stranger_declaring_a_2_gib_frame_is_cut_off_before_buffering(cluster):
-    await start_all(cluster)
+    await cluster.start_all()
     await still_ratifies(cluster, "before_flood")
     leader = cluster.addresses.index(cluster.members[0].leader())
     follower = next(i for i in range(3) if i != leader)
@@ -320,7 +307,7 @@ async def test_a_stranger_declaring_a_2_gib_frame_is_cut_off_before_buffering(cl
 
 
 async def test_idle_unauthenticated_connections_are_capped_and_timed_out(cluster):
-    await start_all(cluster)
+    await cluster.start_all()
     limits = getattr(cluster.members[0].config, "transport_limits", None)
     cap = limits.unauthenticated_connections_max if limits else 16
     timeout_s = limits.handshake_timeout_ms / 1000 if limits else 2.0
@@ -355,7 +342,7 @@ async def test_a_listener_whose_accept_fails_with_emfile_rebinds_and_says_so(clu
     import errno
 
     caplog.set_level(logging.WARNING)
-    await start_all(cluster)
+    await cluster.start_all()
     target = host_port(cluster.addresses[0])
     failed = threading.Event()
     real_accept = socket.socket.accept
