@@ -158,7 +158,8 @@ class LocalCluster:
                                  "config_limits": config_limits, "reputations": reputations, "ipfs_gateways": tuple(ipfs_gateways),
                                  "private_addresses_allowed": private_addresses_allowed,
                                  # the nodes compile each package once per machine (DIR/compiled-cache)
-                                 "shared_compiled_cache": shared_compiled_cache}
+                                 "shared_compiled_cache": shared_compiled_cache,
+                                 "one_machine": True}     # anti-entropy paced for N nodes on this machine
         # detached: nodes outlive this process (`synapse cluster up`): a session of their own, no parent-death signal.
         self._detached = detached
         self._extra_env = dict(extra_env or {})

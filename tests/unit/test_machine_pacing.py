@@ -1,0 +1,45 @@
+"""Nodes that share one machine pace their anti-entropy for the machine (cluster/genesis.py).
+
+Each node paces only itself. At the default period, 100 nodes on 2 cores started 500 rounds a second; while
+an upgrade's reports spread, every digest differed and those rounds alone saturated the cores (bench_scale:
+44 s until executed everywhere, 6 s with a 1 s period). A local cluster's launcher therefore writes a longer
+period into the configs once N passes 20; a network whose nodes run elsewhere (`genesis create`, Kubernetes)
+keeps the default, and a period the user gives always wins.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cluster.addresses import parse_block
+from cluster.genesis import MACHINE_ANTI_ENTROPY_ROUNDS_PER_S, create_network, machine_gossip_interval_ms
+from node.config import Limits
+
+
+@pytest.mark.parametrize("nodes, expected_ms", [(1, 200), (20, 200), (21, 210), (33, 330), (100, 1000), (256, 2560)])
+def test_the_machine_starts_at_most_a_hundred_rounds_a_second_and_small_clusters_keep_the_default(nodes, expected_ms) -> None:
+    interval_ms = machine_gossip_interval_ms(nodes)
+    assert interval_ms == expected_ms and interval_ms >= Limits().gossip_interval_ms
+    if interval_ms > Limits().gossip_interval_ms:     # paced: the machine's rounds a second stay within the bound
+        assert nodes * 1000 / interval_ms <= MACHINE_ANTI_ENTROPY_ROUNDS_PER_S
+
+
+def configured_interval(network, index: int = 0) -> int | None:
+    document = tomllib.loads(Path(network.nodes[index].config_path).read_text())
+    return document.get("limits", {}).get("gossip_interval_ms")
+
+
+def test_a_one_machine_network_writes_the_paced_period_into_every_config(tmp_path: Path) -> None:
+    block = parse_block("127.70.40", hosts=100)
+    network = create_network(tmp_path / "one", nodes=100, validators=3, block=block, one_machine=True)
+    assert {configured_interval(network, index) for index in range(100)} == {1000}
+    elsewhere = create_network(tmp_path / "many", nodes=100, validators=3, block=block)
+    assert configured_interval(elsewhere) is None          # nodes on other machines: the node's default
+    small = create_network(tmp_path / "small", nodes=5, validators=3, block=block, one_machine=True)
+    assert configured_interval(small) is None
+    given = create_network(tmp_path / "given", nodes=100, validators=3, block=block, one_machine=True,
+                           config_limits={"gossip_interval_ms": 150})
+    assert configured_interval(given) == 150                # the user's choice wins
