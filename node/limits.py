@@ -90,6 +90,9 @@ SANDBOX_MEMORY_CACHE_ENTRIES_MAX = 16      # compiled modules kept in memory
 SANDBOX_DISK_CACHE_ENTRIES_MAX = 64        # compiled modules kept on disk
 SANDBOX_SHARED_CACHE_LOCK_WAIT_MS = 60_000  # a node waits this long for another's compile, then compiles itself
 SANDBOX_SHARED_CACHE_LOCK_POLL_MS = 20
+# A waiter's poll grows by half up to this: N-1 nodes polling every 20 ms cost a 200-node machine ~10,000
+# wake-ups a second for as long as one node compiles or downloads.
+SHARED_LOCK_POLL_MAX_MS = 200
 SANDBOX_REFUSALS_SHOWN_MAX = 3             # in an error message; inspect() lists them all
 
 # --- the node template (node/forkserver.py) ------------------------------------------------------

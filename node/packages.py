@@ -77,7 +77,7 @@ from node.errors import (
     StoreError,
 )
 from node.limits import (PACKAGE_CACHE_FILE_SIZE_MAX_BYTES, PACKAGE_IPFS_GATEWAYS_MAX, PACKAGE_SESSION_CLOSE_TIMEOUT_MS,
-                         PACKAGE_SHARED_LOCK_POLL_MS, PACKAGE_SHARED_LOCK_WAIT_MS)
+                         PACKAGE_SHARED_LOCK_POLL_MS, PACKAGE_SHARED_LOCK_WAIT_MS, SHARED_LOCK_POLL_MAX_MS)
 
 _READ_CHUNK_BYTES = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -364,6 +364,7 @@ class PackageFetcher:
             return
         try:
             deadline = time.monotonic() + self._shared_lock_wait_ms / 1000
+            poll_ms = PACKAGE_SHARED_LOCK_POLL_MS
             while True:
                 try:
                     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -375,7 +376,8 @@ class PackageFetcher:
                         self._logger.warning("another node has held the download lock of sha256:%s for %d ms; downloading too",
                                              digest, self._shared_lock_wait_ms)
                         break
-                    await asyncio.sleep(PACKAGE_SHARED_LOCK_POLL_MS / 1000)
+                    await asyncio.sleep(poll_ms / 1000)
+                    poll_ms = min(poll_ms * 3 // 2, SHARED_LOCK_POLL_MAX_MS)
             yield
         finally:
             os.close(descriptor)       # releases the flock

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from node import errors
 from node.fsutil import write_atomic
-from node.limits import (SANDBOX_DISK_CACHE_ENTRIES_MAX, SANDBOX_SHARED_CACHE_LOCK_POLL_MS,
+from node.limits import (SANDBOX_DISK_CACHE_ENTRIES_MAX, SANDBOX_SHARED_CACHE_LOCK_POLL_MS, SHARED_LOCK_POLL_MAX_MS,
                          SANDBOX_SHARED_CACHE_LOCK_WAIT_MS)
 
 _ARTIFACT_MAGIC = b"SYNAPSE-CWASM-1\n"
@@ -163,6 +163,7 @@ class DiskCache:
 
     def _acquire(self, descriptor: int) -> bool:
         deadline = time.monotonic() + self._lock_wait_ms / 1000
+        poll_ms = SANDBOX_SHARED_CACHE_LOCK_POLL_MS
         while True:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -170,7 +171,8 @@ class DiskCache:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     return False
-                time.sleep(SANDBOX_SHARED_CACHE_LOCK_POLL_MS / 1000)
+                time.sleep(poll_ms / 1000)
+                poll_ms = min(poll_ms * 3 // 2, SHARED_LOCK_POLL_MAX_MS)
 
     def _prune(self) -> None:
         artifacts = []
