@@ -9,10 +9,11 @@ killed writer left (node/store.py does).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TEMP_MARKER = ".tmp-"
@@ -83,3 +84,21 @@ def read_private_file(path: Path, *, what: str, size_max_bytes: int, missing_hin
         return os.read(descriptor, size_max_bytes + 1)
     finally:
         os.close(descriptor)
+
+
+def try_exclusive_flock(descriptor: int) -> bool:
+    """Take an exclusive flock on `descriptor` without waiting: True if taken, False if another holds it."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock_poll_delays_ms(first_ms: int, max_ms: int) -> Iterator[int]:
+    """How long a waiter on another process's lock sleeps between tries: `first_ms`, growing by half up to
+    `max_ms` (N-1 nodes of one machine polling at a fixed 20 ms made ~10,000 wake-ups a second at N=200)."""
+    delay_ms = first_ms
+    while True:
+        yield delay_ms
+        delay_ms = min(delay_ms * 3 // 2, max_ms)

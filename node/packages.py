@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -63,7 +62,7 @@ from yarl import URL
 
 from node.core.canonical import normalize_sha256
 from node.core.canonical import sha256_hex as digest_of
-from node.fsutil import write_atomic
+from node.fsutil import lock_poll_delays_ms, try_exclusive_flock, write_atomic
 from node.package_urls import check_package_url, parse_ipfs_url, parse_package_hash, redact_text, redact_url, url_scheme
 from node.errors import (
     ConfigError,
@@ -364,20 +363,15 @@ class PackageFetcher:
             return
         try:
             deadline = time.monotonic() + self._shared_lock_wait_ms / 1000
-            poll_ms = PACKAGE_SHARED_LOCK_POLL_MS
-            while True:
-                try:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            delays_ms = lock_poll_delays_ms(PACKAGE_SHARED_LOCK_POLL_MS, SHARED_LOCK_POLL_MAX_MS)
+            while not try_exclusive_flock(descriptor):
+                if package_path.exists():          # written (atomically renamed in) by the holder
                     break
-                except BlockingIOError:
-                    if package_path.exists():          # written (atomically renamed in) by the holder
-                        break
-                    if time.monotonic() >= deadline:
-                        self._logger.warning("another node has held the download lock of sha256:%s for %d ms; downloading too",
-                                             digest, self._shared_lock_wait_ms)
-                        break
-                    await asyncio.sleep(poll_ms / 1000)
-                    poll_ms = min(poll_ms * 3 // 2, SHARED_LOCK_POLL_MAX_MS)
+                if time.monotonic() >= deadline:
+                    self._logger.warning("another node has held the download lock of sha256:%s for %d ms; downloading too",
+                                         digest, self._shared_lock_wait_ms)
+                    break
+                await asyncio.sleep(next(delays_ms) / 1000)
             yield
         finally:
             os.close(descriptor)       # releases the flock

@@ -25,7 +25,6 @@ Two modes:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import os
@@ -36,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from node import errors
-from node.fsutil import write_atomic
+from node.fsutil import lock_poll_delays_ms, try_exclusive_flock, write_atomic
 from node.limits import (SANDBOX_DISK_CACHE_ENTRIES_MAX, SANDBOX_SHARED_CACHE_LOCK_POLL_MS, SHARED_LOCK_POLL_MAX_MS,
                          SANDBOX_SHARED_CACHE_LOCK_WAIT_MS)
 
@@ -163,16 +162,12 @@ class DiskCache:
 
     def _acquire(self, descriptor: int) -> bool:
         deadline = time.monotonic() + self._lock_wait_ms / 1000
-        poll_ms = SANDBOX_SHARED_CACHE_LOCK_POLL_MS
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(poll_ms / 1000)
-                poll_ms = min(poll_ms * 3 // 2, SHARED_LOCK_POLL_MAX_MS)
+        delays_ms = lock_poll_delays_ms(SANDBOX_SHARED_CACHE_LOCK_POLL_MS, SHARED_LOCK_POLL_MAX_MS)
+        while not try_exclusive_flock(descriptor):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(next(delays_ms) / 1000)
+        return True
 
     def _prune(self) -> None:
         artifacts = []
