@@ -131,12 +131,12 @@ class InmemNetwork:
         deadline_ms = self.now_ms + virtual_ms_max
         next_check_ms = self.now_ms
         while self._queue and self._queue[0][0] <= deadline_ms:
-            time_ms, _, action, arguments, keywords = heapq.heappop(self._queue)
-            if time_ms >= next_check_ms:
+            if self._queue[0][0] >= next_check_ms:   # check before taking the event: a stop must not lose it
                 self.now_ms = next_check_ms
                 if until():
                     return True
                 next_check_ms += check_every_ms
+            time_ms, _, action, arguments, keywords = heapq.heappop(self._queue)
             self.now_ms = time_ms
             action(*arguments, **keywords)
         return until()
