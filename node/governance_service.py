@@ -45,6 +45,9 @@ _logger = logging.getLogger("synapse.governance")
 class GovernanceSettings:
     """Pace and bounds of the governance jobs. None of these change results, only speed."""
     ratification_sweep_ms: int = 1_000      # safety net of the validator loop (events drive it)
+    # A complete certificate is published (EXECUTE_UPGRADE) by the Raft leader; another validator
+    # publishes it only if none is in its log this long after it saw the certificate complete.
+    execute_publish_grace_ms: int = 3_000
     executor_sweep_ms: int = 3_000          # safety net of the executor (events drive it)
     raft_call_timeout_ms: int = 10_000
     retry_delay_first_ms: int = 200
@@ -59,7 +62,7 @@ class GovernanceSettings:
     raft_timing: RaftTiming = field(default_factory=RaftTiming)
 
     def __post_init__(self) -> None:
-        for name in ("ratification_sweep_ms", "executor_sweep_ms", "raft_call_timeout_ms", "retry_delay_first_ms",
+        for name in ("ratification_sweep_ms", "execute_publish_grace_ms", "executor_sweep_ms", "raft_call_timeout_ms", "retry_delay_first_ms",
                      "retry_delay_max_ms", "append_timeout_ms", "store_open_timeout_ms", "stop_timeout_ms",
                      "vote_proposal_wait_ms", "vote_proposal_poll_ms"):
             value = getattr(self, name)

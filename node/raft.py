@@ -496,6 +496,11 @@ class ValidatorRaft:
             raise Unavailable("the validator's Raft member is not running", hint="start it first")
         self._sync.forceLogCompaction()
 
+    def is_leader(self) -> bool:
+        """Whether this member leads Raft now, as far as it knows (two may both think so for a moment)."""
+        sync = self._sync
+        return sync is not None and sync._isLeader()
+
     def has_leader(self) -> bool:
         return self.leader() is not None
 

@@ -17,8 +17,8 @@ Why it works as it does:
   costs less than a round trip); a heavier one goes *offer/want* (ids first, bytes only to a peer that
   lacks them). A peer that answered "want" for an id answers "have" to offers of it for `call_timeout_ms`.
 
-- Bulk kinds (`lazy_kinds`: EXECUTION_REPORT, which every node writes at once and nobody waits for)
-  are pushed by their author only; anti-entropy carries them on (eagerly: N x N x fanout messages).
+- Bulk kinds (`lazy_kinds`: EXECUTION_REPORT, which every node writes at once, and RATIFY audits;
+  nobody waits for them) are pushed by their author only; anti-entropy carries them on (eagerly: N x N x fanout messages).
 
 - Anti-entropy in at most three small exchanges. (1) I send my digest's hash and the ids of parents I
   miss; a peer with the same digest answers "in sync" in a few bytes. (2) Otherwise it answers its
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from node.core.crdt_log import AddStatus, CrdtLog, parse_digest
+from node.core.crdt_log import AddStatus, CrdtLog, order_key, parse_digest
 from node.core.entries import ENTRY_SIZE_MAX_BYTES, Entry, decode_entry
 from node.core.gossip_backoff import AntiEntropyPace, PaceEvent
 from node.core.gossip_effects import Effect, Persist, Refuse, Reply, Send, Visible, Wake, count, event, Gauge
@@ -367,11 +367,27 @@ class GossipCore:
                        if peer_id != sender_id and peer_id not in self._holders.get(entry.id, ())]
             if not entries or not self._begin_flow():
                 continue
+            entries = self._with_lazy_parents(entries, peer_id)
             answered = self.waves.call_sent()
             if sum(len(entry.raw) for entry in entries) <= self.settings.push_inline_bytes_max:
                 self._push(peer_id, entries, lambda answered=answered: (answered(), self._end_flow()))
             else:
                 self._offer(peer_id, entries, answered)
+
+    def _with_lazy_parents(self, entries: list[Entry], peer_id: str) -> list[Entry]:
+        """The wave's entries plus their direct parents of a lazy kind that `peer_id` is not known to
+        hold, in causal order. Nobody forwards a lazy entry, so a peer often lacks one when an eager
+        child arrives (a validator's EXECUTE_UPGRADE names its own CLOSE): without it the child would
+        wait, pending, for a sync with the sender, one more round trip at every hop."""
+        lazy_kinds, ids = self.settings.lazy_kinds, {entry.id for entry in entries}
+        parents = []
+        for entry in entries:
+            for parent_id in entry.parents:
+                parent = self.log.get(parent_id) if parent_id not in ids else None
+                if parent is not None and parent.kind in lazy_kinds and peer_id not in self._holders.get(parent_id, ()):
+                    ids.add(parent_id)
+                    parents.append(parent)
+        return entries if not parents else sorted(entries + parents, key=order_key)
 
     def _choose_peers(self, count_max: int, *, exclude: set[str], now_ms: int, rng: Random) -> list[str]:
         eligible = [peer.node_id for peer in self.peers.values() if peer.node_id not in exclude and peer.retry_at_ms <= now_ms]

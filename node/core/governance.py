@@ -427,6 +427,20 @@ class Governance:
         first: what a validator should ratify (with the counted votes' digest)."""
         return [view for view in self.proposals(state=state, now_ms=now_ms) if view.status == APPROVED]
 
+    def approval_under_counted(self, proposal_id: str, *, votes_digest_hex: str, vote_ids: frozenset[str],
+                               state: Mapping, now_ms: int) -> tuple[str, str | None, str, str] | None:
+        """For a validator whose Raft replica closed `proposal_id` with these counted votes: what
+        `needing_ratification` will say once a majority of CLOSE entries (copies of that Raft record)
+        reach its log. (action, hash, version, digest) if approved and not certified, else None."""
+        bucket = self._buckets.get(proposal_id)
+        if bucket is None or bucket.proposal is None or bucket.proposal.id in self._void:
+            return None
+        view = self._evaluate(proposal_id, bucket, reputations_from_state(state), now_ms, None,
+                              closed=(votes_digest_hex, vote_ids, ()))
+        if view.status != APPROVED:
+            return None
+        return view.action, view.package_hash, view.version, votes_digest_hex
+
     def closing_candidates(self, *, state: Mapping, now_ms: int) -> dict[str, tuple[str, ...]]:
         """For a validator: {proposal_id: vote ids to name} of every proposal that is not closed and
         whose deadline has passed by `now_ms` (this validator's clock) or whose provisional tally is
@@ -514,11 +528,13 @@ class Governance:
         return views
 
     def _evaluate(self, proposal_id: str, bucket: _Bucket, reputations: Mapping[str, int], now_ms: int,
-                  network_rollback: ProposalView | None) -> ProposalView:
+                  network_rollback: ProposalView | None,
+                  closed: tuple[str, frozenset[str], tuple[str, ...]] | None = None) -> ProposalView:
+        """`closed`: (digest, counted ids, validators) to use instead of the CLOSE entries' majority."""
         entry = bucket.proposal
         body = entry.body
         disqualified = {ballot.voter for ballot in bucket.ballots.values() if ballot.entry_id in self._void}
-        closed = self._closed(bucket)
+        closed = self._closed(bucket) if closed is None else closed
         counted_ids = None if closed is None else closed[1]
         if counted_ids is not None and "backdated_vote" in self._planted_bugs:
             # The planted hole: a vote dated (by its voter) before the deadline counts, counted or not.
@@ -530,7 +546,12 @@ class Governance:
                             counted_ids=counted_ids)
         execution, notes = _execution_of(body, bucket)
         outcome = count.tally.outcome
-        if closed is None:
+        if closed is None and execution is not None:
+            # The certificate signs the counted votes' digest; the CLOSE entries that list them travel
+            # lazily (gossip_settings.lazy_kinds) and may come after it. Nothing disagrees yet.
+            outcome = APPROVED
+            notes.append("the validators' CLOSE entries naming the counted votes have not all reached this node yet")
+        elif closed is None:
             outcome = VOTING       # only the validators' close decides; the tally above is provisional
             if count.tally.outcome != VOTING or now_ms > body["voting_deadline_ms"]:
                 notes.append(f"the provisional tally says {count.tally.outcome}; waiting for the validators to close voting")

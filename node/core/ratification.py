@@ -454,24 +454,44 @@ def _record_view(proposal_id: str, record: _Record) -> RatificationRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PublishRules:
+    """Who publishes a complete certificate, and when. One EXECUTE_UPGRADE is enough for the network,
+    and each one is flooded to every node (N x fanout messages): the validator that leads Raft
+    publishes it at once; the others publish only if none is visible to them `grace_ms` after they
+    saw the certificate complete (the leader crashed or is cut off). `leading` may be stale (two
+    leaders for a moment): that costs a duplicate entry, never a missing one."""
+    leading: bool
+    now_ms: int
+    certified_seen_ms: Mapping[int, int]          # sequence -> when this validator first saw it certified
+    grace_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ValidatorTodo:
     to_close: tuple[str, ...]                       # proposal ids this validator should close (Raft)
     to_attest: tuple[RatificationRecord, ...]       # closed votes this validator should publish (CLOSE entry)
     to_ratify: tuple[str, ...]                      # proposal ids this validator should ratify
     to_certify: tuple[RatificationRecord, ...]      # assigned sequences it should sign
-    to_publish: tuple[RatificationRecord, ...]      # complete certificates not yet in the log
+    to_publish: tuple[RatificationRecord, ...]      # complete certificates to publish now (EXECUTE_UPGRADE)
+    publish_later: tuple[int, ...]                  # complete certificates another validator should publish first
+    to_audit: tuple[RatificationRecord, ...]        # its signatures to publish as RATIFY audit entries
 
 
 def validator_todo(view: RatificationView, *, validator_id: str, closable: Iterable[str],
                    attested: Iterable[str], approved: Mapping[str, tuple[str, str | None, str, str]],
-                   published_sequences: Iterable[int]) -> ValidatorTodo:
+                   published_sequences: Iterable[int], audited: Iterable[tuple[str, int]],
+                   rules: PublishRules) -> ValidatorTodo:
     """Compare this validator's governance view with the replicated state: `closable` are the
     proposals whose deadline passed by its clock or whose tally is decided; `attested` the proposals
     whose CLOSE entry it already published; `approved` what its tally over the COUNTED votes approved
-    ({proposal_id: (action, hash, version, votes_digest)}). A validator signs a sequence only for a
-    tuple it approves itself: it never signs on the word of the majority alone. Safe to call
-    repeatedly; every action is idempotent."""
-    published, attested_ids = set(published_sequences), set(attested)
+    ({proposal_id: (action, hash, version, votes_digest)}); `published_sequences` the sequences whose
+    EXECUTE_UPGRADE is in its log; `audited` the (proposal, sequence) of its own RATIFY entries. A
+    validator signs a sequence only for a tuple it approves itself: it never signs on the word of the
+    majority alone. Its RATIFY audit entry (gossiped lazily) waits until the EXECUTE_UPGRADE is in
+    its log, so that no EXECUTE_UPGRADE names a RATIFY as a parent its receivers may lack (they would
+    have to pull it before the certificate becomes visible). Safe to call repeatedly; every action is
+    idempotent."""
+    published, attested_ids, audited_pairs = set(published_sequences), set(attested), set(audited)
     to_close = []
     for proposal_id in sorted(set(closable)):
         record = view.by_proposal(proposal_id)
@@ -479,7 +499,7 @@ def validator_todo(view: RatificationView, *, validator_id: str, closable: Itera
             to_close.append(proposal_id)
     to_attest = tuple(record for record in view.records
                       if record.phase != CLOSING and record.proposal_id not in attested_ids)
-    to_ratify, to_certify, to_publish = [], [], []
+    to_ratify, to_certify, to_publish, publish_later, to_audit = [], [], [], [], []
     for proposal_id in sorted(approved):
         record = view.by_proposal(proposal_id)
         if (record is not None and record.phase == COLLECTING and validator_id not in record.ratified_by
@@ -491,9 +511,17 @@ def validator_todo(view: RatificationView, *, validator_id: str, closable: Itera
         if record.phase == ASSIGNED and agrees and validator_id not in record.signed_by:
             to_certify.append(record)
         if record.phase == CERTIFIED and record.sequence not in published:
-            to_publish.append(record)
+            seen_ms = rules.certified_seen_ms.get(record.sequence)
+            if rules.leading or (seen_ms is not None and rules.now_ms - seen_ms >= rules.grace_ms):
+                to_publish.append(record)
+            else:
+                publish_later.append(record.sequence)
+        if (record.sequence in published and validator_id in record.signed_by
+                and (record.proposal_id, record.sequence) not in audited_pairs):
+            to_audit.append(record)
     return ValidatorTodo(to_close=tuple(to_close), to_attest=to_attest, to_ratify=tuple(to_ratify),
-                         to_certify=tuple(to_certify), to_publish=tuple(to_publish))
+                         to_certify=tuple(to_certify), to_publish=tuple(to_publish),
+                         publish_later=tuple(publish_later), to_audit=tuple(to_audit))
 
 
 def close_body(record: RatificationRecord) -> dict:

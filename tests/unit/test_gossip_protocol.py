@@ -132,6 +132,21 @@ def test_a_bulk_kind_is_pushed_by_its_author_but_never_forwarded() -> None:
     assert len(receive_one(eager, report, PEOPLE[1].node_id, rng, 1)) == eager.fanout
 
 
+def test_a_wave_carries_the_lazy_parents_of_its_entries_to_peers_not_known_to_hold_them() -> None:
+    core, rng = make_core(), random.Random(11)
+    report = forge(PEOPLE[1], sequence=1, kind="EXECUTION_REPORT", body=report_body())
+    assert receive_one(core, report, PEOPLE[1].node_id, rng, 1) == []            # lazy: not forwarded by itself
+    child = forge(PEOPLE[1], sequence=2, parents=(report.id,), hlc=Hlc(NOW_MS + 1, 0))
+    sends = receive_one(core, child, PEOPLE[2].node_id, rng, 2)
+    assert len(sends) == core.fanout
+    for send in sends:       # in causal order, so the child is visible at once where it lands; not to its sender
+        assert send.message.raws == ((child.raw,) if send.peer_id == PEOPLE[1].node_id else (report.raw, child.raw))
+    lazy_parentless = make_core(settings=replace(SETTINGS, lazy_kinds=()))       # an eager parent was forwarded itself
+    receive_one(lazy_parentless, report, PEOPLE[1].node_id, rng, 1)
+    assert all(send.message.raws == (child.raw,) for send in receive_one(lazy_parentless, child, PEOPLE[2].node_id, rng, 2)
+               if type(send.message) is Push)
+
+
 def test_lazy_kinds_must_be_entry_kinds() -> None:
     with pytest.raises(ConfigError, match="lazy_kinds must be a tuple of entry kinds"):
         GossipSettings(lazy_kinds=("REPORT",))

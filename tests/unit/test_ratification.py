@@ -16,6 +16,7 @@ from node.core.ratification import (
     CERTIFIED,
     COLLECTING,
     CertificateCompleted,
+    PublishRules,
     RatificationLimits,
     RatificationMachine,
     SequenceAssigned,
@@ -257,9 +258,12 @@ def test_dump_round_trip_and_malformed_dumps():
             RatificationMachine.from_plain(dump, network_id=NETWORK, validators=KEYS, verify=verify_signature)
 
 
-def todo_of(m, validator, approved, *, closable=(), attested=(), published_sequences=()):
+LEADING = PublishRules(leading=True, now_ms=0, certified_seen_ms={}, grace_ms=3_000)
+
+
+def todo_of(m, validator, approved, *, closable=(), attested=(), published_sequences=(), audited=(), rules=LEADING):
     return validator_todo(m.view(), validator_id=validator.node_id, closable=closable, attested=attested,
-                          approved=approved, published_sequences=published_sequences)
+                          approved=approved, published_sequences=published_sequences, audited=audited, rules=rules)
 
 
 def test_validator_todo_plans_close_attest_ratify_certify_publish():
@@ -287,6 +291,42 @@ def test_validator_todo_plans_close_attest_ratify_certify_publish():
     todo = todo_of(m, C, approved)
     assert todo.to_certify == () and [r.sequence for r in todo.to_publish] == [1]
     assert todo_of(m, C, approved, published_sequences={1}).to_publish == ()
+
+
+def test_one_validator_publishes_a_certificate_and_the_others_only_after_the_grace():
+    m = machine()
+    approved = {"p1": ("upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST)}
+    close(m, A, "p1")
+    close(m, B, "p1")
+    ratify(m, A)
+    ratify(m, B)
+    certify(m, A)
+    certify(m, B)
+    follower = PublishRules(leading=False, now_ms=10_000, certified_seen_ms={}, grace_ms=3_000)
+    todo = todo_of(m, C, approved, rules=follower)
+    assert todo.to_publish == () and todo.publish_later == (1,)          # the leader's copy is enough
+    waited = PublishRules(leading=False, now_ms=12_999, certified_seen_ms={1: 10_000}, grace_ms=3_000)
+    assert todo_of(m, C, approved, rules=waited).to_publish == ()
+    late = PublishRules(leading=False, now_ms=13_000, certified_seen_ms={1: 10_000}, grace_ms=3_000)
+    todo = todo_of(m, C, approved, rules=late)
+    assert [r.sequence for r in todo.to_publish] == [1] and todo.publish_later == ()   # none came: publish it
+    assert todo_of(m, C, approved, rules=late, published_sequences={1}).to_publish == ()
+
+
+def test_ratify_audits_wait_for_the_certificate_in_the_log_and_come_once():
+    m = machine()
+    approved = {"p1": ("upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST)}
+    close(m, A, "p1")
+    close(m, B, "p1")
+    ratify(m, A)
+    ratify(m, B)
+    certify(m, A)
+    assert todo_of(m, A, approved).to_audit == ()                         # signed, but not certified yet
+    certify(m, B)
+    assert todo_of(m, A, approved).to_audit == ()                         # certified, EXECUTE_UPGRADE not in the log
+    assert [r.sequence for r in todo_of(m, A, approved, published_sequences={1}).to_audit] == [1]
+    assert todo_of(m, A, approved, published_sequences={1}, audited={("p1", 1)}).to_audit == ()
+    assert todo_of(m, C, approved, published_sequences={1}).to_audit == ()   # C signed nothing
 
 
 VOTES = ["1" * 64, "2" * 64, "3" * 64]
