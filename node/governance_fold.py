@@ -33,7 +33,7 @@ from node.errors import CertificateError, NotFound
 from node.identity import verify_signature
 from node.logging_setup import log_event
 from node.metrics import Metrics
-from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX, METRICS_TIMINGS_PENDING_MAX
+from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX, GOVERNANCE_VOTES_TOUCHED_MAX, METRICS_TIMINGS_PENDING_MAX
 
 
 _logger = logging.getLogger("synapse.governance")
@@ -74,6 +74,7 @@ class GovernanceFold:
         self.reported_sequences: set[int] = set()            # sequences this node's EXECUTION_REPORT covers
         self.ratify_audited: set[tuple[str, int]] = set()    # (proposal, sequence) of this node's RATIFY entries
         self.close_attested: set[str] = set()                # proposals whose CLOSE entry this node published
+        self.votes_touched: set[str] = set()                 # proposals with new votes since the executor looked
         self.certificate_seen_ms = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> when a valid one was folded live
         self._replaying = False
         self._ratification_untimed = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> (proposal, seen ms)
@@ -96,6 +97,8 @@ class GovernanceFold:
         for entry in entries:
             self.governance.apply(entry)
             self._note_own_or_checked(entry, touched_reports)
+            if entry.kind == "VOTE" and len(self.votes_touched) < GOVERNANCE_VOTES_TOUCHED_MAX:
+                self.votes_touched.add(entry.body["proposal_id"])
         equivocations = self._log.equivocations()
         if len(equivocations) != self._equivocations_seen:
             self._equivocations_seen = len(equivocations)

@@ -58,6 +58,7 @@ GOSSIP_WRITE_GATE_POLL_MS = 20             # how often a first local write re-ch
 
 # --- governance ------------------------------------------------------------------------------------
 GOVERNANCE_LOGGED_DIVERGENCES_MAX = 10_000  # state divergences remembered (each is logged once)
+GOVERNANCE_VOTES_TOUCHED_MAX = 1_024        # proposals with new votes waiting for the executor's look (warm-up)
 LOCAL_PUBLISH_ATTEMPTS_MAX = 8             # rebuilds of a local entry whose sequence another local entry took
 
 # --- packages --------------------------------------------------------------------------------------
@@ -71,6 +72,12 @@ PACKAGE_SHARED_LOCK_POLL_MS = 20
 UPGRADE_FETCH_TIMEOUT_MS = 600_000
 UPGRADE_STORE_TIMEOUT_MS = 120_000
 UPGRADE_COMPUTE_TIMEOUT_MS = 120_000
+# Approved packages fetched and compiled ahead of their certificate, kept in memory (each <= the module size limit).
+UPGRADE_WARM_PACKAGES_MAX = 2
+# Work this small runs on the event loop (~1-2 ms at most), larger in a thread: on a busy machine a trip to a
+# thread and back waits for a CPU longer than the work takes. Hashing a package; checking a state (old + new).
+UPGRADE_INLINE_HASH_BYTES_MAX = 1024 * 1024
+UPGRADE_INLINE_STATE_BYTES_MAX = 64 * 1024
 
 # --- version store (upgrades/) ---------------------------------------------------------------------
 STORE_HISTORY_RECORDS_MAX = 500

@@ -344,6 +344,11 @@ class Sandbox:
                           exports=compiled.exports, imports=compiled.imports, refusals=compiled.refusals,
                           upgrade_info=compiled.upgrade_info, upgrade_info_error=compiled.upgrade_info_error)
 
+    def compile(self, wasm: bytes) -> tuple[str, ...]:
+        """Compile the module (or load it from the caches) into this sandbox's memory cache, running
+        nothing; its refusals, if any. What an approved upgrade is warmed with before its certificate."""
+        return self._compiled(wasm).refusals
+
     def upgrade_info(self, wasm: bytes) -> dict | None:
         """get_upgrade_info()'s JSON object, or None when the package does not export it."""
         compiled = self._runnable(wasm)

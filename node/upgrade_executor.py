@@ -29,9 +29,12 @@ from node.core.certificates import verify_certificate
 from node.core.entries import safe_text
 from node.core.schemas import REASON_LENGTH_MAX
 from node.core.governance import CertifiedExecution
+from node.core.gossip_rules import BoundedMap
+from node.core.lifecycle import APPROVED
 from node.errors import NotFound, RollbackError, Unavailable
 from node.governance_fold import GovernanceFold
 from node.identity import verify_signature
+from node.limits import GOVERNANCE_VOTES_TOUCHED_MAX
 from node.local_author import LocalAuthor
 from node.local_versions import LocalVersions
 from node.logging_setup import log_event
@@ -82,6 +85,7 @@ class UpgradeExecutor:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        self._warmed = BoundedMap(GOVERNANCE_VOTES_TOUCHED_MAX)      # proposals whose package was warmed up
 
     def wake(self) -> None:
         self._wake.set()
@@ -100,7 +104,8 @@ class UpgradeExecutor:
 
     async def execute_pending(self) -> None:
         """Apply every certified EXECUTE_UPGRADE that is next in sequence; report each verdict once."""
-        store, _ = self._versions.require_started()
+        store, manager = self._versions.require_started()
+        self._warm_approved(manager)
         async with self._lock:
             await self._execute_in_order(store)
 
@@ -143,6 +148,24 @@ class UpgradeExecutor:
                       proposal_id=execution.proposal_id, sequence=execution.sequence, success=report["success"],
                       version=report["version"], state_hash=report["state_hash"], error=report["error"],
                       entry_id=entry.id)
+
+    def _warm_approved(self, manager: Any) -> None:
+        """Proposals whose tally the new votes decided as approved: fetch and compile their package now
+        (UpgradeManager.warm_up), while the validators ratify. Nothing runs before the certificate."""
+        touched, self._fold.votes_touched = self._fold.votes_touched, set()
+        state, now_ms = self._versions.network_state(), self._now_ms()
+        for proposal_id in sorted(touched):
+            if proposal_id in self._warmed:
+                continue
+            try:
+                view = self._fold.governance.proposal(proposal_id, state=state, now_ms=now_ms)
+            except NotFound:
+                continue
+            if view.action != "upgrade" or view.execution is not None or view.tally.outcome != APPROVED:
+                continue
+            self._warmed.put(proposal_id, now_ms)
+            manager.warm_up(version=view.version, package_url=view.package_url, package_hash=view.package_hash,
+                            package_size=view.package_size)
 
     def _time_execution(self, execution: CertifiedExecution) -> None:
         """This node ran the sequence and reported it: the time since it saw the certificate."""

@@ -39,6 +39,7 @@ import asyncio
 import functools
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -49,7 +50,8 @@ from node.core.semver import is_valid_version
 from node.errors import PackageFetchError, RollbackError, StoreError, SynapseError, Unavailable
 from node.metrics import Metrics
 from node.store import VersionStore
-from node.limits import UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_STORE_TIMEOUT_MS
+from node.limits import (UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_INLINE_HASH_BYTES_MAX,
+                         UPGRADE_INLINE_STATE_BYTES_MAX, UPGRADE_STORE_TIMEOUT_MS, UPGRADE_WARM_PACKAGES_MAX)
 
 
 
@@ -88,17 +90,25 @@ class _Prepared:
 
 
 class _Run:
-    """The step one pipeline run is at (moves only through pipeline.next_step), and how many times it
-    ran the package: one run per execution is the contract (node.upgrader's docstring)."""
+    """The step one pipeline run is at (moves only through pipeline.next_step), how many times it ran
+    the package (one run per execution is the contract: node.upgrader's docstring), and how long each
+    step took (logged with the outcome: where an upgrade's time went on this node)."""
 
-    __slots__ = ("step", "sandbox_runs")
+    __slots__ = ("step", "sandbox_runs", "steps_ms", "_now_ms", "_since_ms")
 
-    def __init__(self) -> None:
+    def __init__(self, now_ms: Callable[[], int]) -> None:
         self.step = Step.START
         self.sandbox_runs = 0
+        self.steps_ms: dict[str, int] = {}
+        self._now_ms = now_ms
+        self._since_ms = now_ms()
 
     def advance(self, target: Step) -> None:
-        self.step = pipeline.next_step(self.step, target)
+        self.step, previous = pipeline.next_step(self.step, target), self.step
+        now_ms = self._now_ms()
+        if previous is not Step.START:
+            self.steps_ms[previous.value] = self.steps_ms.get(previous.value, 0) + now_ms - self._since_ms
+        self._since_ms = now_ms
 
 
 class UpgradeManager:
@@ -116,13 +126,14 @@ class UpgradeManager:
         self._store_timeout_ms = store_timeout_ms
         self._lock = asyncio.Lock()
         self._unfinished_store_call: asyncio.Future | None = None
+        self._warm: OrderedDict[str, asyncio.Task] = OrderedDict()     # package digest -> fetch + compile
 
     # -- public operations ----------------------------------------------------------------------
 
     async def dry_run(self, *, version: str, package_url: str, package_hash: str, package_size: int | None) -> dict:
         """Download, verify and run the package on a copy of the live state; change nothing. Raises the
         failure (with `error.pipeline_step` set to the step that failed)."""
-        run = _Run()
+        run = _Run(self._now_ms)
         try:
             prepared = await self._prepare(run, version=version, package_url=package_url,
                                            package_hash=package_hash, package_size=package_size)
@@ -137,6 +148,56 @@ class UpgradeManager:
                 "state_hash": prepared.new_state_hash, "fuel_consumed": prepared.fuel_consumed,
                 "output_size_bytes": prepared.output_size_bytes, "changes": changes}
 
+    def warm_up(self, *, version: str, package_url: str, package_hash: str, package_size: int | None) -> bool:
+        """Start fetching, verifying and compiling an approved upgrade's package in the background, once
+        per package, so that its execution does not wait for them when the certificate arrives (the
+        ratification takes a second or more while a cluster is busy). Runs nothing in the sandbox and
+        changes no state; a failure is only logged (the execution fetches again). True if started."""
+        try:
+            digest = pipeline.check_upgrade_request(current_version=self._store.current_version, version=version,
+                                                    package_hash=package_hash)
+        except SynapseError:
+            return False
+        if digest in self._warm or self._sandbox is None:
+            return False
+        while len(self._warm) >= UPGRADE_WARM_PACKAGES_MAX:
+            _, oldest = self._warm.popitem(last=False)
+            oldest.cancel()
+        self._warm[digest] = asyncio.get_running_loop().create_task(self._warm_package(package_url, digest, package_size),
+                                                                    name=f"warm-{digest[:12]}")
+        return True
+
+    async def _warm_package(self, package_url: str, digest: str, package_size: int | None) -> bytes | None:
+        started_ms = self._now_ms()
+        try:
+            wasm = await self._fetch(package_url, digest, package_size)
+            actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package")
+            pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
+            refusals = await self._in_thread(self._sandbox.compile, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS,
+                                             what="compiling the package")
+        except Exception as error:      # the execution tries again, and reports what fails then
+            self._metrics.inc("upgrade_warmups_total", result="failed")
+            detail = error.one_line() if isinstance(error, SynapseError) else f"{type(error).__name__}: {error}"
+            self._log("warning", "upgrade_warm_up_failed", package_hash=digest, error=detail[:500])
+            return None
+        self._metrics.inc("upgrade_warmups_total", result="refused" if refusals else "ok")
+        self._log("info", "upgrade_warmed_up", package_hash=digest, refused=bool(refusals), took_ms=self._now_ms() - started_ms)
+        return wasm
+
+    async def _warmed(self, digest: str) -> bytes | None:
+        """The warmed package's bytes (waiting for a warm-up under way), or None."""
+        task = self._warm.get(digest)
+        if task is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._fetch_timeout_ms / 1000)
+        except TimeoutError:
+            return None
+        except asyncio.CancelledError:          # the warm-up was evicted by a newer one, or this call is cancelled
+            if task.cancelled() and not asyncio.current_task().cancelling():
+                return None
+            raise
+
     async def execute(self, *, proposal_id: str, version: str, package_url: str, package_hash: str,
                       package_size: int | None, sequence: int) -> UpgradeResult:
         """Run the pipeline for upgrade number `sequence`. Returns the result (success or a verdict
@@ -148,7 +209,7 @@ class UpgradeManager:
             decision = pipeline.check_sequence(applied_sequence=self._store.applied_sequence, sequence=sequence)
             if decision is SequenceDecision.ALREADY_APPLIED:
                 return self._recorded_result(sequence, proposal_id)
-            run = _Run()
+            run = _Run(self._now_ms)
             try:
                 prepared = await self._prepare(run, version=version, package_url=package_url,
                                                package_hash=package_hash, package_size=package_size)
@@ -158,7 +219,7 @@ class UpgradeManager:
             self._metrics.set("upgrade_last_sandbox_runs", run.sandbox_runs)
             self._log("info", "upgrade_executed", proposal_id=proposal_id, sequence=sequence, version=version,
                       from_version=prepared.from_version, state_hash=prepared.new_state_hash,
-                      fuel_consumed=prepared.fuel_consumed, sandbox_runs=run.sandbox_runs)
+                      fuel_consumed=prepared.fuel_consumed, sandbox_runs=run.sandbox_runs, steps_ms=run.steps_ms)
             return UpgradeResult(success=True, version=version, state_hash=prepared.new_state_hash, error=None,
                                  sequence=sequence, proposal_id=proposal_id, fuel_consumed=prepared.fuel_consumed)
 
@@ -217,9 +278,10 @@ class UpgradeManager:
         run.advance(Step.CHECK)
         digest = pipeline.check_upgrade_request(current_version=from_version, version=version, package_hash=package_hash)
         run.advance(Step.DOWNLOAD)
-        wasm = await self._fetch(package_url, digest, package_size)
+        wasm = await self._warmed(digest) or await self._fetch(package_url, digest, package_size)
         run.advance(Step.VERIFY)
-        actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package")
+        actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package",
+                                       inline=len(wasm) <= UPGRADE_INLINE_HASH_BYTES_MAX)
         pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
         run.advance(Step.DRY_RUN)
         run.sandbox_runs += 1
@@ -232,20 +294,23 @@ class UpgradeManager:
             raise
         self._observe_since("sandbox_run_seconds", started_ms, result="ok")
         old_state, new_hash = await self._in_thread(_judge_output, state_bytes, output.state, version,
+                                                    inline=len(state_bytes) + output.output_size_bytes <= UPGRADE_INLINE_STATE_BYTES_MAX,
                                                     timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="checking the new state")
         return _Prepared(from_version=from_version, from_state_hash=from_state_hash, old_state=old_state,
                          new_state=output.state, new_state_hash=new_hash, fuel_consumed=output.fuel_consumed,
                          output_size_bytes=output.output_size_bytes)
 
     async def _commit_upgrade(self, run: _Run, prepared: _Prepared, *, proposal_id: str, version: str, sequence: int) -> None:
-        run.advance(Step.BACKUP)
-        await self._store_call(self._store.backup_current)
-        run.advance(Step.EXECUTE)
-        record = pipeline.build_upgrade_record(now_ms=self._now_ms(), version=version, from_version=prepared.from_version,
-                                               proposal_id=proposal_id, sequence=sequence, state_hash=prepared.new_state_hash,
-                                               fuel_consumed=prepared.fuel_consumed)
-        await self._store_call(self._store.commit_upgrade, new_state=prepared.new_state, version=version,
-                               proposal_id=proposal_id, sequence=sequence, record=record)
+        def backup_then_commit() -> None:     # one trip to a thread: on a busy machine each trip waits for a CPU
+            run.advance(Step.BACKUP)
+            self._store.backup_current()
+            run.advance(Step.EXECUTE)
+            record = pipeline.build_upgrade_record(now_ms=self._now_ms(), version=version, from_version=prepared.from_version,
+                                                   proposal_id=proposal_id, sequence=sequence,
+                                                   state_hash=prepared.new_state_hash, fuel_consumed=prepared.fuel_consumed)
+            self._store.commit_upgrade(new_state=prepared.new_state, version=version, proposal_id=proposal_id,
+                                       sequence=sequence, record=record)
+        await self._store_call(backup_then_commit)
         run.advance(Step.RECORD)
 
     async def _fetch(self, package_url: str, digest: str, package_size: int | None) -> bytes:
@@ -378,7 +443,11 @@ class UpgradeManager:
             raise StoreError(f"a version store write did not finish within {self._store_timeout_ms} ms", definite=False,
                              hint="the write may still complete; check GET /upgrades/status before retrying") from None
 
-    async def _in_thread(self, function: Callable, /, *args, timeout_ms: int, what: str):
+    async def _in_thread(self, function: Callable, /, *args, timeout_ms: int, what: str, inline: bool = False):
+        """`function(*args)` in a thread, bounded by `timeout_ms`; on the event loop when `inline` (work on
+        small inputs: a trip to a thread and back costs more than the work itself on a busy machine)."""
+        if inline:
+            return function(*args)
         future = asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
         try:
             return await asyncio.wait_for(future, timeout_ms / 1000)

@@ -244,7 +244,7 @@ class GossipCore:
         self._out.append(Reply(request_id=request_id, message=None))
         for peer_id in self._choose_peers(self.fanout, exclude=set(), now_ms=now_ms, rng=rng):
             if self._begin_flow():
-                self._push(peer_id, [entry], self._end_flow)
+                self._push(peer_id, self._with_lazy_parents([entry], peer_id), self._end_flow)
 
     # --- persistence results -----------------------------------------------------------------------
 

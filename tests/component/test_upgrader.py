@@ -57,6 +57,10 @@ class CountingSandbox:
         self.runs += 1
         return await self.sandbox.run_upgrade_async(wasm, state_json)
 
+    def compile(self, wasm: bytes):
+        self.compiles = getattr(self, "compiles", 0) + 1
+        return self.sandbox.compile(wasm)
+
 
 class Node:
     """One node's upgrade machinery on tmp_path."""
@@ -286,6 +290,37 @@ async def test_a_package_downloaded_over_http_is_verified_cached_and_applied(nod
                                         package_hash=digest_of(wasm), package_size=len(wasm), sequence=1)
     assert result.success and json.loads(node.store.snapshot()[2]) == state_at("1.1.0")
     assert package_server.requests("upgrade") == 1 and node.cache.get(hashlib.sha256(wasm).hexdigest()) == wasm
+
+
+async def test_an_approved_package_is_warmed_up_without_running_and_its_execution_does_not_fetch_again(node, package_server):
+    wasm = wasm_from(set_version_wat("1.1.0"))
+    package = package_server.add("upgrade", wasm)
+    before_files, before = node.files(), node.snapshot()
+    fetches = []
+    original_fetch = node.fetcher.fetch
+    node.fetcher.fetch = lambda *args, **kwargs: (fetches.append(args[0]), original_fetch(*args, **kwargs))[1]
+    arguments = dict(version="1.1.0", package_url=package.http_url, package_hash=digest_of(wasm), package_size=len(wasm))
+    assert node.manager.warm_up(**arguments) and not node.manager.warm_up(**arguments)      # once per package
+    assert await node.manager._warmed(hashlib.sha256(wasm).hexdigest()) == wasm
+    assert node.sandbox.runs == 0 and node.sandbox.compiles == 1 and fetches == [package.http_url]
+    assert node.files() == before_files and node.snapshot() == before        # nothing ran, nothing changed
+    result = await node.manager.execute(proposal_id="up-1", sequence=1, **arguments)
+    assert result.success and fetches == [package.http_url] and package_server.requests("upgrade") == 1
+    assert node.sandbox.runs == 1
+
+
+async def test_a_failed_warm_up_changes_nothing_and_the_execution_fetches_and_judges_for_itself(node, package_server, caplog):
+    caplog.set_level("WARNING", logger="synapse.upgrader")
+    proposed = wasm_from(set_version_wat("1.1.0"))
+    package = package_server.add("upgrade", wasm_from("delete_members.wat"))  # what an attacker put at the URL
+    arguments = dict(version="1.1.0", package_url=package.http_url, package_hash=digest_of(proposed), package_size=None)
+    assert node.manager.warm_up(**arguments)
+    assert await node.manager._warmed(hashlib.sha256(proposed).hexdigest()) is None
+    assert "upgrade_warm_up_failed" in [record.getMessage() for record in caplog.records]
+    assert getattr(node.sandbox, "compiles", 0) == 0 and node.store.applied_sequence == 0
+    result = await node.manager.execute(proposal_id="up-1", sequence=1, **arguments)
+    assert not result.success and result.error.startswith("HashMismatchError") and node.sandbox.runs == 0
+    assert not node.manager.warm_up(**{**arguments, "version": "1.0.0"})      # not above the current version: no warm-up
 
 
 async def test_a_hash_mismatch_from_the_server_is_a_recorded_verdict_and_nothing_is_cached(node, package_server):

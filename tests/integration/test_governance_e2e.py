@@ -153,6 +153,9 @@ def test_an_upgrade_runs_everywhere_and_a_network_rollback_undoes_it_everywhere(
     compiled = [metric(cluster.api(index), 'synapse_sandbox_compiled_cache{event="compiled"}') for index in ALL]
     loaded = [metric(cluster.api(index), 'synapse_sandbox_compiled_cache{event="loaded_from_disk"}') for index in ALL]
     assert (sum(compiled), sum(loaded)) == (1, NODES - 1), "one node compiled the package, the others loaded its artifact"
+    warmed = [metric(cluster.api(index), 'synapse_upgrade_warmups_total{result="ok"}') for index in ALL]
+    assert set(warmed) <= {0.0, 1.0} and sum(warmed) >= 1, \
+        "nodes that saw the approving votes before the certificate fetched and compiled the package once, running nothing"
 
     rollback = ok(cluster.api(4).post("/rollbacks/propose", {"target_proposal_id": proposal_id}), 201)
     assert (rollback["action"], rollback["version"]) == ("rollback", "1.0.0")

@@ -127,7 +127,7 @@ def test_a_bulk_kind_is_pushed_by_its_author_but_never_forwarded() -> None:
     assert [set(send.message.raws) for send in receive_one(core, note, PEOPLE[2].node_id, rng, 2)] == [{note.raw}] * core.fanout
     own = core.log.new_entry(kind="EXECUTION_REPORT", author=core.self_id, body=report_body(), sign=PEOPLE[0].sign, now_ms=NOW_MS)
     pushed = of(persist_all(core, core.publish(own, NOW_MS, rng, request_id=3), rng), Send)
-    assert len(pushed) == core.fanout and all(send.message.raws == (own.raw,) for send in pushed)
+    assert len(pushed) == core.fanout and all(send.message.raws[-1] == own.raw for send in pushed)   # (with its lazy parent)
     eager = make_core(settings=replace(SETTINGS, lazy_kinds=()))
     assert len(receive_one(eager, report, PEOPLE[1].node_id, rng, 1)) == eager.fanout
 
@@ -141,6 +141,14 @@ def test_a_wave_carries_the_lazy_parents_of_its_entries_to_peers_not_known_to_ho
     assert len(sends) == core.fanout
     for send in sends:       # in causal order, so the child is visible at once where it lands; not to its sender
         assert send.message.raws == ((child.raw,) if send.peer_id == PEOPLE[1].node_id else (report.raw, child.raw))
+    other_report = forge(PEOPLE[3], sequence=1, kind="EXECUTION_REPORT", body=report_body(), hlc=Hlc(NOW_MS + 2, 0))
+    receive_one(core, other_report, PEOPLE[3].node_id, rng, 3)
+    own = core.log.new_entry(kind="NOTE", author=core.self_id, body={"text": "mine"}, sign=PEOPLE[0].sign, now_ms=NOW_MS + 3)
+    assert other_report.id in own.parents
+    sends = of(persist_all(core, core.publish(own, NOW_MS + 3, rng, request_id=4), rng), Send)
+    assert len(sends) == core.fanout
+    for send in sends:       # this node's own entry carries its lazy parent too
+        assert send.message.raws == ((own.raw,) if send.peer_id == PEOPLE[3].node_id else (other_report.raw, own.raw))
     lazy_parentless = make_core(settings=replace(SETTINGS, lazy_kinds=()))       # an eager parent was forwarded itself
     receive_one(lazy_parentless, report, PEOPLE[1].node_id, rng, 1)
     assert all(send.message.raws == (child.raw,) for send in receive_one(lazy_parentless, child, PEOPLE[2].node_id, rng, 2)
