@@ -32,10 +32,12 @@ def fsync_directory(directory: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644,
-                 fault_point: Callable[[str], None] = _no_fault) -> None:
+                 fault_point: Callable[[str], None] = _no_fault, durable: bool = True) -> None:
     """tmp in the same dir + fsync + rename + fsync(dir): readers see the old bytes or the new, whole.
     The file has `mode` from its first byte (a secret is never briefly world-readable).
-    `fault_point` lets crash tests kill the process at named instants (node/store.py)."""
+    `fault_point` lets crash tests kill the process at named instants (node/store.py).
+    `durable=False` skips both fsyncs, for files rebuilt from a durable source after a crash (readers
+    still see old or new bytes, whole; a power loss may leave the old file, or an empty one)."""
     temp_path = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
     descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
@@ -44,7 +46,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644,
             _write_all(descriptor, data[:half])
             fault_point(f"mid_write:{path.parent.name}/{path.name}")
             _write_all(descriptor, data[half:])
-            os.fsync(descriptor)
+            if durable:
+                os.fsync(descriptor)
         finally:
             os.close(descriptor)
         fault_point(f"before_rename:{path.parent.name}/{path.name}")
@@ -52,7 +55,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644,
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    if durable:
+        fsync_directory(path.parent)
 
 
 def _write_all(descriptor: int, data: bytes) -> None:

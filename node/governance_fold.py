@@ -75,6 +75,7 @@ class GovernanceFold:
         self.ratify_audited: set[tuple[str, int]] = set()    # (proposal, sequence) of this node's RATIFY entries
         self.close_attested: set[str] = set()                # proposals whose CLOSE entry this node published
         self.votes_touched: set[str] = set()                 # proposals with new votes since the executor looked
+        self._report_hashes = BoundedMap(GOVERNANCE_VOTES_TOUCHED_MAX)  # proposal -> state hashes its reports name
         self.certificate_seen_ms = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> when a valid one was folded live
         self._replaying = False
         self._ratification_untimed = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> (proposal, seen ms)
@@ -116,7 +117,15 @@ class GovernanceFold:
         if entry.kind == "EXECUTE_UPGRADE":
             self._check_execute(entry)
         elif entry.kind == "EXECUTION_REPORT":
-            touched_reports.add(entry.body["proposal_id"])
+            # A divergence needs two different state hashes among a proposal's reports: until then the
+            # whole view is not built for each report (at N nodes that was N views per node per upgrade).
+            hashes = self._report_hashes.get(entry.body["proposal_id"])
+            if hashes is None:
+                hashes = set()
+                self._report_hashes.put(entry.body["proposal_id"], hashes)
+            hashes.add(entry.body["state_hash"])
+            if len(hashes) > 1:
+                touched_reports.add(entry.body["proposal_id"])
             if mine:
                 self.reported_sequences.add(entry.body["sequence"])
         elif entry.kind == "RATIFY" and mine:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -324,6 +325,30 @@ def test_a_lost_manifest_is_never_silently_replaced_by_genesis(upgraded_dir):
     (upgraded_dir / "upgrades" / "manifest.json").unlink()
     with pytest.raises(errors.IntegrityError, match="commit point was lost"):
         reopen(upgraded_dir)
+
+
+def test_the_derived_files_are_written_without_fsync_and_whatever_a_power_loss_leaves_of_them_is_repaired(
+        data_dir, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+    with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
+        monkeypatch.setattr(os, "fsync", fsync)
+        upgrade(store, "1.1.0", 1, feature=True)
+        monkeypatch.undo()
+    derived = [data_dir / "state" / "network_state.json", data_dir / "upgrades" / "current_version.txt",
+               data_dir / "upgrades" / "upgrade_history.json"]
+    assert not [name for name in synced for path in derived
+                if name == str(path) or name.startswith(str(path.parent / ("." + path.name)))], synced
+    assert any(".manifest.json" in name for name in synced) and any("/1.1.0/" in name for name in synced)  # the commit is durable
+    for path in derived:
+        path.write_bytes(b"")                     # what a power loss may leave of a file renamed unsynced
+    with reopen(data_dir) as store:
+        assert len(store.repairs) == 3 and json.loads(store.snapshot()[2]) == state_of("1.1.0", feature=True)
+    assert derived[1].read_text() == "1.1.0\n" and json.loads(derived[2].read_text())[-1]["version"] == "1.1.0"
 
 
 def test_a_missing_current_version_file_is_repaired(upgraded_dir):
