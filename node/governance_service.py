@@ -109,10 +109,17 @@ class GovernanceService:
         if package_size is not None and package_size > self._limits.package_size_max_bytes:
             raise PackageSizeError(f"package_size {package_size} bytes is over the network's package size limit of "
                                    f"{self._limits.package_size_max_bytes} bytes")
-        return await self._propose(lambda sequence, now_ms: proposals.new_proposal_body(
+        view = await self._propose(lambda sequence, now_ms: proposals.new_proposal_body(
             action="upgrade", title=title, description=description, version=version, package_url=package_url,
             package_hash=package_hash, package_size=package_size, target_proposal_id=None, author=self.node_id,
             sequence=sequence, now_ms=now_ms, rules=self.governance.rules))
+        # The proposer's own node fetches and compiles the package in the background at once (the other
+        # nodes only once a majority approves it): a package that cannot be fetched or compiled shows in
+        # this node's log long before the vote, and nodes sharing one compiled-module cache (a local
+        # cluster) find it compiled when they warm up.
+        _, manager = self._versions.require_started()
+        manager.warm_up(version=version, package_url=package_url, package_hash=package_hash, package_size=package_size)
+        return view
 
     async def propose_rollback(self, *, target_proposal_id: str, title: str | None, description: str | None) -> ProposalView:
         """Publish a network-wide rollback PROPOSAL of the latest executed upgrade `target_proposal_id`."""

@@ -24,7 +24,8 @@ from typing import Any
 
 from node.core.certificates import certificate_statement
 from node.core.closing import unpack_vote_ids
-from node.core.ratification import COLLECTING, PublishRules, close_body, execute_upgrade_body, validator_todo
+from node.core.ratification import (PublishRules, close_body, closed_awaiting_approval, execute_upgrade_body,
+                                     validator_todo)
 from node.errors import NotFound
 from node.governance_fold import GovernanceFold
 from node.identity import Identity, verify_signature
@@ -142,9 +143,7 @@ class RatificationDriver:
         are copies of this Raft record). Without this, ratification waited for a gossip round trip of
         the CLOSE entries across the whole network: about a second at N = 100 on one machine."""
         found = {}
-        for record in view.records:
-            if record.phase != COLLECTING or record.proposal_id in approved or record.vote_ids is None:
-                continue
+        for record in closed_awaiting_approval(view, approved):
             approval = self._fold.governance.approval_under_counted(
                 record.proposal_id, votes_digest_hex=record.votes_digest, vote_ids=frozenset(unpack_vote_ids(record.vote_ids)),
                 state=state, now_ms=now_ms)

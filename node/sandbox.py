@@ -428,7 +428,7 @@ class Sandbox:
         if module is not None:
             return module
         with self._disk.compiling(digest) as locked:
-            if not locked:
+            if locked is False:
                 self._count("compile_lock_timeouts")
             module, refused_again = self._from_disk(digest)  # another node may have written it while we waited
             if refused or refused_again:

@@ -146,24 +146,29 @@ class DiskCache:
         return True
 
     @contextlib.contextmanager
-    def compiling(self, sha256: str) -> Iterator[bool]:
+    def compiling(self, sha256: str) -> Iterator[bool | None]:
         """Hold the artifact's compile lock (an exclusive flock) while compiling and storing it. Yields
-        True when held, False when another writer kept it past the bound or the lock file cannot be made
-        (compile anyway: the atomic rename keeps concurrent writers safe, only the work is duplicated)."""
+        True when held; None, without the lock, as soon as the artifact is there (another node compiled
+        it: load it); False when another writer kept the lock past the bound or the lock file cannot be
+        made (compile anyway: the atomic rename keeps concurrent writers safe, only the work is
+        duplicated). Waiters never queue for the lock once the artifact exists: at N=200, 199 nodes
+        taking it one after the other, each on its next poll, took 30 s."""
         try:
             descriptor = os.open(self._lock_path_for(sha256), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             yield False
             return
         try:
-            yield self._acquire(descriptor)
+            yield self._acquire(descriptor, self.path_for(sha256))
         finally:
             os.close(descriptor)     # releases the flock
 
-    def _acquire(self, descriptor: int) -> bool:
+    def _acquire(self, descriptor: int, artifact: Path) -> bool | None:
         deadline = time.monotonic() + self._lock_wait_ms / 1000
         delays_ms = lock_poll_delays_ms(SANDBOX_SHARED_CACHE_LOCK_POLL_MS, SHARED_LOCK_POLL_MAX_MS)
         while not try_exclusive_flock(descriptor):
+            if artifact.exists():
+                return None
             if time.monotonic() >= deadline:
                 return False
             time.sleep(next(delays_ms) / 1000)

@@ -524,6 +524,16 @@ def validator_todo(view: RatificationView, *, validator_id: str, closable: Itera
                          publish_later=tuple(publish_later), to_audit=tuple(to_audit))
 
 
+def closed_awaiting_approval(view: RatificationView, approved: Iterable[str]) -> tuple[RatificationRecord, ...]:
+    """Records Raft closed whose ratification or certificate still needs this validator's approval
+    (COLLECTING: to ratify; ASSIGNED: to sign the sequence), other than the proposals in `approved`: the
+    driver tallies them over the counted votes of its own Raft replica instead of waiting for the CLOSE
+    entries (copies of that record) to come back through gossip."""
+    known = set(approved)
+    return tuple(record for record in view.records
+                 if record.phase in (COLLECTING, ASSIGNED) and record.vote_ids is not None and record.proposal_id not in known)
+
+
 def close_body(record: RatificationRecord) -> dict:
     """The CLOSE entry body for a record whose votes are counted (what a validator attests)."""
     if record.phase == CLOSING or record.vote_ids is None:

@@ -105,6 +105,31 @@ def test_a_node_waits_for_another_nodes_compile_only_up_to_the_bound(shared):
         assert after is True
 
 
+def test_a_waiter_loads_the_artifact_as_soon_as_it_appears_without_queueing_for_the_lock(shared):
+    compiler = Sandbox(FAST, shared_cache_dir=shared)
+    compiler.inspect(package("identity.wat"))
+    (lock_path,) = shared.glob(".*.lock")
+    (artifact,) = shared.glob("*.cwasm")
+    blob = artifact.read_bytes()
+    artifact.unlink()
+    descriptor = os.open(lock_path, os.O_RDWR)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)           # a node compiling, and then slow to let go of the lock
+    try:
+        waiter = Sandbox(FAST, shared_cache_dir=shared)
+        waiter._disk._lock_wait_ms = 30_000
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (waiter.inspect(package("identity.wat")), done.set()))
+        thread.start()
+        assert not done.wait(0.3), "no artifact yet: the waiter waits"
+        artifact.write_bytes(blob)                   # the compiler's artifact lands; the lock is still held
+        assert done.wait(10), "the waiter loaded the artifact without the lock"
+        thread.join(10)
+        assert (waiter.cache_stats()["loaded_from_disk"], waiter.cache_stats()["compiled"]) == (1, 0)
+        assert waiter.cache_stats()["compile_lock_timeouts"] == 0
+    finally:
+        os.close(descriptor)
+
+
 def test_a_node_whose_compile_lock_wait_timed_out_compiles_itself(shared):
     holder = Sandbox(FAST, shared_cache_dir=shared)
     holder.inspect(package("identity.wat"))

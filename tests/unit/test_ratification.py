@@ -21,6 +21,7 @@ from node.core.ratification import (
     RatificationMachine,
     SequenceAssigned,
     VotingClosed,
+    closed_awaiting_approval,
     execute_upgrade_body,
     next_phase,
     validator_todo,
@@ -311,6 +312,21 @@ def test_one_validator_publishes_a_certificate_and_the_others_only_after_the_gra
     todo = todo_of(m, C, approved, rules=late)
     assert [r.sequence for r in todo.to_publish] == [1] and todo.publish_later == ()   # none came: publish it
     assert todo_of(m, C, approved, rules=late, published_sequences={1}).to_publish == ()
+
+
+def test_a_validator_approves_from_its_raft_replica_what_needs_its_ratification_or_its_signature():
+    m = machine()
+    close(m, A, "p1")
+    assert closed_awaiting_approval(m.view(), ()) == ()                       # not closed yet
+    close(m, B, "p1")
+    assert [r.proposal_id for r in closed_awaiting_approval(m.view(), ())] == ["p1"]      # to ratify
+    assert closed_awaiting_approval(m.view(), ("p1",)) == ()                  # its CLOSE entries are here already
+    ratify(m, A)
+    ratify(m, B)
+    assert [(r.proposal_id, r.phase) for r in closed_awaiting_approval(m.view(), ())] == [("p1", ASSIGNED)]   # to sign
+    certify(m, A)
+    certify(m, B)
+    assert closed_awaiting_approval(m.view(), ()) == ()                       # certified: nothing left to approve
 
 
 def test_ratify_audits_wait_for_the_certificate_in_the_log_and_come_once():
