@@ -293,8 +293,8 @@ class UpgradeManager:
             self._observe_since("sandbox_run_seconds", started_ms, result="failed")
             raise
         self._observe_since("sandbox_run_seconds", started_ms, result="ok")
-        old_state, new_hash = await self._in_thread(_judge_output, state_bytes, output.state, version,
-                                                    inline=len(state_bytes) + output.output_size_bytes <= UPGRADE_INLINE_STATE_BYTES_MAX,
+        small = len(state_bytes) + output.output_size_bytes <= UPGRADE_INLINE_STATE_BYTES_MAX
+        old_state, new_hash = await self._in_thread(_judge_output, state_bytes, output.state, version, inline=small,
                                                     timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="checking the new state")
         return _Prepared(from_version=from_version, from_state_hash=from_state_hash, old_state=old_state,
                          new_state=output.state, new_state_hash=new_hash, fuel_consumed=output.fuel_consumed,
