@@ -294,13 +294,21 @@ def test_validator_todo_plans_close_attest_ratify_certify_publish():
     assert todo_of(m, C, approved, published_sequences={1}).to_publish == ()
 
 
-def test_one_validator_publishes_a_certificate_and_the_others_only_after_the_grace():
+APPROVED_P1 = {"p1": ("upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST)}
+
+
+def assigned_p1() -> RatificationMachine:
+    """p1 closed and ratified by A and B: sequence 1 assigned, nobody has signed it yet."""
     m = machine()
-    approved = {"p1": ("upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST)}
     close(m, A, "p1")
     close(m, B, "p1")
     ratify(m, A)
     ratify(m, B)
+    return m
+
+
+def test_one_validator_publishes_a_certificate_and_the_others_only_after_the_grace():
+    m, approved = assigned_p1(), APPROVED_P1
     certify(m, A)
     certify(m, B)
     follower = PublishRules(leading=False, now_ms=10_000, certified_seen_ms={}, grace_ms=3_000)
@@ -330,12 +338,7 @@ def test_a_validator_approves_from_its_raft_replica_what_needs_its_ratification_
 
 
 def test_ratify_audits_wait_for_the_certificate_in_the_log_and_come_once():
-    m = machine()
-    approved = {"p1": ("upgrade", HASH, "1.2.0", EMPTY_VOTES_DIGEST)}
-    close(m, A, "p1")
-    close(m, B, "p1")
-    ratify(m, A)
-    ratify(m, B)
+    m, approved = assigned_p1(), APPROVED_P1
     certify(m, A)
     assert todo_of(m, A, approved).to_audit == ()                         # signed, but not certified yet
     certify(m, B)
