@@ -17,8 +17,10 @@ Why it works as it does:
   costs less than a round trip); a heavier one goes *offer/want* (ids first, bytes only to a peer that
   lacks them). A peer that answered "want" for an id answers "have" to offers of it for `call_timeout_ms`.
 
-- Bulk kinds (`lazy_kinds`: EXECUTION_REPORT, which every node writes at once, and RATIFY audits;
-  nobody waits for them) are pushed by their author only; anti-entropy carries them on (eagerly: N x N x fanout messages).
+- Lazy kinds (`lazy_kinds`: EXECUTION_REPORT, which every node writes at once; the validators' CLOSE
+  and RATIFY entries, which the certificate makes redundant for spreading) are pushed by their author
+  only; anti-entropy carries them on (eagerly: N x N x fanout messages). A push carries the lazy parents
+  of its entries that the peer is not known to hold, so an eager entry never waits for one.
 
 - Anti-entropy in at most three small exchanges. (1) I send my digest's hash and the ids of parents I
   miss; a peer with the same digest answers "in sync" in a few bytes. (2) Otherwise it answers its
