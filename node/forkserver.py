@@ -84,8 +84,14 @@ def _become_node(request: dict, template_pid: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != template_pid:
                 os._exit(1)
-        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+        # What a fresh `python -m node` starts with: the interpreter ignores SIGPIPE (a write to a socket
+        # whose peer is gone fails with EPIPE) and turns SIGINT into KeyboardInterrupt. At its default
+        # action SIGPIPE killed a forked node whenever a Raft partner or a stranger dropped a connection
+        # under its feet (exit -13).
+        for signal_number in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signal_number, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         null = os.open(os.devnull, os.O_RDONLY)
         stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         stderr = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -68,6 +68,23 @@ def test_kill_stop_pause_and_restart_work_through_the_template(tmp_path):
     assert not is_alive(template_pid), "the template exits with its cluster"
 
 
+def signal_masks(pid: int) -> dict[str, int]:
+    """SigIgn and SigCgt of /proc/<pid>/status: bit n-1 is signal n."""
+    lines = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    return {name: int(lines[name].strip(), 16) for name in ("SigIgn", "SigCgt")}
+
+
+def test_a_forked_node_has_the_signal_dispositions_of_a_plain_one_so_a_vanished_peer_cannot_kill_it(tmp_path):
+    # A forked node once ran with SIGPIPE at its default action: a write to a socket whose peer had just
+    # died (a Raft partner killed with SIGKILL, or a stranger resetting a connection) killed the whole
+    # node (exit -13), where a plain `python -m node` gets EPIPE. Found by leader_crashes_before_publishing.
+    with LocalCluster(nodes=1, validators=1, data_dir=tmp_path / "forked") as forked, \
+            LocalCluster(nodes=1, validators=1, data_dir=tmp_path / "plain", extra_env={"SYNAPSE_SPAWN": "exec"}) as plain:
+        forked_masks, plain_masks = signal_masks(forked.nodes[0].pid), signal_masks(plain.nodes[0].pid)
+        assert forked_masks["SigIgn"] & (1 << (signal.SIGPIPE - 1)), "SIGPIPE is ignored: EPIPE, not death"
+        assert forked_masks == plain_masks, (hex(forked_masks["SigIgn"]), hex(plain_masks["SigIgn"]))
+
+
 def test_plain_spawning_stays_available(tmp_path):
     with LocalCluster(nodes=1, validators=1, data_dir=tmp_path / "cluster", extra_env={"SYNAPSE_SPAWN": "exec"}) as cluster:
         assert cluster._template is None
