@@ -11,8 +11,11 @@ removed, and the removal made durable, before the kill, so the restarted node ru
 
 Points: every named step of the version store's commit (node/store.py: "backup_written",
 "committed", "live_state_written", "current_version_written", "history_written", and the
-"mid_write:..." / "before_rename:..." steps of each atomic file write), and "before_report": after
-an upgrade's verdict is committed, before this node's EXECUTION_REPORT is written.
+"mid_write:..." / "before_rename:..." steps of each atomic file write), "before_report": after
+an upgrade's verdict is committed, before this node's EXECUTION_REPORT is written, and, on a
+validator, "before_execute_published": a certificate is complete and this validator is about to
+publish its EXECUTE_UPGRADE (the Raft leader does so at once; the others only after a grace period,
+which is what killing the leader here tests).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from node.limits import FAULT_POINT_FILE_SIZE_MAX_BYTES
 ENVIRONMENT_VARIABLE = "SYNAPSE_FAULT_POINTS"
 # The points of an upgrade, in the order a node reaches them (the store's commit steps, then the report).
 POINTS = ("backup_written", "committed", "live_state_written", "current_version_written", "history_written",
-          "before_report")
+          "before_report", "before_execute_published")
 FILE_NAME = "fault_point"
 
 

@@ -45,7 +45,8 @@ class RatificationDriver:
 
     def __init__(self, *, config: ValidatorRaftConfig, identity: Identity, fold: GovernanceFold,
                  versions: LocalVersions, author: LocalAuthor, network_id: str, now_ms: Callable[[], int],
-                 settings: Any, logger: logging.Logger | None = None) -> None:
+                 settings: Any, fault_point: Callable[[str], None] | None = None,
+                 logger: logging.Logger | None = None) -> None:
         self.config = config
         self._identity = identity
         self._fold = fold
@@ -54,6 +55,7 @@ class RatificationDriver:
         self._network_id = network_id
         self._now_ms = now_ms
         self._settings = settings
+        self._fault_point = fault_point or (lambda _name: None)
         self._logger = logger or _logger
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -192,6 +194,7 @@ class RatificationDriver:
                 return          # another validator, who has the proposal, publishes it
             package_url, package_size = view.package_url, view.package_size
         body = execute_upgrade_body(record, package_url=package_url, package_size=package_size)
+        self._fault_point("before_execute_published")
         entry = await self._author.append("EXECUTE_UPGRADE", body)
         log_event(self._logger, logging.INFO, "execute_published", proposal_id=record.proposal_id,
                   sequence=record.sequence, entry_id=entry.id, signers=[item["validator_id"] for item in body["certificate"]])

@@ -300,7 +300,8 @@ class Node:
         if prepared.member.validator:
             self.driver = RatificationDriver(config=raft_config_for(prepared, settings), identity=prepared.identity,
                                              fold=self.fold, versions=self.versions, author=self.author,
-                                             network_id=genesis.network_id, now_ms=self.now_ms, settings=settings)
+                                             network_id=genesis.network_id, now_ms=self.now_ms, settings=settings,
+                                             fault_point=fault_point)
             self.fold.wake(self.driver.wake)
         self.governance = GovernanceService(node_id=prepared.identity.node_id, limits=prepared.limits, fold=self.fold,
                                             versions=self.versions, author=self.author, now_ms=self.now_ms, settings=settings,

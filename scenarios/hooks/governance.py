@@ -198,3 +198,33 @@ def raft_leader(driver: Any, on: Any = "validators") -> str:
         state = driver.processes.state(named[0]) if named else "not a node of this cluster"
         raise AssertionError(f"the validators still name {leader} as leader, which is {state}")
     return f"one Raft leader, {driver.label(named[0])} ({leader}), named by {', '.join(answers)}"
+
+
+def validators_crashed(driver: Any, count: int = 1) -> str:
+    """Exactly `count` validator processes have exited on their own (an armed crash point fired, e.g. on
+    the node that led Raft when it was armed); they are marked down, so `restart nodes = "down"` brings
+    them back."""
+    exited = [index for index in range(1, driver.node_count + 1)
+              if driver.handle(index).is_validator and not driver.handle(index).running]
+    if len(exited) != count:
+        codes = ", ".join(f"{driver.label(index)} (exit {driver.handle(index).process.poll()})" for index in exited)
+        raise AssertionError(f"{len(exited)} validator processes have exited ({codes or 'none'}); wanted {count}")
+    for index in exited:
+        driver.processes.mark_crashed(index)
+    return f"crashed: {', '.join(map(driver.label, exited))}"
+
+
+def execute_published_by(driver: Any, proposal: str, not_by: Any = "down", on: Any = None) -> str:
+    """On each selected node: the proposal's certified EXECUTE_UPGRADE was published by at least one
+    validator, and by none of the nodes `not_by` names (e.g. a leader that died before publishing)."""
+    excluded = {driver.handle(index).node_id for index in driver.resolve(not_by)}
+    publishers: Sequence[str] = ()
+    for index in _nodes(driver, on):
+        execution = proposal_document(driver, index, proposal)["execution"]
+        if execution is None:
+            raise AssertionError(f"{driver.label(index)} holds no certified EXECUTE_UPGRADE for {driver.saved[proposal]}")
+        publishers = execution["published_by"]
+        if not publishers or excluded & set(publishers):
+            raise AssertionError(f"{driver.label(index)}: EXECUTE_UPGRADE published by {_labels(driver, publishers) or 'nobody'}; "
+                                 f"wanted someone other than {_labels(driver, excluded)}")
+    return f"EXECUTE_UPGRADE published by {_labels(driver, publishers)}"
