@@ -33,7 +33,8 @@ from node.errors import CertificateError, NotFound
 from node.identity import verify_signature
 from node.logging_setup import log_event
 from node.metrics import Metrics
-from node.limits import GOVERNANCE_LOGGED_DIVERGENCES_MAX, GOVERNANCE_VOTES_TOUCHED_MAX, METRICS_TIMINGS_PENDING_MAX
+from node.limits import (GOVERNANCE_LOGGED_DIVERGENCES_MAX, GOVERNANCE_REPORTED_PROPOSALS_MAX, GOVERNANCE_VOTES_TOUCHED_MAX,
+                         METRICS_TIMINGS_PENDING_MAX)
 
 
 _logger = logging.getLogger("synapse.governance")
@@ -75,7 +76,7 @@ class GovernanceFold:
         self.ratify_audited: set[tuple[str, int]] = set()    # (proposal, sequence) of this node's RATIFY entries
         self.close_attested: set[str] = set()                # proposals whose CLOSE entry this node published
         self.votes_touched: set[str] = set()                 # proposals with new votes since the executor looked
-        self._report_hashes = BoundedMap(GOVERNANCE_VOTES_TOUCHED_MAX)  # proposal -> state hashes its reports name
+        self._report_hashes = BoundedMap(GOVERNANCE_REPORTED_PROPOSALS_MAX)  # proposal -> state hashes its reports name
         self.certificate_seen_ms = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> when a valid one was folded live
         self._replaying = False
         self._ratification_untimed = BoundedMap(METRICS_TIMINGS_PENDING_MAX)  # sequence -> (proposal, seen ms)

@@ -59,6 +59,8 @@ GOSSIP_WRITE_GATE_POLL_MS = 20             # how often a first local write re-ch
 # --- governance ------------------------------------------------------------------------------------
 GOVERNANCE_LOGGED_DIVERGENCES_MAX = 10_000  # state divergences remembered (each is logged once)
 GOVERNANCE_VOTES_TOUCHED_MAX = 1_024        # proposals with new votes waiting for the executor's look (warm-up)
+GOVERNANCE_REPORTED_PROPOSALS_MAX = 1_024   # proposals whose reports' state hashes the fold remembers (divergence)
+UPGRADE_WARMED_PROPOSALS_MAX = 1_024        # proposals the executor remembers having warmed up (looked at once each)
 LOCAL_PUBLISH_ATTEMPTS_MAX = 8             # rebuilds of a local entry whose sequence another local entry took
 
 # --- packages --------------------------------------------------------------------------------------

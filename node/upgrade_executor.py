@@ -34,7 +34,7 @@ from node.core.lifecycle import APPROVED
 from node.errors import NotFound, RollbackError, Unavailable
 from node.governance_fold import GovernanceFold
 from node.identity import verify_signature
-from node.limits import GOVERNANCE_VOTES_TOUCHED_MAX
+from node.limits import UPGRADE_WARMED_PROPOSALS_MAX
 from node.local_author import LocalAuthor
 from node.local_versions import LocalVersions
 from node.logging_setup import log_event
@@ -85,7 +85,7 @@ class UpgradeExecutor:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
-        self._warmed = BoundedMap(GOVERNANCE_VOTES_TOUCHED_MAX)      # proposals whose package was warmed up
+        self._warmed = BoundedMap(UPGRADE_WARMED_PROPOSALS_MAX)      # proposals whose package was warmed up
 
     def wake(self) -> None:
         self._wake.set()

@@ -171,8 +171,7 @@ class UpgradeManager:
         started_ms = self._now_ms()
         try:
             wasm = await self._fetch(package_url, digest, package_size)
-            actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package")
-            pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
+            await self._verify_package(wasm, digest)
             refusals = await self._in_thread(self._sandbox.compile, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS,
                                              what="compiling the package")
         except Exception as error:      # the execution tries again, and reports what fails then
@@ -280,9 +279,7 @@ class UpgradeManager:
         run.advance(Step.DOWNLOAD)
         wasm = await self._warmed(digest) or await self._fetch(package_url, digest, package_size)
         run.advance(Step.VERIFY)
-        actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package",
-                                       inline=len(wasm) <= UPGRADE_INLINE_HASH_BYTES_MAX)
-        pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
+        await self._verify_package(wasm, digest)
         run.advance(Step.DRY_RUN)
         run.sandbox_runs += 1
         self._metrics.inc("sandbox_runs_total")
@@ -312,6 +309,12 @@ class UpgradeManager:
                                        sequence=sequence, record=record)
         await self._store_call(backup_then_commit)
         run.advance(Step.RECORD)
+
+    async def _verify_package(self, wasm: bytes, digest: str) -> None:
+        """The bytes' sha256 is the proposal's (HashMismatchError otherwise): for an execution, a dry run or a warm-up."""
+        actual = await self._in_thread(sha256_hex, wasm, timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="hashing the package",
+                                       inline=len(wasm) <= UPGRADE_INLINE_HASH_BYTES_MAX)
+        pipeline.check_package_digest(actual_sha256=actual, expected_sha256=digest)
 
     async def _fetch(self, package_url: str, digest: str, package_size: int | None) -> bytes:
         started_ms = self._now_ms()
