@@ -41,6 +41,7 @@ from cluster.addresses import BlockLease, acquire_block, acquire_given_block, pa
 from cluster.faults import remove_stale_chain
 from cluster.genesis import create_network
 from cluster.template import NodeTemplate, TemplateProcess, spawn_mode
+from cluster.template import python_child_environment
 from cluster.template import die_with_parent as _die_with_parent  # noqa: F401 (netns, scenario_parallel and tests import it from here)
 from node.api import API_TOKEN_FILE_NAME, read_token
 from node.errors import ClusterError
@@ -57,7 +58,6 @@ CLUSTER_FILE_NAME = "cluster.json"
 STDERR_FILE_NAME = "stderr.log"
 STDOUT_FILE_NAME = "stdout.log"
 TEMPLATE_LOG_FILE_NAME = "template.log"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 
@@ -290,8 +290,7 @@ class LocalCluster:
     # --- one node -----------------------------------------------------------------------------
 
     def _spawn(self, handle: NodeHandle) -> None:
-        env = {**os.environ, **self._extra_env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH", "")]))
+        env = python_child_environment({**os.environ, **self._extra_env})
         template = self._node_template(env, handle) if self._forks_from_template else None
         if template is not None:
             handle.process = template.spawn(config_path=handle.config_path, cwd=handle.data_dir, env=env, detached=self._detached,

@@ -32,6 +32,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from cluster.package_server import LISTEN_BACKLOG, PackageRequestHandler
+from cluster.template import python_child_environment
 from node.errors import ClusterError
 
 STATE_FILE_NAME = "package_server.json"
@@ -40,7 +41,6 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 _PACKAGE_PATH = re.compile(r"^/packages/([0-9a-f]{64})\.wasm$")
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def store_package(data_dir: Path, data: bytes) -> str:
@@ -68,8 +68,7 @@ def ensure_running(data_dir: Path) -> str:
     with open(data_dir / "package_server.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "cluster.package_host", str(data_dir), str(previous_port)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=data_dir, start_new_session=True,
-                                   close_fds=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                       filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")]))})
+                                   close_fds=True, env=python_child_environment(os.environ))
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

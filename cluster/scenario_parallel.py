@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from cluster.local import _die_with_parent
+from cluster.template import python_child_environment
 
 JOBS_MAX = 8
 POLL_S = 0.05
@@ -40,7 +41,6 @@ ERROR_TAIL_LINES = 10
 NAME_CHARS_MAX = 40
 EXIT_FAILED = 1
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-_REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 @dataclass(slots=True)
@@ -73,8 +73,7 @@ def _child_command(path: Path, *, seed: int | None, report_dir: Path, keep_data:
 
 
 def _start(label: str, path: Path, command: list[str], say: Callable[[str], None], lock: threading.Lock) -> Child:
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPOSITORY), environment.get("PYTHONPATH", "")]))
+    environment = python_child_environment({**os.environ, "PYTHONUNBUFFERED": "1"})
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=environment, preexec_fn=_die_with_parent(os.getpid()))
     child = Child(label=label, path=path, process=process, started_s=time.monotonic())

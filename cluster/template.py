@@ -51,6 +51,7 @@ REAP_RETRIES_MAX = 200
 COMMAND_LINE_ROOM_BYTES = 4096      # room the children rewrite into `python -m node --config FILE`
 EXIT_CODE_UNKNOWN = -255            # the template died before it could report the node's exit code
 _PR_SET_PDEATHSIG = 1
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 
 def spawn_mode(environment: Mapping[str, str]) -> str:
@@ -59,6 +60,18 @@ def spawn_mode(environment: Mapping[str, str]) -> str:
         raise ClusterError(f"{SPAWN_ENVIRONMENT_VARIABLE}={mode!r} is not a spawn mode",
                            hint=f"use one of {', '.join(SPAWN_MODES)} (template: fork from a preloaded process; exec: plain)")
     return mode
+
+
+def python_child_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """The environment of every Python process the testbed starts (the template, plain nodes, link-delay
+    helpers, scenario runs): this repository first on PYTHONPATH, and PYTHONSAFEPATH=1 so that
+    `python -m ...` / `python -c ...` do not put the working directory ahead of it. Without it a launcher
+    started in a directory holding a `node/` or `cluster/` folder (another checkout, a user's project)
+    runs that code instead of ours."""
+    environment = dict(base)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), environment.get("PYTHONPATH", "")]))
+    environment["PYTHONSAFEPATH"] = "1"
+    return environment
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None]:

@@ -30,12 +30,12 @@ from typing import Any
 from cluster.addresses import BlockLease
 from cluster.local import LocalCluster, NodeHandle, _die_with_parent
 from cluster.providers import netns_net as net
+from cluster.template import python_child_environment
 from cluster.providers.base import FAULT_KINDS, Capability, LinkFault, Provider, merge_link_fault
 from node.errors import ClusterError, FaultInjectionUnavailable
 
 HELPER_READY_TIMEOUT_S = 15.0
 HELPER_STOP_TIMEOUT_S = 5.0
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _descriptor(lease: BlockLease) -> int:
@@ -342,7 +342,7 @@ class NetnsProvider(Provider):
 
 
 def helper_environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
+    return python_child_environment(os.environ)
 
 
 def nfqueue_problem() -> str | None:

@@ -129,3 +129,20 @@ def test_the_template_refuses_malformed_requests_and_pids_it_did_not_start(tmp_p
     finally:
         template.close()
     assert not is_alive(template.pid)
+
+
+def decoy_packages(directory: Path) -> Path:
+    """A directory holding packages named like ours that refuse to be imported: a launcher started from
+    there (a user's other checkout, a project with a `node/` folder) must still run this repository's code."""
+    for package in ("node", "cluster"):
+        (directory / package).mkdir(parents=True)
+        (directory / package / "__init__.py").write_text(f"raise SystemExit('the decoy {package} package was imported')\n")
+    return directory
+
+
+@pytest.mark.parametrize("spawn", ["template", "exec"])
+def test_nodes_run_this_repository_s_code_whatever_directory_the_launcher_runs_in(tmp_path, monkeypatch, spawn):
+    monkeypatch.chdir(decoy_packages(tmp_path / "elsewhere"))
+    with LocalCluster(nodes=1, validators=1, data_dir=tmp_path / "cluster", extra_env={"SYNAPSE_SPAWN": spawn}) as cluster:
+        assert (cluster._template is not None) == (spawn == "template"), "no fallback from the template to plain spawning"
+        assert cluster.api(0).get("/health").status == 200
