@@ -26,6 +26,8 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from node import fault_points
+
 SCHEDULE_FORMAT = "synapse-chaos-schedule/v1"
 FAULT_KINDS = ("kill", "pause", "partition_halves", "partition_validators", "cut_one_way", "crash_at")
 # Opt-in kinds (`--faults ...,skew,delay,loss`): not in `all`, so the default schedule of a seed is unchanged.
@@ -38,8 +40,8 @@ NEMESIS_OPS = ("kill", "restart", "pause", "resume", "partition", "cut", "heal",
                "delay", "loss")
 WORKLOAD_OPS = ("propose", "vote", "propose_rollback", "note")
 # The upgrade steps where a node may be made to kill itself (node/fault_points.py POINTS).
-CRASH_POINTS = ("backup_written", "committed", "live_state_written", "current_version_written", "history_written",
-                "before_report")
+CRASH_POINTS = fault_points.POINTS
+MEMBER_CRASH_POINTS = tuple(point for point in CRASH_POINTS if point not in fault_points.VALIDATOR_POINTS)
 HOSTILE_PACKAGES = ("endless_loop", "memory_bomb", "wasi_import", "garbage_output", "panic", "delete_members",
                     "not_an_object")
 NODES_MIN, NODES_MAX = 3, 9
@@ -201,7 +203,8 @@ def _fault_items(kind: str, options: ChaosOptions, rng: random.Random, busy: set
             return "kill", (node,), {}, "restart", (node,), {}
         if kind == "pause":
             return "pause", (node,), {}, "resume", (node,), {}
-        return "crash_at", (node,), {"point": rng.choice(CRASH_POINTS)}, "recover", (node,), {}
+        points = CRASH_POINTS if node <= options.validators else MEMBER_CRASH_POINTS   # nodes 1..validators validate
+        return "crash_at", (node,), {"point": rng.choice(points)}, "recover", (node,), {}
     if kind == "partition_halves":
         shuffled = everyone[:]
         rng.shuffle(shuffled)

@@ -32,6 +32,8 @@ ENVIRONMENT_VARIABLE = "SYNAPSE_FAULT_POINTS"
 # The points of an upgrade, in the order a node reaches them (the store's commit steps, then the report).
 POINTS = ("backup_written", "committed", "live_state_written", "current_version_written", "history_written",
           "before_report", "before_execute_published")
+# The points only a validator reaches (a member armed with one never fires).
+VALIDATOR_POINTS = ("before_execute_published",)
 FILE_NAME = "fault_point"
 
 

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from cluster.chaos_plan import ADVERSARY_KINDS, FAULT_KINDS, HEAL_MARGIN_MS, ChaosOptions, PlanError, make_schedule, parse_kinds, \
     parse_schedule, plan, schedule_lines, version_ladder
 from cluster.cli import main
+from cluster.chaos_plan import CRASH_POINTS
+from node import fault_points
 
 HEALS = {"kill": "restart", "pause": "resume", "crash_at": "recover", "partition": "heal", "cut": "heal"}
 ARGUMENTS = ["chaos", "plan", "--seed", "42", "--nodes", "5", "--validators", "3", "--duration", "90s"]
@@ -195,3 +197,17 @@ def test_a_hand_edited_schedule_with_out_of_bound_faults_is_refused(op, value, n
     lines.append(json.dumps({"id": 999, "at_ms": 5_000, "source": "nemesis", "op": op, "nodes": nodes, "value": value}))
     with pytest.raises(PlanError, match="out of bounds"):
         parse_schedule(lines)
+
+
+def test_crash_points_are_the_nodes_own_and_a_validator_only_point_is_aimed_at_validators():
+    assert CRASH_POINTS == fault_points.POINTS, "the planner draws from the points nodes have, so a new one is not forgotten"
+    drawn: dict[str, set[int]] = {}
+    for seed in range(60):
+        options = ChaosOptions(seed=seed, nodes=7, validators=3, duration_ms=300_000, faults=("crash_at",), adversary=())
+        for item in make_schedule(options).items:
+            if item.op == "crash_at":
+                drawn.setdefault(item.value["point"], set()).update(item.nodes)
+    assert set(drawn) == set(fault_points.POINTS), f"every point is drawn by some seed; drawn: {sorted(drawn)}"
+    for point in fault_points.VALIDATOR_POINTS:
+        assert drawn[point] <= {1, 2, 3}, f"{point} only fires on a validator, but was aimed at {sorted(drawn[point])}"
+    assert drawn["committed"] & {4, 5, 6, 7}, "the other points still hit members"
