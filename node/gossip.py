@@ -10,11 +10,14 @@ Why it works as it does:
   in-memory twin (virtual clock, faults), so the same core is tested at 50 nodes in one process.
 
 - Persist before anything else. The core emits `Persist` before an entry may become visible; this
-  transport appends it to the log file and fsyncs (on one writer thread, with group commit:
-  concurrent requests share one fsync), and only then tells the core (`persisted`), which adds the
-  entry, reports it `Visible` and forwards it. A local entry is on disk before anyone can see it, so
-  its sequence number can never be reused after a crash. After `kill -9`, LogFile drops a torn tail,
-  `load()` re-verifies every stored entry, and anti-entropy fetches what was missed while down.
+  transport appends it to the log file (on one writer thread, with group commit: concurrent requests
+  share one write), and only then tells the core (`persisted`), which adds the entry, reports it
+  `Visible` and forwards it. A local entry is fsynced too (`Persist.durable`): it is on disk before
+  anyone can see it, so its sequence number can never be reused after a crash, even a power loss.
+  Entries from peers are written without an fsync of their own (an fsync per hop was most of a
+  flood's latency when a machine runs many nodes); they survive kill -9 (the page cache does), and
+  the next local fsync or the kernel's writeback flushes them. After a crash, LogFile drops a torn
+  tail, `load()` re-verifies every stored entry, and anti-entropy fetches what was missed.
 
 - Never behind its own entries: after start, local writes wait (at most `first_write_wait_ms`) until
   one anti-entropy round completed and every own entry a peer's digest names was pulled back; past
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import random
@@ -74,9 +78,10 @@ LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging
 
 
 class AppendOnlyFile(Protocol):
-    """What gossip needs of node.logfile.LogFile: a blocking append that returns once fsynced."""
+    """What gossip needs of node.logfile.LogFile: a blocking append that returns once written, and
+    fsynced when `sync`."""
 
-    def append(self, raws: Sequence[bytes]) -> None: ...
+    def append(self, raws: Sequence[bytes], *, sync: bool = True) -> None: ...
 
 
 class _BodyTooLarge(Exception):
@@ -114,8 +119,9 @@ def make_client_session(settings: GossipSettings, *, local_host: str | None = No
 
 
 class _GroupWriter:
-    """LogFile.append on one dedicated thread (LogFile is not thread-safe and fsync blocks); callers
-    waiting at the same time share one append + fsync (group commit).
+    """LogFile.append on one dedicated thread (LogFile is not thread-safe, and writes and fsync block);
+    callers waiting at the same time share one append (group commit), fsynced when one of them asked
+    for it (`durable`: this node's own entries; an fsync covers the whole file, so the others with it).
 
     The queue is bounded in bytes (entry bytes waiting or being written): a disk slower than the
     entries arriving would otherwise grow it without limit, each waiter holding its entries in memory
@@ -126,7 +132,7 @@ class _GroupWriter:
         self._timeout_s = timeout_ms / 1000
         self._queue_max_bytes = queue_max_bytes
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gossip-logfile")
-        self._queue: list[tuple[list[bytes], asyncio.Future]] = []
+        self._queue: list[tuple[list[bytes], bool, asyncio.Future]] = []
         self._queued_bytes = 0                    # in _queue and in the append running now
         self._writer: asyncio.Task | None = None
 
@@ -134,9 +140,9 @@ class _GroupWriter:
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
-    async def append(self, raws: list[bytes]) -> None:
-        """Return once `raws` are on disk; raise Unavailable if the disk is failing or too slow, or if
-        the queue is full (nothing was written: a definite refusal)."""
+    async def append(self, raws: list[bytes], durable: bool = True) -> None:
+        """Return once `raws` are written (and on disk, when `durable`); raise Unavailable if the disk
+        is failing or too slow, or if the queue is full (nothing was written: a definite refusal)."""
         size_bytes = sum(len(raw) for raw in raws)
         if self._queued_bytes + size_bytes > self._queue_max_bytes:
             raise Unavailable(f"the log file's write queue is full: {self._queued_bytes} bytes wait for the disk, and "
@@ -145,7 +151,7 @@ class _GroupWriter:
                               definite=True)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._queue.append((raws, done))
+        self._queue.append((raws, durable, done))
         self._queued_bytes += size_bytes
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._drain())
@@ -160,15 +166,16 @@ class _GroupWriter:
         loop = asyncio.get_running_loop()
         while self._queue:
             batch, self._queue = self._queue, []
-            raws = [raw for batch_raws, _ in batch for raw in batch_raws]
+            raws = [raw for batch_raws, _, _ in batch for raw in batch_raws]
+            sync = any(durable for _, durable, _ in batch)
             try:
-                await loop.run_in_executor(self._executor, self._logfile.append, raws)
+                await loop.run_in_executor(self._executor, functools.partial(self._logfile.append, raws, sync=sync))
                 error: BaseException | None = None
             except Exception as caught:  # an OSError from the disk, reported to every waiter
                 error = Unavailable(f"cannot write the log file: {caught}", hint="check the node's disk (full, permissions)")
             finally:
                 self._queued_bytes -= sum(len(raw) for raw in raws)
-            for _, done in batch:
+            for _, _, done in batch:
                 if done.done():
                     continue
                 if error is None:
@@ -405,7 +412,7 @@ class Gossip:
 
     async def _persist(self, effect: Persist) -> None:
         try:
-            await self._writer.append(list(effect.raws))
+            await self._writer.append(list(effect.raws), effect.durable)
         except SynapseError as error:  # Unavailable: the disk is failing or too slow
             self._execute(self._core.persist_failed(effect.batch_id, error))
             return

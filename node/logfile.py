@@ -6,8 +6,10 @@ Why it works as it does:
   where a payload is one entry's canonical bytes. The crc covers the length too, so a torn or
   zero-filled tail (what a crash can leave) never parses as a record.
 - append() writes the records then fsyncs: when it returns, the entries are on disk, so an entry
-  acknowledged to a local caller survives kill -9 and power loss. It is blocking: call it in an
-  executor. A failed write (disk full) is cut back to the last good record, so a later append never
+  acknowledged to a local caller survives kill -9 and power loss. append(sync=False) only writes
+  (entries received from peers: they survive kill -9, which keeps the page cache, and a power loss
+  may cut them, which open() handles as a torn tail; the next synced append flushes them, since an
+  fsync covers the whole file). It is blocking: call it in an executor. A failed write (disk full) is cut back to the last good record, so a later append never
   lands behind garbage.
 - open() reads every record, stops at the first torn or corrupt one, truncates the file there (so
   appends continue cleanly) and reports how many bytes were dropped (`torn_tail_bytes`, also logged).
@@ -90,9 +92,10 @@ class LogFile:
                             path, torn_tail_bytes, len(payloads))
         return cls(path, descriptor, good_offset, max(0, torn_tail_bytes), record_size_max_bytes), payloads
 
-    def append(self, raws: Sequence[bytes]) -> None:
-        """Append one record per payload, then fsync. Blocking: run it in an executor. All or nothing:
-        on failure the file is cut back and StoreError raised (definite: nothing was appended)."""
+    def append(self, raws: Sequence[bytes], *, sync: bool = True) -> None:
+        """Append one record per payload, then fsync (unless `sync` is False). Blocking: run it in an
+        executor. All or nothing: on failure the file is cut back and StoreError raised (definite:
+        nothing was appended)."""
         if not raws:
             return
         if len(raws) > LOGFILE_APPEND_BATCH_RECORDS_MAX:
@@ -107,7 +110,8 @@ class LogFile:
             descriptor = self._usable_descriptor()
             try:
                 _write_all(descriptor, buffer, self._end_offset)
-                os.fsync(descriptor)
+                if sync:
+                    os.fsync(descriptor)
             except OSError as error:
                 self._cut_back(descriptor)
                 raise StoreError(f"cannot append to the log file {self.path}: {error.strerror}") from None
@@ -131,9 +135,14 @@ class LogFile:
         return self._end_offset
 
     def close(self) -> None:
-        """Release the lock and the file. Idempotent."""
+        """Flush what append(sync=False) wrote, release the lock and the file. Idempotent."""
         with self._lock:
             if self._descriptor is not None:
+                try:
+                    if self._broken is None:
+                        os.fsync(self._descriptor)
+                except OSError as error:   # the records stay a torn tail at worst: open() cuts it
+                    _logger.warning("log file %s: fsync at close failed: %s", self.path, error.strerror)
                 os.close(self._descriptor)  # closing drops the flock
                 self._descriptor = None
 

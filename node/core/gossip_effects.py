@@ -47,10 +47,17 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Persist:
-    """Append `raws` to the log file and fsync; then report back with `batch_id`."""
+    """Append `raws` to the log file, and fsync it when `durable`; then report back with `batch_id`.
+
+    This node's own entries are durable before anyone sees them: after a power loss the node must
+    not sign another entry at the same sequence. Entries received from peers are written, not
+    fsynced: their authors and the peers hold them, a node that lost them learns them again by
+    anti-entropy, and the next durable append (or the kernel's writeback) flushes them with it, since
+    an fsync covers the whole file. That saves an fsync on every hop of every entry."""
 
     batch_id: int
     raws: tuple[bytes, ...]
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

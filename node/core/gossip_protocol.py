@@ -251,7 +251,7 @@ class GossipCore:
     # --- persistence results -----------------------------------------------------------------------
 
     def persisted(self, batch_id: int, now_ms: int, rng: Random) -> list[Effect]:
-        """The transport wrote and fsynced the batch `batch_id`: add its entries, then go on."""
+        """The transport wrote the batch `batch_id` (and fsynced it if it was durable): add its entries, then go on."""
         ingestion = self._ingestions.pop(batch_id)
         self._out.append(count("gossip_entries_persisted_total", len(ingestion.fresh)))
         if ingestion.local:
@@ -286,7 +286,7 @@ class GossipCore:
             return
         batch_id = self._new_id()
         self._ingestions[batch_id] = ingestion
-        self._out.append(Persist(batch_id=batch_id, raws=tuple(entry.raw for entry in ingestion.fresh)))
+        self._out.append(Persist(batch_id=batch_id, raws=tuple(entry.raw for entry in ingestion.fresh), durable=False))
 
     def _admit(self, raws: Sequence[bytes], sender_id: str | None, result: Ingested, now_ms: int) -> list[Entry]:
         fresh: list[Entry] = []

@@ -57,6 +57,7 @@ class RecordingLogFile:
     def __init__(self, inner: LogFile) -> None:
         self.inner = inner
         self.appended: list[bytes] = []
+        self.synced: list[bool] = []              # per append: whether it was fsynced
         self.failing = False
         self._resumed = threading.Event()         # cleared by stall(): appends wait (a very slow disk) until resume()
         self._resumed.set()
@@ -67,13 +68,14 @@ class RecordingLogFile:
     def resume(self) -> None:
         self._resumed.set()
 
-    def append(self, raws: Sequence[bytes]) -> None:
+    def append(self, raws: Sequence[bytes], *, sync: bool = True) -> None:
         if self.failing:
             raise OSError(28, "No space left on device")
         if not self._resumed.wait(timeout=30):    # bounded: a test that forgets resume() fails, never hangs
             raise OSError(5, "the test's stalled disk was never resumed")
-        self.inner.append(raws)
+        self.inner.append(raws, sync=sync)
         self.appended.extend(raws)
+        self.synced.append(sync)
 
 
 @dataclass
@@ -464,7 +466,7 @@ async def test_the_log_writer_queue_is_bounded_in_bytes_and_refuses_at_once_when
             self.appended: list[bytes] = []
             self.resumed = threading.Event()
 
-        def append(self, raws: Sequence[bytes]) -> None:
+        def append(self, raws: Sequence[bytes], *, sync: bool = True) -> None:
             assert self.resumed.wait(timeout=30), "the test never resumed the disk"
             self.appended.extend(raws)
 
@@ -757,3 +759,13 @@ async def test_a_flood_of_concurrent_pushes_is_bounded_and_survived(make_net) ->
     assert target.metric("gossip_entries_received_total", status="added") == 60
     await net.converged(61, what="the member's entries to reach every honest node")
     await _still_healthy(net, 61, only_honest_authors=False)
+
+
+async def test_own_entries_are_fsynced_before_anyone_sees_them_and_a_peer_s_are_only_written(make_net) -> None:
+    net = make_net(2, settings=QUIET)
+    await net.start()
+    entry = await net.publish(0)
+    await poll_until_async(lambda: net.nodes[1].log.is_visible(entry.id), what="node 1 to get node 0's entry", timeout_s=WAIT_S)
+    assert net.nodes[0].logfile.synced == [True], "the author's own entry is on disk before it is published"
+    assert net.nodes[1].logfile.synced == [False], "a copy received from a peer costs no fsync of its own"
+    assert net.nodes[1].logfile.appended == [entry.raw]

@@ -195,3 +195,20 @@ def test_entries_read_back_are_verified_again_not_trusted(log_path):
             outcomes.append(refusal.reason)
     assert outcomes == [AddStatus.ADDED, "bad_signature", AddStatus.PENDING]
     assert [e.id for e in loaded.visible()] == [entries[0].id]
+
+
+def test_an_unsynced_append_is_written_and_flushed_by_the_next_synced_one_or_by_close(log_path, monkeypatch):
+    fsynced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda descriptor: (fsynced.append(os.fstat(descriptor).st_size), real_fsync(descriptor)))
+    log_file, _ = LogFile.open(log_path)
+    fsynced.clear()
+    log_file.append([b"from a peer"], sync=False)
+    assert fsynced == [] and log_path.stat().st_size == len(MAGIC) + len(encode_record(b"from a peer"))
+    log_file.append([b"our own entry"])   # one fsync of the whole file, the peer's record with it
+    assert fsynced == [log_path.stat().st_size]
+    log_file.append([b"from another peer"], sync=False)
+    log_file.close()
+    assert fsynced[-1] == log_path.stat().st_size, "close flushes what was only written"
+    _, payloads = reopened(log_path)
+    assert payloads == [b"from a peer", b"our own entry", b"from another peer"]
