@@ -44,6 +44,7 @@ RESULTS = REPOSITORY / "bench" / "results"
 AIM_WASM_OVER_PYTHON = 1.3
 AIM_CACHED_SPEEDUP = 10.0
 FUEL_SIZES_NODES = (1_000, 10_000, 100_000)
+RUST_LTO_PROFILE = {"LTO": "fat", "CODEGEN_UNITS": "1"}
 
 
 def median_seconds(function, runs: int) -> float:
@@ -116,7 +117,10 @@ def migration_packages(work: Path) -> dict[str, bytes]:
     missing = rust_toolchain_missing()
     if missing is None:
         target = RESULTS / ".cargo-target"  # kept between runs: only the crate itself is rebuilt
-        packages = {"rust (spec crate)": build_rust_example(work / "rust", target_dir=target), **packages}
+        # The same source and Cargo.toml, built with link-time optimisation (cargo's release profile set
+        # from outside the crate): what a package author can do for speed, measured beside the default.
+        lto = build_rust_example(work / "rust-lto", target_dir=RESULTS / ".cargo-target-lto", release_profile=RUST_LTO_PROFILE)
+        packages = {"rust (spec crate)": build_rust_example(work / "rust", target_dir=target), "rust, lto": lto, **packages}
     else:
         print(f"note: Debian's Rust toolchain is missing ({missing}); run: sudo sh scripts/install-toolchain.sh", file=sys.stderr)
     try:

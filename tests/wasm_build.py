@@ -13,6 +13,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -91,17 +92,20 @@ def cargo_environment(cargo_home: Path, target_dir: Path | None = None) -> dict:
     return environment
 
 
-def build_rust_example(tmp: Path, target_dir: Path | None = None) -> bytes:
+def build_rust_example(tmp: Path, target_dir: Path | None = None, release_profile: Mapping[str, str] | None = None) -> bytes:
     """Copy examples/rust/upgrade_v1_2_0 to tmp and build it for real, offline, with /usr/bin/cargo.
 
     `target_dir` may be shared between builds (e.g. `shared_build_dir(tmp_path_factory)`): cargo locks
-    it, so parallel test workers wait for one build instead of compiling the dependencies each."""
+    it, so parallel test workers wait for one build instead of compiling the dependencies each.
+    `release_profile` sets cargo's release profile from outside the crate (CARGO_PROFILE_RELEASE_<KEY>,
+    e.g. {"LTO": "fat"}): the crate's source and Cargo.toml stay as the spec gives them."""
     missing = rust_toolchain_missing()
     if missing is not None:
         pytest.skip(f"Debian's Rust toolchain for wasm32 is missing ({missing}); {INSTALL_HINT}")
     crate = Path(tmp) / "upgrade_v1_2_0"
     shutil.copytree(RUST_EXAMPLE, crate, ignore=shutil.ignore_patterns("target", "Cargo.lock"))
     environment = cargo_environment(Path(tmp) / "cargo-home", target_dir)
+    environment.update({f"CARGO_PROFILE_RELEASE_{key}": value for key, value in (release_profile or {}).items()})
     command = [str(DEBIAN_CARGO), "build", "--target", "wasm32-unknown-unknown", "--release", "--offline"]
     built_in = Path(target_dir) if target_dir is not None else crate / "target"
     with _exclusive(built_in):  # another worker's build must not rewrite the artifact while we read it
