@@ -68,6 +68,7 @@ class Limits:
     gossip_fanout: int = 0  # 0 = automatic: ceil(ln N) + 1
     gossip_interval_ms: int = 200
     gossip_quiet_interval_max_ms: int = 0  # 0 = automatic: 16 x gossip_interval_ms; = gossip_interval_ms: no backoff
+    gossip_report_hold_ms: int = 0  # EXECUTION_REPORTs are sent this long after they were written (0: at once)
     gossip_batch_entries_max: int = 256
     gossip_call_timeout_ms: int = 2_000
     gossip_request_body_max_bytes: int = 4 * MiB
@@ -102,6 +103,7 @@ LIMIT_RANGES: Mapping[str, tuple[int, int]] = {
     "gossip_fanout": (0, 64),
     "gossip_interval_ms": (10, 600_000),
     "gossip_quiet_interval_max_ms": (0, 600_000),
+    "gossip_report_hold_ms": (0, 600_000),
     "gossip_batch_entries_max": (1, 10_000),
     "gossip_call_timeout_ms": (10, 600_000),
     "gossip_request_body_max_bytes": (2048, 256 * MiB),

@@ -259,6 +259,7 @@ class Node:
             peers={member.node_id: member.api_url for member in genesis.members if member.node_id != node_id},
             settings=GossipSettings(fanout=limits.gossip_fanout or None, interval_ms=limits.gossip_interval_ms,
                                     quiet_interval_max_ms=limits.gossip_quiet_interval_max_ms or None,
+                                    report_hold_ms=limits.gossip_report_hold_ms,
                                     batch_entries_max=limits.gossip_batch_entries_max,
                                     request_body_max_bytes=limits.gossip_request_body_max_bytes,
                                     call_timeout_ms=limits.gossip_call_timeout_ms,

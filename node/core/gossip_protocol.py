@@ -21,6 +21,9 @@ Why it works as it does:
   and RATIFY entries, which the certificate makes redundant for spreading) are pushed by their author
   only; anti-entropy carries them on (eagerly: N x N x fanout messages). A push carries the lazy parents
   of its entries that the peer is not known to hold, so an eager entry never waits for one.
+  With `report_hold_ms`, nobody sends an EXECUTION_REPORT until that long after its author wrote it
+  (many nodes on one machine: the reports then do not compete with the executions for the cores);
+  a `want` of one is answered at once.
 
 - Anti-entropy in at most three small exchanges. (1) I send my digest's hash and the ids of parents I
   miss; a peer with the same digest answers "in sync" in a few bytes. (2) Otherwise it answers its
@@ -52,13 +55,14 @@ from node.core.gossip_effects import Effect, Persist, Refuse, Reply, Send, Visib
 from node.core.gossip_records import Ingested, PeerState, Random, Then, Call, Ingestion
 from node.core.gossip_messages import IDS_PER_MESSAGE_MAX, Offer, Push, Pushed, Sync, Synced, Want, digest_hash_of, pack
 from node.core.gossip_round import PULL_BATCHES_PER_ROUND_MAX, Round, RoundPhase, enter
-from node.core.gossip_rules import BoundedMap, batches_by_size, remote_may_have_more
+from node.core.gossip_rules import BoundedMap, batches_by_size, held_report, not_held, remote_may_have_more
 from node.core.gossip_settings import GossipSettings, fanout_for
 from node.core.gossip_waves import ForwardWaves, peers_holding_all
 from node.core.hlc import WALL_MS_MAX
 from node.errors import BadRequest, Conflict, EntryRefused, SynapseError, Unavailable
 
 HOLDERS_MEMORY_MAX = 4_096           # entries for which we remember which peers hold them
+HELD_PUSHES_MAX = 64                 # own entries whose push waits for report_hold_ms (more are pushed at once)
 ROUNDS_RUNNING_MAX = 4               # anti-entropy rounds at once (a slow peer never blocks the others)
 MESSAGE_ENVELOPE_BYTES = 1_024       # room left in a request for everything but entry bytes
 
@@ -88,6 +92,7 @@ class GossipCore:
         self._skipped_round = False
         self._expected = BoundedMap(settings.inbox_max)          # id -> deadline_ms (answered "want")
         self._holders = BoundedMap(HOLDERS_MEMORY_MAX)           # id -> set of peer ids known to hold it
+        self._held_pushes: list[Entry] = []                       # own reports to push once report_hold_ms passed
         self.waves = ForwardWaves(queue_max=settings.batch_entries_max, patience_ms=settings.interval_ms)
         self.pace = AntiEntropyPace(base_ms=settings.interval_ms, max_ms=settings.quiet_period_max_ms)
 
@@ -244,6 +249,12 @@ class GossipCore:
         if outcome.newly_visible:
             self._out.append(Visible(entries=tuple(outcome.newly_visible)))
         self._out.append(Reply(request_id=request_id, message=None))
+        if held_report(entry, now_ms, self.settings.report_hold_ms) and len(self._held_pushes) < HELD_PUSHES_MAX:
+            self._held_pushes.append(entry)       # tick() pushes it once the hold has passed
+            return
+        self._push_own(entry, now_ms, rng)
+
+    def _push_own(self, entry: Entry, now_ms: int, rng: Random) -> None:
         for peer_id in self._choose_peers(self.fanout, exclude=set(), now_ms=now_ms, rng=rng):
             if self._begin_flow():
                 self._push(peer_id, self._with_lazy_parents([entry], peer_id), self._end_flow)
@@ -489,6 +500,11 @@ class GossipCore:
         random peer that is not in backoff, unless the skip-a-round rule applies."""
         for round_ in [round_ for round_ in self._rounds.values() if round_.deadline_ms <= now_ms]:
             self._end_round(round_, "timeout")
+        released = not_held(self._held_pushes, now_ms, self.settings.report_hold_ms)
+        if released:
+            self._held_pushes = [entry for entry in self._held_pushes if entry not in released]
+            for entry in released:
+                self._push_own(entry, now_ms, rng)
         self._flush_forwards(now_ms, rng)     # a wave stuck on a silent peer holds the next no longer
         # An entry is on its way to this node (it wanted one within the last period): a round now
         # would only meet it in flight and pay for full digests and a second copy. Skip ONE round;
@@ -571,7 +587,8 @@ class GossipCore:
         self._pace(PaceEvent.CHANGE)  # the peer's digest differs from ours
         round_.theirs = parse_digest(reply.digest)
         self._note_digest(round_.theirs)
-        lacking = self.log.entries_missing_from(reply.digest, limit=self.settings.batch_entries_max)
+        lacking = not_held(self.log.entries_missing_from(reply.digest, limit=self.settings.batch_entries_max), now_ms,
+                           self.settings.report_hold_ms)
         round_.lacking = bool(lacking)
         self._push(round_.peer_id, lacking, self._live(round_, lambda: self._round_pushed(round_)))
 
@@ -615,7 +632,7 @@ class GossipCore:
             elif type(message) is Push:
                 self._answer_push(source, message, now_ms, rng, request_id)
             elif type(message) is Sync:
-                self._out.append(Reply(request_id=request_id, message=self._answer_sync(message)))
+                self._out.append(Reply(request_id=request_id, message=self._answer_sync(message, now_ms)))
             else:
                 raise BadRequest(f"a {type(message).__name__} is a reply, not a request",
                                  hint="send offer, push or sync messages to a node's /gossip routes")
@@ -653,7 +670,7 @@ class GossipCore:
         self._ingest(push.raws, sender_id, now_ms, rng, done,
                      failed=lambda error: self._out.append(Refuse(request_id=request_id, error=error, reason="unavailable")))
 
-    def _answer_sync(self, sync: Sync) -> Synced:
+    def _answer_sync(self, sync: Sync, now_ms: int) -> Synced:
         settings = self.settings
         if len(sync.want) > max(settings.want_ids_max, settings.batch_entries_max):
             raise BadRequest(f"a sync asks for at most {settings.want_ids_max} ids, got {len(sync.want)}",
@@ -665,7 +682,7 @@ class GossipCore:
             self._note_digest(parse_digest(sync.digest))
             missing = self.log.entries_missing_from(sync.digest, limit=settings.batch_entries_max + 1)
             more = len(missing) > settings.batch_entries_max
-            entries.extend(missing[: settings.batch_entries_max])
+            entries.extend(not_held(missing[: settings.batch_entries_max], now_ms, settings.report_hold_ms))
         size_max_bytes = settings.request_body_max_bytes - MESSAGE_ENVELOPE_BYTES - len(pack(digest))
         batches = batches_by_size(entries, count_max=settings.batch_entries_max, size_max_bytes=size_max_bytes)
         chosen = batches[0] if batches else []

@@ -1,5 +1,6 @@
 """Stateless rules of gossip: how entries are cut into batches, whether a peer's digest shows
-entries this node lacks, and a bounded memory for ids learnt from the network.
+entries this node lacks, which reports are still held (report_hold_ms), and a bounded memory for ids
+learnt from the network.
 
 Why separate: these are leaf functions (pure, table-testable) that the protocol core
 (gossip_protocol.py) composes; keeping them apart keeps the state machine's file about state.
@@ -57,3 +58,19 @@ def remote_may_have_more(mine: Mapping[str, list], theirs: Mapping[str, tuple]) 
         if len(leaves) > len(my_leaves):
             return True
     return False
+
+
+HELD_KIND = "EXECUTION_REPORT"       # the kind GossipSettings.report_hold_ms holds
+
+
+def held_report(entry: Entry, now_ms: int, hold_ms: int) -> bool:
+    """An EXECUTION_REPORT younger than `hold_ms` by its author's HLC: nobody sends it yet. An author
+    with a clock ahead only holds its own report longer (admission bounds how far ahead)."""
+    return hold_ms > 0 and entry.kind == HELD_KIND and now_ms < entry.hlc.wall_ms + hold_ms
+
+
+def not_held(entries: Sequence[Entry], now_ms: int, hold_ms: int) -> list[Entry]:
+    """`entries` without the held reports, in their order."""
+    if not hold_ms:
+        return list(entries)
+    return [entry for entry in entries if not held_report(entry, now_ms, hold_ms)]

@@ -9,6 +9,7 @@ exactly from its printed seed (GOSSIP_SEED=<seed> reruns one).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -16,7 +17,7 @@ import pytest
 
 from node.core.gossip_settings import GossipSettings
 from node.gossip_inmem import Faults, InmemNetwork
-from tests.logtools import NOW_MS, CountingVerify, identities, log_state, new_log
+from tests.logtools import NOW_MS, CountingVerify, identities, log_state, new_log, report_body
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +118,28 @@ def test_a_quiet_network_backs_off_and_a_new_entry_still_reaches_everyone_in_tim
                           check_every_ms=50, virtual_ms_max=ROUNDS_MAX * SETTINGS.interval_ms)
     assert reached, f"seed {seed}: the new entry did not reach every node within {ROUNDS_MAX} base periods"
     print(f"quiet: {per_node_per_s:.2f} rounds/s per node; the new entry reached all in {network.now_ms - started_ms} virtual ms")
+
+
+@pytest.mark.parametrize("hold_ms", [0, 2_000])
+def test_a_held_execution_report_reaches_no_one_before_report_hold_ms_and_everyone_soon_after(hold_ms) -> None:
+    """report_hold_ms (set by `cluster up` for many nodes on one machine): nobody sends an
+    EXECUTION_REPORT until that long after its author wrote it; other kinds spread as before."""
+    people = PEOPLE[:10]
+    network = InmemNetwork(seed=7, settings=dataclasses.replace(SETTINGS, report_hold_ms=hold_ms), faults=Faults(), now_ms=NOW_MS)
+    for person in people:
+        network.add_node(node_id=person.node_id, log=new_log(people, verify=VERIFY),
+                         peer_ids=[other.node_id for other in people if other is not person])
+    author, noter = (network.nodes[person.node_id] for person in people[:2])
+    network.at(100, network.publish, author, kind="EXECUTION_REPORT", body=report_body(), sign=people[0].sign)
+    network.at(100, network.publish, noter, kind="NOTE", body={"text": "not held"}, sign=people[1].sign)
+    network.start()
+
+    def holding(kind: str) -> int:
+        return sum(any(entry.kind == kind for entry in node.core.log.visible()) for node in network.nodes.values())
+
+    network.run(until=lambda: False, check_every_ms=50, virtual_ms_max=100 + 1_900)   # just before the hold ends
+    assert holding("NOTE") == 10, "entries of other kinds are not held"
+    assert holding("EXECUTION_REPORT") == (1 if hold_ms else 10), "held: only its author has it yet"
+    reached = network.run(until=lambda: holding("EXECUTION_REPORT") == 10, check_every_ms=50,
+                          virtual_ms_max=5 * SETTINGS.interval_ms)
+    assert reached, "once the hold passed, the author's push and anti-entropy carry it to everyone"

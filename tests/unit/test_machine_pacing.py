@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster.addresses import parse_block
-from cluster.genesis import MACHINE_ANTI_ENTROPY_ROUNDS_PER_S, create_network, machine_gossip_interval_ms
+from cluster.genesis import MACHINE_ANTI_ENTROPY_ROUNDS_PER_S, create_network, machine_gossip_interval_ms, machine_report_hold_ms
 from node.config import Limits
 
 
@@ -43,3 +43,24 @@ def test_a_one_machine_network_writes_the_paced_period_into_every_config(tmp_pat
     given = create_network(tmp_path / "given", nodes=100, validators=3, block=block, one_machine=True,
                            config_limits={"gossip_interval_ms": 150})
     assert configured_interval(given) == 150                # the user's choice wins
+
+
+def configured_hold(network, index: int = 0) -> int | None:
+    return tomllib.loads(Path(network.nodes[index].config_path).read_text()).get("limits", {}).get("gossip_report_hold_ms")
+
+
+@pytest.mark.parametrize("nodes, expected_ms", [(5, 0), (20, 0), (33, 660), (100, 2000), (256, 5120)])
+def test_reports_are_held_two_paced_periods_once_the_machine_paces_its_nodes(nodes, expected_ms) -> None:
+    assert machine_report_hold_ms(nodes) == expected_ms
+
+
+def test_a_one_machine_network_writes_the_report_hold_and_a_hold_the_user_gives_wins(tmp_path: Path) -> None:
+    block = parse_block("127.70.41", hosts=100)
+    network = create_network(tmp_path / "one", nodes=100, validators=3, block=block, one_machine=True)
+    assert {configured_hold(network, index) for index in range(100)} == {2000}
+    assert configured_hold(create_network(tmp_path / "many", nodes=100, validators=3, block=block)) is None
+    assert configured_hold(create_network(tmp_path / "small", nodes=5, validators=3, block=block, one_machine=True)) is None
+    given = create_network(tmp_path / "given", nodes=100, validators=3, block=block, one_machine=True,
+                           config_limits={"gossip_report_hold_ms": 0})
+    assert configured_hold(given) == 0
+    assert Limits().gossip_report_hold_ms == 0, "a node on its own machine sends its report at once"
