@@ -40,8 +40,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from cluster.addresses import BlockLease, acquire_block, acquire_given_block, parse_block
 from cluster.faults import remove_stale_chain
 from cluster.genesis import create_network
-from cluster.template import NodeTemplate, TemplateProcess, spawn_mode
-from cluster.template import python_child_environment
+from cluster.template import NodeTemplate, TemplateProcess, python_child_environment, spawn_mode
 from cluster.template import die_with_parent as _die_with_parent  # noqa: F401 (netns, scenario_parallel and tests import it from here)
 from node.api import API_TOKEN_FILE_NAME, read_token
 from node.errors import ClusterError

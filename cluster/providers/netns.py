@@ -30,8 +30,8 @@ from typing import Any
 from cluster.addresses import BlockLease
 from cluster.local import LocalCluster, NodeHandle, _die_with_parent
 from cluster.providers import netns_net as net
-from cluster.template import python_child_environment
 from cluster.providers.base import FAULT_KINDS, Capability, LinkFault, Provider, merge_link_fault
+from cluster.template import python_child_environment
 from node.errors import ClusterError, FaultInjectionUnavailable
 
 HELPER_READY_TIMEOUT_S = 15.0

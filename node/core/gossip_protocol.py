@@ -502,7 +502,7 @@ class GossipCore:
             self._end_round(round_, "timeout")
         released = not_held(self._held_pushes, now_ms, self.settings.report_hold_ms)
         if released:
-            self._held_pushes = [entry for entry in self._held_pushes if entry not in released]
+            self._held_pushes = [entry for entry in self._held_pushes if held_report(entry, now_ms, self.settings.report_hold_ms)]
             for entry in released:
                 self._push_own(entry, now_ms, rng)
         self._flush_forwards(now_ms, rng)     # a wave stuck on a silent peer holds the next no longer
