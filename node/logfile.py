@@ -9,8 +9,8 @@ Why it works as it does:
   acknowledged to a local caller survives kill -9 and power loss. append(sync=False) only writes
   (entries received from peers: they survive kill -9, which keeps the page cache, and a power loss
   may cut them, which open() handles as a torn tail; the next synced append flushes them, since an
-  fsync covers the whole file). It is blocking: call it in an executor. A failed write (disk full) is cut back to the last good record, so a later append never
-  lands behind garbage.
+  fsync covers the whole file). It is blocking: call it in an executor. A failed write (disk full)
+  is cut back to the last good record, so a later append never lands behind garbage.
 - open() reads every record, stops at the first torn or corrupt one, truncates the file there (so
   appends continue cleanly) and reports how many bytes were dropped (`torn_tail_bytes`, also logged).
   Nothing read from disk is trusted: the caller re-verifies every entry through CrdtLog.add.
