@@ -433,6 +433,7 @@ class ValidatorRaft:
                 raise Unavailable(f"raft {method} of {arguments[0]!r} did not commit within {timeout_s:.1f} s "
                                   f"(last failure: {last_failure})",
                                   hint="a majority of validators must be up and connected; the call is safe to retry")
+            attempt_started = loop.time()
             try:
                 return await self._call_once(method, arguments,
                                              min(remaining_s, self._config.timing.call_attempt_timeout_s))
@@ -443,6 +444,10 @@ class ValidatorRaft:
             except asyncio.TimeoutError:
                 last_failure, leader_changed = "attempt timed out", False
             wait_s = retry_wait_s(leader_changed=leader_changed, backoff_s=delay_s)
+            # Why a ratification is slow: each retried attempt, its failure and how long it took.
+            logger.info("raft_call_retry", extra={"fields": {
+                "method": method, "proposal_id": arguments[0], "failure": last_failure,
+                "attempt_ms": round((loop.time() - attempt_started) * 1000), "retry_in_ms": round(wait_s * 1000)}})
             await asyncio.sleep(max(0.0, min(wait_s, deadline - loop.time())))
             delay_s = min(delay_s * 2, self._config.timing.retry_delay_max_s)
 

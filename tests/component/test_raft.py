@@ -6,6 +6,7 @@ Every SyncObj is destroyed at the end, even when a test fails."""
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import socket
 import threading
 
@@ -168,7 +169,7 @@ async def test_a_majority_ratifies_and_sequences_are_assigned_in_order(cluster):
     assert views[0] == views[1] == views[2] and views[0].next_sequence == 3
 
 
-async def test_a_minority_cannot_ratify(cluster):
+async def test_a_minority_cannot_ratify(cluster, caplog):
     for index in range(3):
         await cluster.start(index)
     await cluster.wait_for_leader()
@@ -183,9 +184,13 @@ async def test_a_minority_cannot_ratify(cluster):
     # With two of three validators gone nothing can commit: the call fails, indefinitely, after its timeout.
     await cluster.stop(1)
     await cluster.stop(2)
+    caplog.set_level(logging.INFO, logger="node.raft")
     with pytest.raises(Unavailable) as failed:
         await cluster.ratify(0, "upgrade_b", timeout_s=2.0)
     assert failed.value.definite is False and "did not commit" in str(failed.value)
+    retries = [record.fields for record in caplog.records if record.getMessage() == "raft_call_retry"]
+    assert retries and all(fields["method"] in ("close", "ratify") and fields["proposal_id"] == "upgrade_b" and fields["failure"]
+                           and fields["attempt_ms"] >= 0 for fields in retries), "each retried attempt says why"
     assert cluster.members[0].snapshot().by_proposal("upgrade_b") is None
 
 
