@@ -62,6 +62,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.syncobj import _RAFT_STATE, SyncObjException
 
+from node.logging_setup import log_event
 from node.core.certificates import Verify, certificate_statement, ratify_statement
 from node.core.closing import close_statement, pack_vote_ids
 from node.core.raft_timing import LeaderLostWindow, leader_lost_deadline_s, retry_wait_s, tick_wait_s
@@ -445,9 +446,8 @@ class ValidatorRaft:
                 last_failure, leader_changed = "attempt timed out", False
             wait_s = retry_wait_s(leader_changed=leader_changed, backoff_s=delay_s)
             # Why a ratification is slow: each retried attempt, its failure and how long it took.
-            logger.info("raft_call_retry", extra={"fields": {
-                "method": method, "proposal_id": arguments[0], "failure": last_failure,
-                "attempt_ms": round((loop.time() - attempt_started) * 1000), "retry_in_ms": round(wait_s * 1000)}})
+            log_event(logger, logging.INFO, "raft_call_retry", method=method, proposal_id=arguments[0], failure=last_failure,
+                      attempt_ms=round((loop.time() - attempt_started) * 1000), retry_in_ms=round(wait_s * 1000))
             await asyncio.sleep(max(0.0, min(wait_s, deadline - loop.time())))
             delay_s = min(delay_s * 2, self._config.timing.retry_delay_max_s)
 
