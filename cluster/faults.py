@@ -57,6 +57,10 @@ INSTALL_HINT = "run as root with iptables installed (sudo sh scripts/install-too
 # --- capability ------------------------------------------------------------------------------
 
 
+class NoLeaderYet(ClusterError):
+    """A step names the Raft leader while the validators have none (an election is under way, or lost)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capability:
     available: bool
@@ -378,7 +382,8 @@ def _group(group: str, nodes: Sequence[NodeView], leader: Callable[[], int | Non
         return [node.index for node in nodes if node.index not in excluded]
     leader_index = leader()
     if leader_index is None:
-        raise ClusterError("the validators have no Raft leader now", hint="wait for an election (assert healthy within ...) first")
+        raise NoLeaderYet("the validators have no Raft leader now",
+                          hint='an assert step that names "leader" waits for an election within its `within` (e.g. within = "30s")')
     if group == "leader":
         return [leader_index]
     assert group == "followers", group
@@ -519,3 +524,22 @@ def unbound_peer_connections(hosts_by_pid: Mapping[int, str], block_prefix: str,
             if ipaddress.ip_address(remote_host) in network and remote_host != own_host and local_host != own_host:
                 problems.append(f"{own_host} (pid {pid}) talks to {remote_host}:{remote_port} from {local_host}:{local_port}")
     return problems
+
+
+def raft_delay_note(*, sources: Sequence[int], destinations: Sequence[int], validators: set[int], one_way_ms: int,
+                    election_timeout_min_ms: int) -> str | None:
+    """What a delay between validators means for their Raft, when it matters: a round trip between two
+    validators (delayed one way, or both) above a tenth of the election timeout's minimum (etcd's rule:
+    the election timeout is at least 10 round trips). Elections then split and repeat, and a call cut by a
+    leader change is resubmitted: ratification took 2.5-18 s under 200 ms each way with the LAN defaults."""
+    validator_pairs = {(source, destination) for source in sources for destination in destinations
+                       if source != destination and {source, destination} <= validators}
+    if not validator_pairs:
+        return None
+    both_ways = any((destination, source) in validator_pairs for source, destination in validator_pairs)
+    round_trip_ms = one_way_ms * (2 if both_ways else 1)
+    if 10 * round_trip_ms <= election_timeout_min_ms:
+        return None
+    return (f"note: a Raft round trip between validators is now >= {round_trip_ms} ms, and their election timeout "
+            f"({election_timeout_min_ms} ms at least) is under 10 of them: expect leader changes; a network on such links "
+            f"sets limits raft_election_timeout_min_ms / _max_ms and raft_heartbeat_ms (README: Raft on a slow network)")

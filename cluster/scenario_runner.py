@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.faults import NoLeaderYet
 from cluster.package_server import PackageServer, build_package
 from cluster.report import RunRecord, StepRecord, copy_node_files, log_excerpt, outcome_record, report_folder, write_report
 from cluster.providers import make_provider
@@ -196,7 +197,13 @@ class ScenarioRun:
 
     def _judge(self, step: Step) -> Judgement:
         """Poll a check: until it holds (within), throughout (during), or once."""
-        look = (lambda: run_hook(self._driver, step)) if step.do == "hook" else (lambda: CHECKS[step.check](self._driver, step))
+        check = (lambda: run_hook(self._driver, step)) if step.do == "hook" else (lambda: CHECKS[step.check](self._driver, step))
+
+        def look() -> Judgement:
+            try:
+                return check()
+            except NoLeaderYet as error:     # "leader" while an election runs: not yet, like any check that does not hold
+                return Judgement(ok=False, expected="the validators have a Raft leader", seen=error.one_line())
         if step.during_ms:
             end = time.monotonic() + step.during_ms / 1000
             while True:

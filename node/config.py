@@ -75,6 +75,12 @@ class Limits:
     gossip_first_write_wait_ms: int = 3_000  # after start, how long the first local write may wait to learn this node's own entries
     request_body_max_bytes: int = 1 * MiB
     shutdown_timeout_ms: int = 10_000
+    # A validator's Raft (PySyncObj): the leader's heartbeat period and the election timeout, drawn at
+    # random in [min, max) by each follower. Raft needs the election timeout well above a round trip
+    # between validators (etcd's rule: at least 10 x the RTT); the defaults suit a LAN.
+    raft_heartbeat_ms: int = 50
+    raft_election_timeout_min_ms: int = 300
+    raft_election_timeout_max_ms: int = 600
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMIT_RANGES.items():
@@ -83,6 +89,16 @@ class Limits:
             raise ConfigError(f"limits.gossip_quiet_interval_max_ms ({self.gossip_quiet_interval_max_ms}) is below "
                               f"limits.gossip_interval_ms ({self.gossip_interval_ms})",
                               hint="set it to 0 (automatic), to gossip_interval_ms (no backoff while quiet) or higher")
+        if not self.raft_election_timeout_min_ms < self.raft_election_timeout_max_ms:
+            raise ConfigError(f"limits.raft_election_timeout_min_ms ({self.raft_election_timeout_min_ms}) must be below "
+                              f"limits.raft_election_timeout_max_ms ({self.raft_election_timeout_max_ms})",
+                              hint="each follower draws its election timeout at random between the two; e.g. 300 and 600 on a "
+                                   "LAN, 10 and 20 x the round trip between validators on a WAN")
+        if not 3 * self.raft_heartbeat_ms < self.raft_election_timeout_min_ms:
+            raise ConfigError(f"limits.raft_heartbeat_ms ({self.raft_heartbeat_ms}) must be below a third of "
+                              f"limits.raft_election_timeout_min_ms ({self.raft_election_timeout_min_ms})",
+                              hint="a follower must hear several heartbeats within its election timeout, or it stands "
+                                   "for election against a live leader")
         if self.gossip_request_body_max_bytes < self.entry_size_max_bytes + 1024:
             raise ConfigError(f"limits.gossip_request_body_max_bytes ({self.gossip_request_body_max_bytes}) is smaller than "
                               f"one entry (limits.entry_size_max_bytes = {self.entry_size_max_bytes}) plus 1024 bytes of framing",
@@ -110,6 +126,9 @@ LIMIT_RANGES: Mapping[str, tuple[int, int]] = {
     "gossip_first_write_wait_ms": (0, 600_000),
     "request_body_max_bytes": (64 * 1024, 256 * MiB),
     "shutdown_timeout_ms": (100, 600_000),
+    "raft_heartbeat_ms": (10, 10_000),
+    "raft_election_timeout_min_ms": (100, 600_000),
+    "raft_election_timeout_max_ms": (100, 600_000),
 }
 NETWORK_LIMITS = ("sandbox_fuel", "sandbox_memory_max_bytes", "sandbox_output_max_bytes",
                   "package_size_max_bytes", "entry_size_max_bytes", "parents_max")

@@ -120,6 +120,25 @@ class RaftTiming:
             raise ConfigError("raft limits: bind_retries_max and commands_queue_max >= 1, log_compaction_min_entries >= 2")
         self.leader_lost_window()
 
+    @classmethod
+    def for_network(cls, *, heartbeat_ms: int, election_timeout_min_ms: int, election_timeout_max_ms: int) -> "RaftTiming":
+        """The timing for a network whose validators are `heartbeat_ms` / `election_timeout_*_ms` apart in
+        the node's limits (raft_heartbeat_ms, raft_election_timeout_min_ms / _max_ms); the defaults give
+        RaftTiming(). What follows from them: a follower that lost its leader's connection stands between
+        half the election timeout's minimum (at least 3 heartbeats) and that minimum, which leaves a live
+        leader time to redial even across a slow link; a connection still in handshake, a leader that
+        hears no majority, and one attempt of a replicated call wait at least the longest election
+        timeout (on a WAN a commit takes several slowed round trips, and an attempt cut at 2 s there
+        was resubmitted while the first one committed)."""
+        heartbeat_s, minimum_s, maximum_s = heartbeat_ms / 1000, election_timeout_min_ms / 1000, election_timeout_max_ms / 1000
+        lan = cls()
+        return cls(raft_min_timeout_s=minimum_s, raft_max_timeout_s=maximum_s, append_entries_period_s=heartbeat_s,
+                   leader_lost_timeout_min_s=max(3 * heartbeat_ms, election_timeout_min_ms // 2) / 1000,
+                   leader_lost_timeout_max_s=minimum_s,
+                   connection_timeout_s=max(lan.connection_timeout_s, maximum_s),
+                   leader_fallback_timeout_s=max(lan.leader_fallback_timeout_s, 2 * maximum_s),
+                   call_attempt_timeout_s=max(lan.call_attempt_timeout_s, maximum_s))
+
     def leader_lost_window(self) -> LeaderLostWindow:
         return LeaderLostWindow.checked(timeout_min_s=self.leader_lost_timeout_min_s,
                                         timeout_max_s=self.leader_lost_timeout_max_s,

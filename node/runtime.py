@@ -58,7 +58,7 @@ from node.governance_service import GovernanceService, GovernanceSettings
 from node.local_author import LocalAuthor
 from node.local_versions import LocalVersions
 from node.planted_bugs import planted_bugs_for
-from node.raft import ValidatorRaftConfig
+from node.raft import RaftTiming, ValidatorRaftConfig
 from node.ratification_driver import RAFT_DIR_NAME, RatificationDriver
 from node.upgrade_executor import UpgradeExecutor
 from node.identity import Identity, verify_signature
@@ -388,7 +388,10 @@ def read_raft_password(data_dir: Path) -> str:
 
 async def serve(prepared: Prepared, stop: asyncio.Event) -> None:
     """Serve until `stop` is set, then unwind every cleanup_ctx within the shutdown timeout."""
-    node = Node(prepared, governance_settings=GovernanceSettings(raft_bind_outgoing=True))
+    limits = prepared.limits
+    timing = RaftTiming.for_network(heartbeat_ms=limits.raft_heartbeat_ms, election_timeout_min_ms=limits.raft_election_timeout_min_ms,
+                                    election_timeout_max_ms=limits.raft_election_timeout_max_ms)
+    node = Node(prepared, governance_settings=GovernanceSettings(raft_bind_outgoing=True, raft_timing=timing))
     shutdown_timeout_s = prepared.limits.shutdown_timeout_ms / 1000
     runner = web.AppRunner(node.build_app(), access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s / 2)
     try:

@@ -5,6 +5,8 @@ import random
 import pytest
 
 from node.core.raft_timing import WAKE_SLACK_S, LeaderLostWindow, leader_lost_deadline_s, retry_wait_s, tick_wait_s
+from cluster.faults import raft_delay_note
+from node.config import Limits
 from node.errors import ConfigError
 from node.raft import RaftTiming
 
@@ -81,3 +83,72 @@ def test_raft_timing_checks_the_window_against_its_own_heartbeat_and_election_ti
 def test_a_call_is_resubmitted_at_once_after_a_leader_change_and_after_the_backoff_otherwise():
     assert retry_wait_s(leader_changed=True, backoff_s=0.4) == 0.0
     assert retry_wait_s(leader_changed=False, backoff_s=0.4) == 0.4
+
+
+# --- the timing a network's limits ask for (raft_heartbeat_ms, raft_election_timeout_min_ms / _max_ms) ---
+
+
+def test_the_default_limits_give_the_lan_timing_unchanged():
+    limits = Limits()
+    assert RaftTiming.for_network(heartbeat_ms=limits.raft_heartbeat_ms, election_timeout_min_ms=limits.raft_election_timeout_min_ms,
+                                  election_timeout_max_ms=limits.raft_election_timeout_max_ms) == RaftTiming()
+
+
+def test_a_wan_timing_stretches_everything_that_waits_on_a_round_trip():
+    # 200 ms each way between validators (scenarios/validator_links_delay.toml): elections at 5-10 round trips.
+    timing = RaftTiming.for_network(heartbeat_ms=100, election_timeout_min_ms=2_000, election_timeout_max_ms=4_000)
+    assert (timing.append_entries_period_s, timing.raft_min_timeout_s, timing.raft_max_timeout_s) == (0.1, 2.0, 4.0)
+    # A follower that lost its leader's connection waits 1-2 s, not 0.15-0.3 s: a live leader redials
+    # (TCP and the authenticated handshake: two to three round trips) before anyone stands.
+    assert timing.leader_lost_window() == LeaderLostWindow(timeout_min_s=1.0, timeout_max_s=2.0)
+    assert timing.connection_timeout_s >= 4.0 and timing.leader_fallback_timeout_s > 4.0
+    assert timing.call_attempt_timeout_s >= 4.0, "an attempt must outlast a commit that crosses slow links several times"
+
+
+def test_every_timing_the_limits_accept_is_one_raft_accepts_and_the_limits_refuse_the_rest():
+    rng = random.Random(5)
+    accepted = 0
+    for _ in range(2_000):
+        heartbeat_ms, minimum_ms = rng.randint(10, 2_000), rng.randint(100, 20_000)
+        maximum_ms = minimum_ms + rng.randint(-50, 20_000)
+        try:
+            Limits(raft_heartbeat_ms=heartbeat_ms, raft_election_timeout_min_ms=minimum_ms, raft_election_timeout_max_ms=maximum_ms)
+        except ConfigError:
+            assert not (3 * heartbeat_ms < minimum_ms < maximum_ms), (heartbeat_ms, minimum_ms, maximum_ms)
+            continue
+        timing = RaftTiming.for_network(heartbeat_ms=heartbeat_ms, election_timeout_min_ms=minimum_ms,
+                                        election_timeout_max_ms=maximum_ms)     # RaftTiming's own checks pass
+        window = timing.leader_lost_window()
+        assert 3 * timing.append_entries_period_s <= window.timeout_min_s + 1e-9 < window.timeout_max_s <= timing.raft_min_timeout_s
+        accepted += 1
+    assert 300 < accepted < 1_900, "both branches were exercised"
+
+
+@pytest.mark.parametrize("limits, message, hint", [
+    ({"raft_election_timeout_min_ms": 600, "raft_election_timeout_max_ms": 600}, "raft_election_timeout_min_ms .600. must be below",
+     "round trip between validators"),
+    ({"raft_heartbeat_ms": 100, "raft_election_timeout_min_ms": 300}, "raft_heartbeat_ms .100. must be below a third",
+     "against a live leader"),
+    ({"raft_heartbeat_ms": 5}, "raft_heartbeat_ms is 5", "configuration file"),
+])
+def test_the_limits_refuse_a_raft_timing_that_would_elect_against_a_live_leader(limits, message, hint):
+    with pytest.raises(ConfigError, match=message) as refused:
+        Limits(**limits)
+    assert hint in refused.value.hint
+
+
+def test_a_delay_step_between_validators_says_when_raft_needs_wan_timing():
+    validators = {1, 2, 3}
+    note = raft_delay_note(sources=[1, 2, 3], destinations=[1, 2, 3], validators=validators, one_way_ms=180,
+                           election_timeout_min_ms=Limits().raft_election_timeout_min_ms)
+    assert note is not None and ">= 360 ms" in note and "raft_election_timeout_min_ms" in note   # delayed both ways
+    one_way = raft_delay_note(sources=[1], destinations=[2], validators=validators, one_way_ms=180, election_timeout_min_ms=300)
+    assert one_way is not None and ">= 180 ms" in one_way
+    # The WAN timing of scenarios/validator_links_delay.toml: 2 s is more than 10 round trips of 180 ms.
+    assert raft_delay_note(sources=[1], destinations=[2], validators=validators, one_way_ms=180, election_timeout_min_ms=2_000) is None
+    assert raft_delay_note(sources=[1, 2, 3], destinations=[1, 2, 3], validators=validators, one_way_ms=180,
+                           election_timeout_min_ms=3_600) is None
+    # Links that no two validators share: Raft does not cross them.
+    assert raft_delay_note(sources=[4, 5], destinations=[1, 2, 3, 4, 5], validators=validators, one_way_ms=500,
+                           election_timeout_min_ms=300) is None
+    assert raft_delay_note(sources=[1], destinations=[1], validators=validators, one_way_ms=500, election_timeout_min_ms=300) is None
