@@ -57,10 +57,6 @@ INSTALL_HINT = "run as root with iptables installed (sudo sh scripts/install-too
 # --- capability ------------------------------------------------------------------------------
 
 
-class NoLeaderYet(ClusterError):
-    """A step names the Raft leader while the validators have none (an election is under way, or lost)."""
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capability:
     available: bool
@@ -312,6 +308,10 @@ class NetworkFaults:
 
 
 # --- node groups -----------------------------------------------------------------------------
+
+
+class NoLeaderYet(ClusterError):
+    """A step names the Raft leader while the validators have none (an election is under way, or lost)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

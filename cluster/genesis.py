@@ -109,9 +109,11 @@ def machine_gossip_fanout(nodes: int) -> int:
     """The push fanout for `nodes` nodes sharing one machine: 0 (the node's automatic ceil(ln N) + 1) up
     to 20 nodes, then the automatic value at 20 nodes (4) instead of 5-7. On one machine every push is
     CPU the whole network shares (an HTTP exchange, about 1 ms of CPU on both sides), and the pushes of an
-    eager entry are N x fanout; at N = 100 on 2 cores an upgrade executed everywhere in 1.62-1.67 s with
-    4 instead of 1.69-1.83 s with 6, at N = 200 in 5.6 s instead of 6.5 s. A node that no push reaches
-    (about e^-4, 2 %, of them per entry) gets the entry from anti-entropy, as with any fanout."""
+    eager entry are N x fanout. Measured on 2 cores, runs of 4 and 6 (or 7) interleaved, last vote ->
+    executed everywhere: N = 100 1.65-1.76 s against 1.71-1.84 s (4 runs each), N = 200 4.9-5.6 s against
+    7.1-8.1 s (2 each). A node that no push reaches (about e^-4, 2 %, of them per entry) gets the entry
+    from anti-entropy, which costs a little more CPU in the 10 s after an upgrade's reports (N = 100:
+    0.19-0.21 cores against 0.17-0.19) and nothing once the network is quiet."""
     if nodes < MACHINE_PACED_FROM_NODES:
         return 0
     return fanout_for(MACHINE_PACED_FROM_NODES - 2, None)
