@@ -36,7 +36,7 @@ from cluster.faults import NodeView, ProcessFaults, raft_delay_note, resolve, un
 from cluster.package_server import PackageServer, ServedPackage
 from cluster.safety import NodeSnapshot, Outcome, safety_outcomes
 from cluster.scenario import Scenario, Selector, Step, parse_selector
-from node.config import Limits, load_genesis
+from node.config import load_config, load_genesis
 from node.errors import ClusterError, SynapseError
 from node.clock import arm_skew, clear_skew
 from node.fault_points import arm
@@ -377,9 +377,9 @@ def _do_delay(driver: Driver, step: Step) -> str:
     jitter_ms = step.params.get("jitter_ms", 0)
     driver.network().delay([index - 1 for index in sources], [index - 1 for index in destinations], ms=step.params["ms"],
                            jitter_ms=jitter_ms)
-    minimum_ms = (driver.scenario.cluster.limits if driver.scenario else {}).get("raft_election_timeout_min_ms", Limits().raft_election_timeout_min_ms)
-    note = raft_delay_note(sources=sources, destinations=destinations, one_way_ms=step.params["ms"] - jitter_ms, election_timeout_min_ms=minimum_ms,
-                           validators={index for index in range(1, driver.node_count + 1) if driver.handle(index).is_validator})
+    validators = {index for index in range(1, driver.node_count + 1) if driver.handle(index).is_validator}
+    minimum_ms = min(load_config(driver.handle(index).config_path).limits.raft_election_timeout_min_ms for index in validators)
+    note = raft_delay_note(sources=sources, destinations=destinations, validators=validators, one_way_ms=step.params["ms"] - jitter_ms, election_timeout_min_ms=minimum_ms)
     return f"delay {step.params['ms']} ms (jitter {jitter_ms} ms) on {sources} -> {destinations}" + (f"; {note}" if note else "")
 
 
