@@ -24,6 +24,7 @@ from typing import Any
 
 from node.core.certificates import certificate_statement
 from node.core.closing import unpack_vote_ids
+from node.core.raft_timing import call_timeout_s
 from node.core.ratification import (PublishRules, close_body, closed_awaiting_approval, execute_upgrade_body,
                                      validator_todo)
 from node.errors import NotFound
@@ -105,7 +106,8 @@ class RatificationDriver:
             return todo
 
         todo = plan()
-        timeout_s = self._settings.raft_call_timeout_ms / 1000
+        timeout_s = call_timeout_s(configured_s=self._settings.raft_call_timeout_ms / 1000,
+                                   attempt_s=raft.config.timing.call_attempt_timeout_s)
         for proposal_id in todo.to_close:
             self._log_outcome("close", await raft.close(proposal_id=proposal_id, vote_ids=closable[proposal_id],
                                                         timeout_s=timeout_s))

@@ -93,6 +93,17 @@ def leader_lost_deadline_s(*, window: LeaderLostWindow, now_s: float, deadline_s
     return min(deadline_s, now_s + window.timeout_min_s + span_s * random_fraction)
 
 
+CALL_ATTEMPTS_MIN = 3   # a replicated call's whole timeout leaves room for this many attempts
+
+
+def call_timeout_s(*, configured_s: float, attempt_s: float) -> float:
+    """How long a replicated call (all its attempts) may take: the configured time, or enough for
+    CALL_ATTEMPTS_MIN attempts if that is longer. On slow links an attempt waits at least the longest
+    election timeout (RaftTiming.for_network); a call bounded by the LAN's 10 s would then have one
+    attempt and a stub, and a leader change during it would fail the validator's whole step."""
+    return max(configured_s, CALL_ATTEMPTS_MIN * attempt_s)
+
+
 def retry_wait_s(*, leader_changed: bool, backoff_s: float) -> float:
     """How long a failed replicated call waits before it is resubmitted: not at all after a leader
     change, else the backoff."""

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from node.core.raft_timing import WAKE_SLACK_S, LeaderLostWindow, leader_lost_deadline_s, retry_wait_s, tick_wait_s
+from node.core.raft_timing import WAKE_SLACK_S, LeaderLostWindow, call_timeout_s, leader_lost_deadline_s, retry_wait_s, tick_wait_s
 from cluster.faults import raft_delay_note
 from node.config import Limits
 from node.errors import ConfigError
@@ -152,3 +152,10 @@ def test_a_delay_step_between_validators_says_when_raft_needs_wan_timing():
     assert raft_delay_note(sources=[4, 5], destinations=[1, 2, 3, 4, 5], validators=validators, one_way_ms=500,
                            election_timeout_min_ms=300) is None
     assert raft_delay_note(sources=[1], destinations=[1], validators=validators, one_way_ms=500, election_timeout_min_ms=300) is None
+
+
+def test_a_call_on_slow_links_keeps_room_for_three_attempts_and_the_lan_keeps_its_ten_seconds():
+    lan = RaftTiming()
+    assert call_timeout_s(configured_s=10.0, attempt_s=lan.call_attempt_timeout_s) == 10.0
+    wan = RaftTiming.for_network(heartbeat_ms=100, election_timeout_min_ms=4_000, election_timeout_max_ms=8_000)
+    assert call_timeout_s(configured_s=10.0, attempt_s=wan.call_attempt_timeout_s) == 3 * 8.0
