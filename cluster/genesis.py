@@ -43,7 +43,8 @@ DEFAULT_REPUTATION = 100
 GOSSIP_INTERVAL_MS = Limits().gossip_interval_ms     # a node's default anti-entropy period
 MACHINE_ANTI_ENTROPY_ROUNDS_PER_S = 100              # what the nodes of one machine start together, at most
 MACHINE_REPORT_HOLD_PERIODS = 2                      # machine_report_hold_ms, in machine-paced periods
-MACHINE_PACED_FROM_NODES = 21                        # one machine's nodes are paced past 20 (the default period's 100 rounds/s)
+# The most nodes whose default periods stay within the machine's rounds a second (20): past it, pacing.
+MACHINE_UNPACED_NODES_MAX = MACHINE_ANTI_ENTROPY_ROUNDS_PER_S * GOSSIP_INTERVAL_MS // 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,9 +115,9 @@ def machine_gossip_fanout(nodes: int) -> int:
     7.1-8.1 s (2 each). A node that no push reaches (about e^-4, 2 %, of them per entry) gets the entry
     from anti-entropy, which costs a little more CPU in the 10 s after an upgrade's reports (N = 100:
     0.19-0.21 cores against 0.17-0.19) and nothing once the network is quiet."""
-    if nodes < MACHINE_PACED_FROM_NODES:
+    if machine_gossip_interval_ms(nodes) == GOSSIP_INTERVAL_MS:     # not paced: the same rule as the report hold
         return 0
-    return fanout_for(MACHINE_PACED_FROM_NODES - 2, None)
+    return fanout_for(MACHINE_UNPACED_NODES_MAX - 1, None)
 
 
 def machine_report_hold_ms(nodes: int) -> int:

@@ -377,7 +377,7 @@ def _do_delay(driver: Driver, step: Step) -> str:
     jitter_ms = step.params.get("jitter_ms", 0)
     driver.network().delay([index - 1 for index in sources], [index - 1 for index in destinations], ms=step.params["ms"],
                            jitter_ms=jitter_ms)
-    validators = {index for index in range(1, driver.node_count + 1) if driver.handle(index).is_validator}
+    validators = set(driver.resolve("validators"))
     minimum_ms = min(load_config(driver.handle(index).config_path).limits.raft_election_timeout_min_ms for index in validators)
     note = raft_delay_note(sources=sources, destinations=destinations, validators=validators, one_way_ms=step.params["ms"] - jitter_ms, election_timeout_min_ms=minimum_ms)
     return f"delay {step.params['ms']} ms (jitter {jitter_ms} ms) on {sources} -> {destinations}" + (f"; {note}" if note else "")
