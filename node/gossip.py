@@ -41,6 +41,7 @@ import asyncio
 import concurrent.futures
 import functools
 import itertools
+import json
 import logging
 import random
 import time
@@ -59,6 +60,7 @@ from node.core.gossip_protocol import GossipCore
 from node.core.gossip_rules import BoundedMap
 from node.core.gossip_settings import GossipSettings, fanout_for  # noqa: F401  (re-exported)
 from node.errors import BadRequest, ConfigError, SynapseError, Unavailable
+from node.gossip_stream import PATH_STREAM, StreamClient, StreamServer
 from node.metrics import Metrics
 from node.limits import (
     GOSSIP_STOP_TIMEOUT_MS, GOSSIP_VISIBILITY_MEMORY_ENTRIES_MAX, GOSSIP_VISIBILITY_QUERY_IDS_MAX, GOSSIP_WRITE_GATE_POLL_MS,
@@ -229,6 +231,9 @@ class Gossip:
         self._writer = _GroupWriter(logfile, settings.persist_timeout_ms, settings.persist_queue_limit_bytes)
         self._publish_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
+        self._streams = StreamClient(settings=settings, metrics=metrics, logger=logger, local_host=local_host)
+        self._stream_server = StreamServer(settings=settings, serve_frame=self._serve_frame, refuse=self._refuse_request,
+                                           metrics=metrics)
         self._loop_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()               # set by the core's Wake: the quiet period snapped back
         self._tasks: set[asyncio.Task] = set()
@@ -249,11 +254,15 @@ class Gossip:
         app.router.add_post(PATH_PUSH, self._handle_push)
         app.router.add_post(PATH_SYNC, self._handle_sync)
         app.router.add_get(PATH_VISIBILITY, self._handle_visibility)
+        app.router.add_get(PATH_STREAM, self._stream_server.handle)
+        app.on_shutdown.append(self._stream_server.close_all)
 
     async def start(self) -> None:
         """Open the shared HTTP client and start the anti-entropy timer."""
         assert self._session is None, "Gossip.start() called twice"
         self._session = make_client_session(self._settings, local_host=self._local_host)
+        if self._streams.enabled:
+            self._streams.open()
         self._loop_task = asyncio.get_running_loop().create_task(self._anti_entropy_loop(), name="gossip-anti-entropy")
         self._execute(self._core.start(self._now_ms(), self._rng))
 
@@ -272,6 +281,8 @@ class Gossip:
             if not answer.done():
                 answer.set_exception(_Refused(_stopping_error(), "stopping"))
         await self._writer.close()
+        await self._stream_server.close_all()
+        await self._streams.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -425,7 +436,7 @@ class Gossip:
             self._execute(self._core.call_failed(effect.call_id, self._now_ms(), self._rng, dropped=True))
             return
         try:
-            reply = await self._post(self._urls[effect.peer_id] + path, message)
+            reply = await self._post(self._urls[effect.peer_id], message)
         except _Busy:
             self._execute(self._core.call_failed(effect.call_id, self._now_ms(), self._rng, busy=True))
         except (aiohttp.ClientError, OSError, TimeoutError, _PeerCallFailed, _BodyTooLarge, SynapseError) as error:
@@ -434,7 +445,8 @@ class Gossip:
         else:
             self._execute(self._core.receive_reply(effect.call_id, reply, self._now_ms(), self._rng))
 
-    async def _post(self, url: str, message: Any) -> Any:
+    async def _post(self, base_url: str, message: Any) -> Any:
+        """One call: over the peer's stream when there is one (node/gossip_stream.py), else a POST."""
         assert self._session is not None, "calls start only while the session is open"
         body = message.encode()
         message_type = type(message).__name__.lower()
@@ -442,12 +454,21 @@ class Gossip:
         self._metrics.inc("gossip_bytes_sent_total", len(body), type=message_type)
         reply_type = REPLY_TYPES[type(message)]
         async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
-            async with self._session.post(url, data=body) as response:
-                if response.status in BUSY_STATUSES:  # alive but loaded: no backoff, anti-entropy retries
-                    raise _Busy()
-                if response.status != 200:
-                    raise _PeerCallFailed(f"HTTP {response.status}")
-                reply_body = await _read_capped(response.content, response.content_length, self._settings.request_body_max_bytes)
+            answered = await self._streams.call(base_url, type(message), body) if self._streams.enabled else None
+            if answered is None:
+                async with self._session.post(base_url + PATHS[type(message)], data=body) as response:
+                    reply_body = b""
+                    if response.status == 200:
+                        reply_body = await _read_capped(response.content, response.content_length,
+                                                        self._settings.request_body_max_bytes)
+                    answered = (response.status, reply_body)
+        status, reply_body = answered
+        if status in BUSY_STATUSES:  # alive but loaded: no backoff, anti-entropy retries
+            raise _Busy()
+        if status != 200:
+            raise _PeerCallFailed(f"HTTP {status}")
+        if len(reply_body) > self._settings.request_body_max_bytes:
+            raise _BodyTooLarge()
         reply_name = reply_type.__name__.lower()
         self._metrics.inc("gossip_messages_received_total", type=reply_name)
         self._metrics.inc("gossip_bytes_received_total", len(reply_body), type=reply_name)
@@ -480,49 +501,76 @@ class Gossip:
     async def _serve(self, request: web.Request, message_type: type) -> web.Response:
         """Bounded, capped, timed: read one message, answer it, map every refusal to an HTTP status."""
         source = request.remote or "?"
+        refused = self._admit(source)
+        if refused is not None:
+            return self._refuse_request(*refused)
+        try:
+            try:
+                async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
+                    body = await _read_capped(request.content, request.content_length, self._settings.request_body_max_bytes)
+            except _BodyTooLarge:
+                return self._refuse_request("too_large", BadRequest(
+                    f"gossip body exceeds {self._settings.request_body_max_bytes} bytes",
+                    hint="send smaller batches (batch_entries_max)"), 413)
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                return self._refuse_request("slow_body", BadRequest("the gossip body did not arrive in time"), 408)
+            status, payload = await self._answer_body(message_type, body)
+        finally:
+            self._release(source)
+        if status != 200:
+            return web.Response(body=payload, status=status, content_type="application/json")
+        return web.Response(body=payload, content_type=CONTENT_TYPE)
+
+    async def _serve_frame(self, source: str, message_type: type, body: bytes) -> tuple[int, bytes]:
+        """A call that came as a stream frame: the same bounds and answer as over HTTP (status, payload)."""
+        refused = self._admit(source)
+        if refused is not None:
+            return self._refusal(*refused)
+        try:
+            return await self._answer_body(message_type, body)
+        finally:
+            self._release(source)
+
+    def _admit(self, source: str) -> tuple[str, SynapseError, int] | None:
+        """Count one inbound call, or say why not (busy in total, or too many from this source)."""
         settings = self._settings
         if self._inbound_total >= settings.inbound_requests_max:
-            return self._refuse_request("busy", Unavailable("this node is handling too many gossip requests", hint="retry later"))
+            return "busy", Unavailable("this node is handling too many gossip requests", hint="retry later"), 503
         if self._inbound_by_source.get(source, 0) >= settings.inbound_per_source_max:
-            return self._refuse_request("source_busy", SynapseError(
+            return "source_busy", SynapseError(
                 f"too many concurrent gossip requests from {source} (at most {settings.inbound_per_source_max})",
-                hint="wait for earlier requests to finish"), status=429)
+                hint="wait for earlier requests to finish"), 429
         self._inbound_total += 1
         self._inbound_by_source[source] = self._inbound_by_source.get(source, 0) + 1
-        try:
-            return await self._serve_counted(request, message_type)
-        finally:
-            self._inbound_total -= 1
-            self._inbound_by_source[source] -= 1
-            if not self._inbound_by_source[source]:
-                del self._inbound_by_source[source]
+        return None
 
-    async def _serve_counted(self, request: web.Request, message_type: type) -> web.Response:
+    def _release(self, source: str) -> None:
+        self._inbound_total -= 1
+        self._inbound_by_source[source] -= 1
+        if not self._inbound_by_source[source]:
+            del self._inbound_by_source[source]
+
+    async def _answer_body(self, message_type: type, body: bytes) -> tuple[int, bytes]:
+        """Decode a message and answer it: (200, the reply's bytes) or (status, the JSON error)."""
         name = message_type.__name__.lower()
-        try:
-            async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
-                body = await _read_capped(request.content, request.content_length, self._settings.request_body_max_bytes)
-        except _BodyTooLarge:
-            return self._refuse_request("too_large", BadRequest(
-                f"gossip body exceeds {self._settings.request_body_max_bytes} bytes",
-                hint="send smaller batches (batch_entries_max)"), status=413)
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return self._refuse_request("slow_body", BadRequest("the gossip body did not arrive in time"), status=408)
         self._metrics.inc("gossip_messages_received_total", type=name)
         self._metrics.inc("gossip_bytes_received_total", len(body), type=name)
+        if len(body) > self._settings.request_body_max_bytes:   # a stream frame; HTTP bodies are capped while read
+            return self._refusal("too_large", BadRequest(f"gossip body exceeds {self._settings.request_body_max_bytes} bytes",
+                                                         hint="send smaller batches (batch_entries_max)"), 413)
         try:
             message = decode_message(body, message_type, array_length_max=self._core.array_length_max())
         except BadRequest as error:
-            return self._refuse_request("malformed", error)
+            return self._refusal("malformed", error)
         try:
             reply = await self._answer_request(message)
         except _Refused as refused:
-            return self._refuse_request(refused.reason, refused.error)
+            return self._refusal(refused.reason, refused.error)
         payload = reply.encode()
         reply_name = type(reply).__name__.lower()
         self._metrics.inc("gossip_messages_sent_total", type=reply_name)
         self._metrics.inc("gossip_bytes_sent_total", len(payload), type=reply_name)
-        return web.Response(body=payload, content_type=CONTENT_TYPE)
+        return 200, payload
 
     async def _answer_request(self, message: Any) -> Any:
         if self._stopping:                        # the HTTP server outlives stop() briefly: its write would never run
@@ -535,9 +583,13 @@ class Gossip:
         finally:
             self._answers.pop(request_id, None)
 
-    def _refuse_request(self, reason: str, error: SynapseError, *, status: int | None = None) -> web.Response:
+    def _refusal(self, reason: str, error: SynapseError, status: int | None = None) -> tuple[int, bytes]:
         self._metrics.inc("gossip_requests_refused_total", reason=reason)
-        return web.json_response(error.to_dict(), status=status or error.http_status)
+        return status or error.http_status, json.dumps(error.to_dict()).encode()
+
+    def _refuse_request(self, reason: str, error: SynapseError, status: int | None = None) -> web.Response:
+        refused_status, payload = self._refusal(reason, error, status)
+        return web.Response(body=payload, status=refused_status, content_type="application/json")
 
     async def _handle_visibility(self, request: web.Request) -> web.Response:
         """GET /gossip/visibility?ids=a,b,c -> {"node_id", "visible_at_ns": {id: ns | null}}."""

@@ -217,6 +217,12 @@ def _gossip_paths() -> dict:
     paths = {f"/gossip/{name}": {"post": {"summary": f"Gossip between nodes: {what} (msgpack)", "tags": ["gossip"],
                                           "requestBody": body, "responses": answers}}
              for name, what in (("offer", "offer entry ids"), ("push", "push entries"), ("sync", "anti-entropy"))}
+    paths["/gossip/stream"] = {"get": {
+        "summary": "Gossip between nodes over one websocket: offer, push and sync as binary frames "
+                   "(node/core/gossip_frames.py), answered as the POSTs above", "tags": ["gossip"],
+        "responses": {"101": {"description": "switching to the websocket"},
+                      "429": {"description": "too many streams from this source", "content": _json(_ERROR)},
+                      "503": {"description": "no free stream slot, or stopping: call over POST", "content": _json(_ERROR)}}}}
     paths["/gossip/visibility"] = {"get": _operation(
         "When entries became visible here (benchmarks)", _responses("200", "visibility times", _OBJECT, "400"),
         parameters=[_query_parameter("ids", "comma-separated entry ids", {"type": "string"})], tags=("gossip",))}

@@ -263,7 +263,8 @@ class Node:
                                     batch_entries_max=limits.gossip_batch_entries_max,
                                     request_body_max_bytes=limits.gossip_request_body_max_bytes,
                                     call_timeout_ms=limits.gossip_call_timeout_ms,
-                                    first_write_wait_ms=limits.gossip_first_write_wait_ms),
+                                    first_write_wait_ms=limits.gossip_first_write_wait_ms,
+                                    streams_max=limits.gossip_streams_max),
             rng=rng or random.Random(), now_ms=self.now_ms, now_ns=prepared.clock.now_ns, on_visible=self.state.on_visible, metrics=self.metrics,
             logger=logging.getLogger("synapse.gossip"), local_host=prepared.config.api_host)
         self.state.peers_up_source = self.gossip.peers_up
