@@ -72,7 +72,7 @@ class Limits:
     gossip_batch_entries_max: int = 256
     gossip_call_timeout_ms: int = 2_000
     gossip_request_body_max_bytes: int = 4 * MiB
-    gossip_streams_max: int = 128  # websockets to peers for gossip calls (node/gossip_stream.py); 0: every call over HTTP
+    gossip_streams_max: int = 256  # websockets to peers for gossip calls (node/gossip_stream.py); 0: every call over HTTP
     gossip_first_write_wait_ms: int = 3_000  # after start, how long the first local write may wait to learn this node's own entries
     request_body_max_bytes: int = 1 * MiB
     shutdown_timeout_ms: int = 10_000

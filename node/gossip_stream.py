@@ -2,9 +2,10 @@
 
 Why it works as it does:
 
-- Cost. An HTTP gossip call costs about 190 us of CPU on aiohttp (120 us the client, 70 us the
-  server: a request, headers, a response, a connection from the pool); one binary frame each way on an
-  open websocket costs about 30 us together (bench/bench_gossip_transport.py). With many nodes on one
+- Cost. An HTTP gossip call costs about 150 us of CPU on aiohttp (95 us the caller, 52 us the
+  answerer: a request, headers, a response, a connection from the pool); one binary frame each way on
+  an open stream costs about 65 us together (bench/bench_gossip_transport.py), and a POST to a peer not
+  called within the pool's 15 s keep-alive also pays a TCP connection. With many nodes on one
   machine the cores are the bottleneck, and every entry is N x fanout calls. The frames carry the same
   message bodies and the same answers (node/core/gossip_frames.py), so the stream changes what a call
   costs, not what it means: the receiver reads a frame into the same admission, decoding and
@@ -25,7 +26,12 @@ Why it works as it does:
   HTTP body cap plus a header (larger: the stream is closed), at most `inbound_per_source_max` frames
   of one stream answered at once (beyond it the stream is not read: TCP pushes back), a reply that
   cannot be written within `call_timeout_ms` closes the stream, and a stream silent for
-  3 x `stream_idle_ms` is closed (this also ends a frame that never finishes arriving).
+  2 x `stream_idle_ms` is closed (this also ends a frame that never finishes arriving).
+
+- Streams live long (`stream_idle_ms`, 5 minutes). What costs is opening and closing one (an upgrade
+  request, then a close handshake), not keeping it: an idle websocket costs no CPU (no pings; a dead
+  peer shows as a call's timeout). Peers are chosen at random, so a short idle bound closed and reopened
+  streams all the time; `streams_max` (256, the most nodes `cluster up` starts) bounds what is kept.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from node.errors import BadRequest, SynapseError, Unavailable
 from node.metrics import Metrics
 
 PATH_STREAM = "/gossip/stream"
-SERVER_IDLE_FACTOR = 3          # the server waits this many times the client's idle bound before it closes
+SERVER_IDLE_FACTOR = 2          # the server waits this many times the client's idle bound before it closes
 CLOSE_TIMEOUT_S = 1.0           # a close handshake the peer does not answer is cut after this
 SWEEP_EVERY_FRACTION = 4        # idle streams are looked for every stream_idle_ms / 4
 

@@ -248,7 +248,7 @@ async def test_frames_of_one_stream_are_answered_at_most_inbound_per_source_max_
     assert sorted(call_id for call_id, _, _ in replies) == list(range(40))
 
 
-async def test_a_silent_stream_is_closed_after_three_idle_periods(peers) -> None:
+async def test_a_silent_stream_is_closed_after_two_idle_periods(peers) -> None:
     peer = await peers(GossipSettings(stream_idle_ms=100))
     async with aiohttp.ClientSession() as session:
         stream = await raw_stream(session, peer)
