@@ -12,8 +12,8 @@ Why it works as it does:
   answering as POST /gossip/{offer,push,sync}, under the same bounds.
 
 - HTTP stays. A peer that answers the upgrade with another status (an older node: 404; no free
-  stream slot: 429/503) is called over HTTP for `fallback_ms`; so is a call when this node's streams
-  are all busy. A node with `streams_max = 0` never opens a stream, and still serves them.
+  stream slot: 429/503) is called over HTTP for `stream_fallback_ms`; so is a call when its stream has
+  `stream_calls_max` calls in flight, or when its message is over `stream_request_max_bytes`. A node with `streams_max = 0` never opens a stream, and still serves them.
 
 - A stream is a connection, with a connection's failure rule: a call that times out or fails closes
   its stream (its replies would be stale), and every call waiting on it fails at once (anti-entropy
@@ -22,8 +22,9 @@ Why it works as it does:
 - Bounds (a stranger may open streams too). Client: at most `streams_max` streams (the least recently
   used idle one is closed for a new one), at most `stream_calls_max` calls in flight on one, a stream
   idle for `stream_idle_ms` closed. Server: at most `inbound_streams_max` streams, at most
-  `inbound_streams_per_source_max` from one address (503/429 before the upgrade), frames at most the
-  HTTP body cap plus a header (larger: the stream is closed), at most `inbound_per_source_max` frames
+  `inbound_streams_per_source_max` from one address (503/429 before the upgrade), request frames at
+  most `stream_request_max_bytes` plus a header (larger: the stream is closed; the caller sends a
+  larger message as a POST, whose body is read as a stream; so strangers pin at most 512 x 64 KiB), at most `inbound_per_source_max` frames
   of one stream answered at once (beyond it the stream is not read: TCP pushes back), a reply that
   cannot be written within `call_timeout_ms` closes the stream, and a stream silent for
   2 x `stream_idle_ms` is closed (this also ends a frame that never finishes arriving).
@@ -64,8 +65,12 @@ class StreamClosed(ConnectionResetError):
     """The stream a call waited on closed before its reply came (an OSError: the call failed)."""
 
 
-def frame_size_max_bytes(settings: GossipSettings) -> int:
+def reply_frame_max_bytes(settings: GossipSettings) -> int:
     return settings.request_body_max_bytes + FRAME_HEADER_BYTES_MAX
+
+
+def request_frame_max_bytes(settings: GossipSettings) -> int:
+    return min(settings.stream_request_max_bytes, settings.request_body_max_bytes) + FRAME_HEADER_BYTES_MAX
 
 
 @dataclass(eq=False)
@@ -125,6 +130,8 @@ class StreamClient:
         """(status, reply body) of one call, or None: use HTTP for this one. Raises OSError or
         aiohttp.ClientError when the peer cannot be reached or the stream broke; the caller bounds the
         whole call in time (a cancelled call closes its stream)."""
+        if len(body) + FRAME_HEADER_BYTES_MAX > request_frame_max_bytes(self._settings):
+            return None
         stream = await self._stream_for(base_url)
         if stream is None or len(stream.pending) >= self._settings.stream_calls_max:
             return None
@@ -168,7 +175,7 @@ class StreamClient:
         try:
             async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
                 socket = await self._session.ws_connect(base_url + PATH_STREAM, autoping=True, compress=0,
-                                                        max_msg_size=frame_size_max_bytes(self._settings))
+                                                        max_msg_size=reply_frame_max_bytes(self._settings))
         except aiohttp.WSServerHandshakeError as error:
             # An older peer (404) or one without a free stream slot (429/503): HTTP for a while.
             self._http_until_s[base_url] = self._monotonic_s() + self._settings.stream_fallback_ms / 1000
@@ -268,7 +275,7 @@ class StreamServer:
             return self._refuse("source_streams_busy", SynapseError(
                 f"{source} has {settings.inbound_streams_per_source_max} gossip streams open here",
                 hint="use the open streams, or call over HTTP"), 429)
-        socket = web.WebSocketResponse(max_msg_size=frame_size_max_bytes(settings), autoping=True, compress=False,
+        socket = web.WebSocketResponse(max_msg_size=request_frame_max_bytes(settings), autoping=True, compress=False,
                                        receive_timeout=settings.stream_idle_ms * SERVER_IDLE_FACTOR / 1000)
         self._sockets.add(socket)
         self._by_source[source] = self._by_source.get(source, 0) + 1

@@ -47,6 +47,11 @@ class GossipSettings:
     # 0.13 cores.
     stream_idle_ms: int = 300_000
     stream_fallback_ms: int = 30_000     # a peer that refused a stream is called over HTTP this long
+    # A call whose message is larger goes as a POST. The answering side buffers a whole frame before it
+    # can look at it, and strangers may hold inbound_streams_max streams: this bounds what they can pin
+    # (512 x 64 KiB = 32 MiB, where POST bodies are read as a stream under inbound_requests_max). Eager
+    # pushes, offers and digests are far smaller; a large catch-up push is rare.
+    stream_request_max_bytes: int = 64 * 1024
     inbound_streams_max: int = 512       # streams others open here (503 beyond)
     inbound_streams_per_source_max: int = 4  # ... from one source address (429 beyond)
     want_ids_max: int = 64               # missing parents asked for per anti-entropy round
@@ -85,7 +90,7 @@ class GossipSettings:
             "push_inline_bytes_max": (0, 256 * 1024 * 1024), "report_hold_ms": (0, 600_000),
             "streams_max": (0, 100_000), "stream_calls_max": (1, 10_000), "stream_idle_ms": (100, 3_600_000),
             "stream_fallback_ms": (0, 3_600_000), "inbound_streams_max": (0, 100_000),
-            "inbound_streams_per_source_max": (1, 10_000),
+            "inbound_streams_per_source_max": (1, 10_000), "stream_request_max_bytes": (1_024, 256 * 1024 * 1024),
         }
         for name, (minimum, maximum) in bounds.items():
             value = getattr(self, name)

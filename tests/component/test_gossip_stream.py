@@ -154,6 +154,14 @@ async def test_calls_waiting_on_a_stream_fail_at_once_when_it_closes(peers) -> N
     assert all(isinstance(result, StreamClosed) and isinstance(result, OSError) for result in results), results
 
 
+async def test_a_message_over_stream_request_max_bytes_goes_as_a_post(peers) -> None:
+    peer = await peers()
+    client = peers.client(GossipSettings(stream_request_max_bytes=2_048))
+    assert await client.call(peer.url, Push, b"x" * 2_000) == (200, b"Push:" + b"x" * 2_000)
+    assert await client.call(peer.url, Push, b"x" * 2_100) is None
+    assert peer.metrics.get("gossip_streams_opened_total", side="server") == 1 and client.open_count() == 1
+
+
 async def test_a_peer_that_serves_no_streams_is_called_over_http_for_a_while(peers) -> None:
     older = await peers(streams=False)
     client = peers.client()
@@ -212,10 +220,10 @@ async def test_streams_are_bounded_per_source_and_in_total(peers) -> None:
 @pytest.mark.parametrize("frame, reason", [
     (b"\x00\x01", "malformed"),                                    # shorter than a header
     (struct.pack(">IB", 1, 9) + b"x", "malformed"),                # no such message
-    (encode_request(1, Push, b"x" * 3_000), "bad_frame"),          # over the frame cap (body cap 2,048 + header)
+    (encode_request(1, Push, b"x" * 3_000), "bad_frame"),          # over the frame cap (2,048 + header)
 ])
 async def test_a_frame_that_is_not_a_call_closes_the_stream_and_is_counted(peers, frame: bytes, reason: str) -> None:
-    peer = await peers(GossipSettings(request_body_max_bytes=2_048))
+    peer = await peers(GossipSettings(stream_request_max_bytes=2_048))
     async with aiohttp.ClientSession() as session:
         stream = await raw_stream(session, peer)
         await stream.send_bytes(frame)
