@@ -43,6 +43,7 @@ import click
 
 from cluster.cli_cluster import (EXIT_USAGE, TESTBED_ENV, _fail, _resolve_dir, _signal_group, _write_cluster_file, cluster,
                                  load_cluster_file, node_process_alive)
+from cluster.faults import raft_delay_note_from_configs
 from cluster.scenario import ACTIONS, Selector, parse_fault_step
 from node.errors import ClusterError, ScenarioFormatError, SynapseError
 from node.fault_points import ENVIRONMENT_VARIABLE as FAULT_POINTS_VARIABLE
@@ -383,14 +384,18 @@ def _netns_fault(running: RunningCluster, step) -> list[str]:
     if step.do in ("delay", "loss"):
         sources, destinations = running.resolve(params["from"]), running.resolve(params["to"])
         zero_based = ([index - 1 for index in sources], [index - 1 for index in destinations])
+        note = None
         if step.do == "delay":
             provider.delay(*zero_based, ms=params["ms"], jitter_ms=params.get("jitter_ms", 0))
             shown = f"delay {params['ms']} ms (jitter {params.get('jitter_ms', 0)} ms)"
+            note = raft_delay_note_from_configs(
+                sources=sources, destinations=destinations, one_way_ms=params["ms"] - params.get("jitter_ms", 0),
+                validator_configs={node["index"] + 1: running.config_path(node["index"] + 1) for node in running.nodes if node["validator"]})
         else:
             provider.loss(*zero_based, percent=params["percent"])
             shown = f"loss {params['percent']} %"
         return [f"{shown} on {', '.join(map(running.label, sources))} -> {', '.join(map(running.label, destinations))}; "
-                "it stays until 'synapse cluster heal'"]
+                "it stays until 'synapse cluster heal'"] + ([note] if note else [])
     groups = _groups_of(running, step)
     if step.do == "cut":
         provider.cut([index - 1 for index in groups[0]], [index - 1 for index in groups[1]])

@@ -39,9 +39,11 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.addresses import NODES_MAX, AddressBlock
 from cluster.scenario import Selector
+from node.config import load_config
 from node.core.quorum import majority_of
 from node.errors import ClusterError, FaultInjectionUnavailable
 
@@ -543,3 +545,14 @@ def raft_delay_note(*, sources: Sequence[int], destinations: Sequence[int], vali
     return (f"note: a Raft round trip between validators is now >= {round_trip_ms} ms, and their election timeout "
             f"({election_timeout_min_ms} ms at least) is under 10 of them: expect leader changes; a network on such links "
             f"sets limits raft_election_timeout_min_ms / _max_ms and raft_heartbeat_ms (README: Raft on a slow network)")
+
+
+def raft_delay_note_from_configs(*, sources: Sequence[int], destinations: Sequence[int], one_way_ms: int,
+                                 validator_configs: Mapping[int, Path]) -> str | None:
+    """raft_delay_note with the election timeout the validators run with: the smallest
+    raft_election_timeout_min_ms in their own configs (`validator_configs`: 1-based index -> config.toml)."""
+    if not validator_configs:
+        return None
+    minimum_ms = min(load_config(path).limits.raft_election_timeout_min_ms for path in validator_configs.values())
+    return raft_delay_note(sources=sources, destinations=destinations, validators=set(validator_configs),
+                           one_way_ms=one_way_ms, election_timeout_min_ms=minimum_ms)

@@ -32,11 +32,11 @@ from typing import Any
 from urllib.parse import quote
 
 from cluster.addresses import width_for
-from cluster.faults import NodeView, ProcessFaults, raft_delay_note, resolve, unbound_peer_connections
+from cluster.faults import NodeView, ProcessFaults, raft_delay_note_from_configs, resolve, unbound_peer_connections
 from cluster.package_server import PackageServer, ServedPackage
 from cluster.safety import NodeSnapshot, Outcome, safety_outcomes
 from cluster.scenario import Scenario, Selector, Step, parse_selector
-from node.config import load_config, load_genesis
+from node.config import load_genesis
 from node.errors import ClusterError, SynapseError
 from node.clock import arm_skew, clear_skew
 from node.fault_points import arm
@@ -377,9 +377,8 @@ def _do_delay(driver: Driver, step: Step) -> str:
     jitter_ms = step.params.get("jitter_ms", 0)
     driver.network().delay([index - 1 for index in sources], [index - 1 for index in destinations], ms=step.params["ms"],
                            jitter_ms=jitter_ms)
-    validators = set(driver.resolve("validators"))
-    minimum_ms = min(load_config(driver.handle(index).config_path).limits.raft_election_timeout_min_ms for index in validators)
-    note = raft_delay_note(sources=sources, destinations=destinations, validators=validators, one_way_ms=step.params["ms"] - jitter_ms, election_timeout_min_ms=minimum_ms)
+    note = raft_delay_note_from_configs(sources=sources, destinations=destinations, one_way_ms=step.params["ms"] - jitter_ms,
+                                        validator_configs={index: driver.handle(index).config_path for index in driver.resolve("validators")})
     return f"delay {step.params['ms']} ms (jitter {jitter_ms} ms) on {sources} -> {destinations}" + (f"; {note}" if note else "")
 
 

@@ -275,7 +275,7 @@ def test_cluster_up_with_the_netns_provider_and_down_removes_everything(tmp_path
     cluster_dir = tmp_path / "cluster"
     number = None
     try:
-        started = synapse("cluster", "up", "--provider", "netns", "--nodes", "3", "--validators", "1", "--data-dir", str(cluster_dir))
+        started = synapse("cluster", "up", "--provider", "netns", "--nodes", "3", "--validators", "2", "--data-dir", str(cluster_dir))
         assert started.returncode == 0, started.stderr + started.stdout
         document = json.loads((cluster_dir / "cluster.json").read_text())
         number = netns_net.subnet_number(document["address_block"])
@@ -297,6 +297,8 @@ def test_cluster_up_with_the_netns_provider_and_down_removes_everything(tmp_path
         assert not _alive(helper_pid) and connect_ms(names.namespace(1), names.host(2)) < 100
         faulted = synapse("cluster", "fault", "--data-dir", str(cluster_dir), "delay", "--from", "1", "--to", "2", "--ms", "150")
         assert faulted.returncode == 0, faulted.stdout + faulted.stderr
+        # Nodes 1 and 2 are the validators, on LAN timing (300 ms election timeout at least): the CLI says what that means.
+        assert "a Raft round trip between validators is now >= 150 ms" in faulted.stdout, faulted.stdout
         assert connect_ms(names.namespace(1), names.host(2)) >= 150
         _attached(cluster_dir, "provider.heal()")
         _attached(cluster_dir, "provider.loss([2], [0], percent=10)")   # left in place: down must stop its helper
