@@ -19,9 +19,12 @@ How it measures (and why this way):
   both count as sent, by whoever sends them) over the whole run of one entry size, divided by
   entries x N. They include the anti-entropy rounds that run meanwhile (5 per second per node); the
   idle rate is measured first, over 3 s without entries, and the table shows both the total and the
-  part above idle. Bytes are msgpack bodies; HTTP/1.1 headers are measured once (a real request of the
-  gossip client and a real reply of a node, captured on a socket) and shown as an estimate on top.
-  TCP/IP headers are not counted (nor are they for Serf).
+  part above idle. Bytes are msgpack bodies. The transport's own bytes are shown as an estimate on
+  top: over the nodes' gossip streams (the default), a websocket frame header (2 B, 4 B more for the
+  caller's mask, 2 or 8 B more for a long frame, from each type's mean body size) and the call header
+  of node/core/gossip_frames.py (5 B a request, 6 B a reply); with --http (every call a POST:
+  gossip_streams_max = 0), the HTTP/1.1 headers, measured once (a real request of the gossip client and
+  a real reply of a node, captured on a socket). TCP/IP headers are not counted (nor are they for Serf).
 - Serf: shared/peers/serf_bench.py -n N -k K (its handler timestamps, from just before the CLI is
   spawned to the last agent's handler) for the same N, run right after ours.
 
@@ -54,6 +57,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 from cluster.local import LocalCluster, NodeApi  # noqa: E402
 from node.gossip import DIGEST_HASH_BYTES, PATH_OFFER, PATH_PUSH, PATH_SYNC, GossipSettings, Offer, Sync, make_client_session  # noqa: E402
+from node.core.gossip_frames import REPLY_HEADER, REQUEST_HEADER  # noqa: E402
 
 RESULTS = REPOSITORY / "bench" / "results"
 SERF_BENCH = Path("/work/shared/peers/serf_bench.py")
@@ -179,15 +183,30 @@ def idle_rates(cluster: LocalCluster, seconds: float) -> dict[str, float]:
             "bytes_per_s_per_node": sum(delta["gossip_bytes_sent_total"].values()) / seconds / nodes}
 
 
-def per_entry_costs(run: dict, nodes: int, idle: dict, headers: dict) -> dict:
+def frame_overhead_bytes(kind: str, mean_body_bytes: float) -> int:
+    """Bytes a stream adds to one message: the call header and the websocket frame header (RFC 6455 5.2)."""
+    request = kind in REQUEST_TYPES
+    framed = mean_body_bytes + (REQUEST_HEADER.size if request else REPLY_HEADER.size)
+    extended_length = 0 if framed < 126 else 2 if framed < 65_536 else 8
+    return (REQUEST_HEADER.size if request else REPLY_HEADER.size) + 2 + extended_length + (4 if request else 0)
+
+
+def transport_bytes(messages: dict, body_bytes: dict, headers: dict | None) -> float:
+    """The transport's bytes on top of the bodies: HTTP headers (measured) or stream frames (computed)."""
+    if headers is not None:
+        return (sum(messages.get(kind, 0) * headers["request"][kind] for kind in REQUEST_TYPES)
+                + sum(messages.get(kind, 0) for kind in REPLY_TYPES) * headers["reply"])
+    return sum(count * frame_overhead_bytes(kind, body_bytes.get(kind, 0) / count) for kind, count in messages.items() if count)
+
+
+def per_entry_costs(run: dict, nodes: int, idle: dict, headers: dict | None) -> dict:
     entries = len(run["sizes"]) + run["late"]
     messages = run["delta"]["gossip_messages_sent_total"]
     body_bytes = run["delta"]["gossip_bytes_sent_total"]
     total_messages = sum(messages.values()) / entries / nodes
     total_bytes = sum(body_bytes.values()) / entries / nodes
     idle_share_s = run["duration_s"] / entries
-    header_bytes = (sum(messages.get(kind, 0) * headers["request"][kind] for kind in REQUEST_TYPES)
-                    + sum(messages.get(kind, 0) for kind in REPLY_TYPES) * headers["reply"]) / entries / nodes
+    header_bytes = transport_bytes(messages, body_bytes, headers) / entries / nodes
     mean_size = statistics.mean(run["sizes"]) if run["sizes"] else float("nan")
     above_idle_bytes = total_bytes - idle["bytes_per_s_per_node"] * idle_share_s
     return {
@@ -198,7 +217,7 @@ def per_entry_costs(run: dict, nodes: int, idle: dict, headers: dict) -> dict:
         "body_bytes_above_idle": round(above_idle_bytes, 1),
         "bytes_over_size": round(total_bytes / mean_size, 2),
         "bytes_above_idle_over_size": round(above_idle_bytes / mean_size, 2),
-        "http_header_bytes_per_entry_per_node_estimate": round(header_bytes, 1),
+        "transport_bytes_per_entry_per_node_estimate": round(header_bytes, 1),
         "messages_by_type_per_entry_per_node": {kind: round(value / entries / nodes, 3) for kind, value in sorted(messages.items())},
         "bytes_by_type_per_entry_per_node": {kind: round(value / entries / nodes, 1) for kind, value in sorted(body_bytes.items())},
     }
@@ -315,7 +334,7 @@ def markdown(results: list[dict], headers: dict, meta: dict) -> str:
              f"{meta['entries']} entries per size per N, seed {meta['seed']}, node limits {meta['config_limits'] or 'default'}. "
              "Latency: until visible on the LAST node.", "",
              "| N | entry B | median ms | p95 ms | late | Serf median | Serf p95 | Serf late | median ratio | p95 ratio "
-             "| msg/entry/node | body B/entry/node | x size | above idle x size | + HTTP hdr B (est.) |",
+             "| msg/entry/node | body B/entry/node | x size | above idle x size | + transport B (est.) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         serf = result.get("serf") or {}
@@ -327,8 +346,9 @@ def markdown(results: list[dict], headers: dict, meta: dict) -> str:
                          f"{row['late']} | {serf_latency.get('median', '-')} | {serf_latency.get('p95', '-')} | "
                          f"{serf.get('late', '-')} | {ratio('median')} | {ratio('p95')} | {row['messages_per_entry_per_node']} | "
                          f"{row['body_bytes_per_entry_per_node']} | {row['bytes_over_size']} | {row['bytes_above_idle_over_size']} | "
-                         f"{row['http_header_bytes_per_entry_per_node_estimate']} |")
-    lines += ["", f"HTTP headers measured: request {headers['request']} B, reply {headers['reply']} B.", ""]
+                         f"{row['transport_bytes_per_entry_per_node_estimate']} |")
+    lines += ["", (f"Every call a POST; HTTP headers measured: request {headers['request']} B, reply {headers['reply']} B."
+                   if headers is not None else "Calls over the nodes' gossip streams; frame headers computed per message."), ""]
     for result in results:
         lines.append(f"- N={result['nodes']}: start-up {result['startup_s']} s, idle anti-entropy "
                      f"{result['idle']['messages_per_s_per_node']} msg/s and {result['idle']['bytes_per_s_per_node']} B/s per node, "
@@ -344,17 +364,21 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-serf", action="store_true")
     parser.add_argument("--interval-ms", type=int, default=None, help="the nodes' gossip_interval_ms (default: theirs, 200)")
+    parser.add_argument("--http", action="store_true", help="every gossip call a POST (gossip_streams_max = 0), as before streams")
     arguments = parser.parse_args()
     seed = arguments.seed if arguments.seed is not None else random.randrange(2**32)
     print(f"seed {seed}", flush=True)
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="bench-gossip-"))
     config_limits = {} if arguments.interval_ms is None else {"gossip_interval_ms": arguments.interval_ms}
+    if arguments.http:
+        config_limits["gossip_streams_max"] = 0
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}", "entries": arguments.entries, "seed": seed, "config_limits": config_limits}
     try:
-        headers = measure_headers(workdir)
-        print(f"HTTP headers: request {headers['request']} B, reply {headers['reply']} B", flush=True)
+        headers = measure_headers(workdir) if arguments.http else None
+        if headers is not None:
+            print(f"HTTP headers: request {headers['request']} B, reply {headers['reply']} B", flush=True)
         results = []
         for nodes in arguments.nodes:
             result = bench_cluster(nodes, arguments.sizes, arguments.entries, rng, workdir, headers, config_limits)
