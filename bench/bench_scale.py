@@ -251,20 +251,40 @@ class BenchCluster(LocalCluster):
         return NodeApi(handle.api_url, handle.token, timeout_s=HTTP_TIMEOUT_S)
 
 
-def bench_synapse(nodes: int, package, arguments: argparse.Namespace, workdir: Path) -> dict:
+def node_limits(arguments: argparse.Namespace, *, versus: bool) -> dict[str, int] | None:
+    """The [limits] every node of a run gets: --gossip-interval-ms and --limit, and --versus for the second run."""
+    limits = {"gossip_interval_ms": arguments.gossip_interval_ms} if arguments.gossip_interval_ms else {}
+    limits.update(arguments.limit)
+    if versus:
+        limits.update(arguments.versus)
+    return limits or None
+
+
+def parse_limit(text: str) -> tuple[str, int]:
+    """KEY=VALUE for a node's [limits] (every limit is an integer)."""
+    key, separator, value = text.partition("=")
+    if not separator or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE, a node limit and an integer (README: Node configuration)")
+    try:
+        return key, int(value.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be an integer") from None
+
+
+def bench_synapse(nodes: int, package, arguments: argparse.Namespace, workdir: Path, *, versus: bool = False) -> dict:
     environment = {"SYNAPSE_SPAWN": arguments.spawn}
     started = time.monotonic()
-    cluster = BenchCluster(nodes=nodes, validators=VALIDATORS, data_dir=workdir / f"n{nodes}", reputations=[REPUTATION] * nodes,
-                           governance={"voting_period_ms": VOTING_PERIOD_MS}, extra_env=environment,
-                           start_timeout_s=max(60.0, START_TIMEOUT_PER_NODE_S * nodes),
-                           shared_compiled_cache=arguments.shared_cache,
-                           config_limits={"gossip_interval_ms": arguments.gossip_interval_ms} if arguments.gossip_interval_ms else None)
+    label = f"N={nodes}" + (" versus" if versus else "")
+    cluster = BenchCluster(nodes=nodes, validators=VALIDATORS, data_dir=workdir / (f"n{nodes}" + ("-versus" if versus else "")),
+                           reputations=[REPUTATION] * nodes, governance={"voting_period_ms": VOTING_PERIOD_MS},
+                           extra_env=environment, start_timeout_s=max(60.0, START_TIMEOUT_PER_NODE_S * nodes),
+                           shared_compiled_cache=arguments.shared_cache, config_limits=node_limits(arguments, versus=versus))
     with cluster:
         up_s = round(time.monotonic() - started, 2)
-        print(f"N={nodes}: up in {up_s} s", flush=True)
+        print(f"{label}: up in {up_s} s", flush=True)
         wait_for_raft_leader(cluster)
         upgrade = run_upgrade(cluster, package)
-        print(f"N={nodes}: last vote -> executed everywhere {upgrade['executed_everywhere_ms']} ms "
+        print(f"{label}: last vote -> executed everywhere {upgrade['executed_everywhere_ms']} ms "
               f"(EXECUTE_UPGRADE first seen -> executed everywhere {upgrade['execute_seen_to_executed_everywhere_ms']} ms; "
               f"compiled {upgrade['modules_compiled']:.0f}x, loaded {upgrade['modules_loaded_from_disk']:.0f}x, "
               f"sandbox runs {upgrade['sandbox_runs']:.0f}); on one node, median: {upgrade['per_node_stage_median_ms']}", flush=True)
@@ -272,7 +292,7 @@ def bench_synapse(nodes: int, package, arguments: argparse.Namespace, workdir: P
         time.sleep(SETTLE_S)
         idle = idle_cores(cluster, arguments.idle_s)
         memory = memory_summary(cluster)
-        print(f"N={nodes}: idle {idle} cores over {arguments.idle_s} s; per node RSS {memory['rss_mb_median']} MB, "
+        print(f"{label}: idle {idle} cores over {arguments.idle_s} s; per node RSS {memory['rss_mb_median']} MB, "
               f"PSS {memory['pss_mb_median']} MB (totals {memory['rss_mb_total']} / {memory['pss_mb_total']} MB)", flush=True)
     return {"up_s": up_s, **upgrade, "idle_cores": idle, **memory}
 
@@ -305,12 +325,13 @@ def bench_one(nodes: int, package, arguments: argparse.Namespace, workdir: Path)
     load_before = load_now()
     print(f"N={nodes}: load before: {load_before['uptime']}", flush=True)
     result: dict = {"nodes": nodes, "load_before": load_before}
-    try:
-        result["synapse"] = bench_synapse(nodes, package, arguments, workdir)
-    except (ClusterError, OSError) as error:     # e.g. nodes too busy to answer: a figure we could not take
-        reason = error.one_line() if isinstance(error, ClusterError) else f"{type(error).__name__}: {error}"
-        result["synapse"] = {"failed": reason}
-        print(f"N={nodes}: FAILED: {reason}", flush=True)
+    for side, versus in (("synapse", False), ("versus", True)) if arguments.versus else (("synapse", False),):
+        try:
+            result[side] = bench_synapse(nodes, package, arguments, workdir, versus=versus)
+        except (ClusterError, OSError) as error:     # e.g. nodes too busy to answer: a figure we could not take
+            reason = error.one_line() if isinstance(error, ClusterError) else f"{type(error).__name__}: {error}"
+            result[side] = {"failed": reason}
+            print(f"N={nodes} {side}: FAILED: {reason}", flush=True)
     if arguments.serf:
         result["serf"] = bench_serf(nodes, arguments, workdir)
         print(f"N={nodes}: serf {result['serf']}", flush=True)
@@ -325,6 +346,9 @@ def markdown(results: list[dict], meta: dict) -> str:
             ("idle CPU, all nodes (cores)", "synapse", "idle_cores"), ("RSS per node, median (MB)", "synapse", "rss_mb_median"),
             ("PSS per node, median (MB)", "synapse", "pss_mb_median"), ("PSS all nodes (MB)", "synapse", "pss_mb_total"),
             ("Serf bootstrap (s)", "serf", "bootstrap_s"), ("Serf event to the last agent, median (ms)", "serf", None)]
+    if any("versus" in result for result in results):
+        versus = ", ".join(f"{key}={value}" for key, value in meta["arguments"]["versus"])
+        rows[8:8] = [(f"{title}, with {versus}", "versus", key) for title, side, key in rows[:8]]
     measured = [result for result in results if "synapse" in result]
     lines = [f"# bench_scale ({meta['when']}; {meta['machine']}; spawn={meta['arguments']['spawn']}, "
              f"shared cache={meta['arguments']['shared_cache']})", "", f"`{meta['command']}`", "",
@@ -337,7 +361,7 @@ def markdown(results: list[dict], meta: dict) -> str:
                 cells.append("failed" if "failed" in figures else "skipped")
             elif key is not None:
                 cells.append(str(figures.get(key, "")))
-            elif side == "synapse":
+            elif side in ("synapse", "versus"):
                 cells.append(f"{figures.get('modules_compiled', 0):.0f} / {figures.get('modules_loaded_from_disk', 0):.0f}")
             else:
                 cells.append(str((figures.get("event_last_agent_ms") or {}).get("median", figures.get("skipped", ""))))
@@ -346,7 +370,7 @@ def markdown(results: list[dict], meta: dict) -> str:
                      f"`{result['load_after']['uptime']}`" for result in measured]
     lines += [f"- N={result['nodes']}: skipped: {result['skipped']}" for result in results if "skipped" in result]
     lines += [f"- N={result['nodes']} {side}: {reason}: {figures[reason]}" for result in measured
-              for side in ("synapse", "serf") for figures in [result.get(side) or {}]
+              for side in ("synapse", "versus", "serf") for figures in [result.get(side) or {}]
               for reason in ("failed", "skipped") if reason in figures]
     return "\n".join(lines) + "\n"
 
@@ -360,6 +384,11 @@ def main() -> int:
     parser.add_argument("--shared-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="the nodes share one compiled-module cache (cluster up's default)")
     parser.add_argument("--gossip-interval-ms", type=int, default=None, help="the nodes' gossip_interval_ms (default: theirs, 200)")
+    parser.add_argument("--limit", type=parse_limit, action="append", default=[], metavar="KEY=VALUE",
+                        help="a node limit for every cluster (repeat for more), e.g. gossip_fanout=6")
+    parser.add_argument("--versus", type=parse_limit, action="append", default=[], metavar="KEY=VALUE",
+                        help="run each N a second time, right after the first, with these limits too (repeat for more): "
+                             "a before/after in one run, e.g. --versus gossip_streams_max=0 (every gossip call a POST)")
     parser.add_argument("--serf", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--serf-events", type=int, default=10)
     parser.add_argument("--serf-port-base", type=int, default=21000,
