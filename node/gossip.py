@@ -5,8 +5,10 @@ Why it works as it does:
 - The protocol (eager push with offer/want, push-pull anti-entropy, admission rules, peer choice,
   backoff, the skip-a-round rule) is decided by node/core/gossip_protocol.py, a pure state machine
   with no clock, randomness or I/O; its messages and their bytes are node/core/gossip_messages.py.
-  This module does what the core cannot: HTTP calls with timeouts, reading bodies with caps,
-  fsync through one writer thread, timers, metrics and log lines. node/gossip_inmem.py is its
+  This module does what the core cannot: calls with timeouts (each a frame on the peer's gossip
+  stream, node/gossip_stream.py, or a POST to a peer without one), reading bodies with caps, fsync
+  through one writer thread, timers, metrics and log lines. A call is answered the same way whichever
+  way it came: one admission (`_admit`), one decoding and answer (`_answer_body`). node/gossip_inmem.py is its
   in-memory twin (virtual clock, faults), so the same core is tested at 50 nodes in one process.
 
 - Persist before anything else. The core emits `Persist` before an entry may become visible; this
@@ -201,7 +203,7 @@ class _GroupWriter:
 
 
 class Gossip:
-    """Spreads log entries between this node and its peers: runs a GossipCore over HTTP."""
+    """Spreads log entries between this node and its peers: runs a GossipCore over streams and HTTP."""
 
     def __init__(self, *, log: CrdtLog, logfile: AppendOnlyFile, self_id: str, peers: Mapping[str, str], settings: GossipSettings,
                  rng: random.Random, now_ms: Callable[[], int], on_visible: Callable[[Sequence[Entry]], None],

@@ -197,7 +197,7 @@ class StreamClient:
                 try:
                     call_id, status, body = decode_reply(message.data)
                 except BadRequest as error:    # a peer that sends garbage loses its stream
-                    self._logger.warning("gossip_stream_bad_reply", extra={"peer": stream.url, "error": error.message})
+                    self._logger.warning("gossip_stream_bad_reply", extra={"fields": {"peer": stream.url, "error": error.message}})
                     return
                 answer = stream.pending.get(call_id)
                 if answer is not None and not answer.done():

@@ -256,6 +256,23 @@ async def test_frames_of_one_stream_are_answered_at_most_inbound_per_source_max_
     assert sorted(call_id for call_id, _, _ in replies) == list(range(40))
 
 
+async def test_a_caller_that_never_reads_its_replies_loses_its_stream(peers) -> None:
+    peer = await peers(GossipSettings(call_timeout_ms=300))
+    async with aiohttp.ClientSession() as session:
+        stream = await raw_stream(session, peer)
+        stream._response.connection.transport.pause_reading()   # the kernel's buffers fill, then the peer's writes wait
+        for call_id in range(400):                               # up to 400 x 60 KB echoed: more than the socket buffers
+            try:
+                await asyncio.wait_for(stream.send_bytes(encode_request(call_id, Push, b"x" * 60_000)), 2)
+            except (TimeoutError, ConnectionError):              # the peer stopped reading our frames, or closed
+                break
+        await poll_until_async(lambda: peer.metrics.get("gossip_requests_refused_total", reason="reply_not_read") >= 1,
+                               what="the unread replies to close the stream", timeout_s=20)
+        await poll_until_async(lambda: peer.server.open_count() == 0, what="the server to forget the stream", timeout_s=10)
+        stream._response.connection.transport.resume_reading()
+        await stream.close()
+
+
 async def test_a_silent_stream_is_closed_after_two_idle_periods(peers) -> None:
     peer = await peers(GossipSettings(stream_idle_ms=100))
     async with aiohttp.ClientSession() as session:
