@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 from aiohttp import web  # noqa: E402
 
+from cluster.polling import poll_until  # noqa: E402
 from node.core.gossip_messages import Push  # noqa: E402
 from node.core.gossip_settings import GossipSettings  # noqa: E402
 from node.gossip import PATH_PUSH, make_client_session  # noqa: E402
@@ -106,16 +108,12 @@ async def one_round(base_url: str, way: str, calls: int, concurrency: int, body:
     return {"client_us": client_s / made * 1e6, "server_us": server_s / made * 1e6, "wall_us": wall_s / made * 1e6}
 
 
-def wait_until_up(port: int) -> None:
-    import socket
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"the answering process did not listen on port {port} within {START_TIMEOUT_S} s")
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -135,7 +133,8 @@ def main() -> int:
     server = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(options.port)])
     rows: dict[str, list[dict]] = {"post": [], "stream": []}
     try:
-        wait_until_up(options.port)
+        poll_until(lambda: listening(options.port), what=f"the answering process to listen on port {options.port}",
+                   timeout_s=START_TIMEOUT_S)
         for round_number in range(options.rounds):
             for way in rows:
                 rows[way].append(asyncio.run(one_round(f"http://127.0.0.1:{options.port}", way, options.calls,

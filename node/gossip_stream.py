@@ -58,7 +58,7 @@ CLOSE_TIMEOUT_S = 1.0           # a close handshake the peer does not answer is 
 SWEEP_EVERY_FRACTION = 4        # idle streams are looked for every stream_idle_ms / 4
 
 ServeFrame = Callable[[str, type, bytes], Awaitable[tuple[int, bytes]]]
-Refuse = Callable[[str, SynapseError, int], web.Response]
+RefuseRequest = Callable[[str, SynapseError, int], web.Response]
 
 
 class StreamClosed(ConnectionResetError):
@@ -252,7 +252,7 @@ async def _close_quietly(socket: aiohttp.ClientWebSocketResponse | web.WebSocket
 class StreamServer:
     """The answering side: GET /gossip/stream upgrades to a websocket whose frames are gossip calls."""
 
-    def __init__(self, *, settings: GossipSettings, serve_frame: ServeFrame, refuse: Refuse, metrics: Metrics) -> None:
+    def __init__(self, *, settings: GossipSettings, serve_frame: ServeFrame, refuse: RefuseRequest, metrics: Metrics) -> None:
         """`serve_frame(source, message type, body)` -> (status, payload): the HTTP path's admission,
         decoding and answer. `refuse(reason, error, status)`: the HTTP path's refusal response."""
         self._settings = settings
