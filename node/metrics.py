@@ -100,6 +100,8 @@ REFUSAL_COUNTERS: Mapping[str, str] = {
     "entries_refused_total": "Entries refused at the door (signature, author, parents, size, ...), by reason",
     "execute_refused_total": "EXECUTE_UPGRADE entries refused (no valid majority certificate), by reason",
     "gossip_requests_refused_total": "Gossip requests refused (inbox full, too large, too many from one source), by reason",
+    "gossip_stream_fallbacks_total": "Gossip streams a peer would not open (404: an older node; 429/503: no free slot), "
+                                     "by status: calls to it go as POSTs for a while",
     "log_load_refused_total": "Stored entries refused when the log file was loaded at start, by reason",
     _DROPPED: "Series not recorded because their metric already had METRICS_SERIES_PER_METRIC_MAX series",
 }
