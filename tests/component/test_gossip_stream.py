@@ -148,7 +148,7 @@ async def test_calls_waiting_on_a_stream_fail_at_once_when_it_closes(peers) -> N
     calls = [asyncio.create_task(client.call(peer.url, Push, b"x")) for _ in range(3)]
     await poll_until_async(lambda: peer.server.open_count() == 1, what="the stream to open", timeout_s=10)
     await peer.server.close_all()
-    async with asyncio.timeout(10):     # the calls' own bound would be the caller's 2 s timeout: they end before
+    async with asyncio.timeout(10):     # without the stream's failure rule they would wait for `release`, set only after
         results = await asyncio.gather(*calls, return_exceptions=True)
     release.set()
     assert all(isinstance(result, StreamClosed) and isinstance(result, OSError) for result in results), results
