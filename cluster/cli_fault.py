@@ -390,7 +390,7 @@ def _netns_fault(running: RunningCluster, step) -> list[str]:
             shown = f"delay {params['ms']} ms (jitter {params.get('jitter_ms', 0)} ms)"
             note = raft_delay_note_from_configs(
                 sources=sources, destinations=destinations, one_way_ms=params["ms"] - params.get("jitter_ms", 0),
-                validator_configs={node["index"] + 1: running.config_path(node["index"] + 1) for node in running.nodes if node["validator"]})
+                validator_configs={index: running.config_path(index) for index in running.resolve(Selector(groups=("validators",)))})
         else:
             provider.loss(*zero_based, percent=params["percent"])
             shown = f"loss {params['percent']} %"
