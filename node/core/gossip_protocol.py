@@ -515,8 +515,13 @@ class GossipCore:
             return self._take()
         self._skipped_round = False
         candidates = [peer for peer in self.peers.values() if peer.retry_at_ms <= now_ms and not peer.syncing]
+        # A peer not known to be up (never reached, or failed and now out of backoff) is asked first:
+        # left to the random choice, a peer that failed once at start-up stayed "down" for as long as
+        # the choice missed it (rounds back off to seconds while quiet: 60 s and more, once in ~30 runs).
+        # Backoff still spaces the retries of a peer that stays down.
+        unknown = [peer for peer in candidates if not peer.up]
         if candidates:
-            self._request_sync(rng.choice(candidates).node_id, now_ms, rng)
+            self._request_sync(rng.choice(unknown or candidates).node_id, now_ms, rng)
         return self._take()
 
     def request_sync(self, peer_id: str, now_ms: int, rng: Random) -> list[Effect]:
