@@ -49,6 +49,7 @@ from node.core.pipeline import FailureKind, SequenceDecision, Step
 from node.core.semver import is_valid_version
 from node.errors import PackageFetchError, RollbackError, StoreError, SynapseError, Unavailable
 from node.metrics import Metrics
+from node.native_memory import release_freed_memory
 from node.store import VersionStore
 from node.limits import (UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_INLINE_HASH_BYTES_MAX,
                          UPGRADE_INLINE_STATE_BYTES_MAX, UPGRADE_STORE_TIMEOUT_MS, UPGRADE_WARM_PACKAGES_MAX)
@@ -133,6 +134,13 @@ class UpgradeManager:
     async def dry_run(self, *, version: str, package_url: str, package_hash: str, package_size: int | None) -> dict:
         """Download, verify and run the package on a copy of the live state; change nothing. Raises the
         failure (with `error.pipeline_step` set to the step that failed)."""
+        try:
+            return await self._dry_run(version=version, package_url=package_url, package_hash=package_hash,
+                                       package_size=package_size)
+        finally:
+            release_freed_memory()    # the run's store, instance and states: megabytes a node would keep
+
+    async def _dry_run(self, *, version: str, package_url: str, package_hash: str, package_size: int | None) -> dict:
         run = _Run(self._now_ms)
         try:
             prepared = await self._prepare(run, version=version, package_url=package_url,
@@ -202,6 +210,14 @@ class UpgradeManager:
         """Run the pipeline for upgrade number `sequence`. Returns the result (success or a verdict
         failure, both recorded); raises a LOCAL failure after recording the attempt (retry later),
         Conflict for a sequence gap, UpgradeRefused for a malformed proposal id or sequence."""
+        try:
+            return await self._execute(proposal_id=proposal_id, version=version, package_url=package_url,
+                                       package_hash=package_hash, package_size=package_size, sequence=sequence)
+        finally:
+            release_freed_memory()    # the run's store, instance and states: megabytes a node would keep
+
+    async def _execute(self, *, proposal_id: str, version: str, package_url: str, package_hash: str,
+                       package_size: int | None, sequence: int) -> UpgradeResult:
         pipeline.check_proposal_id(proposal_id)
         async with self._lock:
             self._refuse_while_store_busy()

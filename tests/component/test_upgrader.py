@@ -142,6 +142,17 @@ async def test_a_dry_run_reports_the_would_be_state_and_changes_nothing(node):
     assert result.state_hash == report["state_hash"], "the dry run predicts exactly what execute commits"
 
 
+async def test_memory_freed_by_a_run_is_given_back_after_each_execution_and_dry_run_even_a_failed_one(node, monkeypatch):
+    released = []
+    monkeypatch.setattr("node.upgrader.release_freed_memory", lambda: released.append(len(node.manager.history())))
+    assert (await node.upgrade("1.1.0", 1)).success
+    assert released == [1], "after the execution (its record written)"
+    panic = node.seed(wasm_from("panic.wat"))
+    with pytest.raises(errors.WasmTrap):
+        await node.manager.dry_run(version="1.2.0", package_url="https://x.invalid/p.wasm", package_hash=panic, package_size=None)
+    assert released == [1, 1]
+
+
 async def test_a_dry_run_raises_the_failure_and_says_which_step(node):
     package_hash = node.seed(wasm_from("panic.wat"))
     with pytest.raises(errors.WasmTrap) as caught:
