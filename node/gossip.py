@@ -62,7 +62,7 @@ from node.core.gossip_protocol import GossipCore
 from node.core.gossip_rules import BoundedMap
 from node.core.gossip_settings import GossipSettings, fanout_for  # noqa: F401  (re-exported)
 from node.errors import BadRequest, ConfigError, SynapseError, Unavailable
-from node.gossip_stream import PATH_STREAM, StreamClient, StreamServer
+from node.gossip_stream import PATH_STREAM, StreamClient, StreamHellos, StreamServer
 from node.metrics import Metrics
 from node.limits import (
     GOSSIP_STOP_TIMEOUT_MS, GOSSIP_VISIBILITY_MEMORY_ENTRIES_MAX, GOSSIP_VISIBILITY_QUERY_IDS_MAX, GOSSIP_WRITE_GATE_POLL_MS,
@@ -208,10 +208,13 @@ class Gossip:
     def __init__(self, *, log: CrdtLog, logfile: AppendOnlyFile, self_id: str, peers: Mapping[str, str], settings: GossipSettings,
                  rng: random.Random, now_ms: Callable[[], int], on_visible: Callable[[Sequence[Entry]], None],
                  metrics: Metrics, logger: logging.Logger, local_host: str | None = None,
-                 now_ns: Callable[[], int] = time.time_ns) -> None:
+                 now_ns: Callable[[], int] = time.time_ns, sign: Callable[[bytes], bytes] | None = None,
+                 public_keys: Mapping[str, bytes] | None = None) -> None:
         """`peers`: node_id -> base URL ("http://127.12.7.2:7000"), without this node. `local_host`: the
         address outbound calls leave from (this node's own address), so that receivers can limit
-        requests per source even when every node of a local cluster shares one loopback interface."""
+        requests per source even when every node of a local cluster shares one loopback interface.
+        `sign` (this node's key) and `public_keys` (genesis): streams carry the calls of both their
+        ends after a signed hello (node/core/stream_hello.py); without them, one stream per direction."""
         if not is_node_id(self_id):
             raise ConfigError(f"gossip self_id must be a node id, got {self_id!r}")
         bad_peers = [node_id for node_id, url in peers.items()
@@ -233,9 +236,13 @@ class Gossip:
         self._writer = _GroupWriter(logfile, settings.persist_timeout_ms, settings.persist_queue_limit_bytes)
         self._publish_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
-        self._streams = StreamClient(settings=settings, metrics=metrics, logger=logger, local_host=local_host)
+        hellos = StreamHellos(self_id=self_id, sign=sign, public_keys=public_keys, urls=self._urls, settings=settings,
+                              now_ms=now_ms, metrics=metrics) if sign is not None and public_keys is not None else None
+        self._streams = StreamClient(settings=settings, metrics=metrics, logger=logger, local_host=local_host,
+                                     serve_frame=self._serve_frame, hello=hellos.make if hellos else None)
         self._stream_server = StreamServer(settings=settings, serve_frame=self._serve_frame, refuse=self._refuse_request,
-                                           metrics=metrics)
+                                           metrics=metrics, logger=logger, check_hello=hellos.check if hellos else None,
+                                           client=self._streams)
         self._loop_task: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()               # set by the core's Wake: the quiet period snapped back
         self._tasks: set[asyncio.Task] = set()

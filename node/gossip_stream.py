@@ -1,4 +1,4 @@
-"""Gossip calls over one websocket per peer (GET /gossip/stream): the cheap path for Offer/Push/Sync.
+"""Gossip calls over one websocket per pair of nodes (GET /gossip/stream): the cheap path for Offer/Push/Sync.
 
 Why it works as it does:
 
@@ -14,6 +14,18 @@ Why it works as it does:
 - HTTP stays. A peer that answers the upgrade with another status (an older node: 404; no free
   stream slot: 429/503) is called over HTTP for `stream_fallback_ms`; so is a call when its stream has
   `stream_calls_max` calls in flight, or when its message is over `stream_request_max_bytes`. A node with `streams_max = 0` never opens a stream, and still serves them.
+
+- One stream per pair of nodes, not per direction. The opener sends a signed hello
+  (node/core/stream_hello.py: its id, the callee's id, the time, a nonce, its genesis key's signature);
+  the node that accepts a stream whose hello proves a member calls that member back over it, with call
+  ids that carry the acceptor's bit (node/core/gossip_frames.py), so each end tells a reply to its own
+  call from a call of the other end. A stream costs ~13-14 KB in each process (the websocket, its
+  connection and request objects); every node calls every peer sooner or later, so at N=200 this halves
+  ~5 MB per node. When both opened a stream at once, both keep the one opened by the smaller node id
+  and the other is closed (after its calls in flight). An unproven hello (a stranger claiming to be a
+  member, a stale or replayed hello) changes nothing: the stream carries its opener's calls, answered
+  with every bound, and this node calls that peer over a stream of its own. The opener closes a stream
+  idle both ways; the acceptor only stops calling over it.
 
 - A stream is a connection, with a connection's failure rule: a call that times out or fails closes
   its stream (its replies would be stale), and every call waiting on it fails at once (anti-entropy
@@ -40,16 +52,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
 
-from node.core.gossip_frames import CALL_ID_MAX, FRAME_HEADER_BYTES_MAX, decode_reply, decode_request, encode_reply, encode_request
+from node.core.gossip_frames import (CALL_NUMBER_MAX, FRAME_HEADER_BYTES_MAX, call_id_for, decode_reply, decode_request,
+                                     encode_reply, encode_request, is_reply)
 from node.core.gossip_settings import GossipSettings
+from node.core.stream_hello import HELLO_HEADER, HelloReplays, Verify, check_hello, make_hello, parse_hello
 from node.errors import BadRequest, SynapseError, Unavailable
+from node.identity import verify_signature
 from node.metrics import Metrics
 
 PATH_STREAM = "/gossip/stream"
@@ -59,6 +75,9 @@ SWEEP_EVERY_FRACTION = 4        # idle streams are looked for every stream_idle_
 
 ServeFrame = Callable[[str, type, bytes], Awaitable[tuple[int, bytes]]]
 RefuseRequest = Callable[[str, SynapseError, int], web.Response]
+MakeHello = Callable[[str], "str | None"]       # a peer's base URL -> this node's signed hello to it, or None
+# A hello -> (the base URL of the member it proves, whether that member's stream is the one the pair keeps), or None
+CheckHello = Callable[[str], "tuple[str, bool] | None"]
 
 
 class StreamClosed(ConnectionResetError):
@@ -75,30 +94,116 @@ def request_frame_max_bytes(settings: GossipSettings) -> int:
 
 @dataclass(eq=False)
 class _Stream:
-    url: str
-    socket: aiohttp.ClientWebSocketResponse
-    used_at_s: float
+    socket: aiohttp.ClientWebSocketResponse | web.WebSocketResponse
+    source: str                      # the other end's address: its calls are admitted per source
+    opened_here: bool                # this node opened it (its call ids never carry the acceptor's bit)
+    used_at_s: float                 # the last call either way
+    url: str | None = None           # this node calls the other end over it; None: it only answers
     pending: dict[int, asyncio.Future] = field(default_factory=dict)
+    answering: set[asyncio.Task] = field(default_factory=set)
     reader: asyncio.Task | None = None
     closed: bool = False
+    retiring: bool = False           # replaced by the peer's stream: closed once its last call is answered
 
 
-class StreamClient:
-    """The calling side: one stream per peer base URL, opened on first use."""
+class _Frames:
+    """What both ends of a stream do with what they read: answer the other end's calls (through
+    serve_frame: the HTTP path's admission, decoding and answer) and hand replies to this end's calls."""
 
     def __init__(self, *, settings: GossipSettings, metrics: Metrics, logger: logging.Logger,
-                 local_host: str | None = None, monotonic_s: Callable[[], float] = time.monotonic) -> None:
+                 serve_frame: ServeFrame | None, monotonic_s: Callable[[], float]) -> None:
         self._settings = settings
         self._metrics = metrics
         self._logger = logger
-        self._local_host = local_host
+        self._serve_frame = serve_frame
         self._monotonic_s = monotonic_s
+
+    async def _read_frames(self, stream: _Stream) -> None:
+        """Until the stream ends. At most inbound_per_source_max of the other end's calls are answered
+        at once; beyond that the stream is not read (TCP pushes back)."""
+        slots = asyncio.Semaphore(self._settings.inbound_per_source_max)
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    message = await stream.socket.receive()
+                except TimeoutError:                  # silent for too long, or a frame that never ends
+                    return
+                going = self._take(stream, message, slots)
+                del message                           # not held while waiting for the next frame
+                if not going:
+                    return
+        finally:
+            for task in stream.answering:
+                task.cancel()
+
+    def _take(self, stream: _Stream, message: aiohttp.WSMessage, slots: asyncio.Semaphore) -> bool:
+        """One frame: a reply is handed to its call, a call starts being answered. False: the stream ends.
+        A function of its own so that the loop holds no frame while it waits for the next one."""
+        if message.type is not aiohttp.WSMsgType.BINARY:
+            if message.type is aiohttp.WSMsgType.ERROR:
+                self._metrics.inc("gossip_requests_refused_total", reason="bad_frame")
+            return False
+        if is_reply(message.data, opened_here=stream.opened_here):
+            slots.release()
+            return self._deliver(stream, message.data)
+        if self._serve_frame is None:
+            self._metrics.inc("gossip_requests_refused_total", reason="malformed")
+            return False
+        try:
+            call_id, message_type, body = decode_request(message.data)
+        except BadRequest:
+            self._metrics.inc("gossip_requests_refused_total", reason="malformed")
+            return False
+        stream.used_at_s = self._monotonic_s()
+        task = asyncio.get_running_loop().create_task(self._answer(stream, call_id, message_type, body))
+        stream.answering.add(task)
+        task.add_done_callback(lambda done: (stream.answering.discard(done), slots.release()))
+        return True
+
+    def _deliver(self, stream: _Stream, frame: bytes) -> bool:
+        try:
+            call_id, status, body = decode_reply(frame)
+        except BadRequest as error:    # a peer that sends garbage loses its stream
+            self._logger.warning("gossip_stream_bad_reply", extra={"fields": {"peer": stream.url or stream.source, "error": error.message}})
+            return False
+        answer = stream.pending.get(call_id)
+        if answer is not None and not answer.done():
+            answer.set_result((status, body))
+        return True
+
+    async def _answer(self, stream: _Stream, call_id: int, message_type: type, body: bytes) -> None:
+        assert self._serve_frame is not None, "calls are answered only where serve_frame is set"
+        status, payload = await self._serve_frame(stream.source, message_type, body)
+        try:
+            async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
+                await stream.socket.send_bytes(encode_reply(call_id, status, payload))
+        except (TimeoutError, OSError, RuntimeError):   # a caller that does not read its replies loses its stream
+            self._metrics.inc("gossip_requests_refused_total", reason="reply_not_read")
+            await self._end(stream)
+
+    async def _end(self, stream: _Stream) -> None:
+        raise NotImplementedError
+
+
+class StreamClient(_Frames):
+    """The calling side: one stream per peer base URL, opened on first use, or one the peer opened
+    with a hello that proved who it is (`adopt`)."""
+
+    def __init__(self, *, settings: GossipSettings, metrics: Metrics, logger: logging.Logger,
+                 local_host: str | None = None, monotonic_s: Callable[[], float] = time.monotonic,
+                 serve_frame: ServeFrame | None = None, hello: MakeHello | None = None) -> None:
+        """`serve_frame`: answers the calls a peer sends back over a stream this node opened (None: such
+        a call ends the stream). `hello(url)`: the signed hello sent when opening a stream to url."""
+        super().__init__(settings=settings, metrics=metrics, logger=logger, serve_frame=serve_frame, monotonic_s=monotonic_s)
+        self._local_host = local_host
+        self._hello = hello
         self._session: aiohttp.ClientSession | None = None
         self._streams: dict[str, _Stream] = {}          # insertion order = least recently used first
         self._connecting: dict[str, asyncio.Task] = {}
         self._http_until_s: dict[str, float] = {}       # peers called over HTTP until then
         self._closing: set[asyncio.Task] = set()
-        self._call_ids = itertools.count(1)
+        self._call_numbers = itertools.count(1)
         self._swept_at_s = 0.0
 
     @property
@@ -135,7 +240,7 @@ class StreamClient:
         stream = await self._stream_for(base_url)
         if stream is None or len(stream.pending) >= self._settings.stream_calls_max:
             return None
-        call_id = next(self._call_ids) % (CALL_ID_MAX + 1)
+        call_id = call_id_for(next(self._call_numbers) % (CALL_NUMBER_MAX + 1), opened_here=stream.opened_here)
         answer = asyncio.get_running_loop().create_future()
         stream.pending[call_id] = answer
         stream.used_at_s = self._monotonic_s()
@@ -147,6 +252,29 @@ class StreamClient:
             raise
         finally:
             stream.pending.pop(call_id, None)
+            if stream.retiring and not stream.pending:
+                self._discard(stream)
+
+    def adopt(self, base_url: str, stream: _Stream, *, preferred: bool) -> bool:
+        """Call `base_url` over a stream it opened here (its hello proved who it is). When this node has
+        (or is opening) a stream of its own to it too, both opened at once: the pair keeps the stream
+        opened by the node with the smaller id (`preferred`: the peer's), so that each side decides alike
+        and one of the two is closed. True if adopted."""
+        if not self.enabled or self._session is None or stream.closed:
+            return False
+        own = self._streams.get(base_url)
+        if own is not None or base_url in self._connecting:
+            if not preferred:
+                return False
+            if own is not None:
+                self._retire(own)
+        elif len(self._streams) >= self._settings.streams_max and not self._evict_one():
+            return False
+        stream.url = base_url
+        self._streams[base_url] = stream
+        self._metrics.inc("gossip_streams_opened_total", side="adopted")
+        self._metrics.set("gossip_streams_open", len(self._streams), side="client")
+        return True
 
     async def _stream_for(self, base_url: str) -> _Stream | None:
         self._sweep_idle()
@@ -172,16 +300,23 @@ class StreamClient:
 
     async def _connect(self, base_url: str) -> _Stream | None:
         assert self._session is not None, "connects start only while the session is open"
+        hello = self._hello(base_url) if self._hello is not None else None
         try:
             async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
                 socket = await self._session.ws_connect(base_url + PATH_STREAM, autoping=True, compress=0,
-                                                        max_msg_size=reply_frame_max_bytes(self._settings))
+                                                        max_msg_size=reply_frame_max_bytes(self._settings),
+                                                        headers={HELLO_HEADER: hello} if hello else None)
         except aiohttp.WSServerHandshakeError as error:
             # An older peer (404) or one without a free stream slot (429/503): HTTP for a while.
             self._http_until_s[base_url] = self._monotonic_s() + self._settings.stream_fallback_ms / 1000
             self._metrics.inc("gossip_stream_fallbacks_total", status=str(error.status))
             return None
-        stream = _Stream(url=base_url, socket=socket, used_at_s=self._monotonic_s())
+        adopted = self._streams.get(base_url)
+        if adopted is not None:         # the peer's stream, the one the pair keeps, came while this one opened
+            await _close_quietly(socket)
+            return adopted
+        peer = socket.get_extra_info("peername")
+        stream = _Stream(socket=socket, source=peer[0] if peer else "?", opened_here=True, used_at_s=self._monotonic_s(), url=base_url)
         self._streams[base_url] = stream
         stream.reader = asyncio.get_running_loop().create_task(self._read(stream), name="gossip-stream-reader")
         self._metrics.inc("gossip_streams_opened_total", side="client")
@@ -190,34 +325,24 @@ class StreamClient:
 
     async def _read(self, stream: _Stream) -> None:
         try:
-            while self._deliver(stream, await stream.socket.receive()):
-                pass
+            await self._read_frames(stream)
         finally:
             self._discard(stream)
 
-    def _deliver(self, stream: _Stream, message: aiohttp.WSMessage) -> bool:
-        """Hand one reply to its call; False ends the stream. A function of its own so that the reader
-        holds no reply while it waits for the next one (a stream per peer: 199 of them at N=200)."""
-        if message.type is not aiohttp.WSMsgType.BINARY:
-            return False
-        try:
-            call_id, status, body = decode_reply(message.data)
-        except BadRequest as error:    # a peer that sends garbage loses its stream
-            self._logger.warning("gossip_stream_bad_reply", extra={"fields": {"peer": stream.url, "error": error.message}})
-            return False
-        answer = stream.pending.get(call_id)
-        if answer is not None and not answer.done():
-            answer.set_result((status, body))
-        return True
+    async def _end(self, stream: _Stream) -> None:
+        self._discard(stream)
+
+    def drop(self, stream: _Stream) -> None:
+        """A stream the peer opened has ended: fail this node's calls on it (if it called over it)."""
+        if stream.url is not None:
+            self._discard(stream)
 
     def _discard(self, stream: _Stream) -> None:
         """Close a stream and fail every call waiting on it (idempotent)."""
         if stream.closed:
             return
         stream.closed = True
-        if self._streams.get(stream.url) is stream:
-            del self._streams[stream.url]
-        self._metrics.set("gossip_streams_open", len(self._streams), side="client")
+        self._forget(stream)
         for answer in stream.pending.values():
             if not answer.done():
                 answer.set_exception(StreamClosed(f"the gossip stream to {stream.url} closed"))
@@ -227,20 +352,40 @@ class StreamClient:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def _forget(self, stream: _Stream) -> None:
+        """Stop calling over a stream (it stays open if the peer opened it: it still carries the peer's calls)."""
+        if stream.url is not None and self._streams.get(stream.url) is stream:
+            del self._streams[stream.url]
+            self._metrics.set("gossip_streams_open", len(self._streams), side="client")
+
+    def _retire(self, stream: _Stream) -> None:
+        """Stop calling over one of this node's streams; close it now, or after its last call."""
+        self._forget(stream)
+        if stream.pending:
+            stream.retiring = True
+        else:
+            self._discard(stream)
+
     def _evict_one(self) -> bool:
         for stream in self._streams.values():
             if not stream.pending:
-                self._discard(stream)
+                if stream.opened_here:
+                    self._discard(stream)
+                else:
+                    self._forget(stream)
                 return True
         return False
 
     def _sweep_idle(self) -> None:
+        """Close the streams this node opened that carried no call either way for stream_idle_ms (the
+        peer closes the ones it opened)."""
         now_s = self._monotonic_s()
         idle_s = self._settings.stream_idle_ms / 1000
         if now_s - self._swept_at_s < idle_s / SWEEP_EVERY_FRACTION:
             return
         self._swept_at_s = now_s
-        for stream in [stream for stream in self._streams.values() if not stream.pending and now_s - stream.used_at_s > idle_s]:
+        for stream in [stream for stream in self._streams.values()
+                       if stream.opened_here and not stream.pending and now_s - stream.used_at_s > idle_s]:
             self._discard(stream)
         for base_url in [url for url, until_s in self._http_until_s.items() if until_s <= now_s]:
             del self._http_until_s[base_url]
@@ -254,16 +399,21 @@ async def _close_quietly(socket: aiohttp.ClientWebSocketResponse | web.WebSocket
         pass
 
 
-class StreamServer:
+class StreamServer(_Frames):
     """The answering side: GET /gossip/stream upgrades to a websocket whose frames are gossip calls."""
 
-    def __init__(self, *, settings: GossipSettings, serve_frame: ServeFrame, refuse: RefuseRequest, metrics: Metrics) -> None:
+    def __init__(self, *, settings: GossipSettings, serve_frame: ServeFrame, refuse: RefuseRequest, metrics: Metrics,
+                 logger: logging.Logger | None = None, check_hello: CheckHello | None = None,
+                 client: StreamClient | None = None, monotonic_s: Callable[[], float] = time.monotonic) -> None:
         """`serve_frame(source, message type, body)` -> (status, payload): the HTTP path's admission,
-        decoding and answer. `refuse(reason, error, status)`: the HTTP path's refusal response."""
-        self._settings = settings
-        self._serve_frame = serve_frame
+        decoding and answer. `refuse(reason, error, status)`: the HTTP path's refusal response.
+        `check_hello(hello)` -> the base URL of the member the opener proved to be, whose stream
+        `client` then adopts for this node's calls to it."""
+        super().__init__(settings=settings, metrics=metrics, logger=logger or logging.getLogger("synapse.gossip"),
+                         serve_frame=serve_frame, monotonic_s=monotonic_s)
         self._refuse = refuse
-        self._metrics = metrics
+        self._check_hello = check_hello
+        self._client = client
         self._by_source: dict[str, int] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._stopping = False
@@ -280,22 +430,33 @@ class StreamServer:
             return self._refuse("source_streams_busy", SynapseError(
                 f"{source} has {settings.inbound_streams_per_source_max} gossip streams open here",
                 hint="use the open streams, or call over HTTP"), 429)
-        socket = web.WebSocketResponse(max_msg_size=request_frame_max_bytes(settings), autoping=True, compress=False,
+        hello = request.headers.get(HELLO_HEADER)
+        proven = self._check_hello(hello) if hello is not None and self._check_hello is not None else None
+        peer_url = proven[0] if proven else None
+        # A proven member's stream also brings the replies to this node's calls, up to a whole body.
+        socket = web.WebSocketResponse(max_msg_size=reply_frame_max_bytes(settings) if peer_url else request_frame_max_bytes(settings),
+                                       autoping=True, compress=False,
                                        receive_timeout=settings.stream_idle_ms * SERVER_IDLE_FACTOR / 1000)
         self._sockets.add(socket)
         self._by_source[source] = self._by_source.get(source, 0) + 1
         self._metrics.inc("gossip_streams_opened_total", side="server")
+        stream = _Stream(socket=socket, source=source, opened_here=False, used_at_s=self._monotonic_s())
         try:
             try:
                 await socket.prepare(request)
             except ConnectionError:    # the caller left first (a connect it gave up on): nothing to answer
                 return socket
-            await self._serve(socket, source)
+            if proven is not None and self._client is not None:
+                self._client.adopt(proven[0], stream, preferred=proven[1])
+            await self._read_frames(stream)
         finally:
+            if self._client is not None:
+                self._client.drop(stream)
             self._sockets.discard(socket)
             self._by_source[source] -= 1
             if not self._by_source[source]:
                 del self._by_source[source]
+            await _close_quietly(socket)
         return socket
 
     def open_count(self) -> int:
@@ -310,46 +471,50 @@ class StreamServer:
             await asyncio.wait([asyncio.get_running_loop().create_task(_close_quietly(socket)) for socket in sockets],
                                timeout=CLOSE_TIMEOUT_S * 2)
 
-    async def _serve(self, socket: web.WebSocketResponse, source: str) -> None:
-        slots = asyncio.Semaphore(self._settings.inbound_per_source_max)
-        answering: set[asyncio.Task] = set()
-        try:
-            while not self._stopping:
-                await slots.acquire()
-                try:
-                    message = await socket.receive()
-                except TimeoutError:                  # silent for too long, or a frame that never ends
-                    return
-                task = self._dispatch(socket, source, message)
-                del message                           # not held while waiting for the next frame
-                if task is None:
-                    return
-                answering.add(task)
-                task.add_done_callback(lambda done: (answering.discard(done), slots.release()))
-        finally:
-            for task in answering:
-                task.cancel()
-            await _close_quietly(socket)
+    async def _end(self, stream: _Stream) -> None:
+        await _close_quietly(stream.socket)
 
-    def _dispatch(self, socket: web.WebSocketResponse, source: str, message: aiohttp.WSMessage) -> asyncio.Task | None:
-        """Start answering one frame, or None: the stream ends. A function of its own so that the loop
-        holds no frame while it waits for the next one (a stream per peer: 199 of them at N=200)."""
-        if message.type is not aiohttp.WSMsgType.BINARY:
-            if message.type is aiohttp.WSMsgType.ERROR:
-                self._metrics.inc("gossip_requests_refused_total", reason="bad_frame")
-            return None
-        try:
-            call_id, message_type, body = decode_request(message.data)
-        except BadRequest:
-            self._metrics.inc("gossip_requests_refused_total", reason="malformed")
-            return None
-        return asyncio.get_running_loop().create_task(self._answer(socket, source, call_id, message_type, body))
 
-    async def _answer(self, socket: web.WebSocketResponse, source: str, call_id: int, message_type: type, body: bytes) -> None:
-        status, payload = await self._serve_frame(source, message_type, body)
+class StreamHellos:
+    """This node's signed hellos, and its check of the hellos of streams opened here (node/core/stream_hello.py)."""
+
+    def __init__(self, *, self_id: str, sign: Callable[[bytes], bytes], public_keys: Mapping[str, bytes],
+                 urls: Mapping[str, str], settings: GossipSettings, now_ms: Callable[[], int], metrics: Metrics,
+                 verify: Verify = verify_signature, nonce: Callable[[], str] = lambda: secrets.token_hex(16)) -> None:
+        """`urls`: the peers' node ids -> base URLs (genesis): a proven hello names the URL this node
+        calls its sender by."""
+        self._self_id = self_id
+        self._sign = sign
+        self._public_keys = public_keys
+        self._urls = urls
+        self._ids_by_url = {url: node_id for node_id, url in urls.items()}
+        self._settings = settings
+        self._now_ms = now_ms
+        self._metrics = metrics
+        self._verify = verify
+        self._nonce = nonce
+        self._replays = HelloReplays(window_ms=settings.stream_hello_skew_ms, entries_max=settings.stream_hellos_remembered_max)
+
+    def make(self, base_url: str) -> str | None:
+        peer_id = self._ids_by_url.get(base_url)
+        if peer_id is None:
+            return None
+        return make_hello(from_id=self._self_id, to_id=peer_id, at_ms=self._now_ms(), nonce=self._nonce(), sign=self._sign)
+
+    def check(self, text: str) -> tuple[str, bool] | None:
+        """(the base URL of the member the hello proves, whether its stream is the one the pair keeps:
+        its id is the smaller), or None (counted by reason)."""
+        now_ms = self._now_ms()
         try:
-            async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
-                await socket.send_bytes(encode_reply(call_id, status, payload))
-        except (TimeoutError, OSError, RuntimeError):   # a caller that does not read its replies loses its stream
-            self._metrics.inc("gossip_requests_refused_total", reason="reply_not_read")
-            await _close_quietly(socket)
+            hello = parse_hello(text)
+            check_hello(hello, self_id=self._self_id, public_keys=self._public_keys, verify=self._verify,
+                        now_ms=now_ms, skew_ms=self._settings.stream_hello_skew_ms)
+            url = self._urls.get(hello.from_id)
+            if url is None:
+                raise BadRequest("not_a_peer")
+            if not self._replays.remember(hello.nonce, now_ms):
+                raise BadRequest("replayed")
+        except BadRequest as refused:
+            self._metrics.inc("gossip_stream_hellos_refused_total", reason=refused.message)
+            return None
+        return url, hello.from_id < self._self_id

@@ -102,6 +102,9 @@ REFUSAL_COUNTERS: Mapping[str, str] = {
     "gossip_requests_refused_total": "Gossip requests refused (inbox full, too large, too many from one source), by reason",
     "gossip_stream_fallbacks_total": "Gossip streams a peer would not open (404: an older node; 429/503: no free slot), "
                                      "by status: calls to it go as POSTs for a while",
+    "gossip_stream_hellos_refused_total": "Signed hellos of gossip streams refused (not a member, wrong node, stale, "
+                                          "replayed, bad signature), by reason: the stream only carries its "
+                                          "opener's calls",
     "log_load_refused_total": "Stored entries refused when the log file was loaded at start, by reason",
     _DROPPED: "Series not recorded because their metric already had METRICS_SERIES_PER_METRIC_MAX series",
 }

@@ -257,6 +257,7 @@ class Node:
         self.gossip = Gossip(
             log=self.log, logfile=prepared.logfile, self_id=node_id,
             peers={member.node_id: member.api_url for member in genesis.members if member.node_id != node_id},
+            sign=prepared.identity.sign, public_keys=genesis.public_keys(),
             settings=GossipSettings(fanout=limits.gossip_fanout or None, interval_ms=limits.gossip_interval_ms,
                                     quiet_interval_max_ms=limits.gossip_quiet_interval_max_ms or None,
                                     report_hold_ms=limits.gossip_report_hold_ms,

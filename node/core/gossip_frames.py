@@ -12,6 +12,10 @@ HTTP path checks is checked the same way, and an HTTP answer's status travels wi
 
 A call id is the caller's own: replies may come in any order (a push waits for the disk while an
 offer is answered at once), and a reply to a call the caller gave up on is dropped there.
+
+One stream carries the calls of both its ends (after a signed hello, node/core/stream_hello.py): the
+node that accepted a stream sets the top bit of its call ids, the node that opened it never does, so
+each end tells a reply to its own call (its bit) from a call of the other end (the other bit).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from node.errors import BadRequest
 REQUEST_HEADER = struct.Struct(">IB")
 REPLY_HEADER = struct.Struct(">IH")
 CALL_ID_MAX = 2**32 - 1
+ACCEPTOR_CALL_BIT = 2**31         # set in the call ids of the node that accepted the stream
+CALL_NUMBER_MAX = ACCEPTOR_CALL_BIT - 1
+CALL_ID = struct.Struct(">I")
 MESSAGE_CODES: Mapping[type, int] = {Offer: 1, Push: 2, Sync: 3}
 MESSAGE_TYPES_BY_CODE: Mapping[int, type] = {code: message_type for message_type, code in MESSAGE_CODES.items()}
 FRAME_HEADER_BYTES_MAX = max(REQUEST_HEADER.size, REPLY_HEADER.size)
@@ -65,3 +72,18 @@ def decode_reply(frame: bytes) -> tuple[int, int, bytes]:
     if not STATUS_MIN <= status <= STATUS_MAX:
         raise _bad(f"status {status} is not an HTTP status")
     return call_id, status, frame[REPLY_HEADER.size:]
+
+
+def call_id_for(number: int, *, opened_here: bool) -> int:
+    """The call id of this node's call number `number` on a stream it opened or accepted."""
+    assert 0 <= number <= CALL_NUMBER_MAX, "call numbers wrap before 2**31"
+    return number if opened_here else number | ACCEPTOR_CALL_BIT
+
+
+def is_reply(frame: bytes, *, opened_here: bool) -> bool:
+    """True: the frame answers a call of this end (its call id carries this end's bit); False: a call
+    from the other end, or a frame too short to say (decode_request refuses it)."""
+    if len(frame) < CALL_ID.size:
+        return False
+    accepted_side = bool(CALL_ID.unpack_from(frame)[0] & ACCEPTOR_CALL_BIT)
+    return accepted_side != opened_here

@@ -54,6 +54,12 @@ class GossipSettings:
     stream_request_max_bytes: int = 64 * 1024
     inbound_streams_max: int = 512       # streams others open here (503 beyond)
     inbound_streams_per_source_max: int = 4  # ... from one source address (429 beyond)
+    # A stream opened with a signed hello carries the calls of both ends (node/core/stream_hello.py):
+    # its time may differ from this node's clock by this much (clocks of other machines; a replay of the
+    # hello is refused by its nonce within the window, by its time after it), and this many accepted
+    # hellos are remembered (beyond it, new hellos are refused until old ones expire).
+    stream_hello_skew_ms: int = 60_000
+    stream_hellos_remembered_max: int = 4_096
     want_ids_max: int = 64               # missing parents asked for per anti-entropy round
     # A forward wave sends a peer its entries inline (one push) when they weigh at most this many bytes
     # together; heavier sets are offered first (offer -> want -> push). 0: always offer.
@@ -91,6 +97,7 @@ class GossipSettings:
             "streams_max": (0, 100_000), "stream_calls_max": (1, 10_000), "stream_idle_ms": (100, 3_600_000),
             "stream_fallback_ms": (0, 3_600_000), "inbound_streams_max": (0, 100_000),
             "inbound_streams_per_source_max": (1, 10_000), "stream_request_max_bytes": (1_024, 256 * 1024 * 1024),
+            "stream_hello_skew_ms": (1_000, 3_600_000), "stream_hellos_remembered_max": (1, 1_000_000),
         }
         for name, (minimum, maximum) in bounds.items():
             value = getattr(self, name)

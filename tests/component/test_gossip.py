@@ -122,13 +122,15 @@ class Net:
     """N gossiping nodes in this process. `topology[i]` lists the peers node i knows (default: all)."""
 
     def __init__(self, tmp_path: Path, count: int, *, extra_members: int = 0, settings: dict | None = None,
-                 limits: dict | None = None, topology: dict[int, list[int]] | None = None, seed: int | None = None) -> None:
+                 limits: dict | None = None, topology: dict[int, list[int]] | None = None, seed: int | None = None,
+                 hellos: bool = False) -> None:
         self.seed = random.randrange(2**32) if seed is None else seed
         print(f"gossip test seed: {self.seed}")
         self.rng = random.Random(self.seed)
         self.people = identities(count + extra_members)
         self.settings = GossipSettings(**(settings or FAST))
         self.limits = limits or {}
+        self.hellos = hellos        # signed stream hellos (the node's wiring): one stream per pair carries both ways
         self.nodes: list[GossipNode] = []
         tmp_path.mkdir(parents=True, exist_ok=True)
         for index in range(count):
@@ -150,7 +152,9 @@ class Net:
         node.metrics = Metrics()
         node.gossip = Gossip(log=node.log, logfile=node.logfile, self_id=node.identity.node_id, peers=node.peers,
                              settings=self.settings, rng=random.Random(self.seed + node.index), now_ms=wall_ms,
-                             on_visible=node.on_visible, metrics=node.metrics, logger=logging.getLogger(f"test.gossip.{node.index}"))
+                             on_visible=node.on_visible, metrics=node.metrics, logger=logging.getLogger(f"test.gossip.{node.index}"),
+                             **({"sign": node.identity.sign, "public_keys": {person.node_id: person.public_key for person in self.people}}
+                                if self.hellos else {}))
         node.loaded = node.gossip.load(stored)
         app = web.Application()
         node.gossip.add_routes(app)
