@@ -165,7 +165,10 @@ class _Frames:
         try:
             call_id, status, body = decode_reply(frame)
         except BadRequest as error:    # a peer that sends garbage loses its stream
-            self._logger.warning("gossip_stream_bad_reply", extra={"fields": {"peer": stream.url or stream.source, "error": error.message}})
+            if stream.url is None:     # not a peer this node calls: a stranger's garbage, counted, not logged
+                self._metrics.inc("gossip_requests_refused_total", reason="malformed")
+            else:
+                self._logger.warning("gossip_stream_bad_reply", extra={"fields": {"peer": stream.url, "error": error.message}})
             return False
         answer = stream.pending.get(call_id)
         if answer is not None and not answer.done():
@@ -407,8 +410,8 @@ class StreamServer(_Frames):
                  client: StreamClient | None = None, monotonic_s: Callable[[], float] = time.monotonic) -> None:
         """`serve_frame(source, message type, body)` -> (status, payload): the HTTP path's admission,
         decoding and answer. `refuse(reason, error, status)`: the HTTP path's refusal response.
-        `check_hello(hello)` -> the base URL of the member the opener proved to be, whose stream
-        `client` then adopts for this node's calls to it."""
+        `check_hello(hello)` -> (the base URL of the member the opener proved to be, whether the pair
+        keeps its stream), or None; `client` then adopts the stream for this node's calls to it."""
         super().__init__(settings=settings, metrics=metrics, logger=logger or logging.getLogger("synapse.gossip"),
                          serve_frame=serve_frame, monotonic_s=monotonic_s)
         self._refuse = refuse

@@ -283,6 +283,7 @@ async def test_a_caller_that_leaves_before_its_upgrade_is_answered_is_not_an_err
     (b"\x00\x01", "malformed"),                                    # shorter than a header
     (struct.pack(">IB", 1, 9) + b"x", "malformed"),                # no such message
     (encode_request(1, Push, b"x" * 3_000), "bad_frame"),          # over the frame cap (2,048 + header)
+    (struct.pack(">IB", 2**31 | 1, 2), "malformed"),               # a "reply" (the acceptor's bit) to no call, too short
 ])
 async def test_a_frame_that_is_not_a_call_closes_the_stream_and_is_counted(peers, frame: bytes, reason: str) -> None:
     peer = await peers(GossipSettings(stream_request_max_bytes=2_048))
