@@ -17,37 +17,33 @@ from typing import Any, Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from node.core.gossip_messages import Offer, Push, Sync
 from node.core.gossip_settings import GossipSettings
 from node.core.stream_hello import HELLO_HEADER, make_hello
 from node.gossip_stream import PATH_STREAM, StreamClient, StreamClosed, StreamServer
 from node.identity import Identity
-from node.metrics import Metrics
 from tests.component.test_gossip import FAST, make_net  # noqa: F401  (make_net: the fixture)
-from tests.component.test_gossip_stream import SETTINGS, refuse
+from tests.component.test_gossip_stream import SETTINGS, Peer, refuse
 from tests.polling import poll_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class Node:
+class Node(Peer):
     """A stream client and server as Gossip wires them: the server adopts, for the client, the streams
     whose hello (here: the opener's URL, or a refusal) names a peer."""
 
     def __init__(self, name: str, *, settings: GossipSettings = SETTINGS, accept_hellos: bool = True,
                  monotonic_s: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(settings, self.serve)
         self.name = name
-        self.metrics = Metrics()
         self.served: list[tuple[str, str, bytes]] = []     # (source, message type, body) of the calls answered here
-        self.upgrades_asked = 0
         self.accept_hellos = accept_hellos
         self.client = StreamClient(settings=settings, metrics=self.metrics, logger=logging.getLogger(f"test.{name}"),
                                    serve_frame=self.serve, hello=lambda url: f"from:{self.url}", monotonic_s=monotonic_s)
         self.server = StreamServer(settings=settings, serve_frame=self.serve, refuse=refuse, metrics=self.metrics,
                                    check_hello=self.check_hello, client=self.client)
-        self.url = ""
 
     async def serve(self, source: str, message_type: type, body: bytes) -> tuple[int, bytes]:
         self.served.append((source, message_type.__name__, body))
@@ -63,24 +59,13 @@ class Node:
         return opener, opener < self.url
 
     async def start(self) -> Node:
-        @web.middleware
-        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
-            self.upgrades_asked += request.path == PATH_STREAM
-            return await handler(request)
-        app = web.Application(middlewares=[count])
-        app.router.add_get(PATH_STREAM, self.server.handle)
-        app.on_shutdown.append(self.server.close_all)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = "http://127.0.0.1:%d" % site._server.sockets[0].getsockname()[1]
+        await super().start()
         self.client.open()
         return self
 
     async def stop(self) -> None:
         await self.client.close()
-        await asyncio.wait_for(self.runner.cleanup(), 10)
+        await super().stop()
 
 
 @pytest.fixture
