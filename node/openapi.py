@@ -23,6 +23,7 @@ import msgspec
 from aiohttp import web
 
 from node.core.schemas import PROPOSAL_ID_FULL, REQUEST_BODIES
+from node.core.stream_hello import HELLO_HEADER
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -220,6 +221,11 @@ def _gossip_paths() -> dict:
     paths["/gossip/stream"] = {"get": {
         "summary": "Gossip between nodes over one websocket: offer, push and sync as binary frames "
                    "(node/core/gossip_frames.py), answered as the POSTs above", "tags": ["gossip"],
+        "parameters": [{"name": HELLO_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
+                        "description": "<from id>.<to id>.<at ms>.<nonce>.<ed25519 signature> by the opener's genesis "
+                                       "key (node/core/stream_hello.py): once it checks, this node sends its own calls "
+                                       "to the opener back over the stream; without it, or when it does not check, the "
+                                       "stream carries only the opener's calls"}],
         "responses": {"101": {"description": "switching to the websocket"},
                       "429": {"description": "too many streams from this source", "content": _json(_ERROR)},
                       "503": {"description": "no free stream slot, or stopping: call over POST", "content": _json(_ERROR)}}}}
