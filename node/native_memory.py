@@ -12,15 +12,15 @@ Elsewhere (musl, macOS): nothing to call; the memory is reused by the process as
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
 @functools.cache
 def _malloc_trim():
     try:
-        library = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = library.malloc_trim
+        # The symbols the process already has (the interpreter links the C library); find_library
+        # would run ldconfig in a subprocess on a node's first call.
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
