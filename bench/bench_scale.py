@@ -238,6 +238,7 @@ def run_upgrade(cluster: LocalCluster, package) -> dict:
             "execute_seen_to_executed_everywhere_ms": (round(everywhere - first_seen, 1)
                                                        if None not in (everywhere, first_seen) else None),
             "executed_first_node_ms": rows["executed on the first node"], "per_node_stage_median_ms": stages,
+            "milestones_ms": rows,
             "modules_compiled": metric_sum(cluster, 'synapse_sandbox_compiled_cache{event="compiled"}'),
             "modules_loaded_from_disk": metric_sum(cluster, 'synapse_sandbox_compiled_cache{event="loaded_from_disk"}'),
             "sandbox_runs": metric_sum(cluster, "synapse_sandbox_runs_total")}
