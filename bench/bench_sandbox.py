@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 import node.sandbox as sandbox_module  # noqa: E402
 from node.sandbox import Sandbox, SandboxLimits, parse_state_object  # noqa: E402
-from node.sandbox_output import parse_state_object_stdlib  # noqa: E402
+from node.sandbox_output import ParsedState, parse_state, parse_state_object_stdlib  # noqa: E402
 from tests.wasm_build import EXAMPLES, build_c, build_rust_example, rust_toolchain_missing, wat_to_wasm  # noqa: E402
 
 RESULTS = REPOSITORY / "bench" / "results"
@@ -132,11 +132,11 @@ def migration_packages(work: Path) -> dict[str, bytes]:
 
 def sandbox_seconds_with_stdlib_parse(sandbox: Sandbox, wasm: bytes, state_json: bytes, runs: int) -> float:
     """The whole run as it was before msgspec: the sandbox reading its output with the stdlib path."""
-    sandbox_module.parse_state_object = parse_state_object_stdlib
+    sandbox_module.parse_state = lambda output, producer: ParsedState(parse_state_object_stdlib(output, producer), float_free=False)
     try:
         return median_seconds(lambda: sandbox.run_upgrade(wasm, state_json), runs)
     finally:
-        sandbox_module.parse_state_object = parse_state_object
+        sandbox_module.parse_state = parse_state
 
 
 def bench_migration(node_count: int, runs: int, packages: dict[str, bytes]) -> dict:

@@ -49,7 +49,7 @@ import wasmtime
 
 from node import errors
 from node.sandbox_disk_cache import DiskCache
-from node.sandbox_output import one_line as _one_line, parse_state_object, pin_integer_digits
+from node.sandbox_output import one_line as _one_line, parse_state, parse_state_object, pin_integer_digits
 from node.core.canonical import sha256_hex
 from node.limits import (
     SANDBOX_COMPILE_ALLOWANCE_MS, SANDBOX_EPOCH_TICK_MS, SANDBOX_MEMORY_CACHE_ENTRIES_MAX, SANDBOX_MEMORY_NEAR_LIMIT_MIN_BYTES, SANDBOX_REFUSALS_SHOWN_MAX, SANDBOX_RUNS_CONCURRENT_MAX, SANDBOX_TABLE_ELEMENTS_MAX, SANDBOX_WASM_STACK_MAX_BYTES,
@@ -117,6 +117,7 @@ class UpgradeOutput:
     state: dict  # parsed JSON object returned by upgrade()
     output_size_bytes: int
     fuel_consumed: int
+    float_free: bool = False  # the output held no float literal (sandbox_output.parse_state)
 
 
 # --- engine, types, ABI detection ----------------------------------------------------------------
@@ -366,8 +367,9 @@ class Sandbox:
             raise errors.MemoryExhausted(f"the input state of {len(state_json):,} bytes cannot fit in the package's "
                                          f"memory limit of {self._limits.memory_size_max_bytes:,} bytes")
         output, fuel_consumed = self._run(compiled, "upgrade", bytes(state_json))
-        state = parse_state_object(output, "upgrade()")
-        return UpgradeOutput(state=state, output_size_bytes=len(output), fuel_consumed=fuel_consumed)
+        parsed = parse_state(output, "upgrade()")
+        return UpgradeOutput(state=parsed.value, output_size_bytes=len(output), fuel_consumed=fuel_consumed,
+                             float_free=parsed.float_free)
 
     async def run_upgrade_async(self, wasm: bytes, state_json: bytes) -> UpgradeOutput:
         """The same, off the event loop (wasmtime releases the GIL while wasm runs)."""

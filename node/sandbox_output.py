@@ -20,6 +20,10 @@ Why it works as it does:
   parser that differs.
 - A refused output may be parsed twice (msgspec, then the stdlib for the message): a bounded cost on
   a path that fails the upgrade anyway.
+- `parse_state` also says whether the output held a float literal (msgspec's float_hook counts them):
+  a state without one can be encoded canonically by msgspec, ~8x faster than json.dumps and to the
+  same bytes (node/core/canonical.py `canonical_json_float_free`); one with a float, or one the stdlib
+  path read, is encoded by json.dumps as before.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 
 import msgspec
 
@@ -71,21 +76,32 @@ def pin_integer_digits() -> None:
     sys.set_int_max_str_digits(INTEGER_DIGITS_MAX)
 
 
-# Immutable once built; Decoder methods are thread-safe since msgspec 0.15 (msgspec PR #402), so the
-# sandbox's concurrent runs share it.
-_DECODER = msgspec.json.Decoder(float_hook=_finite_float)
+@dataclass(frozen=True)
+class ParsedState:
+    value: dict
+    float_free: bool    # the parser met no float literal: canonical_json_float_free encodes `value`
 
 
-def parse_state_object(output: bytes, producer: str) -> dict:
+def parse_state(output: bytes, producer: str) -> ParsedState:
     """UTF-8, strict JSON (no NaN/Infinity, finite numbers, encodable strings), and an object at the top.
 
     msgspec where it is known to agree with the stdlib; the stdlib's verdict and message otherwise."""
-    value = _parse_fast(output)
-    return value if value is not None else parse_state_object_stdlib(output, producer)
+    parsed = _parse_counting(output)
+    return parsed if parsed is not None else ParsedState(parse_state_object_stdlib(output, producer), float_free=False)
+
+
+def parse_state_object(output: bytes, producer: str) -> dict:
+    """`parse_state`'s value alone."""
+    return parse_state(output, producer).value
 
 
 def _parse_fast(output: bytes) -> dict | None:
     """The object msgspec reads, or None: then the stdlib path must decide (it may still accept)."""
+    parsed = _parse_counting(output)
+    return parsed.value if parsed is not None else None
+
+
+def _parse_counting(output: bytes) -> ParsedState | None:
     if b"\\" in output and (b"\\ud" in output or b"\\uD" in output):
         return None                                  # surrogate escapes: the parsers read them differently
     try:
@@ -94,11 +110,28 @@ def _parse_fast(output: bytes) -> dict | None:
         return None
     if not json_depth_within(output):
         return None
-    try:
-        value = _DECODER.decode(output)
+    floats = 0
+
+    def counted_float(text: str) -> float:
+        nonlocal floats
+        floats += 1
+        return _finite_float(text)
+
+    try:    # a decoder per call (~1 us): its hook counts this output's floats only, whichever thread parses
+        value = msgspec.json.Decoder(float_hook=counted_float).decode(output)
     except ValueError:                               # msgspec.DecodeError, or _finite_float's refusal
         return None
-    return value if type(value) is dict else None
+    return ParsedState(value, float_free=floats == 0) if type(value) is dict else None
+
+
+def parse_stored_state(data: bytes) -> dict:
+    """A state this node encoded and stored (canonical JSON, checked when it was accepted): read with
+    msgspec, floats through the same float() as json.loads (~2x faster than json.loads)."""
+    return _STORED_STATE_DECODER.decode(data)
+
+
+# Immutable; Decoder methods are thread-safe since msgspec 0.15 (msgspec PR #402).
+_STORED_STATE_DECODER = msgspec.json.Decoder(float_hook=float)
 
 
 def parse_state_object_stdlib(output: bytes, producer: str) -> dict:
@@ -125,4 +158,5 @@ def parse_state_object_stdlib(output: bytes, producer: str) -> dict:
     return value
 
 
-__all__ = ["INTEGER_DIGITS_MAX", "one_line", "parse_state_object", "parse_state_object_stdlib", "pin_integer_digits"]
+__all__ = ["INTEGER_DIGITS_MAX", "ParsedState", "one_line", "parse_state", "parse_state_object", "parse_state_object_stdlib",
+           "parse_stored_state", "pin_integer_digits"]

@@ -71,7 +71,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.core import pipeline
-from node.core.canonical import canonical_json, sha256_hex
+from node.core.canonical import EncodedState, canonical_json, sha256_hex
 from node.core.semver import is_valid_version, parse_version
 from node.fsutil import TEMP_MARKER, fsync_directory, write_atomic
 from node.errors import ConfigError, IntegrityError, StoreError
@@ -355,13 +355,14 @@ class VersionStore:
             except OSError as error:
                 raise StoreError(f"could not write the backup of {self.current_version}: {error.strerror or error}") from None
 
-    def commit_upgrade(self, *, new_state: dict, version: str, proposal_id: str, sequence: int, record: dict) -> None:
+    def commit_upgrade(self, *, new_state: EncodedState, version: str, proposal_id: str, sequence: int, record: dict) -> None:
+        """`new_state` comes from node.core.canonical.encode_state: the bytes written are the ones hashed."""
         with self._lock:
             pipeline.check_version_allowed(self.current_version, version)
             self._check_next_sequence(sequence)
             pipeline.check_record(record)
-            state_bytes = _encode_state(new_state, version)
-            new_hash = "sha256:" + sha256_hex(state_bytes)
+            state_bytes = _checked_state(new_state, version)
+            new_hash = new_state.state_hash
             try:
                 self._backup_current_locked()
                 self._write_version_state(version, state_bytes)
@@ -531,14 +532,11 @@ def _check_genesis(genesis_state: object) -> tuple[bytes, str]:
         raise ConfigError(f"the genesis state is not plain JSON: {error}") from None
 
 
-def _encode_state(state: object, version: str) -> bytes:
+def _checked_state(encoded: EncodedState, version: str) -> bytes:
+    state, data = encoded.state, encoded.data
     if not isinstance(state, dict) or not isinstance(state.get("global"), dict) or state["global"].get("version") != version:
         raise StoreError(f"the new state must be a JSON object whose global.version is {version!r}",
                          hint="check the state with node.core.pipeline.check_migration_output first")
-    try:
-        data = canonical_json(state)
-    except (TypeError, ValueError) as error:
-        raise StoreError(f"the new state is not plain JSON: {error}") from None
     if len(data) > STORE_STATE_SIZE_MAX_BYTES:
         raise StoreError(f"the new state is {len(data)} bytes, more than {STORE_STATE_SIZE_MAX_BYTES}")
     return data

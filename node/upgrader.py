@@ -37,19 +37,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from node.core import pipeline
-from node.core.canonical import sha256_hex, state_hash
+from node.core.canonical import EncodedState, encode_state, sha256_hex
 from node.core.pipeline import FailureKind, SequenceDecision, Step
 from node.core.semver import is_valid_version
 from node.errors import PackageFetchError, RollbackError, StoreError, SynapseError, Unavailable
 from node.metrics import Metrics
 from node.native_memory import release_freed_memory
+from node.sandbox import UpgradeOutput
+from node.sandbox_output import parse_stored_state
 from node.store import VersionStore
 from node.limits import (UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_INLINE_HASH_BYTES_MAX,
                          UPGRADE_INLINE_STATE_BYTES_MAX, UPGRADE_STORE_TIMEOUT_MS, UPGRADE_WARM_PACKAGES_MAX)
@@ -84,8 +85,7 @@ class _Prepared:
     from_version: str
     from_state_hash: str
     old_state: dict
-    new_state: dict
-    new_state_hash: str
+    new: EncodedState       # the new state, its canonical JSON (what the store writes) and its hash
     fuel_consumed: int
     output_size_bytes: int
 
@@ -145,15 +145,15 @@ class UpgradeManager:
         try:
             prepared = await self._prepare(run, version=version, package_url=package_url,
                                            package_hash=package_hash, package_size=package_size)
-            changes = await self._in_thread(pipeline.state_changes, prepared.old_state, prepared.new_state,
+            changes = await self._in_thread(pipeline.state_changes, prepared.old_state, prepared.new.state,
                                             timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="comparing the states")
         except Exception as error:
             _tag_step(error, run.step)
             raise
-        self._log("info", "upgrade_dry_run", version=version, state_hash=prepared.new_state_hash,
+        self._log("info", "upgrade_dry_run", version=version, state_hash=prepared.new.state_hash,
                   fuel_consumed=prepared.fuel_consumed, changes=changes["total"], sandbox_runs=run.sandbox_runs)
         return {"success": True, "version": version, "from_version": prepared.from_version,
-                "state_hash": prepared.new_state_hash, "fuel_consumed": prepared.fuel_consumed,
+                "state_hash": prepared.new.state_hash, "fuel_consumed": prepared.fuel_consumed,
                 "output_size_bytes": prepared.output_size_bytes, "changes": changes}
 
     def warm_up(self, *, version: str, package_url: str, package_hash: str, package_size: int | None) -> bool:
@@ -233,9 +233,9 @@ class UpgradeManager:
                 return await self._fail(run, error, proposal_id=proposal_id, version=version, sequence=sequence)
             self._metrics.set("upgrade_last_sandbox_runs", run.sandbox_runs)
             self._log("info", "upgrade_executed", proposal_id=proposal_id, sequence=sequence, version=version,
-                      from_version=prepared.from_version, state_hash=prepared.new_state_hash,
+                      from_version=prepared.from_version, state_hash=prepared.new.state_hash,
                       fuel_consumed=prepared.fuel_consumed, sandbox_runs=run.sandbox_runs, steps_ms=run.steps_ms)
-            return UpgradeResult(success=True, version=version, state_hash=prepared.new_state_hash, error=None,
+            return UpgradeResult(success=True, version=version, state_hash=prepared.new.state_hash, error=None,
                                  sequence=sequence, proposal_id=proposal_id, fuel_consumed=prepared.fuel_consumed)
 
     async def rollback(self, *, proposal_id: str, sequence: int | None = None, target_proposal_id: str | None = None,
@@ -307,11 +307,10 @@ class UpgradeManager:
             raise
         self._observe_since("sandbox_run_seconds", started_ms, result="ok")
         small = len(state_bytes) + output.output_size_bytes <= UPGRADE_INLINE_STATE_BYTES_MAX
-        old_state, new_hash = await self._in_thread(_judge_output, state_bytes, output.state, version, inline=small,
-                                                    timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="checking the new state")
-        return _Prepared(from_version=from_version, from_state_hash=from_state_hash, old_state=old_state,
-                         new_state=output.state, new_state_hash=new_hash, fuel_consumed=output.fuel_consumed,
-                         output_size_bytes=output.output_size_bytes)
+        old_state, new = await self._in_thread(_judge_output, state_bytes, output, version, inline=small,
+                                               timeout_ms=UPGRADE_COMPUTE_TIMEOUT_MS, what="checking the new state")
+        return _Prepared(from_version=from_version, from_state_hash=from_state_hash, old_state=old_state, new=new,
+                         fuel_consumed=output.fuel_consumed, output_size_bytes=output.output_size_bytes)
 
     async def _commit_upgrade(self, run: _Run, prepared: _Prepared, *, proposal_id: str, version: str, sequence: int) -> None:
         def backup_then_commit() -> None:     # one trip to a thread: on a busy machine each trip waits for a CPU
@@ -320,8 +319,8 @@ class UpgradeManager:
             run.advance(Step.EXECUTE)
             record = pipeline.build_upgrade_record(now_ms=self._now_ms(), version=version, from_version=prepared.from_version,
                                                    proposal_id=proposal_id, sequence=sequence,
-                                                   state_hash=prepared.new_state_hash, fuel_consumed=prepared.fuel_consumed)
-            self._store.commit_upgrade(new_state=prepared.new_state, version=version, proposal_id=proposal_id,
+                                                   state_hash=prepared.new.state_hash, fuel_consumed=prepared.fuel_consumed)
+            self._store.commit_upgrade(new_state=prepared.new, version=version, proposal_id=proposal_id,
                                        sequence=sequence, record=record)
         await self._store_call(backup_then_commit)
         run.advance(Step.RECORD)
@@ -477,11 +476,12 @@ class UpgradeManager:
         getattr(self._logger, level)(event, extra={"fields": fields})
 
 
-def _judge_output(state_bytes: bytes, new_state: dict, version: str) -> tuple[dict, str]:
-    """Off the event loop: parse the old state, check the invariants, hash the new state."""
-    old_state = json.loads(state_bytes)
-    pipeline.check_migration_output(old_state, new_state, version)
-    return old_state, state_hash(new_state)
+def _judge_output(state_bytes: bytes, output: UpgradeOutput, version: str) -> tuple[dict, EncodedState]:
+    """Off the event loop: read the old state, check the invariants, encode and hash the new state once
+    (the store writes these bytes)."""
+    old_state = parse_stored_state(state_bytes)
+    pipeline.check_migration_output(old_state, output.state, version)
+    return old_state, encode_state(output.state, float_free=output.float_free)
 
 
 def _tag_step(error: BaseException, step: Step) -> None:

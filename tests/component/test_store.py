@@ -16,7 +16,7 @@ import pytest
 
 from node import errors, store as store_module
 from node.core import pipeline
-from node.core.canonical import canonical_json, state_hash
+from node.core.canonical import canonical_json, encode_state, state_hash
 from node.store import VersionStore
 
 NODES = {"00000000000000a1": {"reputation": 10, "validator": True}, "00000000000000b2": {"reputation": 5, "validator": False}}
@@ -45,7 +45,7 @@ def rollback_record(restored: str, previous: str, proposal_id: str, sequence: in
 
 
 def upgrade(store: VersionStore, version: str, sequence: int, **extra) -> None:
-    store.commit_upgrade(new_state=state_of(version, **extra), version=version, proposal_id=f"p{sequence}", sequence=sequence,
+    store.commit_upgrade(new_state=encode_state(state_of(version, **extra), float_free=False), version=version, proposal_id=f"p{sequence}", sequence=sequence,
                          record=upgrade_record(version, store.current_version, sequence))
 
 
@@ -183,17 +183,18 @@ def test_rollback_past_the_first_version_is_refused_and_changes_nothing(data_dir
     (dict(version="1.0.0"), errors.VersionError, "not greater"),
     (dict(sequence=3), errors.Conflict, "sequence 3 cannot run before sequence 2"),
     (dict(sequence=1), errors.StoreError, "already applied"),
-    (dict(new_state=state_of("1.3.0")), errors.StoreError, "global.version is '1.2.0'"),
-    (dict(new_state=[1, 2]), errors.StoreError, "JSON object"),
-    (dict(new_state=state_of("1.2.0", bad=float("inf"))), errors.StoreError, "not plain JSON"),
+    (dict(new_state=encode_state(state_of("1.3.0"), float_free=False)), errors.StoreError, "global.version is '1.2.0'"),
+    (dict(new_state=encode_state([1, 2], float_free=False)), errors.StoreError, "JSON object"),
+    (dict(new_state=encode_state(state_of("1.2.0", big="x" * 2_000), float_free=True)), errors.StoreError, "bytes, more than 1000"),
     (dict(record={"event": "upgrade"}), errors.StoreError, "wrong fields"),
 ])
-def test_a_refused_commit_changes_no_file_and_no_memory(data_dir, kwargs, error, message):
+def test_a_refused_commit_changes_no_file_and_no_memory(data_dir, kwargs, error, message, monkeypatch):
     with VersionStore.open(data_dir, genesis_state=GENESIS) as store:
         upgrade(store, "1.1.0", 1)
         before, hash_before = snapshot_files(data_dir), store.state_hash()
-        arguments = dict(new_state=state_of("1.2.0"), version="1.2.0", proposal_id="p2", sequence=2,
+        arguments = dict(new_state=encode_state(state_of("1.2.0"), float_free=False), version="1.2.0", proposal_id="p2", sequence=2,
                          record=upgrade_record("1.2.0", "1.1.0", 2)) | kwargs
+        monkeypatch.setattr(store_module, "STORE_STATE_SIZE_MAX_BYTES", 1_000)     # state_of("1.2.0") is far smaller
         with pytest.raises(error, match=message):
             store.commit_upgrade(**arguments)
         assert snapshot_files(data_dir) == before
