@@ -40,7 +40,13 @@ import socket
 import sys
 from pathlib import Path
 
-import aiohttp  # noqa: F401  (imported for the children)
+# Imported for the children, with what they would import lazily after the fork (each a private copy
+# then: a validator's first X25519 key loads cryptography's OpenSSL backend, ~1 MB; asyncio's default
+# executor; aiohttp's IDNA codec): tests/component/test_template_preload.py.
+import concurrent.futures.thread  # noqa: F401
+import encodings.idna  # noqa: F401
+import aiohttp  # noqa: F401
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 import cryptography.hazmat.primitives.asymmetric.ed25519  # noqa: F401
 import pysyncobj  # noqa: F401
 import wasmtime  # noqa: F401

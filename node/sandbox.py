@@ -345,6 +345,12 @@ class Sandbox:
                           exports=compiled.exports, imports=compiled.imports, refusals=compiled.refusals,
                           upgrade_info=compiled.upgrade_info, upgrade_info_error=compiled.upgrade_info_error)
 
+    def forget(self, sha256: str) -> bool:
+        """Drop a module from the in-memory cache (its code and metadata: ~0.5 MB for the spec's crate);
+        a later call loads it from the disk cache again, or compiles it. True if it was there."""
+        with self._cache_lock:
+            return self._memory_cache.pop(sha256, None) is not None
+
     def compile(self, wasm: bytes) -> tuple[str, ...]:
         """Compile the module (or load it from the caches) into this sandbox's memory cache, running
         nothing; its refusals, if any. What an approved upgrade is warmed with before its certificate."""

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from node.core import pipeline
-from node.core.canonical import EncodedState, encode_state, sha256_hex
+from node.core.canonical import EncodedState, encode_state, normalize_sha256, sha256_hex
 from node.core.pipeline import FailureKind, SequenceDecision, Step
 from node.core.semver import is_valid_version
 from node.errors import PackageFetchError, RollbackError, StoreError, SynapseError, Unavailable
@@ -211,10 +211,25 @@ class UpgradeManager:
         failure, both recorded); raises a LOCAL failure after recording the attempt (retry later),
         Conflict for a sequence gap, UpgradeRefused for a malformed proposal id or sequence."""
         try:
-            return await self._execute(proposal_id=proposal_id, version=version, package_url=package_url,
-                                       package_hash=package_hash, package_size=package_size, sequence=sequence)
+            result = await self._execute(proposal_id=proposal_id, version=version, package_url=package_url,
+                                         package_hash=package_hash, package_size=package_size, sequence=sequence)
+            self._forget_package(package_hash)
+            return result
         finally:
             release_freed_memory()    # the run's store, instance and states: megabytes a node would keep
+
+    def _forget_package(self, package_hash: str) -> None:
+        """The upgrade's outcome is recorded, so nothing runs its package again for it: drop the warmed
+        bytes and the compiled module this node kept in memory (a later run of the same package, a dry
+        run or a new proposal, reads them back from the disk caches in about a millisecond)."""
+        digest = normalize_sha256(package_hash)
+        if digest is None:
+            return
+        warm = self._warm.pop(digest, None)
+        if warm is not None:
+            warm.cancel()                        # a no-op once it is done; its bytes go with the task
+        if self._sandbox is not None:
+            self._sandbox.forget(digest)
 
     async def _execute(self, *, proposal_id: str, version: str, package_url: str, package_hash: str,
                        package_size: int | None, sequence: int) -> UpgradeResult:

@@ -414,6 +414,16 @@ def test_a_second_load_uses_the_compiled_module_in_memory(tmp_path):
                                      "compile_lock_timeouts": 0}
 
 
+def test_a_forgotten_module_leaves_memory_and_is_loaded_from_disk_on_its_next_run(tmp_path):
+    sandbox = Sandbox(FAST, compiled_cache_dir=tmp_path)
+    first = sandbox.run_upgrade(FEATURE_FLAG, STATE_JSON)
+    digest = sandbox.inspect(FEATURE_FLAG).sha256
+    assert sandbox.forget(digest) and not sandbox.forget(digest), "forgotten once: nothing left to forget"
+    assert sandbox.run_upgrade(FEATURE_FLAG, STATE_JSON) == first
+    assert sandbox.cache_stats() | {"memory_hits": None} == {"compiled": 1, "loaded_from_disk": 1, "memory_hits": None,
+                                                             "artifacts_refused": 0, "artifacts_written": 1, "compile_lock_timeouts": 0}
+
+
 def test_a_new_sandbox_loads_this_nodes_artifact_from_disk_instead_of_compiling(tmp_path):
     expected = Sandbox(FAST, compiled_cache_dir=tmp_path).run_upgrade(FEATURE_FLAG, STATE_JSON)
     restarted = Sandbox(FAST, compiled_cache_dir=tmp_path)

@@ -61,6 +61,9 @@ class CountingSandbox:
         self.compiles = getattr(self, "compiles", 0) + 1
         return self.sandbox.compile(wasm)
 
+    def forget(self, sha256: str) -> bool:
+        return self.sandbox.forget(sha256)
+
 
 class Node:
     """One node's upgrade machinery on tmp_path."""
@@ -318,6 +321,21 @@ async def test_an_approved_package_is_warmed_up_without_running_and_its_executio
     result = await node.manager.execute(proposal_id="up-1", sequence=1, **arguments)
     assert result.success and fetches == [package.http_url] and package_server.requests("upgrade") == 1
     assert node.sandbox.runs == 1
+
+
+async def test_an_executed_package_is_not_kept_in_memory(node, package_server):
+    """Its outcome is recorded: the warmed bytes and the compiled module go (megabytes for a large package)."""
+    wasm = wasm_from(set_version_wat("1.1.0"))
+    package = package_server.add("upgrade", wasm)
+    arguments = dict(version="1.1.0", package_url=package.http_url, package_hash=digest_of(wasm), package_size=len(wasm))
+    assert node.manager.warm_up(**arguments)
+    assert await node.manager._warmed(hashlib.sha256(wasm).hexdigest()) == wasm
+    compiled_before = node.sandbox.sandbox.cache_stats()["compiled"]
+    assert (await node.manager.execute(proposal_id="up-1", sequence=1, **arguments)).success
+    assert await node.manager._warmed(hashlib.sha256(wasm).hexdigest()) is None
+    assert node.sandbox.sandbox.cache_stats()["compiled"] == compiled_before, "the execution used the warmed module"
+    node.sandbox.compile(wasm)
+    assert node.sandbox.sandbox.cache_stats()["compiled"] == compiled_before + 1, "no longer in memory: compiled again"
 
 
 async def test_a_failed_warm_up_changes_nothing_and_the_execution_fetches_and_judges_for_itself(node, package_server, caplog):
