@@ -32,16 +32,44 @@ LAZY_IMPORTS = textwrap.dedent("""
 """)
 
 
-def imported_after_the_template(script: str) -> list[str]:
+def run_script(script: str) -> list[str]:
+    """The last line the script prints, as JSON."""
     completed = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True, timeout=120,
                                check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_what_a_node_imports_lazily_is_already_imported_by_the_template():
-    assert imported_after_the_template(LAZY_IMPORTS) == []
+    assert run_script(LAZY_IMPORTS) == []
 
 
 def test_the_check_sees_a_module_the_template_did_not_import():
     script = LAZY_IMPORTS.replace('print(json.dumps', 'import xml.dom.minidom\nprint(json.dumps')
-    assert "xml.dom.minidom" in imported_after_the_template(script)
+    assert "xml.dom.minidom" in run_script(script)
+
+
+FORKED_KEYS = textwrap.dedent("""
+    import json, os
+    import node.forkserver
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    X25519PrivateKey.generate()                 # the parent's OpenSSL random generator in use before the forks
+    read_end, write_end = os.pipe()
+    for _ in range(3):
+        if os.fork() == 0:
+            key = X25519PrivateKey.generate().private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                            serialization.NoEncryption())
+            os.write(write_end, key.hex().encode() + b"\\n")
+            os._exit(0)
+    for _ in range(3):
+        os.wait()
+    os.close(write_end)
+    print(json.dumps(os.read(read_end, 4096).decode().split()))
+""")
+
+
+def test_nodes_forked_after_the_openssl_backend_is_loaded_still_draw_keys_of_their_own():
+    """The backend the template now loads must not hand its children one random state: three forked
+    children's X25519 session keys differ (OpenSSL reseeds after a fork)."""
+    keys = run_script(FORKED_KEYS)
+    assert len(keys) == 3 and len(set(keys)) == 3
