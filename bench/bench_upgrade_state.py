@@ -9,7 +9,8 @@ builds it), on a fresh store per run, beside the same work done in plain Python 
 migration loop, canonical json.dumps, sha256, one fsynced file): the floor a node written in Python
 could reach without a sandbox.
 
-Reported per state size (median of --runs): the whole execute(), the pipeline steps the node logs
+Reported per state size (median of --runs): a dry run first (`dry_run()`, what `POST /upgrades/{proposal_id}/test`
+runs: the same steps on a copy, plus the list of changed paths), then the whole execute(), the pipeline steps the node logs
 (`steps_ms` of `upgrade_executed`: download, verify, dry_run = sandbox + checks + hash, backup,
 execute = the commit), and the plain-Python floor. It asserts nothing and writes JSON to
 bench/results/. From the repository root:
@@ -63,7 +64,7 @@ class _Steps(logging.Handler):
             self.seen.append(dict(fields["steps_ms"]))
 
 
-async def _execute_once(work: Path, state: dict, wasm: bytes, sandbox: Sandbox) -> float:
+async def _dry_run_then_execute(work: Path, state: dict, wasm: bytes, sandbox: Sandbox) -> tuple[float, float]:
     store = VersionStore.open(work, genesis_state=state)
     cache = PackageCache(store.cache_dir)
     digest = hashlib.sha256(wasm).hexdigest()
@@ -71,6 +72,12 @@ async def _execute_once(work: Path, state: dict, wasm: bytes, sandbox: Sandbox) 
     fetcher = PackageFetcher(cache, limits=FetchLimits(connect_timeout_ms=1_000, total_timeout_ms=3_000))
     manager = UpgradeManager(store, fetcher, sandbox, now_ms=lambda: time.time_ns() // 1_000_000)
     try:
+        started = time.perf_counter()
+        dry_run = await manager.dry_run(version=TO_VERSION, package_url="https://packages.invalid/p.wasm",
+                                        package_hash="sha256:" + digest, package_size=None)
+        dry_run_took = time.perf_counter() - started
+        if not dry_run["success"]:
+            raise SystemExit(f"the dry run failed: {dry_run}")
         started = time.perf_counter()
         result = await manager.execute(proposal_id="bench-1", version=TO_VERSION, package_url="https://packages.invalid/p.wasm",
                                        package_hash="sha256:" + digest, package_size=None, sequence=1)
@@ -80,7 +87,7 @@ async def _execute_once(work: Path, state: dict, wasm: bytes, sandbox: Sandbox) 
         store.close()
     if not result.success:
         raise SystemExit(f"the upgrade failed: {result.error}")
-    return took
+    return dry_run_took, took
 
 
 def plain_python_seconds(state_json: bytes, work: Path) -> float:
@@ -106,17 +113,19 @@ def plain_python_seconds(state_json: bytes, work: Path) -> float:
 def bench_size(nodes: int, runs: int, wasm: bytes, work: Path) -> dict:
     state_json = network_state_json(nodes)
     state = json.loads(state_json)
-    sandbox = Sandbox(SandboxLimits(fuel=FUEL))
-    sandbox.compile(wasm)                          # compiled once, as a warmed-up node has it
+    sandbox = Sandbox(SandboxLimits(fuel=FUEL), compiled_cache_dir=work / "compiled")   # as a node has one
+    sandbox.compile(wasm)        # compiled once, as a warmed-up node has it (an executed package leaves memory: reloaded from disk)
     steps = _Steps()
     logger = logging.getLogger("synapse.upgrader")
     logger.addHandler(steps)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    durations = []
+    dry_runs, durations = [], []
     try:
         for run in range(runs):
-            durations.append(asyncio.run(_execute_once(work / f"n{nodes}-{run}", state, wasm, sandbox)))
+            dry_run_s, execute_s = asyncio.run(_dry_run_then_execute(work / f"n{nodes}-{run}", state, wasm, sandbox))
+            dry_runs.append(dry_run_s)
+            durations.append(execute_s)
     finally:
         logger.removeHandler(steps)
     plain = [plain_python_seconds(state_json, work) for _ in range(runs)]
@@ -124,6 +133,7 @@ def bench_size(nodes: int, runs: int, wasm: bytes, work: Path) -> dict:
     execute_ms = statistics.median(durations) * 1000
     plain_ms = statistics.median(plain) * 1000
     return {"nodes": nodes, "state_size_bytes": len(state_json), "runs": runs, "execute_ms": round(execute_ms, 1),
+            "dry_run_ms": round(statistics.median(dry_runs) * 1000, 1),
             "steps_ms_median": {name: statistics.median(seen.get(name, 0) for seen in steps.seen) for name in step_names},
             "plain_python_ms": round(plain_ms, 1), "ratio_to_plain_python": round(execute_ms / plain_ms, 2)}
 
@@ -143,7 +153,8 @@ def main() -> int:
                                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}}
     print(f"one node's execute() of the spec's crate ({len(wasm):,} bytes), median of {options.runs} runs, fresh store each")
     for row in rows:
-        print(f"{row['nodes']:>8,} nodes ({row['state_size_bytes'] / 1e6:.1f} MB): execute {row['execute_ms']:.0f} ms "
+        print(f"{row['nodes']:>8,} nodes ({row['state_size_bytes'] / 1e6:.1f} MB): dry run {row['dry_run_ms']:.0f} ms, "
+              f"execute {row['execute_ms']:.0f} ms "
               f"(steps {row['steps_ms_median']}); plain Python {row['plain_python_ms']:.0f} ms; "
               f"{row['ratio_to_plain_python']:.2f}x")
     RESULTS.mkdir(parents=True, exist_ok=True)

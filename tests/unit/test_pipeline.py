@@ -7,6 +7,7 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from node import errors
 from node.core import pipeline
@@ -283,3 +284,50 @@ def test_state_changes_is_bounded_but_counts_everything():
     assert len(changes["added"]) == 10 and changes["total"] == 1000 and changes["truncated"] is True
     long_key = {"k" * 10_000: 1}
     assert len(pipeline.state_changes({}, long_key)["added"][0]) <= 200
+
+
+def _state_changes_reference(old, new, changes_max=pipeline.CHANGES_MAX):
+    """state_changes as it was first written (a call per value): the faster walk must list the same."""
+    found, counts = {"added": [], "removed": [], "changed": []}, {"added": 0, "removed": 0, "changed": 0}
+
+    def note(kind, path):
+        counts[kind] += 1
+        if len(found[kind]) < changes_max:
+            found[kind].append(path if len(path) <= pipeline._PATH_LENGTH_MAX else path[: pipeline._PATH_LENGTH_MAX - 3] + "...")
+
+    def walk(before, after, path, depth):
+        if isinstance(before, dict) and isinstance(after, dict) and depth < pipeline._DIFF_DEPTH_MAX:
+            for key in sorted(set(before) | set(after)):
+                child = path + "/" + str(key).replace("~", "~0").replace("/", "~1")
+                if key not in after:
+                    note("removed", child)
+                elif key not in before:
+                    note("added", child)
+                else:
+                    walk(before[key], after[key], child, depth + 1)
+        elif before != after or type(before) is not type(after):
+            note("changed", path or "/")
+
+    walk(old, new, "", 0)
+    return {**found, "total": sum(counts.values()), "truncated": any(counts[kind] > len(found[kind]) for kind in counts)}
+
+
+_leaves = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from([0.0, 1.0, 2.5]), st.sampled_from(["a", "~", "/"]))
+_values = st.recursive(_leaves, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.sampled_from(["a", "b", "c/d", "e~f", "g"]), inner, max_size=4)),
+                       max_leaves=25)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_values, _values, st.integers(1, 4))
+def test_state_changes_lists_what_the_first_walk_listed(old, new, changes_max):
+    assert pipeline.state_changes(old, new, changes_max=changes_max) == _state_changes_reference(old, new, changes_max)
+
+
+def test_state_changes_past_the_depth_limit_compares_the_subtree_whole_as_before():
+    def chain(depth, leaf):
+        return leaf if depth == 0 else {"k": chain(depth - 1, leaf)}
+    for depth in (pipeline._DIFF_DEPTH_MAX - 1, pipeline._DIFF_DEPTH_MAX, pipeline._DIFF_DEPTH_MAX + 3):
+        old, new = chain(depth, 1), chain(depth, 2)
+        assert pipeline.state_changes(old, new) == _state_changes_reference(old, new)
+        assert pipeline.state_changes(old, new)["total"] == 1
