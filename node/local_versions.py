@@ -10,7 +10,6 @@ the state) runs in threads, and every await is bounded.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from node.logging_setup import log_event
 from node.metrics import Metrics
 from node.packages import FetchLimits, PackageCache, PackageFetcher
 from node.sandbox import Sandbox, SandboxLimits
-from node.store import VersionStore
+from node.store import VersionStore, parse_stored_state
 from node.upgrader import UpgradeManager
 
 COMPILED_DIR_NAME = "compiled"
@@ -116,7 +115,8 @@ class LocalVersions:
         version, _state_hash, raw = await asyncio.wait_for(asyncio.to_thread(store.snapshot), self._timeout_s)
         # A small state is parsed on the loop (~0.1 ms for 8 KiB): on a busy machine, the trip to a thread
         # and back waits for a CPU longer than that, on the way from the commit to the node's report.
-        self._state = json.loads(raw) if len(raw) <= UPGRADE_INLINE_STATE_BYTES_MAX else await asyncio.to_thread(json.loads, raw)
+        self._state = (parse_stored_state(raw) if len(raw) <= UPGRADE_INLINE_STATE_BYTES_MAX
+                       else await asyncio.to_thread(parse_stored_state, raw))
         self._on_version(version)
         self._metrics.set("applied_sequence", store.applied_sequence)
         if self._sandbox is not None:     # how this node got its compiled modules: compiled, from disk, refused
@@ -131,4 +131,4 @@ class LocalVersions:
         store, _ = self.require_started()
         version, state_hash, raw = await asyncio.wait_for(asyncio.to_thread(store.snapshot), self._timeout_s)
         return {"version": version, "state_hash": state_hash, "applied_sequence": store.applied_sequence,
-                "state": await asyncio.to_thread(json.loads, raw)}
+                "state": await asyncio.to_thread(parse_stored_state, raw)}

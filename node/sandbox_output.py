@@ -124,16 +124,6 @@ def _parse_counting(output: bytes) -> ParsedState | None:
     return ParsedState(value, float_free=floats == 0) if type(value) is dict else None
 
 
-def parse_stored_state(data: bytes) -> dict:
-    """A state this node encoded and stored (canonical JSON, checked when it was accepted): read with
-    msgspec, floats through the same float() as json.loads (~2x faster than json.loads)."""
-    return _STORED_STATE_DECODER.decode(data)
-
-
-# Immutable; Decoder methods are thread-safe since msgspec 0.15 (msgspec PR #402).
-_STORED_STATE_DECODER = msgspec.json.Decoder(float_hook=float)
-
-
 def parse_state_object_stdlib(output: bytes, producer: str) -> dict:
     """The reference: `json.loads` with the node's checks, as every node applied them before msgspec."""
     try:
@@ -159,4 +149,4 @@ def parse_state_object_stdlib(output: bytes, producer: str) -> dict:
 
 
 __all__ = ["INTEGER_DIGITS_MAX", "ParsedState", "one_line", "parse_state", "parse_state_object", "parse_state_object_stdlib",
-           "parse_stored_state", "pin_integer_digits"]
+           "pin_integer_digits"]

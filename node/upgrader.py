@@ -50,8 +50,7 @@ from node.errors import PackageFetchError, RollbackError, StoreError, SynapseErr
 from node.metrics import Metrics
 from node.native_memory import release_freed_memory
 from node.sandbox import UpgradeOutput
-from node.sandbox_output import parse_stored_state
-from node.store import VersionStore
+from node.store import VersionStore, parse_stored_state
 from node.limits import (UPGRADE_COMPUTE_TIMEOUT_MS, UPGRADE_FETCH_TIMEOUT_MS, UPGRADE_INLINE_HASH_BYTES_MAX,
                          UPGRADE_INLINE_STATE_BYTES_MAX, UPGRADE_STORE_TIMEOUT_MS, UPGRADE_WARM_PACKAGES_MAX)
 
